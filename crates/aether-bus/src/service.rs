@@ -1,0 +1,221 @@
+//! `BusService` over gRPC: a thin adapter from the wire to [`Bus`].
+//!
+//! Streams: Subscribe hands tonic the subscription itself, so the client going away drops it
+//! and nothing keeps running. PublishStream runs one task per call that stops when the client
+//! half-closes (after the last acknowledgement), cancels, or stops reading; at most
+//! [`PUBLISH_STREAM_WINDOW`] batches wait for persistence at once, and while acknowledgements
+//! are not read the task stops reading batches, so HTTP/2 flow control holds the client back.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aether_proto::bus_service_server::BusService;
+use aether_proto::{
+    start_position, subscribe_response, Durability, GetStreamInfoRequest, GetStreamInfoResponse,
+    Lagged, PublishRequest, PublishResponse, PublishStreamRequest, PublishStreamResponse,
+    SubscribeRequest, SubscribeResponse,
+};
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{Bus, BusError, Delivery, Principal, Start};
+
+/// Batches of one PublishStream that may wait for persistence at once.
+pub const PUBLISH_STREAM_WINDOW: usize = 64;
+
+/// The gRPC face of a [`Bus`].
+#[derive(Clone)]
+pub struct BusGrpc {
+    bus: Bus,
+}
+
+impl BusGrpc {
+    pub fn new(bus: Bus) -> Self {
+        Self { bus }
+    }
+}
+
+/// The caller's principal, as the auth layer left it in the request extensions.
+fn principal<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Principal>()
+        .map_or_else(|| "anonymous".to_string(), |p| p.0.clone())
+}
+
+fn durability(value: i32) -> Result<Durability, BusError> {
+    Durability::try_from(value).map_err(|_| BusError::InvalidDurability(value))
+}
+
+/// Orders one PublishStream batch; returns the future of its acknowledgement.
+async fn accept_batch(
+    bus: &Bus,
+    session: &mut Option<String>,
+    batch: PublishStreamRequest,
+    publisher: &str,
+) -> Result<impl std::future::Future<Output = Result<PublishStreamResponse, Status>>, Status> {
+    match session {
+        Some(expected) if *expected != batch.session_id => {
+            return Err(BusError::SessionChanged {
+                expected: expected.clone(),
+                got: batch.session_id,
+                batch_id: batch.batch_id,
+            }
+            .into())
+        }
+        Some(_) => {}
+        None => *session = Some(batch.session_id.clone()),
+    }
+    let durability = durability(batch.durability)?;
+    let appended = bus
+        .append(&batch.session_id, batch.messages, publisher)
+        .await?;
+    let batch_id = batch.batch_id;
+    Ok(async move {
+        if durability != Durability::Accepted {
+            appended.persisted().await?;
+        }
+        Ok(PublishStreamResponse {
+            batch_id,
+            first_offset: appended.first,
+            last_offset: appended.last,
+        })
+    })
+}
+
+#[tonic::async_trait]
+impl BusService for BusGrpc {
+    async fn publish(
+        &self,
+        request: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        let publisher = principal(&request);
+        let request = request.into_inner();
+        let durability = durability(request.durability)?;
+        let (first_offset, last_offset) = self
+            .bus
+            .publish(
+                &request.session_id,
+                request.messages,
+                &publisher,
+                durability,
+            )
+            .await?;
+        Ok(Response::new(PublishResponse {
+            first_offset,
+            last_offset,
+        }))
+    }
+
+    type PublishStreamStream = ReceiverStream<Result<PublishStreamResponse, Status>>;
+
+    async fn publish_stream(
+        &self,
+        request: Request<Streaming<PublishStreamRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        let publisher = principal(&request);
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(PUBLISH_STREAM_WINDOW);
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            let mut session = None;
+            let mut in_flight = FuturesOrdered::new();
+            let mut reading = true;
+            // A bad batch ends the call, after the acknowledgements of the batches before it.
+            let mut failure: Option<Status> = None;
+            while reading || !in_flight.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = tx.closed() => return,
+                    Some(acked) = in_flight.next(), if !in_flight.is_empty() => match acked {
+                        Ok(ack) => {
+                            if tx.send(Ok(ack)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(status) => {
+                            failure = Some(status);
+                            break;
+                        }
+                    },
+                    received = inbound.next(), if reading && in_flight.len() < PUBLISH_STREAM_WINDOW => {
+                        match received {
+                            Some(Ok(batch)) => {
+                                match accept_batch(&bus, &mut session, batch, &publisher).await {
+                                    Ok(ack) => in_flight.push_back(ack),
+                                    Err(status) => {
+                                        failure = Some(status);
+                                        reading = false;
+                                    }
+                                }
+                            }
+                            // Half-close: acknowledge what is in flight, then end.
+                            None => reading = false,
+                            Some(Err(status)) => {
+                                tracing::debug!(%status, "PublishStream request stream failed");
+                                reading = false;
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(status) = failure {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type SubscribeStream = Pin<Box<dyn Stream<Item = Result<SubscribeResponse, Status>> + Send>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let request = request.into_inner();
+        let start = match request.start.and_then(|start| start.position) {
+            Some(start_position::Position::Earliest(_)) => Start::Earliest,
+            Some(start_position::Position::Offset(offset)) => Start::Offset(offset),
+            Some(start_position::Position::Latest(_)) | None => Start::Latest,
+        };
+        let subscription = self
+            .bus
+            .subscribe(&request.session_id, start, &request.subject_filter)
+            .await?;
+        let responses = subscription.into_stream().map(|delivery| {
+            let event = match delivery? {
+                Delivery::Message(message) => {
+                    subscribe_response::Event::Message(Arc::unwrap_or_clone(message))
+                }
+                Delivery::Lagged { resume_offset } => {
+                    subscribe_response::Event::Lagged(Lagged { resume_offset })
+                }
+            };
+            Ok(SubscribeResponse { event: Some(event) })
+        });
+        Ok(Response::new(Box::pin(responses)))
+    }
+
+    async fn get_stream_info(
+        &self,
+        request: Request<GetStreamInfoRequest>,
+    ) -> Result<Response<GetStreamInfoResponse>, Status> {
+        let info = self
+            .bus
+            .stream_info(&request.into_inner().session_id)
+            .await?;
+        let retention = self.bus.config().retention;
+        Ok(Response::new(GetStreamInfoResponse {
+            first_offset: info.first_offset,
+            last_offset: info.last_offset,
+            retention: Some(aether_proto::Retention {
+                max_messages: retention.max_messages,
+                max_age: retention
+                    .max_age
+                    .and_then(|age| prost_types::Duration::try_from(age).ok()),
+            }),
+        }))
+    }
+}

@@ -1,0 +1,152 @@
+//! Conversions between stored records and API messages.
+
+use aether_core::{EntryKind, TreeEntry, WorkspacePath};
+use aether_proto as pb;
+use prost_types::{Duration, Timestamp};
+
+use crate::model::{
+    AuditRecord, Binding, CheckpointRecord, PolicyRecord, SessionRecord, SourceRecord, State,
+};
+
+pub fn timestamp(ms: i64) -> Option<Timestamp> {
+    Some(Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    })
+}
+
+pub fn duration_ms(duration: &Option<Duration>) -> Result<u64, String> {
+    match duration {
+        None => Ok(0),
+        Some(d) if d.seconds < 0 || d.nanos < 0 => {
+            Err("ttl must not be negative; use 0 for no expiry".into())
+        }
+        Some(d) => Ok(d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000),
+    }
+}
+
+pub fn entry(path: &WorkspacePath, entry: &TreeEntry) -> pb::Entry {
+    pb::Entry {
+        path: path.to_string(),
+        kind: match entry.kind {
+            EntryKind::File => pb::EntryKind::File,
+            EntryKind::Directory => pb::EntryKind::Directory,
+        } as i32,
+        size: entry.size,
+        mode: entry.mode,
+        hash: entry.hash.to_hex(),
+    }
+}
+
+pub fn state(state: State) -> pb::SessionState {
+    match state {
+        State::Active => pb::SessionState::Active,
+        State::Finalized => pb::SessionState::Finalized,
+        State::Closed => pb::SessionState::Closed,
+        State::Expired => pb::SessionState::Expired,
+    }
+}
+
+pub fn policy_from(policy: &Option<pb::Policy>) -> PolicyRecord {
+    let Some(policy) = policy else {
+        return PolicyRecord::default();
+    };
+    PolicyRecord {
+        bindings: policy
+            .bindings
+            .iter()
+            .map(|b| Binding {
+                subject: b.subject.clone(),
+                role: b.role,
+            })
+            .collect(),
+        required_commit_approvals: policy.required_commit_approvals,
+        required_export_approvals: policy.required_export_approvals,
+    }
+}
+
+pub fn policy(policy: &PolicyRecord) -> pb::Policy {
+    pb::Policy {
+        bindings: policy
+            .bindings
+            .iter()
+            .map(|b| pb::RoleBinding {
+                subject: b.subject.clone(),
+                role: b.role,
+            })
+            .collect(),
+        required_commit_approvals: policy.required_commit_approvals,
+        required_export_approvals: policy.required_export_approvals,
+    }
+}
+
+pub fn source(source: &SourceRecord) -> pb::Source {
+    use pb::source::Kind;
+    let kind = match source {
+        SourceRecord::Empty => Kind::Empty(pb::EmptySource {}),
+        SourceRecord::Session { session_id } => Kind::Session(pb::SessionSource {
+            session_id: session_id.clone(),
+        }),
+        SourceRecord::Checkpoint { session_id, name } => Kind::Checkpoint(pb::CheckpointSource {
+            session_id: session_id.clone(),
+            name: name.clone(),
+        }),
+        SourceRecord::Commit {
+            session_id,
+            commit_id,
+        } => Kind::Commit(pb::CommitSource {
+            session_id: session_id.clone(),
+            commit_id: commit_id.clone(),
+        }),
+        SourceRecord::Archive { blob_hash } => Kind::Archive(pb::ArchiveSource {
+            blob_hash: blob_hash.clone(),
+        }),
+    };
+    pb::Source { kind: Some(kind) }
+}
+
+pub fn session(record: &SessionRecord, counts: pb::SessionCounts) -> pb::Session {
+    pb::Session {
+        id: record.id.clone(),
+        labels: record.labels.clone().into_iter().collect(),
+        metadata: record.metadata.clone().into_iter().collect(),
+        owner: record.owner.clone(),
+        policy: Some(policy(&record.policy)),
+        state: state(record.state) as i32,
+        source: Some(source(&record.source)),
+        base_root: record.base_root.clone(),
+        head_root: record.head_root.clone(),
+        head_version: record.head_version,
+        created_at: timestamp(record.created_at_ms),
+        updated_at: timestamp(record.updated_at_ms),
+        expires_at: record.expires_at_ms().and_then(timestamp),
+        ttl: Some(Duration {
+            seconds: (record.ttl_ms / 1000) as i64,
+            nanos: ((record.ttl_ms % 1000) * 1_000_000) as i32,
+        }),
+        counts: Some(counts),
+    }
+}
+
+pub fn checkpoint(record: &CheckpointRecord) -> pb::Checkpoint {
+    pb::Checkpoint {
+        name: record.name.clone(),
+        root: record.root.clone(),
+        head_version: record.head_version,
+        author: record.author.clone(),
+        created_at: timestamp(record.created_at_ms),
+        description: record.description.clone(),
+    }
+}
+
+pub fn audit(record: &AuditRecord) -> pb::AuditEvent {
+    pb::AuditEvent {
+        sequence: record.sequence,
+        principal: record.principal.clone(),
+        action: record.action.clone(),
+        target: record.target.clone(),
+        time: timestamp(record.time_ms),
+        outcome: record.outcome.clone(),
+        details: record.details.clone().into_iter().collect(),
+    }
+}

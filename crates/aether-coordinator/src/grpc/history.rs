@@ -1,0 +1,269 @@
+//! `HistoryService`: checkpoints (named roots, O(1)) and commits (content-addressed objects).
+
+use std::sync::Arc;
+
+use aether_coord::{Compare, Op};
+use aether_proto as pb;
+use aether_proto::history_service_server::HistoryService;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::{page_size, page_token, principal};
+use crate::error::{Error, Result};
+use crate::model::{self, CheckpointRecord};
+use crate::revisions::CommitObject;
+use crate::sessions::{check_expected_version, require_open, to_json, Effect, Sessions};
+
+/// Longest commit message accepted.
+pub const MAX_COMMIT_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The `HistoryService` implementation.
+#[derive(Clone)]
+pub struct HistoryGrpc {
+    sessions: Arc<Sessions>,
+}
+
+impl HistoryGrpc {
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Self { sessions }
+    }
+}
+
+fn commit_info(id: &str, commit: &CommitObject) -> pb::CommitInfo {
+    pb::CommitInfo {
+        id: id.to_string(),
+        root: commit.root.clone(),
+        parents: commit.parents.clone(),
+        author: commit.author.clone(),
+        message: commit.message.clone(),
+        time: convert::timestamp(commit.time_ms),
+        approvals: commit.approvals.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl HistoryService for HistoryGrpc {
+    async fn create_checkpoint(
+        &self,
+        request: Request<pb::CreateCheckpointRequest>,
+    ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        if request.description.len() > 4096 {
+            return Err(Status::invalid_argument("description exceeds 4096 bytes"));
+        }
+        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        require_open(&mutation.record)?;
+        let name = if request.name.is_empty() {
+            format!("ckpt-{}", mutation.record.checkpoint_count + 1)
+        } else {
+            request.name.clone()
+        };
+        aether_core::names::validate_checkpoint_name(&name)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let key = model::checkpoint_key(&mutation.record.id, &name);
+        if self.sessions.coord.get(&key).await.map_err(Error::from)?.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "checkpoint \"{name}\" already exists in session {}; choose another name",
+                mutation.record.id
+            ))
+            .into());
+        }
+        // O(1): a checkpoint is a name for the current root.
+        let checkpoint = CheckpointRecord {
+            name: name.clone(),
+            root: mutation.record.head_root.clone(),
+            head_version: mutation.record.head_version,
+            author: caller.clone(),
+            created_at_ms: model::now_ms(),
+            description: request.description.clone(),
+        };
+        mutation.record.checkpoint_count += 1;
+        mutation.compares.push(Compare::Missing(key.clone()));
+        mutation.ops.push(Op::put(key, to_json(&checkpoint)));
+        let effect = Effect::new(&caller, "history.checkpoint", name.clone()).event(
+            "session.checkpoint.created",
+            pb::SessionEvent {
+                event: Some(pb::session_event::Event::CheckpointCreated(pb::NamedEvent {
+                    name: name.clone(),
+                    detail: checkpoint.root.clone(),
+                })),
+                ..Default::default()
+            },
+        );
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(pb::CreateCheckpointResponse {
+            checkpoint: Some(convert::checkpoint(&checkpoint)),
+        }))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        request: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let prefix = model::checkpoints_prefix(&record.id);
+        let size = page_size(&request.page);
+        let after = page_token(&request.page).map(|name| format!("{prefix}{name}"));
+        let batch = self
+            .sessions
+            .coord
+            .range(&prefix, after.as_deref(), size)
+            .await
+            .map_err(Error::from)?;
+        let mut checkpoints: Vec<pb::Checkpoint> = batch
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<CheckpointRecord>(&kv.value).ok())
+            .map(|c| convert::checkpoint(&c))
+            .collect();
+        let next_page_token = if checkpoints.len() == size {
+            checkpoints.last().map(|c| c.name.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        // Keys are in name order; the API promises oldest first within a page.
+        checkpoints.sort_by_key(|c| (c.head_version, c.created_at.map(|t| (t.seconds, t.nanos))));
+        Ok(Response::new(pb::ListCheckpointsResponse {
+            checkpoints,
+            next_page_token,
+        }))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        request: Request<pb::RestoreCheckpointRequest>,
+    ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        let mut mutation = self.sessions.begin_active(&request.session_id).await?;
+        check_expected_version(&mutation.record, request.expected_head_version)?;
+        let checkpoint = self
+            .sessions
+            .load_checkpoint(&mutation.record.id, &request.name)
+            .await?;
+        // O(1): the head points at the checkpoint's root again; a restore is itself a change.
+        mutation.record.head_root = checkpoint.root.clone();
+        mutation.record.head_version += 1;
+        let effect = Effect::new(&caller, "history.restore", request.name.clone()).event(
+            "session.checkpoint.restored",
+            pb::SessionEvent {
+                event: Some(pb::session_event::Event::CheckpointRestored(pb::NamedEvent {
+                    name: request.name.clone(),
+                    detail: checkpoint.root.clone(),
+                })),
+                ..Default::default()
+            },
+        );
+        let record = self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(pb::RestoreCheckpointResponse {
+            head_version: record.head_version,
+            head_root: record.head_root,
+        }))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        if request.message.trim().is_empty() {
+            return Err(Status::invalid_argument("a commit needs a message"));
+        }
+        if request.message.len() > MAX_COMMIT_MESSAGE_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "commit message exceeds {MAX_COMMIT_MESSAGE_BYTES} bytes"
+            )));
+        }
+        let mut mutation = self.sessions.begin_active(&request.session_id).await?;
+        check_expected_version(&mutation.record, request.expected_head_version)?;
+        let required = mutation.record.policy.required_commit_approvals;
+        if required > 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "session {} requires {required} approval(s) of the current head before a commit; request approval first",
+                mutation.record.id
+            ))
+            .into());
+        }
+        let commit = CommitObject {
+            root: mutation.record.head_root.clone(),
+            parents: mutation.record.head_commit.iter().cloned().collect(),
+            author: caller.clone(),
+            message: request.message.clone(),
+            time_ms: model::now_ms(),
+            approvals: Vec::new(),
+        };
+        let id = self.sessions.store_commit(&commit).await?.to_hex();
+        mutation.record.head_commit = Some(id.clone());
+        mutation.record.commit_count += 1;
+        let effect = Effect::new(&caller, "history.commit", id.clone()).event(
+            "session.commit.created",
+            pb::SessionEvent {
+                event: Some(pb::session_event::Event::CommitCreated(pb::NamedEvent {
+                    name: id.clone(),
+                    detail: request.message.clone(),
+                })),
+                ..Default::default()
+            },
+        );
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(pb::CommitResponse {
+            commit: Some(commit_info(&id, &commit)),
+        }))
+    }
+
+    async fn list_commits(
+        &self,
+        request: Request<pb::ListCommitsRequest>,
+    ) -> Result<Response<pb::ListCommitsResponse>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let size = page_size(&request.page);
+        // The token is the id of the next commit to return (newest first).
+        let mut next = match page_token(&request.page) {
+            Some(token) => {
+                if !self.sessions.commit_in_history(&record, &token).await? {
+                    return Err(Status::invalid_argument(
+                        "page_token is not a commit of this session; pass next_page_token back unchanged",
+                    ));
+                }
+                Some(token)
+            }
+            None => record.head_commit.clone(),
+        };
+        let mut commits = Vec::new();
+        while let Some(id) = next.take() {
+            if commits.len() == size {
+                next = Some(id);
+                break;
+            }
+            let commit = self.sessions.load_commit(&id).await?;
+            next = commit.parents.first().cloned();
+            commits.push(commit_info(&id, &commit));
+        }
+        Ok(Response::new(pb::ListCommitsResponse {
+            commits,
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn get_commit(
+        &self,
+        request: Request<pb::GetCommitRequest>,
+    ) -> Result<Response<pb::GetCommitResponse>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        if !self.sessions.commit_in_history(&record, &request.commit_id).await? {
+            return Err(Error::NotFound(format!(
+                "commit {} is not in the history of session {}",
+                request.commit_id, record.id
+            ))
+            .into());
+        }
+        let commit = self.sessions.load_commit(&request.commit_id).await?;
+        Ok(Response::new(pb::GetCommitResponse {
+            commit: Some(commit_info(&request.commit_id, &commit)),
+        }))
+    }
+}

@@ -1,0 +1,457 @@
+//! `SessionService`: create, inspect, list, update, fork, hand over, finalize and close.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use aether_core::{validate_labels, validate_metadata, LabelSelector};
+use aether_proto as pb;
+use aether_proto::session_service_server::SessionService;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::{page_size, page_token, principal};
+use crate::error::{Error, Result};
+use crate::model::{self, AuditRecord, SessionRecord, SourceRecord, State};
+use crate::sessions::{require_open, validate_session_id, Effect, Sessions};
+
+/// The `SessionService` implementation.
+#[derive(Clone)]
+pub struct SessionGrpc {
+    sessions: Arc<Sessions>,
+}
+
+impl SessionGrpc {
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Self { sessions }
+    }
+}
+
+fn labels(map: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+    let labels: BTreeMap<String, String> = map.clone().into_iter().collect();
+    validate_labels(&labels).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(labels)
+}
+
+fn metadata(map: &std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+    let meta: BTreeMap<String, String> = map.clone().into_iter().collect();
+    validate_metadata(&meta).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(meta)
+}
+
+pub fn new_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..20].to_string()
+}
+
+impl Sessions {
+    /// The API view of a session, with counts of its head.
+    pub async fn describe(&self, record: &SessionRecord) -> Result<pb::Session> {
+        let mut counts = pb::SessionCounts {
+            checkpoints: record.checkpoint_count,
+            commits: record.commit_count,
+            ..Default::default()
+        };
+        if matches!(record.state, State::Active | State::Finalized) {
+            let root = Sessions::root(&record.head_root)?;
+            let (files, directories) = self.trees.count(root).await?;
+            counts.files = files;
+            counts.directories = directories;
+            counts.bytes = self.trees.load(&root).await?.total_size();
+        }
+        Ok(convert::session(record, counts))
+    }
+
+    /// The root a new session starts from, checked against its source.
+    async fn source_root(&self, source: &Option<pb::Source>) -> Result<(SourceRecord, String)> {
+        use pb::source::Kind;
+        let empty = self.trees.ensure_empty().await?.to_hex();
+        Ok(match source.as_ref().and_then(|s| s.kind.as_ref()) {
+            None | Some(Kind::Empty(_)) => (SourceRecord::Empty, empty),
+            Some(Kind::Session(s)) => {
+                let (record, _) = self.load(&s.session_id).await?;
+                require_open(&record)?;
+                (
+                    SourceRecord::Session {
+                        session_id: s.session_id.clone(),
+                    },
+                    record.head_root,
+                )
+            }
+            Some(Kind::Checkpoint(c)) => {
+                validate_session_id(&c.session_id)?;
+                let checkpoint = self.load_checkpoint(&c.session_id, &c.name).await?;
+                (
+                    SourceRecord::Checkpoint {
+                        session_id: c.session_id.clone(),
+                        name: c.name.clone(),
+                    },
+                    checkpoint.root,
+                )
+            }
+            Some(Kind::Commit(c)) => {
+                let (record, _) = self.load(&c.session_id).await?;
+                if !self.commit_in_history(&record, &c.commit_id).await? {
+                    return Err(Error::NotFound(format!(
+                        "commit {} is not in the history of session {}",
+                        c.commit_id, c.session_id
+                    )));
+                }
+                let commit = self.load_commit(&c.commit_id).await?;
+                (
+                    SourceRecord::Commit {
+                        session_id: c.session_id.clone(),
+                        commit_id: c.commit_id.clone(),
+                    },
+                    commit.root,
+                )
+            }
+            Some(Kind::Archive(a)) => {
+                let root = crate::archive::import_blob(self, &a.blob_hash).await?;
+                (
+                    SourceRecord::Archive {
+                        blob_hash: a.blob_hash.clone(),
+                    },
+                    root.to_hex(),
+                )
+            }
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl SessionService for SessionGrpc {
+    async fn create_session(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::CreateSessionResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        let labels = labels(&request.labels)?;
+        let metadata = metadata(&request.metadata)?;
+        let ttl_ms = convert::duration_ms(&request.ttl).map_err(Error::InvalidArgument)?;
+        let owner = if request.owner.is_empty() {
+            caller.clone()
+        } else {
+            request.owner.clone()
+        };
+        let (source, root) = self.sessions.source_root(&request.source).await?;
+        let now = model::now_ms();
+        let record = SessionRecord {
+            id: new_session_id(),
+            labels,
+            metadata,
+            owner,
+            policy: convert::policy_from(&request.policy),
+            state: State::Active,
+            source,
+            base_root: root.clone(),
+            head_root: root,
+            head_version: 1,
+            head_commit: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            ttl_ms,
+            checkpoint_count: 0,
+            commit_count: 0,
+            audit_sequence: 0,
+        };
+        let effect = Effect::new(&caller, "session.create", record.id.clone());
+        let record = self.sessions.create(record, effect).await?;
+        Ok(Response::new(pb::CreateSessionResponse {
+            session: Some(self.sessions.describe(&record).await?),
+        }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let (record, _) = self.sessions.load(&request.get_ref().session_id).await?;
+        Ok(Response::new(pb::GetSessionResponse {
+            session: Some(self.sessions.describe(&record).await?),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let request = request.into_inner();
+        let selector = LabelSelector::parse(&request.label_selector)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let size = page_size(&request.page);
+        let prefix = model::sessions_prefix();
+        let mut after = match page_token(&request.page) {
+            Some(token) => {
+                validate_session_id(&token).map_err(|_| {
+                    Error::InvalidArgument("page_token is malformed; pass next_page_token back unchanged".into())
+                })?;
+                Some(format!("{prefix}{token}"))
+            }
+            None => None,
+        };
+        let states: Vec<i32> = request.states.clone();
+        let mut sessions = Vec::new();
+        let mut next_page_token = String::new();
+        // Scan in key order, filtering, until a page is full or the keys run out.
+        'scan: loop {
+            let batch = self
+                .sessions
+                .coord
+                .range(&prefix, after.as_deref(), 500)
+                .await
+                .map_err(Error::from)?;
+            if batch.is_empty() {
+                break;
+            }
+            after = batch.last().map(|kv| kv.key.clone());
+            for kv in batch {
+                let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
+                    continue;
+                };
+                if !selector.matches(&record.labels) {
+                    continue;
+                }
+                if !states.is_empty() && !states.contains(&(convert::state(record.state) as i32)) {
+                    continue;
+                }
+                if sessions.len() == size {
+                    next_page_token = sessions
+                        .last()
+                        .map(|s: &pb::Session| s.id.clone())
+                        .unwrap_or_default();
+                    break 'scan;
+                }
+                sessions.push(self.sessions.describe(&record).await?);
+            }
+        }
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions,
+            next_page_token,
+        }))
+    }
+
+    async fn update_session(
+        &self,
+        request: Request<pb::UpdateSessionRequest>,
+    ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        let paths = request
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        if paths.is_empty() {
+            return Err(Error::InvalidArgument(
+                "update_mask is empty: name the fields to change (labels, metadata, ttl, policy)".into(),
+            )
+            .into());
+        }
+        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        require_open(&mutation.record)?;
+        for path in &paths {
+            match path.as_str() {
+                "labels" => mutation.record.labels = labels(&request.labels)?,
+                "metadata" => mutation.record.metadata = metadata(&request.metadata)?,
+                "ttl" => {
+                    mutation.record.ttl_ms =
+                        convert::duration_ms(&request.ttl).map_err(Error::InvalidArgument)?
+                }
+                "policy" => mutation.record.policy = convert::policy_from(&request.policy),
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "update_mask names unknown field \"{other}\"; use labels, metadata, ttl or policy"
+                    ))
+                    .into())
+                }
+            }
+        }
+        let effect = Effect::new(&caller, "session.update", request.session_id.clone())
+            .detail("fields", paths.join(","));
+        let record = self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(pb::UpdateSessionResponse {
+            session: Some(self.sessions.describe(&record).await?),
+        }))
+    }
+
+    async fn fork_session(
+        &self,
+        request: Request<pb::ForkSessionRequest>,
+    ) -> Result<Response<pb::ForkSessionResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        let (parent, _) = self.sessions.load(&request.session_id).await?;
+        require_open(&parent)?;
+        let labels = labels(&request.labels)?;
+        let metadata = metadata(&request.metadata)?;
+        let ttl_ms = match convert::duration_ms(&request.ttl).map_err(Error::InvalidArgument)? {
+            0 => parent.ttl_ms,
+            ttl => ttl,
+        };
+        let now = model::now_ms();
+        // O(1): the fork points at the parent's head root; content is shared.
+        let record = SessionRecord {
+            id: new_session_id(),
+            labels,
+            metadata,
+            owner: caller.clone(),
+            policy: parent.policy.clone(),
+            state: State::Active,
+            source: SourceRecord::Session {
+                session_id: parent.id.clone(),
+            },
+            base_root: parent.head_root.clone(),
+            head_root: parent.head_root.clone(),
+            head_version: 1,
+            head_commit: parent.head_commit.clone(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            ttl_ms,
+            checkpoint_count: 0,
+            commit_count: 0,
+            audit_sequence: 0,
+        };
+        let effect = Effect::new(&caller, "session.fork", record.id.clone())
+            .detail("parent", parent.id.clone());
+        let record = self.sessions.create(record, effect).await?;
+        Ok(Response::new(pb::ForkSessionResponse {
+            session: Some(self.sessions.describe(&record).await?),
+        }))
+    }
+
+    async fn transfer_session(
+        &self,
+        request: Request<pb::TransferSessionRequest>,
+    ) -> Result<Response<pb::TransferSessionResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        if request.new_owner.is_empty() || request.new_owner.len() > 256 {
+            return Err(Error::InvalidArgument(
+                "new_owner is required (a principal name of at most 256 bytes)".into(),
+            )
+            .into());
+        }
+        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        require_open(&mutation.record)?;
+        let previous = std::mem::replace(&mut mutation.record.owner, request.new_owner.clone());
+        let bindings = &mut mutation.record.policy.bindings;
+        bindings.retain(|b| b.subject != format!("user:{previous}"));
+        if request.previous_owner_role != pb::Role::Unspecified as i32 {
+            bindings.push(crate::model::Binding {
+                subject: format!("user:{previous}"),
+                role: request.previous_owner_role,
+            });
+        }
+        let effect = Effect::new(&caller, "session.transfer", request.new_owner.clone())
+            .detail("previous_owner", previous)
+            .detail("comment", request.comment.clone())
+            .event(
+                "session.transferred",
+                pb::SessionEvent {
+                    event: Some(pb::session_event::Event::Transferred(pb::NamedEvent {
+                        name: request.new_owner.clone(),
+                        detail: request.comment.clone(),
+                    })),
+                    ..Default::default()
+                },
+            );
+        let record = self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(pb::TransferSessionResponse {
+            session: Some(self.sessions.describe(&record).await?),
+        }))
+    }
+
+    async fn finalize_session(
+        &self,
+        request: Request<pb::FinalizeSessionRequest>,
+    ) -> Result<Response<pb::FinalizeSessionResponse>, Status> {
+        let caller = principal(&request);
+        let id = request.into_inner().session_id;
+        let mut mutation = self.sessions.begin_active(&id).await?;
+        mutation.record.state = State::Finalized;
+        let effect = Effect::new(&caller, "session.finalize", id.clone()).event(
+            "session.finalized",
+            pb::SessionEvent {
+                event: Some(pb::session_event::Event::Finalized(pb::NamedEvent::default())),
+                ..Default::default()
+            },
+        );
+        let record = self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(pb::FinalizeSessionResponse {
+            session: Some(self.sessions.describe(&record).await?),
+        }))
+    }
+
+    async fn close_session(
+        &self,
+        request: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        require_open(&mutation.record)?;
+        let mut archive_blob_hash = String::new();
+        if request.archive {
+            let root = Sessions::root(&mutation.record.head_root)?;
+            let tar = crate::archive::build_tar(&self.sessions.trees, &root).await?;
+            archive_blob_hash = self.sessions.trees.blobs().put(tar.into()).await.map_err(Error::from)?.to_hex();
+        }
+        mutation.record.state = State::Closed;
+        let effect = Effect::new(&caller, "session.close", request.session_id.clone())
+            .detail("archive", archive_blob_hash.clone())
+            .event(
+                "session.closed",
+                pb::SessionEvent {
+                    event: Some(pb::session_event::Event::Closed(pb::NamedEvent {
+                        name: archive_blob_hash.clone(),
+                        detail: String::new(),
+                    })),
+                    ..Default::default()
+                },
+            );
+        let record = self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(pb::CloseSessionResponse {
+            session: Some(self.sessions.describe(&record).await?),
+            archive_blob_hash,
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let size = page_size(&request.page);
+        let prefix = model::audit_prefix(&record.id);
+        let after = match page_token(&request.page) {
+            Some(token) => {
+                let sequence: u64 = token.parse().map_err(|_| {
+                    Error::InvalidArgument("page_token is malformed; pass next_page_token back unchanged".into())
+                })?;
+                Some(model::audit_key(&record.id, sequence))
+            }
+            None => None,
+        };
+        let batch = self
+            .sessions
+            .coord
+            .range(&prefix, after.as_deref(), size)
+            .await
+            .map_err(Error::from)?;
+        let events: Vec<pb::AuditEvent> = batch
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<AuditRecord>(&kv.value).ok())
+            .map(|a| convert::audit(&a))
+            .collect();
+        let next_page_token = if events.len() == size {
+            events.last().map(|e| e.sequence.to_string()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events,
+            next_page_token,
+        }))
+    }
+}

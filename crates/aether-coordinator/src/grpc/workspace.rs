@@ -1,0 +1,707 @@
+//! `WorkspaceService`: read and change a session's files.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use aether_core::{diff_trees, EntryChange, EntryKind, Hash, TreeEntry, WorkspacePath};
+use aether_proto as pb;
+use aether_proto::workspace_service_server::WorkspaceService;
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert;
+use super::{page_size, page_token, principal};
+use crate::archive;
+use crate::error::{Error, Result};
+use crate::sessions::{check_expected_version, require_open, Effect, Sessions};
+use crate::trees::{TreeEditor, Trees};
+
+/// Largest file accepted inline in a WriteOp.
+pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
+/// Largest file accepted by WriteFile (held in memory while it is stored).
+pub const MAX_WRITE_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+/// Most changes in one ApplyChanges batch.
+pub const MAX_BATCH_CHANGES: usize = 10_000;
+/// Size of data messages sent by ReadFile and ExportArchive.
+const MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// The `WorkspaceService` implementation.
+#[derive(Clone)]
+pub struct WorkspaceGrpc {
+    sessions: Arc<Sessions>,
+}
+
+impl WorkspaceGrpc {
+    pub fn new(sessions: Arc<Sessions>) -> Self {
+        Self { sessions }
+    }
+}
+
+type ByteStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+fn path(value: &str) -> Result<WorkspacePath> {
+    Ok(WorkspacePath::parse(value)?)
+}
+
+/// One validated change, ready to apply.
+enum Step {
+    Write { path: WorkspacePath, content: Content, mode: u32 },
+    Delete { path: WorkspacePath, recursive: bool },
+    MakeDirectory { path: WorkspacePath, parents: bool },
+    Move { from: WorkspacePath, to: WorkspacePath, overwrite: bool },
+    Copy { from: WorkspacePath, to: WorkspacePath, overwrite: bool },
+}
+
+enum Content {
+    Inline(Bytes),
+    Chunks(Vec<(Hash, u64)>),
+    Stored(Hash, u64),
+}
+
+struct Change {
+    step: Step,
+    precondition: Option<pb::PathPrecondition>,
+}
+
+impl Step {
+    fn target(&self) -> &WorkspacePath {
+        match self {
+            Step::Write { path, .. } | Step::Delete { path, .. } | Step::MakeDirectory { path, .. } => path,
+            Step::Move { from, .. } | Step::Copy { from, .. } => from,
+        }
+    }
+}
+
+fn parse_change(change: pb::Change) -> Result<Change> {
+    use pb::change::Op;
+    let step = match change.op {
+        Some(Op::Write(w)) => {
+            let content = if w.chunks.is_empty() {
+                if w.content.len() > MAX_INLINE_BYTES {
+                    return Err(Error::ResourceExhausted(format!(
+                        "inline content of {} bytes exceeds {MAX_INLINE_BYTES}; upload with PutBlob and pass chunks, or use WriteFile",
+                        w.content.len()
+                    )));
+                }
+                Content::Inline(w.content)
+            } else {
+                let chunks = w
+                    .chunks
+                    .iter()
+                    .map(|c| {
+                        Hash::from_hex(&c.hash)
+                            .map(|h| (h, c.size))
+                            .map_err(|e| Error::InvalidArgument(format!("chunk hash: {e}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Content::Chunks(chunks)
+            };
+            Step::Write {
+                path: path(&w.path)?,
+                content,
+                mode: w.mode,
+            }
+        }
+        Some(Op::Delete(d)) => Step::Delete {
+            path: path(&d.path)?,
+            recursive: d.recursive,
+        },
+        Some(Op::MakeDirectory(m)) => Step::MakeDirectory {
+            path: path(&m.path)?,
+            parents: m.parents,
+        },
+        Some(Op::Move(m)) => Step::Move {
+            from: path(&m.from)?,
+            to: path(&m.to)?,
+            overwrite: m.overwrite,
+        },
+        Some(Op::Copy(c)) => Step::Copy {
+            from: path(&c.from)?,
+            to: path(&c.to)?,
+            overwrite: c.overwrite,
+        },
+        None => return Err(Error::InvalidArgument("a change has no operation set".into())),
+    };
+    Ok(Change {
+        step,
+        precondition: change.precondition,
+    })
+}
+
+impl Sessions {
+    /// Stores content named by a write: inline bytes are put; chunk lists are checked to be
+    /// present and assembled into one blob.
+    async fn store_content(&self, content: Content) -> Result<(Hash, u64)> {
+        let blobs = self.trees.blobs();
+        match content {
+            Content::Stored(hash, size) => Ok((hash, size)),
+            Content::Inline(bytes) => {
+                let size = bytes.len() as u64;
+                Ok((blobs.put(bytes).await?, size))
+            }
+            Content::Chunks(chunks) => {
+                let hashes: Vec<Hash> = chunks.iter().map(|c| c.0).collect();
+                let missing = blobs.missing(&hashes).await?;
+                if let Some(first) = missing.first() {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{} chunk(s) are not in the content store (first: {first}); upload them with PutBlob first",
+                        missing.len()
+                    )));
+                }
+                if chunks.len() == 1 {
+                    let size = blobs.size(&chunks[0].0).await?;
+                    return Ok((chunks[0].0, size));
+                }
+                // The store names a multi-chunk blob by its manifest; assembling the content
+                // through it yields that name (chunking is deterministic, so no chunk is stored
+                // twice).
+                let mut buffer = BytesMut::new();
+                for (hash, _) in &chunks {
+                    buffer.extend_from_slice(&blobs.get(hash).await?);
+                }
+                let size = buffer.len() as u64;
+                Ok((blobs.put(buffer.freeze()).await?, size))
+            }
+        }
+    }
+
+    /// Applies validated changes atomically to the head: one new root, one version, one
+    /// fenced commit; a failed step or precondition changes nothing.
+    async fn apply(
+        &self,
+        session_id: &str,
+        caller: &str,
+        expected_version: u64,
+        changes: Vec<Change>,
+        operation: &'static str,
+    ) -> Result<crate::model::SessionRecord> {
+        let mut mutation = self.begin_active(session_id).await?;
+        check_expected_version(&mutation.record, expected_version)?;
+        let old_root = Sessions::root(&mutation.record.head_root)?;
+        let mut editor = TreeEditor::open(&self.trees, &old_root).await?;
+        for change in changes {
+            if let Some(precondition) = &change.precondition {
+                check_precondition(&mut editor, change.step.target(), precondition).await?;
+            }
+            match change.step {
+                Step::Write { path, content, mode } => {
+                    let (hash, size) = self.store_content(content).await?;
+                    editor.write_file(&path, hash, size, mode).await?;
+                }
+                Step::Delete { path, recursive } => {
+                    editor.delete(&path, recursive).await?;
+                }
+                Step::MakeDirectory { path, parents } => editor.make_directory(&path, parents).await?,
+                Step::Move { from, to, overwrite } => editor.move_path(&from, &to, overwrite).await?,
+                Step::Copy { from, to, overwrite } => editor.copy_path(&from, &to, overwrite).await?,
+            }
+        }
+        let touched: Vec<String> = editor.touched().to_vec();
+        let new_root = editor.finish().await?;
+        if new_root == old_root {
+            return Ok(mutation.record);
+        }
+        mutation.record.head_root = new_root.to_hex();
+        mutation.record.head_version += 1;
+        let target = touched.first().cloned().unwrap_or_default();
+        let effect = Effect::new(caller, operation_action(operation), target)
+            .detail("paths", touched.len().to_string())
+            .event(
+                "session.files.changed",
+                pb::SessionEvent {
+                    event: Some(pb::session_event::Event::FilesChanged(pb::FilesChanged {
+                        paths: touched,
+                        operation: operation.to_string(),
+                    })),
+                    ..Default::default()
+                },
+            );
+        self.commit(mutation, effect).await
+    }
+}
+
+fn operation_action(operation: &str) -> &'static str {
+    match operation {
+        "write" => "workspace.write",
+        "delete" => "workspace.delete",
+        "mkdir" => "workspace.mkdir",
+        "move" => "workspace.move",
+        "copy" => "workspace.copy",
+        "import" => "workspace.import",
+        _ => "workspace.apply",
+    }
+}
+
+async fn check_precondition(
+    editor: &mut TreeEditor,
+    path: &WorkspacePath,
+    precondition: &pb::PathPrecondition,
+) -> Result<()> {
+    use pb::path_precondition::Condition;
+    let current = editor.get(path).await?;
+    match &precondition.condition {
+        None => Ok(()),
+        Some(Condition::MustNotExist(false)) => Ok(()),
+        Some(Condition::MustNotExist(true)) => match current {
+            None => Ok(()),
+            Some(_) => Err(Error::Aborted(format!(
+                "precondition failed: \"{path}\" exists but must not"
+            ))),
+        },
+        Some(Condition::ContentHash(expected)) => match current {
+            Some(entry) if entry.kind == EntryKind::File && entry.hash.to_hex() == expected.to_ascii_lowercase() => Ok(()),
+            Some(entry) => Err(Error::Aborted(format!(
+                "precondition failed: \"{path}\" has hash {} , expected {expected}",
+                entry.hash
+            ))),
+            None => Err(Error::Aborted(format!(
+                "precondition failed: \"{path}\" does not exist, expected hash {expected}"
+            ))),
+        },
+    }
+}
+
+/// The files that differ between two trees, walking only subtrees whose hashes differ.
+fn diff_walk<'a>(
+    trees: &'a Trees,
+    old: Option<Hash>,
+    new: Option<Hash>,
+    prefix: WorkspacePath,
+    out: &'a mut Vec<pb::DiffEntry>,
+) -> BoxFuture<'a, Result<()>> {
+    async move {
+        let old_tree = match old {
+            Some(h) => trees.load(&h).await?.as_ref().clone(),
+            None => aether_core::Tree::new(),
+        };
+        let new_tree = match new {
+            Some(h) => trees.load(&h).await?.as_ref().clone(),
+            None => aether_core::Tree::new(),
+        };
+        for change in diff_trees(&old_tree, &new_tree) {
+            let (old_entry, new_entry): (Option<TreeEntry>, Option<TreeEntry>) = match change {
+                EntryChange::Added(e) => (None, Some(e)),
+                EntryChange::Deleted(e) => (Some(e), None),
+                EntryChange::Modified { old, new } => (Some(old), Some(new)),
+            };
+            let name = old_entry.as_ref().or(new_entry.as_ref()).expect("one side").name.clone();
+            let path = prefix.join(&name)?;
+            let old_file = old_entry.as_ref().filter(|e| e.kind == EntryKind::File);
+            let new_file = new_entry.as_ref().filter(|e| e.kind == EntryKind::File);
+            let old_dir = old_entry.as_ref().filter(|e| e.kind == EntryKind::Directory).map(|e| e.hash);
+            let new_dir = new_entry.as_ref().filter(|e| e.kind == EntryKind::Directory).map(|e| e.hash);
+            if old_file.is_some() || new_file.is_some() {
+                let kind = match (old_file, new_file) {
+                    (Some(_), Some(_)) => pb::DiffKind::Modified,
+                    (None, Some(_)) => pb::DiffKind::Added,
+                    _ => pb::DiffKind::Deleted,
+                };
+                out.push(pb::DiffEntry {
+                    path: path.to_string(),
+                    kind: kind as i32,
+                    old_size: old_file.map(|e| e.size).unwrap_or(0),
+                    new_size: new_file.map(|e| e.size).unwrap_or(0),
+                    old_hash: old_file.map(|e| e.hash.to_hex()).unwrap_or_default(),
+                    new_hash: new_file.map(|e| e.hash.to_hex()).unwrap_or_default(),
+                });
+            }
+            if old_dir.is_some() || new_dir.is_some() {
+                diff_walk(trees, old_dir, new_dir, path, out).await?;
+            }
+        }
+        Ok(())
+    }
+    .boxed()
+}
+
+/// Splits a byte stream into messages of at most MESSAGE_BYTES.
+fn split(piece: Bytes) -> Vec<Bytes> {
+    if piece.len() <= MESSAGE_BYTES {
+        return vec![piece];
+    }
+    (0..piece.len())
+        .step_by(MESSAGE_BYTES)
+        .map(|start| piece.slice(start..(start + MESSAGE_BYTES).min(piece.len())))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl WorkspaceService for WorkspaceGrpc {
+    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        require_open(&record)?;
+        let path = path(&request.path)?;
+        let root = self.sessions.resolve(&record, &request.at).await?;
+        let entry = self
+            .sessions
+            .trees
+            .lookup(&root, &path)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("\"{path}\" does not exist in session {}", record.id)))?;
+        Ok(Response::new(pb::StatResponse {
+            entry: Some(convert::entry(&path, &entry)),
+        }))
+    }
+
+    async fn list_tree(&self, request: Request<pb::ListTreeRequest>) -> Result<Response<pb::ListTreeResponse>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        require_open(&record)?;
+        let dir = path(&request.path)?;
+        let root = self.sessions.resolve(&record, &request.at).await?;
+        let entry = self
+            .sessions
+            .trees
+            .lookup(&root, &dir)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("\"{dir}\" does not exist")))?;
+        if entry.kind != EntryKind::Directory {
+            return Err(Error::FailedPrecondition(format!("\"{dir}\" is a file, not a directory")).into());
+        }
+        let size = page_size(&request.page);
+        let after = page_token(&request.page);
+        let mut all = Vec::new();
+        self.sessions
+            .trees
+            .walk(entry.hash, dir, request.recursive, &mut all, 10_000_000)
+            .await?;
+        // Paths come out of the walk in depth-first order; the token is the last path sent.
+        let start = match &after {
+            Some(token) => all
+                .iter()
+                .position(|(p, _)| p.as_str() == token)
+                .map(|i| i + 1)
+                .ok_or_else(|| Error::InvalidArgument("page_token does not name a listed path; pass next_page_token back unchanged with the same `at`".into()))?,
+            None => 0,
+        };
+        let page: Vec<pb::Entry> = all[start.min(all.len())..]
+            .iter()
+            .take(size)
+            .map(|(p, e)| convert::entry(p, e))
+            .collect();
+        let next_page_token = if start + page.len() < all.len() {
+            page.last().map(|e| e.path.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTreeResponse {
+            entries: page,
+            next_page_token,
+            root: root.to_hex(),
+        }))
+    }
+
+    type ReadFileStream = ByteStream<pb::ReadFileResponse>;
+
+    async fn read_file(&self, request: Request<pb::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        require_open(&record)?;
+        let path = path(&request.path)?;
+        let root = self.sessions.resolve(&record, &request.at).await?;
+        let entry = self
+            .sessions
+            .trees
+            .lookup(&root, &path)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("\"{path}\" does not exist in session {}", record.id)))?;
+        if entry.kind != EntryKind::File {
+            return Err(Error::FailedPrecondition(format!("\"{path}\" is a directory; use ListTree")).into());
+        }
+        if request.offset > entry.size || (request.length > 0 && request.offset.saturating_add(request.length) > entry.size) {
+            return Err(Error::OutOfRange(format!(
+                "range {}+{} is past the end of \"{path}\" ({} bytes)",
+                request.offset, request.length, entry.size
+            ))
+            .into());
+        }
+        let pieces = self
+            .sessions
+            .trees
+            .blobs()
+            .read(&entry.hash, request.offset, request.length)
+            .await
+            .map_err(Error::from)?;
+        let mut first = Some(convert::entry(&path, &entry));
+        let mut offset = request.offset;
+        let stream = pieces
+            .map(move |piece| match piece {
+                Err(e) => vec![Err(Status::from(Error::from(e)))],
+                Ok(piece) => split(piece)
+                    .into_iter()
+                    .map(|data| {
+                        let message = pb::ReadFileResponse {
+                            entry: first.take(),
+                            offset,
+                            data,
+                        };
+                        offset += message.data.len() as u64;
+                        Ok(message)
+                    })
+                    .collect(),
+            })
+            .flat_map(futures::stream::iter);
+        // An empty file still yields one message carrying the entry.
+        let empty = entry.size == 0 || request.length == 0 && request.offset == entry.size;
+        let head = if empty {
+            vec![Ok(pb::ReadFileResponse {
+                entry: Some(convert::entry(&path, &entry)),
+                offset: request.offset,
+                data: Bytes::new(),
+            })]
+        } else {
+            vec![]
+        };
+        let stream = futures::stream::iter(head).chain(stream.filter(move |m| {
+            futures::future::ready(!(empty && matches!(m, Ok(r) if r.data.is_empty())))
+        }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn write_file(&self, request: Request<Streaming<pb::WriteFileRequest>>) -> Result<Response<pb::WriteFileResponse>, Status> {
+        let caller = principal(&request);
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::WriteFileRequest { part: Some(pb::write_file_request::Part::Header(h)) }) => h,
+            _ => return Err(Status::invalid_argument("the first WriteFile message must be a header naming the session and path")),
+        };
+        let file = path(&header.path)?;
+        let mut buffer = BytesMut::new();
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(pb::write_file_request::Part::Data(data)) => {
+                    if buffer.len() as u64 + data.len() as u64 > MAX_WRITE_FILE_BYTES {
+                        return Err(Error::ResourceExhausted(format!(
+                            "file exceeds the WriteFile limit of {MAX_WRITE_FILE_BYTES} bytes; upload chunks with PutBlob and use ApplyChanges"
+                        ))
+                        .into());
+                    }
+                    buffer.extend_from_slice(&data);
+                }
+                _ => return Err(Status::invalid_argument("WriteFile takes one header, then only data messages")),
+            }
+        }
+        let data = buffer.freeze();
+        let size = data.len() as u64;
+        // Store the bytes before taking the session lock: uploads do not serialize writers.
+        let hash = self.sessions.trees.blobs().put(data).await.map_err(Error::from)?;
+        let change = Change {
+            step: Step::Write {
+                path: file.clone(),
+                content: Content::Stored(hash, size),
+                mode: header.mode,
+            },
+            precondition: header.precondition,
+        };
+        let record = self
+            .sessions
+            .apply(&header.session_id, &caller, header.expected_head_version, vec![change], "write")
+            .await?;
+        let root = Sessions::root(&record.head_root)?;
+        let entry = self.sessions.trees.lookup(&root, &file).await?.ok_or_else(|| Error::Internal("written file vanished".into()))?;
+        Ok(Response::new(pb::WriteFileResponse {
+            entry: Some(convert::entry(&file, &entry)),
+            head_version: record.head_version,
+        }))
+    }
+
+    async fn apply_changes(&self, request: Request<pb::ApplyChangesRequest>) -> Result<Response<pb::ApplyChangesResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        if request.changes.is_empty() {
+            return Err(Status::invalid_argument("changes is empty: nothing to apply"));
+        }
+        if request.changes.len() > MAX_BATCH_CHANGES {
+            return Err(Error::ResourceExhausted(format!(
+                "{} changes exceed the batch limit of {MAX_BATCH_CHANGES}; split the batch",
+                request.changes.len()
+            ))
+            .into());
+        }
+        let changes = request.changes.into_iter().map(parse_change).collect::<Result<Vec<_>>>()?;
+        let record = self
+            .sessions
+            .apply(&request.session_id, &caller, request.expected_head_version, changes, "batch")
+            .await?;
+        Ok(Response::new(pb::ApplyChangesResponse {
+            head_version: record.head_version,
+            head_root: record.head_root,
+        }))
+    }
+
+    async fn delete_path(&self, request: Request<pb::DeletePathRequest>) -> Result<Response<pb::DeletePathResponse>, Status> {
+        let caller = principal(&request);
+        let r = request.into_inner();
+        let step = Step::Delete { path: path(&r.path)?, recursive: r.recursive };
+        let record = self.sessions.apply(&r.session_id, &caller, r.expected_head_version, vec![Change { step, precondition: None }], "delete").await?;
+        Ok(Response::new(pb::DeletePathResponse { head_version: record.head_version }))
+    }
+
+    async fn make_directory(&self, request: Request<pb::MakeDirectoryRequest>) -> Result<Response<pb::MakeDirectoryResponse>, Status> {
+        let caller = principal(&request);
+        let r = request.into_inner();
+        let dir = path(&r.path)?;
+        let step = Step::MakeDirectory { path: dir.clone(), parents: r.parents };
+        let record = self.sessions.apply(&r.session_id, &caller, 0, vec![Change { step, precondition: None }], "mkdir").await?;
+        let root = Sessions::root(&record.head_root)?;
+        let entry = self.sessions.trees.lookup(&root, &dir).await?.ok_or_else(|| Error::Internal("created directory vanished".into()))?;
+        Ok(Response::new(pb::MakeDirectoryResponse {
+            entry: Some(convert::entry(&dir, &entry)),
+            head_version: record.head_version,
+        }))
+    }
+
+    async fn move_path(&self, request: Request<pb::MovePathRequest>) -> Result<Response<pb::MovePathResponse>, Status> {
+        let caller = principal(&request);
+        let r = request.into_inner();
+        let step = Step::Move { from: path(&r.from)?, to: path(&r.to)?, overwrite: r.overwrite };
+        let record = self.sessions.apply(&r.session_id, &caller, r.expected_head_version, vec![Change { step, precondition: None }], "move").await?;
+        Ok(Response::new(pb::MovePathResponse { head_version: record.head_version }))
+    }
+
+    async fn copy_path(&self, request: Request<pb::CopyPathRequest>) -> Result<Response<pb::CopyPathResponse>, Status> {
+        let caller = principal(&request);
+        let r = request.into_inner();
+        let step = Step::Copy { from: path(&r.from)?, to: path(&r.to)?, overwrite: r.overwrite };
+        let record = self.sessions.apply(&r.session_id, &caller, r.expected_head_version, vec![Change { step, precondition: None }], "copy").await?;
+        Ok(Response::new(pb::CopyPathResponse { head_version: record.head_version }))
+    }
+
+    async fn diff(&self, request: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        require_open(&record)?;
+        let from = match &request.from {
+            None => Sessions::root(&record.base_root)?,
+            some => self.sessions.resolve(&record, some).await?,
+        };
+        let to = self.sessions.resolve(&record, &request.to).await?;
+        let prefix = path(&request.path_prefix)?;
+        let trees = &self.sessions.trees;
+        let subtree = |root: Hash| {
+            let prefix = prefix.clone();
+            async move {
+                Ok::<_, Error>(match trees.lookup(&root, &prefix).await? {
+                    Some(e) if e.kind == EntryKind::Directory => Some(e.hash),
+                    _ => None,
+                })
+            }
+        };
+        let mut out = Vec::new();
+        diff_walk(trees, subtree(from).await?, subtree(to).await?, prefix.clone(), &mut out).await?;
+        let size = page_size(&request.page);
+        let start = match page_token(&request.page) {
+            Some(token) => out.iter().position(|d| d.path == token).map(|i| i + 1).ok_or_else(|| {
+                Error::InvalidArgument("page_token does not name a listed path; pass next_page_token back unchanged".into())
+            })?,
+            None => 0,
+        };
+        let entries: Vec<pb::DiffEntry> = out[start.min(out.len())..].iter().take(size).cloned().collect();
+        let next_page_token = if start + entries.len() < out.len() {
+            entries.last().map(|e| e.path.clone()).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::DiffResponse {
+            entries,
+            next_page_token,
+            from_root: from.to_hex(),
+            to_root: to.to_hex(),
+        }))
+    }
+
+    type ExportArchiveStream = ByteStream<pb::ExportArchiveResponse>;
+
+    async fn export_archive(&self, request: Request<pb::ExportArchiveRequest>) -> Result<Response<Self::ExportArchiveStream>, Status> {
+        let request = request.into_inner();
+        let (record, _) = self.sessions.load(&request.session_id).await?;
+        require_open(&record)?;
+        if record.policy.required_export_approvals > 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "session {} requires {} approval(s) for export; request approval first",
+                record.id, record.policy.required_export_approvals
+            ))
+            .into());
+        }
+        let root = self.sessions.resolve(&record, &request.at).await?;
+        let dir = path(&request.path)?;
+        let subtree = match self.sessions.trees.lookup(&root, &dir).await? {
+            Some(e) if e.kind == EntryKind::Directory => e.hash,
+            Some(_) => return Err(Error::FailedPrecondition(format!("\"{dir}\" is a file; export a directory")).into()),
+            None => return Err(Error::NotFound(format!("\"{dir}\" does not exist")).into()),
+        };
+        let tar = archive::build_tar(&self.sessions.trees, &subtree).await?;
+        let messages: Vec<Result<pb::ExportArchiveResponse, Status>> = split(Bytes::from(tar))
+            .into_iter()
+            .map(|data| Ok(pb::ExportArchiveResponse { data }))
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
+    }
+
+    async fn import_archive(&self, request: Request<Streaming<pb::ImportArchiveRequest>>) -> Result<Response<pb::ImportArchiveResponse>, Status> {
+        let caller = principal(&request);
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::ImportArchiveRequest { part: Some(pb::import_archive_request::Part::Header(h)) }) => h,
+            _ => return Err(Status::invalid_argument("the first ImportArchive message must be a header naming the session")),
+        };
+        let under = path(&header.path)?;
+        let mut buffer = BytesMut::new();
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(pb::import_archive_request::Part::Data(data)) => {
+                    if buffer.len() as u64 + data.len() as u64 > archive::MAX_ARCHIVE_BYTES {
+                        return Err(Error::ResourceExhausted(format!(
+                            "archive exceeds {} bytes",
+                            archive::MAX_ARCHIVE_BYTES
+                        ))
+                        .into());
+                    }
+                    buffer.extend_from_slice(&data);
+                }
+                _ => return Err(Status::invalid_argument("ImportArchive takes one header, then only data messages")),
+            }
+        }
+        // Validate the whole archive before touching the session.
+        let items = archive::parse_tar(&buffer, &under)?;
+        let mut mutation = self.sessions.begin_active(&header.session_id).await?;
+        check_expected_version(&mutation.record, header.expected_head_version)?;
+        let old_root = Sessions::root(&mutation.record.head_root)?;
+        let mut editor = TreeEditor::open(&self.sessions.trees, &old_root).await?;
+        let (files, directories, bytes) = archive::apply_items(&self.sessions.trees, &mut editor, items).await?;
+        let touched = editor.touched().to_vec();
+        let new_root = editor.finish().await?;
+        if new_root != old_root {
+            mutation.record.head_root = new_root.to_hex();
+            mutation.record.head_version += 1;
+            let effect = Effect::new(&caller, "workspace.import", under.to_string())
+                .detail("files", files.to_string())
+                .event(
+                    "session.files.changed",
+                    pb::SessionEvent {
+                        event: Some(pb::session_event::Event::FilesChanged(pb::FilesChanged {
+                            paths: touched,
+                            operation: "import".into(),
+                        })),
+                        ..Default::default()
+                    },
+                );
+            let record = self.sessions.commit(mutation, effect).await?;
+            return Ok(Response::new(pb::ImportArchiveResponse {
+                files,
+                directories,
+                bytes,
+                head_version: record.head_version,
+            }));
+        }
+        Ok(Response::new(pb::ImportArchiveResponse {
+            files,
+            directories,
+            bytes,
+            head_version: mutation.record.head_version,
+        }))
+    }
+}

@@ -1,0 +1,134 @@
+//! The records the coordinator keeps in the coordination store, and their key layout.
+//!
+//! Records are small JSON documents (etcd requests are limited to 1.5 MiB); everything large or
+//! immutable (trees, file content, commits) lives in the content store and is referenced here
+//! by hash.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Key prefix of everything the coordinator stores.
+pub const ROOT: &str = "/aether/v1";
+
+pub fn session_key(id: &str) -> String {
+    format!("{ROOT}/sessions/{id}")
+}
+pub fn sessions_prefix() -> String {
+    format!("{ROOT}/sessions/")
+}
+pub fn holder_key(id: &str) -> String {
+    format!("{ROOT}/holders/{id}")
+}
+pub fn checkpoint_key(id: &str, name: &str) -> String {
+    format!("{ROOT}/checkpoints/{id}/{name}")
+}
+pub fn checkpoints_prefix(id: &str) -> String {
+    format!("{ROOT}/checkpoints/{id}/")
+}
+pub fn audit_key(id: &str, sequence: u64) -> String {
+    format!("{ROOT}/audit/{id}/{sequence:020}")
+}
+pub fn audit_prefix(id: &str) -> String {
+    format!("{ROOT}/audit/{id}/")
+}
+pub fn node_key(node_id: &str) -> String {
+    format!("{ROOT}/nodes/coordinator/{node_id}")
+}
+
+/// Lifecycle state, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum State {
+    Active,
+    Finalized,
+    Closed,
+    Expired,
+}
+
+/// Where a session came from, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SourceRecord {
+    Empty,
+    Session { session_id: String },
+    Checkpoint { session_id: String, name: String },
+    Commit { session_id: String, commit_id: String },
+    Archive { blob_hash: String },
+}
+
+/// A role binding, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Binding {
+    pub subject: String,
+    pub role: i32,
+}
+
+/// A session's policy, as stored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub bindings: Vec<Binding>,
+    pub required_commit_approvals: u32,
+    pub required_export_approvals: u32,
+}
+
+/// One session: its identity, state and the roots of its versioned content.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub labels: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    pub owner: String,
+    pub policy: PolicyRecord,
+    pub state: State,
+    pub source: SourceRecord,
+    /// Root tree of the state the session was created from.
+    pub base_root: String,
+    /// Root tree of the head.
+    pub head_root: String,
+    pub head_version: u64,
+    /// Latest commit id, if any (commit history is a parent chain in the content store).
+    pub head_commit: Option<String>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Idle TTL in milliseconds; 0 = never expires.
+    pub ttl_ms: u64,
+    pub checkpoint_count: u32,
+    pub commit_count: u32,
+    /// Sequence number of the last audit event.
+    pub audit_sequence: u64,
+}
+
+impl SessionRecord {
+    pub fn expires_at_ms(&self) -> Option<i64> {
+        (self.ttl_ms > 0).then(|| self.updated_at_ms + self.ttl_ms as i64)
+    }
+}
+
+/// A named pointer to a root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    pub name: String,
+    pub root: String,
+    pub head_version: u64,
+    pub author: String,
+    pub created_at_ms: i64,
+    pub description: String,
+}
+
+/// One audit event, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub sequence: u64,
+    pub principal: String,
+    pub action: String,
+    pub target: String,
+    pub time_ms: i64,
+    pub outcome: String,
+    pub details: BTreeMap<String, String>,
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,105 @@
+//! Naming file states: head, base, checkpoints and commits, resolved to root hashes; and
+//! commit objects, which live in the content store as JSON, named by their hash.
+
+use aether_core::Hash;
+use aether_proto::{Revision, RevisionKind};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::{self, CheckpointRecord, SessionRecord};
+use crate::sessions::Sessions;
+
+/// A commit, as stored in the content store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitObject {
+    pub root: String,
+    pub parents: Vec<String>,
+    pub author: String,
+    pub message: String,
+    pub time_ms: i64,
+    pub approvals: Vec<String>,
+}
+
+impl Sessions {
+    pub async fn load_checkpoint(&self, session_id: &str, name: &str) -> Result<CheckpointRecord> {
+        aether_core::names::validate_checkpoint_name(name)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let kv = self
+            .coord
+            .get(&model::checkpoint_key(session_id, name))
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "checkpoint \"{name}\" not found in session {session_id}"
+                ))
+            })?;
+        serde_json::from_slice(&kv.value)
+            .map_err(|e| Error::Internal(format!("checkpoint record unreadable: {e}")))
+    }
+
+    pub async fn store_commit(&self, commit: &CommitObject) -> Result<Hash> {
+        let bytes = serde_json::to_vec(commit).expect("commit serializes");
+        Ok(self.trees.blobs().put(Bytes::from(bytes)).await?)
+    }
+
+    pub async fn load_commit(&self, id: &str) -> Result<CommitObject> {
+        let hash = Hash::from_hex(id)
+            .map_err(|e| Error::InvalidArgument(format!("commit id: {e}")))?;
+        let bytes = match self.trees.blobs().get(&hash).await {
+            Ok(bytes) => bytes,
+            Err(aether_store::StoreError::NotFound(_)) => {
+                return Err(Error::NotFound(format!("commit {id} not found")))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        serde_json::from_slice(&bytes)
+            .map_err(|_| Error::NotFound(format!("{id} is not a commit")))
+    }
+
+    /// Whether `commit_id` is in the history of `record` (commits are only readable through a
+    /// session whose history holds them).
+    pub async fn commit_in_history(&self, record: &SessionRecord, commit_id: &str) -> Result<bool> {
+        let mut next = record.head_commit.clone();
+        let mut steps = 0;
+        while let Some(id) = next {
+            if id == commit_id {
+                return Ok(true);
+            }
+            steps += 1;
+            if steps > 100_000 {
+                break;
+            }
+            next = self.load_commit(&id).await?.parents.first().cloned();
+        }
+        Ok(false)
+    }
+
+    /// The root a revision names in a session.
+    pub async fn resolve(&self, record: &SessionRecord, revision: &Option<Revision>) -> Result<Hash> {
+        let (kind, name) = match revision {
+            None => (RevisionKind::Head, ""),
+            Some(r) => (
+                RevisionKind::try_from(r.kind).map_err(|_| {
+                    Error::InvalidArgument(format!("unknown revision kind {}", r.kind))
+                })?,
+                r.name.as_str(),
+            ),
+        };
+        let root = match kind {
+            RevisionKind::Unspecified | RevisionKind::Head => record.head_root.clone(),
+            RevisionKind::Base => record.base_root.clone(),
+            RevisionKind::Checkpoint => self.load_checkpoint(&record.id, name).await?.root,
+            RevisionKind::Commit => {
+                if !self.commit_in_history(record, name).await? {
+                    return Err(Error::NotFound(format!(
+                        "commit {name} is not in the history of session {}",
+                        record.id
+                    )));
+                }
+                self.load_commit(name).await?.root
+            }
+        };
+        Sessions::root(&root)
+    }
+}

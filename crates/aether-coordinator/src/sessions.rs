@@ -1,0 +1,339 @@
+//! The session core: records, holds, fenced mutations and audit.
+//!
+//! Reads are served by any coordinator straight from the coordination store and the content
+//! store. Every mutation runs on the session's holder under a per-session lock, and commits
+//! with one fenced transaction that puts the new record, the audit event and any side records
+//! together (promises 1, 2 and 4): it applies only if this node still holds the session and the
+//! record is unchanged since it was read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use aether_coord::holder::{self, Acquire, Fence, FencedOutcome, HolderRecord};
+use aether_coord::{Compare, Coordination, LeaseKeeper, Op};
+use aether_core::Hash;
+use aether_proto::SessionEvent;
+use tokio::sync::OwnedMutexGuard;
+
+use crate::error::{Error, Result};
+use crate::events::EventSink;
+use crate::model::{self, AuditRecord, SessionRecord, State};
+use crate::trees::Trees;
+
+/// This coordinator's identity in the cluster.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub id: String,
+    /// Where other coordinators reach this one.
+    pub address: String,
+}
+
+struct Hold {
+    fence: Fence,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Shared state of one coordinator process.
+pub struct Sessions {
+    pub(crate) coord: Arc<dyn Coordination>,
+    pub(crate) trees: Trees,
+    pub(crate) events: EventSink,
+    node: Node,
+    lease: LeaseKeeper,
+    holds: Mutex<HashMap<String, Arc<Hold>>>,
+}
+
+/// A mutation in progress: the session's lock is held until it is committed or dropped.
+pub struct Mutation {
+    pub record: SessionRecord,
+    read_revision: i64,
+    fence: Fence,
+    _guard: OwnedMutexGuard<()>,
+    /// Side records to write in the same transaction.
+    pub ops: Vec<Op>,
+    /// Extra compares (for example: a checkpoint name must be free).
+    pub compares: Vec<Compare>,
+}
+
+/// What a committed mutation records in the audit trail and publishes on the bus.
+pub struct Effect {
+    pub principal: String,
+    pub action: &'static str,
+    pub target: String,
+    pub details: Vec<(String, String)>,
+    pub event: Option<(&'static str, SessionEvent)>,
+}
+
+impl Effect {
+    pub fn new(principal: &str, action: &'static str, target: impl Into<String>) -> Self {
+        Self {
+            principal: principal.to_string(),
+            action,
+            target: target.into(),
+            details: Vec::new(),
+            event: None,
+        }
+    }
+
+    pub fn event(mut self, subject: &'static str, event: SessionEvent) -> Self {
+        self.event = Some((subject, event));
+        self
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.details.push((key.to_string(), value.into()));
+        self
+    }
+}
+
+impl Sessions {
+    pub fn new(
+        coord: Arc<dyn Coordination>,
+        trees: Trees,
+        events: EventSink,
+        node: Node,
+        lease: LeaseKeeper,
+    ) -> Arc<Self> {
+        let sessions = Arc::new(Self {
+            coord,
+            trees,
+            events,
+            node,
+            lease,
+            holds: Mutex::new(HashMap::new()),
+        });
+        // When the node lease is lost every hold is void: forget them so later requests
+        // re-acquire (and the fence rejects anything in flight).
+        let lost = sessions.lease.lost();
+        let weak = Arc::downgrade(&sessions);
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            if let Some(sessions) = weak.upgrade() {
+                tracing::warn!("node lease lost; dropping every session hold");
+                sessions.holds.lock().expect("holds").clear();
+            }
+        });
+        sessions
+    }
+
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Reads a session record and its revision.
+    pub async fn load(&self, id: &str) -> Result<(SessionRecord, i64)> {
+        validate_session_id(id)?;
+        let kv = self
+            .coord
+            .get(&model::session_key(id))
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("session {id} not found")))?;
+        let record: SessionRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| Error::Internal(format!("session record {id} unreadable: {e}")))?;
+        Ok((record, kv.mod_revision))
+    }
+
+    /// Takes (or reuses) this node's hold on a session.
+    async fn hold(&self, id: &str) -> Result<Arc<Hold>> {
+        if let Some(hold) = self.holds.lock().expect("holds").get(id) {
+            return Ok(hold.clone());
+        }
+        if self.lease.lost().is_cancelled() {
+            return Err(Error::Unavailable(
+                "this coordinator lost its lease and is shutting down; retry on another node".into(),
+            ));
+        }
+        let record = HolderRecord {
+            node_id: self.node.id.clone(),
+            address: self.node.address.clone(),
+        };
+        match holder::acquire(&*self.coord, &model::holder_key(id), &record, self.lease.id()).await? {
+            Acquire::Held(fence) => {
+                let hold = Arc::new(Hold {
+                    fence,
+                    lock: Arc::new(tokio::sync::Mutex::new(())),
+                });
+                let mut holds = self.holds.lock().expect("holds");
+                Ok(holds.entry(id.to_string()).or_insert(hold).clone())
+            }
+            Acquire::HeldBy(other) => Err(Error::Unavailable(format!(
+                "session {id} is held by coordinator {} at {}; send the request there",
+                other.node_id, other.address
+            ))),
+        }
+    }
+
+    fn drop_hold(&self, id: &str) {
+        self.holds.lock().expect("holds").remove(id);
+    }
+
+    /// Starts a mutation of an existing session.
+    pub async fn begin(&self, id: &str) -> Result<Mutation> {
+        validate_session_id(id)?;
+        let hold = self.hold(id).await?;
+        let guard = hold.lock.clone().lock_owned().await;
+        let (record, read_revision) = self.load(id).await?;
+        Ok(Mutation {
+            record,
+            read_revision,
+            fence: hold.fence.clone(),
+            _guard: guard,
+            ops: Vec::new(),
+            compares: Vec::new(),
+        })
+    }
+
+    /// Starts a mutation that must find the session active (writable).
+    pub async fn begin_active(&self, id: &str) -> Result<Mutation> {
+        let mutation = self.begin(id).await?;
+        require_active(&mutation.record)?;
+        Ok(mutation)
+    }
+
+    /// Commits a mutation: record, audit event and side records in one fenced transaction.
+    pub async fn commit(&self, mut mutation: Mutation, effect: Effect) -> Result<SessionRecord> {
+        let id = mutation.record.id.clone();
+        let now = model::now_ms();
+        mutation.record.updated_at_ms = now;
+        mutation.record.audit_sequence += 1;
+        let audit = AuditRecord {
+            sequence: mutation.record.audit_sequence,
+            principal: effect.principal.clone(),
+            action: effect.action.to_string(),
+            target: effect.target.clone(),
+            time_ms: now,
+            outcome: "ok".into(),
+            details: effect.details.iter().cloned().collect(),
+        };
+        let mut ops = vec![
+            Op::put(model::session_key(&id), to_json(&mutation.record)),
+            Op::put(model::audit_key(&id, audit.sequence), to_json(&audit)),
+        ];
+        ops.append(&mut mutation.ops);
+        let mut compares = vec![Compare::ModRevision(
+            model::session_key(&id),
+            mutation.read_revision,
+        )];
+        compares.append(&mut mutation.compares);
+        match holder::fenced_txn(&*self.coord, &mutation.fence, compares, ops).await? {
+            FencedOutcome::Applied(_) => {}
+            FencedOutcome::Conflict => {
+                return Err(Error::Aborted(format!(
+                    "session {id} changed concurrently (or a name is already taken); re-read and retry"
+                )))
+            }
+            FencedOutcome::Fenced => {
+                self.drop_hold(&id);
+                return Err(Error::Fenced(id));
+            }
+        }
+        if let Some((subject, mut event)) = effect.event {
+            event.head_version = mutation.record.head_version;
+            event.principal = effect.principal;
+            self.events.publish(&id, subject, event).await;
+        }
+        Ok(mutation.record)
+    }
+
+    /// Creates a new session record (and takes its hold) in one transaction.
+    pub async fn create(&self, mut record: SessionRecord, effect: Effect) -> Result<SessionRecord> {
+        let id = record.id.clone();
+        let hold = self.hold(&id).await?;
+        record.audit_sequence = 1;
+        let audit = AuditRecord {
+            sequence: 1,
+            principal: effect.principal.clone(),
+            action: effect.action.to_string(),
+            target: effect.target.clone(),
+            time_ms: record.created_at_ms,
+            outcome: "ok".into(),
+            details: effect.details.iter().cloned().collect(),
+        };
+        let outcome = holder::fenced_txn(
+            &*self.coord,
+            &hold.fence,
+            vec![Compare::Missing(model::session_key(&id))],
+            vec![
+                Op::put(model::session_key(&id), to_json(&record)),
+                Op::put(model::audit_key(&id, 1), to_json(&audit)),
+            ],
+        )
+        .await?;
+        match outcome {
+            FencedOutcome::Applied(_) => Ok(record),
+            FencedOutcome::Conflict => Err(Error::AlreadyExists(format!("session {id} already exists"))),
+            FencedOutcome::Fenced => {
+                self.drop_hold(&id);
+                Err(Error::Fenced(id))
+            }
+        }
+    }
+
+    /// Releases every hold (graceful shutdown), so other nodes take over at once.
+    pub async fn release_all(&self) {
+        let holds: Vec<Arc<Hold>> = self.holds.lock().expect("holds").drain().map(|(_, h)| h).collect();
+        for hold in holds {
+            if let Err(e) = holder::release(&*self.coord, &hold.fence).await {
+                tracing::warn!(key = %hold.fence.key, error = %e, "releasing hold failed");
+            }
+        }
+        if let Err(e) = self.lease.revoke().await {
+            tracing::warn!(error = %e, "revoking node lease failed");
+        }
+    }
+
+    /// Parses a stored root hash.
+    pub fn root(value: &str) -> Result<Hash> {
+        Hash::from_hex(value).map_err(|e| Error::Internal(format!("stored root unreadable: {e}")))
+    }
+}
+
+pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("records serialize")
+}
+
+/// Session ids are server-made, but arrive from clients: check before using them in keys.
+pub fn validate_session_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument("session_id is required".into()));
+    }
+    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(Error::InvalidArgument(format!(
+            "session_id {:?} is malformed: ids are up to 64 characters of [A-Za-z0-9_-]",
+            id.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+pub fn require_active(record: &SessionRecord) -> Result<()> {
+    match record.state {
+        State::Active => Ok(()),
+        State::Finalized => Err(Error::FailedPrecondition(format!(
+            "session {} is finalized (read-only); fork it to keep working",
+            record.id
+        ))),
+        State::Closed | State::Expired => Err(Error::FailedPrecondition(format!(
+            "session {} is closed; its workspace is gone (commits and audit remain)",
+            record.id
+        ))),
+    }
+}
+
+/// Reads must find the workspace still there.
+pub fn require_open(record: &SessionRecord) -> Result<()> {
+    match record.state {
+        State::Active | State::Finalized => Ok(()),
+        _ => require_active(record),
+    }
+}
+
+pub fn check_expected_version(record: &SessionRecord, expected: u64) -> Result<()> {
+    if expected != 0 && expected != record.head_version {
+        return Err(Error::Aborted(format!(
+            "expected head version {expected} but session {} is at {}; re-read and retry",
+            record.id, record.head_version
+        )));
+    }
+    Ok(())
+}

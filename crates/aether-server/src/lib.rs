@@ -1,0 +1,253 @@
+//! `aetherd`: runs one AetherFS service as a process (`coordinator`, `store`, `bus`), or all
+//! three in one process on embedded defaults (`dev`). Thin by design: parse configuration,
+//! start telemetry, build each service, serve it with health and reflection, shut down
+//! gracefully (stop accepting, drain, release leases).
+
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use aether_coord::{Coordination, EmbeddedCoordination, EtcdCoordination};
+use aether_coordinator::{CoordinatorArgs, EventSink};
+use aether_store::backend::BackendArgs;
+use aether_store::{BlobStore, Blobs, Limits, RemoteBlobs};
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tonic::transport::{Channel, Endpoint};
+
+/// Flags every service takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CommonArgs {
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, env = "AETHER_LISTEN", default_value = "127.0.0.1:7600", global = true)]
+    pub listen: SocketAddr,
+    /// Exit when standard input closes (lets a supervising process take its children with it).
+    #[arg(long, hide = true, global = true, env = "AETHER_EXIT_ON_STDIN_CLOSE")]
+    pub exit_on_stdin_close: bool,
+}
+
+/// `aetherd store`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct StoreCommand {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+}
+
+/// `aetherd bus`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BusCommand {
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// etcd endpoints (comma-separated); accepted for cluster configuration symmetry.
+    #[arg(long, env = "AETHER_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+}
+
+/// `aetherd coordinator`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CoordinatorCommand {
+    /// etcd endpoints, comma-separated (http://host:port).
+    #[arg(long, env = "AETHER_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub etcd_endpoints: Vec<String>,
+    /// Content store endpoint (http://host:port).
+    #[arg(long, env = "AETHER_STORE_ENDPOINT")]
+    pub store_endpoint: String,
+    /// Bus endpoint (http://host:port); without it no session events are published.
+    #[arg(long, env = "AETHER_BUS_ENDPOINT")]
+    pub bus_endpoint: Option<String>,
+    /// Address other coordinators use to reach this one; defaults to the listen address.
+    #[arg(long, env = "AETHER_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
+}
+
+/// `aetherd dev` / `aether dev`: everything in one process on embedded defaults.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DevCommand {
+    /// Directory for all data (objects, coordination log, bus segments).
+    #[arg(long = "data", env = "AETHER_DATA_DIR", default_value = "./aether-data")]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub coordinator: CoordinatorArgs,
+}
+
+/// Which service(s) to run.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Service {
+    /// The session-coordinator (needs etcd, a store and optionally a bus).
+    Coordinator(CoordinatorCommand),
+    /// The content store.
+    Store(StoreCommand),
+    /// The bus.
+    Bus(BusCommand),
+    /// All three services in one process on embedded defaults.
+    Dev(DevCommand),
+}
+
+impl Service {
+    fn name(&self) -> &'static str {
+        match self {
+            Service::Coordinator(_) => "coordinator",
+            Service::Store(_) => "store",
+            Service::Bus(_) => "bus",
+            Service::Dev(_) => "dev",
+        }
+    }
+}
+
+/// Cancelled on SIGTERM, SIGINT, or (when asked) when stdin closes.
+pub fn shutdown_signal(exit_on_stdin_close: bool) -> CancellationToken {
+    let token = CancellationToken::new();
+    let on_signal = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+        on_signal.cancel();
+    });
+    if exit_on_stdin_close {
+        let on_eof = token.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = [0u8; 64];
+            while let Ok(n) = stdin.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            tracing::info!("stdin closed: shutting down");
+            on_eof.cancel();
+        });
+    }
+    token
+}
+
+fn lazy_channel(endpoint: &str) -> Result<Channel> {
+    Ok(Endpoint::from_shared(endpoint.to_string())
+        .with_context(|| format!("invalid endpoint {endpoint:?}: expected http://host:port"))?
+        .connect_timeout(std::time::Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Runs a service until `shutdown` is cancelled.
+pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationToken) -> Result<()> {
+    let listener = TcpListener::bind(common.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", common.listen))?;
+    let addr = listener.local_addr()?;
+    let own_endpoint = format!("http://{addr}");
+    let mut routes = RoutesBuilder::default();
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let mut served: Vec<&'static str> = Vec::new();
+    let mut sessions = None;
+    let mut bus = None;
+
+    let add_store = |routes: &mut RoutesBuilder, store: &BlobStore, served: &mut Vec<&'static str>| {
+        routes.add_service(aether_store::service::ContentGrpc::new(store.clone()).into_server());
+        served.push("aetherfs.v1.ContentService");
+    };
+    let add_bus = |routes: &mut RoutesBuilder, objects, served: &mut Vec<&'static str>| {
+        let b = aether_bus::Bus::new(objects, aether_bus::BusConfig::default());
+        routes.add_service(b.grpc());
+        served.push("aetherfs.v1.BusService");
+        b
+    };
+    let coordinator_services = [
+        "aetherfs.v1.SessionService",
+        "aetherfs.v1.WorkspaceService",
+        "aetherfs.v1.HistoryService",
+        "aetherfs.v1.ReviewService",
+        "aetherfs.v1.KnowledgeService",
+    ];
+
+    match &service {
+        Service::Store(cmd) => {
+            let objects = cmd.backend.build("objects").map_err(anyhow::Error::msg)?;
+            add_store(&mut routes, &BlobStore::new(objects, Limits::default()), &mut served);
+        }
+        Service::Bus(cmd) => {
+            let objects = cmd.backend.build("bus").map_err(anyhow::Error::msg)?;
+            bus = Some(add_bus(&mut routes, objects, &mut served));
+        }
+        Service::Coordinator(cmd) => {
+            let coord: Arc<dyn Coordination> = Arc::new(
+                EtcdCoordination::connect(&cmd.etcd_endpoints)
+                    .await
+                    .context("cannot reach etcd")?,
+            );
+            let blobs: Arc<dyn Blobs> = Arc::new(RemoteBlobs::new(lazy_channel(&cmd.store_endpoint)?));
+            let events = match &cmd.bus_endpoint {
+                Some(endpoint) => EventSink::bus(lazy_channel(endpoint)?),
+                None => EventSink::disabled(),
+            };
+            let address = cmd.advertise_addr.clone().unwrap_or_else(|| own_endpoint.clone());
+            let s = aether_coordinator::start(coord, blobs, events, address, &cmd.coordinator).await?;
+            aether_coordinator::register(&mut routes, &s);
+            served.extend(coordinator_services);
+            sessions = Some(s);
+        }
+        Service::Dev(cmd) => {
+            std::fs::create_dir_all(&cmd.data)
+                .with_context(|| format!("cannot create data directory {}", cmd.data.display()))?;
+            let backend = BackendArgs::local(cmd.data.clone());
+            let store = BlobStore::new(backend.build("objects").map_err(anyhow::Error::msg)?, Limits::default());
+            add_store(&mut routes, &store, &mut served);
+            bus = Some(add_bus(&mut routes, backend.build("bus").map_err(anyhow::Error::msg)?, &mut served));
+            let coord: Arc<dyn Coordination> = Arc::new(
+                EmbeddedCoordination::open(&cmd.data.join("coordination.log"))
+                    .context("cannot open the embedded coordination log")?,
+            );
+            // The coordinator reaches the store in-process and the bus through this listener.
+            let blobs: Arc<dyn Blobs> = Arc::new(store);
+            let events = EventSink::bus(lazy_channel(&own_endpoint)?);
+            let s = aether_coordinator::start(coord, blobs, events, own_endpoint.clone(), &cmd.coordinator).await?;
+            aether_coordinator::register(&mut routes, &s);
+            served.extend(coordinator_services);
+            sessions = Some(s);
+        }
+    }
+
+    for name in &served {
+        health_reporter
+            .set_service_status(*name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    routes.add_service(health_service);
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(aether_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building reflection service")?;
+    routes.add_service(reflection);
+
+    // Tests and scripts wait for this exact line.
+    println!("aetherd {} listening on {addr}", service.name());
+    tracing::info!(service = service.name(), %addr, services = ?served, "serving");
+
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await
+        .context("server failed")?;
+
+    tracing::info!("stopped accepting; releasing sessions and flushing");
+    if let Some(sessions) = sessions {
+        sessions.release_all().await;
+    }
+    if let Some(bus) = bus {
+        bus.shutdown().await;
+    }
+    Ok(())
+}

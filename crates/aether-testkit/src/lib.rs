@@ -1,0 +1,31 @@
+//! Real dependencies for AetherFS integration tests, started in one call on free loopback ports
+//! and cleaned up however the test ends.
+//!
+//! - [`Etcd`] / [`EtcdCluster`]: etcd from PATH, one node or N members;
+//! - [`S3Server`]: moto with the bucket `aether-test`;
+//! - [`ServiceProcess`]: one `aetherd`; [`Cluster`]: all of the above wired together.
+//!
+//! Promises:
+//! - nothing leaks: every process is SIGKILLed and reaped on drop (so on panic too) and dies
+//!   with the test process even if that is SIGKILLed (parent-death signal); temp dirs go on drop;
+//! - a missing dependency is an error that says how to install it, never a skipped test;
+//! - readiness is awaited (health probes, the service's ready line), never slept for; a
+//!   dependency that is not ready within 20 s is an error quoting the end of its log.
+
+mod child;
+mod cluster;
+mod etcd;
+pub mod http;
+mod locate;
+mod logs;
+mod ports;
+mod s3;
+mod service;
+mod wait;
+
+pub use cluster::{Cluster, ClusterSpec};
+pub use etcd::{Etcd, EtcdCluster};
+pub use locate::{aether_cli_path, aetherd_path};
+pub use ports::free_port;
+pub use s3::S3Server;
+pub use service::ServiceProcess;

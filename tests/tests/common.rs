@@ -1,0 +1,118 @@
+//! Shared steps of the end-to-end tests.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use aether_proto as pb;
+use aether_proto::bus_service_client::BusServiceClient;
+use aether_proto::session_service_client::SessionServiceClient;
+use aether_proto::workspace_service_client::WorkspaceServiceClient;
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use prost::Message;
+use tonic::transport::{Channel, Endpoint};
+
+pub async fn connect(endpoint: &str) -> Result<Channel> {
+    Endpoint::from_shared(endpoint.to_string())?
+        .connect()
+        .await
+        .with_context(|| format!("connect to {endpoint}"))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+pub async fn create_session(channel: &Channel) -> Result<pb::Session> {
+    let response = SessionServiceClient::new(channel.clone())
+        .create_session(pb::CreateSessionRequest {
+            labels: [("suite".to_string(), "e2e".to_string())].into(),
+            ..Default::default()
+        })
+        .await?;
+    response.into_inner().session.context("no session in response")
+}
+
+pub async fn write_file(channel: &Channel, session_id: &str, path: &str, data: &[u8]) -> Result<pb::WriteFileResponse> {
+    let mut messages = vec![pb::WriteFileRequest {
+        part: Some(pb::write_file_request::Part::Header(pb::WriteFileHeader {
+            session_id: session_id.to_string(),
+            path: path.to_string(),
+            ..Default::default()
+        })),
+    }];
+    for piece in data.chunks(1024 * 1024) {
+        messages.push(pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Data(Bytes::copy_from_slice(piece))),
+        });
+    }
+    Ok(WorkspaceServiceClient::new(channel.clone())
+        .write_file(futures::stream::iter(messages))
+        .await?
+        .into_inner())
+}
+
+pub async fn read_file(channel: &Channel, session_id: &str, path: &str) -> Result<Vec<u8>> {
+    let mut stream = WorkspaceServiceClient::new(channel.clone())
+        .read_file(pb::ReadFileRequest {
+            session_id: session_id.to_string(),
+            path: path.to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(message) = stream.message().await? {
+        assert_eq!(message.offset as usize, out.len(), "read offsets are contiguous");
+        out.extend_from_slice(&message.data);
+    }
+    Ok(out)
+}
+
+/// Subscribes to a session's stream from the first offset.
+pub async fn subscribe(channel: &Channel, session_id: &str) -> Result<tonic::Streaming<pb::SubscribeResponse>> {
+    Ok(BusServiceClient::new(channel.clone())
+        .subscribe(pb::SubscribeRequest {
+            session_id: session_id.to_string(),
+            start: Some(pb::StartPosition {
+                position: Some(pb::start_position::Position::Earliest(true)),
+            }),
+            subject_filter: "session.>".into(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Waits (with a failure deadline) for a "files changed" event naming `path`.
+pub async fn await_file_changed(stream: &mut tonic::Streaming<pb::SubscribeResponse>, path: &str) -> Result<pb::BusMessage> {
+    let wait = async {
+        while let Some(response) = stream.message().await? {
+            let Some(pb::subscribe_response::Event::Message(message)) = response.event else {
+                anyhow::bail!("subscription reported it fell behind");
+            };
+            if message.subject != "session.files.changed" {
+                continue;
+            }
+            let event = pb::SessionEvent::decode(message.payload.clone())?;
+            if let Some(pb::session_event::Event::FilesChanged(changed)) = &event.event {
+                if changed.paths.iter().any(|p| p == path) {
+                    return Ok(message);
+                }
+            }
+        }
+        anyhow::bail!("subscription ended without the event")
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .context("no files-changed event within 30 s")?
+}
