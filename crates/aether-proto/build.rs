@@ -6,7 +6,14 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files: Vec<PathBuf> = [
-        "common", "session", "workspace", "history", "review", "knowledge", "content", "bus",
+        "common",
+        "session",
+        "workspace",
+        "history",
+        "review",
+        "knowledge",
+        "content",
+        "bus",
     ]
     .iter()
     .map(|name| root.join(format!("aetherfs/v1/{name}.proto")))
@@ -16,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".aetherfs.v1")
         .file_descriptor_set_path(out.join("aetherfs_v1_descriptor.bin"))
-        .compile_protos(&files, &[root.clone()])?;
+        .compile_protos(&files, std::slice::from_ref(&root))?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())
 }

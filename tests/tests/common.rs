@@ -40,10 +40,18 @@ pub async fn create_session(channel: &Channel) -> Result<pb::Session> {
             ..Default::default()
         })
         .await?;
-    response.into_inner().session.context("no session in response")
+    response
+        .into_inner()
+        .session
+        .context("no session in response")
 }
 
-pub async fn write_file(channel: &Channel, session_id: &str, path: &str, data: &[u8]) -> Result<pb::WriteFileResponse> {
+pub async fn write_file(
+    channel: &Channel,
+    session_id: &str,
+    path: &str,
+    data: &[u8],
+) -> Result<pb::WriteFileResponse> {
     let mut messages = vec![pb::WriteFileRequest {
         part: Some(pb::write_file_request::Part::Header(pb::WriteFileHeader {
             session_id: session_id.to_string(),
@@ -53,7 +61,9 @@ pub async fn write_file(channel: &Channel, session_id: &str, path: &str, data: &
     }];
     for piece in data.chunks(1024 * 1024) {
         messages.push(pb::WriteFileRequest {
-            part: Some(pb::write_file_request::Part::Data(Bytes::copy_from_slice(piece))),
+            part: Some(pb::write_file_request::Part::Data(Bytes::copy_from_slice(
+                piece,
+            ))),
         });
     }
     Ok(WorkspaceServiceClient::new(channel.clone())
@@ -73,14 +83,21 @@ pub async fn read_file(channel: &Channel, session_id: &str, path: &str) -> Resul
         .into_inner();
     let mut out = Vec::new();
     while let Some(message) = stream.message().await? {
-        assert_eq!(message.offset as usize, out.len(), "read offsets are contiguous");
+        assert_eq!(
+            message.offset as usize,
+            out.len(),
+            "read offsets are contiguous"
+        );
         out.extend_from_slice(&message.data);
     }
     Ok(out)
 }
 
 /// Subscribes to a session's stream from the first offset.
-pub async fn subscribe(channel: &Channel, session_id: &str) -> Result<tonic::Streaming<pb::SubscribeResponse>> {
+pub async fn subscribe(
+    channel: &Channel,
+    session_id: &str,
+) -> Result<tonic::Streaming<pb::SubscribeResponse>> {
     Ok(BusServiceClient::new(channel.clone())
         .subscribe(pb::SubscribeRequest {
             session_id: session_id.to_string(),
@@ -94,7 +111,10 @@ pub async fn subscribe(channel: &Channel, session_id: &str) -> Result<tonic::Str
 }
 
 /// Waits (with a failure deadline) for a "files changed" event naming `path`.
-pub async fn await_file_changed(stream: &mut tonic::Streaming<pb::SubscribeResponse>, path: &str) -> Result<pb::BusMessage> {
+pub async fn await_file_changed(
+    stream: &mut tonic::Streaming<pb::SubscribeResponse>,
+    path: &str,
+) -> Result<pb::BusMessage> {
     let wait = async {
         while let Some(response) = stream.message().await? {
             let Some(pb::subscribe_response::Event::Message(message)) = response.event else {

@@ -284,7 +284,9 @@ mod tests {
         let message = |subject: &str, payload: usize, headers: usize| OutgoingMessage {
             subject: subject.into(),
             payload: vec![0; payload].into(),
-            headers: (0..headers).map(|i| (i.to_string(), String::new())).collect(),
+            headers: (0..headers)
+                .map(|i| (i.to_string(), String::new()))
+                .collect(),
         };
         assert!(validate_batch(&[message("a.b", crate::MAX_PAYLOAD_BYTES, 32)]).is_ok());
         assert!(matches!(

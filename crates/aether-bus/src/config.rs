@@ -5,9 +5,10 @@ use std::time::Duration;
 /// Tuning of the bus. Every field has a default fit for the single-node case.
 #[derive(Clone, Debug)]
 pub struct BusConfig {
-    /// Messages kept in memory per stream for replay without a store read (the tail). Also the
-    /// most messages of a stream that may wait to be persisted: beyond it publishers are held
-    /// back until the flusher catches up.
+    /// Persisted messages kept in memory per stream for replay without a store read (the
+    /// tail). Also bounds the messages of a stream that may wait to be persisted (never below
+    /// one full segment or one full batch): beyond it publishers are held back until the
+    /// flusher catches up, then refused with `UNAVAILABLE`.
     pub max_buffered_messages: usize,
     /// Group commit window: a stream writes at most one segment per window, unless a full
     /// segment is pending.
@@ -138,7 +139,10 @@ mod tests {
             default.max_buffered_messages
         );
         assert_eq!(from_flags.flush_interval, default.flush_interval);
-        assert_eq!(from_flags.max_segment_messages, default.max_segment_messages);
+        assert_eq!(
+            from_flags.max_segment_messages,
+            default.max_segment_messages
+        );
         assert_eq!(from_flags.subscriber_buffer, default.subscriber_buffer);
         assert_eq!(from_flags.retention, default.retention);
         assert_eq!(from_flags.persist_timeout, default.persist_timeout);

@@ -59,7 +59,11 @@ pub(crate) fn encode(messages: &[Arc<BusMessage>]) -> Bytes {
 }
 
 /// Decodes a segment and checks that it holds consecutive offsets starting at `first`.
-pub(crate) fn decode(mut data: Bytes, first: u64, object: &Path) -> Result<Vec<BusMessage>, BusError> {
+pub(crate) fn decode(
+    mut data: Bytes,
+    first: u64,
+    object: &Path,
+) -> Result<Vec<BusMessage>, BusError> {
     let corrupt = |detail: String| BusError::Corrupt {
         object: object.to_string(),
         detail,

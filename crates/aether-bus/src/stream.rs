@@ -73,7 +73,10 @@ impl Shared {
 
     /// The session's stream, loaded from the object store on first use. Concurrent first uses
     /// share one load.
-    pub(crate) async fn stream(self: &Arc<Self>, session_id: &str) -> Result<Arc<Stream>, BusError> {
+    pub(crate) async fn stream(
+        self: &Arc<Self>,
+        session_id: &str,
+    ) -> Result<Arc<Stream>, BusError> {
         loop {
             if self.shutdown.is_cancelled() {
                 return Err(BusError::ShuttingDown);
@@ -109,10 +112,7 @@ impl Shared {
 
     /// Removes `stream` from the map if it is still the loaded one. Takes the map lock, so it
     /// must be called before locking the stream's state.
-    fn unmap<'a>(
-        streams: &mut MutexGuard<'a, HashMap<String, Arc<OnceCell<Arc<Stream>>>>>,
-        stream: &Arc<Stream>,
-    ) {
+    fn unmap(streams: &mut HashMap<String, Arc<OnceCell<Arc<Stream>>>>, stream: &Arc<Stream>) {
         let same = streams
             .get(&stream.session_id)
             .and_then(|cell| cell.get())
@@ -176,9 +176,7 @@ impl State {
     fn apply_retention(&mut self, retention: &Retention, now: SystemTime) {
         let last = self.next_offset - 1;
         if retention.max_messages > 0 && last >= retention.max_messages {
-            self.first_retained = self
-                .first_retained
-                .max(last - retention.max_messages + 1);
+            self.first_retained = self.first_retained.max(last - retention.max_messages + 1);
         }
         if let Some(max_age) = retention.max_age {
             for meta in self.segments.values() {
@@ -208,7 +206,10 @@ impl State {
 
 /// The result of trying to append.
 pub(crate) enum AppendOutcome {
-    Appended { first: u64, last: u64 },
+    Appended {
+        first: u64,
+        last: u64,
+    },
     /// The stream was dropped from memory; load it again.
     Closed,
     /// Too much is waiting to be persisted: wait for the watermark to move.
@@ -540,6 +541,11 @@ impl Stream {
         let data = segment::encode(&batch);
         let path = segment_path(&self.session_id, first);
         let mut backoff = INITIAL_BACKOFF;
+        // Retry several times within a publisher's deadline, so a store that comes back is
+        // noticed before waiting publishes give up.
+        let max_backoff = MAX_BACKOFF
+            .min(shared.config.persist_timeout / 4)
+            .max(Duration::from_millis(1));
         let mut give_up_at = None;
         loop {
             match write_segment(&*shared.objects, &path, data.clone()).await {
@@ -574,7 +580,7 @@ impl Stream {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = shared.shutdown.cancelled(), if !stopping => {}
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff = (backoff * 2).min(max_backoff);
                 }
             }
         }
@@ -653,7 +659,11 @@ impl From<object_store::Error> for WriteError {
 
 /// Creates a segment. An existing segment with the same bytes is success: an earlier attempt
 /// landed although it reported failure.
-async fn write_segment(objects: &dyn ObjectStore, path: &Path, data: Bytes) -> Result<(), WriteError> {
+async fn write_segment(
+    objects: &dyn ObjectStore,
+    path: &Path,
+    data: Bytes,
+) -> Result<(), WriteError> {
     match objects
         .put_opts(path, PutPayload::from(data.clone()), PutMode::Create.into())
         .await
@@ -675,16 +685,18 @@ async fn write_segment(objects: &dyn ObjectStore, path: &Path, data: Bytes) -> R
 /// stream when idle, and on shutdown writes everything pending before it stops.
 async fn run_flusher(shared: Arc<Shared>, stream: Arc<Stream>) {
     let config = &shared.config;
-    let retention_tick = config.retention.max_age.map(|age| {
-        (age / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
-    });
+    let retention_tick = config
+        .retention
+        .max_age
+        .map(|age| (age / 4).clamp(Duration::from_millis(10), Duration::from_secs(60)));
     // Retention runs once at load, then on every flush and, with an age limit, on a timer.
     let mut next_retention = Instant::now();
     let mut last_flush: Option<Instant> = None;
     loop {
         if Instant::now() >= next_retention {
             stream.enforce_retention(&shared).await;
-            next_retention = Instant::now() + retention_tick.unwrap_or(Duration::from_secs(86_400 * 365));
+            next_retention =
+                Instant::now() + retention_tick.unwrap_or(Duration::from_secs(86_400 * 365));
         }
         let (pending, pending_bytes, idle_at) = {
             let state = stream.lock();
@@ -717,8 +729,8 @@ async fn run_flusher(shared: Arc<Shared>, stream: Arc<Stream>) {
             }
             continue;
         }
-        let full = pending >= config.max_segment_messages as u64
-            || pending_bytes >= SEGMENT_TARGET_BYTES;
+        let full =
+            pending >= config.max_segment_messages as u64 || pending_bytes >= SEGMENT_TARGET_BYTES;
         if !full && !stopping {
             if let Some(window_end) = last_flush.map(|at| at + config.flush_interval) {
                 if Instant::now() < window_end {
@@ -766,8 +778,7 @@ mod tests {
     #[test]
     fn count_retention_keeps_partial_segments_and_the_newest() {
         let now = SystemTime::now();
-        let mut state =
-            state_with_segments(&[(1, 10, now), (11, 20, now), (21, 30, now)], 31);
+        let mut state = state_with_segments(&[(1, 10, now), (11, 20, now), (21, 30, now)], 31);
         state.apply_retention(
             &Retention {
                 max_messages: 15,
@@ -805,6 +816,10 @@ mod tests {
         let mut all_old = state_with_segments(&[(1, 10, old), (11, 20, old)], 21);
         all_old.apply_retention(&retention, now);
         assert_eq!(all_old.first_retained, 21, "an expired stream is empty");
-        assert_eq!(all_old.doomed_segments(), vec![1], "the newest object stays");
+        assert_eq!(
+            all_old.doomed_segments(),
+            vec![1],
+            "the newest object stays"
+        );
     }
 }

@@ -116,7 +116,9 @@ impl Subscription {
     }
 
     /// The subscription as a stream of deliveries.
-    pub fn into_stream(self) -> impl FuturesStream<Item = Result<Delivery, BusError>> + Send + 'static {
+    pub fn into_stream(
+        self,
+    ) -> impl FuturesStream<Item = Result<Delivery, BusError>> + Send + 'static {
         futures::stream::unfold(self, |mut subscription| async move {
             let item = subscription.next().await?;
             Some((item, subscription))
@@ -187,7 +189,10 @@ impl Subscription {
     /// Fills `replay` with the next history, from the tail if it reaches back far enough, else
     /// from the segment holding the cursor.
     async fn fetch_history(&mut self) -> Result<(), BusError> {
-        match self.stream.history(self.cursor, self.live_from, REPLAY_CHUNK) {
+        match self
+            .stream
+            .history(self.cursor, self.live_from, REPLAY_CHUNK)
+        {
             History::Messages(messages) => self.replay.extend(messages),
             History::Expired { first_retained } => return Err(self.expired(first_retained)),
             History::Segment(first) => {

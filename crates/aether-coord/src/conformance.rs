@@ -18,15 +18,27 @@ pub async fn run_all(coord: Arc<dyn Coordination>, prefix: &str) {
 
 async fn compare_and_put(coord: &dyn Coordination, key: &str) {
     let created = coord
-        .txn(vec![Compare::Missing(key.into())], vec![Op::put(key, "one")])
+        .txn(
+            vec![Compare::Missing(key.into())],
+            vec![Op::put(key, "one")],
+        )
         .await
         .unwrap();
-    assert!(created.succeeded, "create-if-missing must succeed on a new key");
+    assert!(
+        created.succeeded,
+        "create-if-missing must succeed on a new key"
+    );
     let again = coord
-        .txn(vec![Compare::Missing(key.into())], vec![Op::put(key, "two")])
+        .txn(
+            vec![Compare::Missing(key.into())],
+            vec![Op::put(key, "two")],
+        )
         .await
         .unwrap();
-    assert!(!again.succeeded, "create-if-missing must fail on an existing key");
+    assert!(
+        !again.succeeded,
+        "create-if-missing must fail on an existing key"
+    );
     let kv = coord.get(key).await.unwrap().expect("key exists");
     assert_eq!(kv.value, b"one");
     assert_eq!(kv.create_revision, created.revision);
@@ -50,10 +62,18 @@ async fn compare_and_put(coord: &dyn Coordination, key: &str) {
     assert!(fresh.succeeded);
     let kv2 = coord.get(key).await.unwrap().unwrap();
     assert_eq!(kv2.value, b"three");
-    assert_eq!(kv2.create_revision, kv.create_revision, "updates keep the create revision");
+    assert_eq!(
+        kv2.create_revision, kv.create_revision,
+        "updates keep the create revision"
+    );
     assert!(kv2.mod_revision > kv.mod_revision);
     assert_eq!(
-        coord.get(&format!("{key}-side")).await.unwrap().unwrap().value,
+        coord
+            .get(&format!("{key}-side"))
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
         b"x",
         "every op of a successful txn applies"
     );
@@ -70,7 +90,10 @@ async fn compare_and_put(coord: &dyn Coordination, key: &str) {
 async fn range_paging(coord: &dyn Coordination, prefix: &str) {
     for i in 0..7 {
         coord
-            .txn(vec![], vec![Op::put(format!("{prefix}/k{i}"), vec![i as u8])])
+            .txn(
+                vec![],
+                vec![Op::put(format!("{prefix}/k{i}"), vec![i as u8])],
+            )
             .await
             .unwrap();
     }
@@ -92,7 +115,10 @@ async fn range_paging(coord: &dyn Coordination, prefix: &str) {
         seen.extend(page.into_iter().map(|kv| kv.key));
     }
     let expected: Vec<String> = (0..7).map(|i| format!("{prefix}/k{i}")).collect();
-    assert_eq!(seen, expected, "paged range returns every key once, in order");
+    assert_eq!(
+        seen, expected,
+        "paged range returns every key once, in order"
+    );
 }
 
 async fn lease_revoke_deletes_keys(coord: &dyn Coordination, key: &str) {
@@ -112,11 +138,15 @@ async fn lease_revoke_deletes_keys(coord: &dyn Coordination, key: &str) {
     assert_eq!(kv.lease, lease);
     coord.keep_alive(lease).await.unwrap();
     coord.revoke_lease(lease).await.unwrap();
-    assert!(coord.get(key).await.unwrap().is_none(), "revoking a lease deletes its keys");
-    assert!(matches!(
-        coord.keep_alive(lease).await,
-        Err(CoordError::LeaseNotFound(_))
-    ));
+    assert!(
+        coord.get(key).await.unwrap().is_none(),
+        "revoking a lease deletes its keys"
+    );
+    let renewed = coord.keep_alive(lease).await;
+    assert!(
+        matches!(renewed, Err(CoordError::LeaseNotFound(_))),
+        "renewing a revoked lease must say it is gone, got {renewed:?}"
+    );
 }
 
 async fn lease_expiry_deletes_keys(coord: &dyn Coordination, key: &str) {
@@ -186,7 +216,11 @@ async fn fencing(coord: &dyn Coordination, key: &str) {
     let zombie = holder::fenced_txn(coord, &fence_a, vec![], vec![Op::put(&data, "zombie")])
         .await
         .unwrap();
-    assert_eq!(zombie, FencedOutcome::Fenced, "a former holder cannot write");
+    assert_eq!(
+        zombie,
+        FencedOutcome::Fenced,
+        "a former holder cannot write"
+    );
     assert_eq!(coord.get(&data).await.unwrap().unwrap().value, b"from a");
     holder::release(coord, &fence_b).await.unwrap();
     assert!(holder::current(coord, key).await.unwrap().is_none());

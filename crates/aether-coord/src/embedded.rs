@@ -105,7 +105,9 @@ impl EmbeddedCoordination {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the map half-updated (updates are applied
         // after validation, without fallible steps), so a poisoned lock is still consistent.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -161,7 +163,14 @@ fn write_snapshot(path: &Path, kv: &BTreeMap<String, KeyValue>, revision: i64) -
     let entries = kv
         .values()
         .filter(|e| e.lease == 0)
-        .map(|e| (e.key.clone(), e.value.clone(), e.create_revision, e.mod_revision))
+        .map(|e| {
+            (
+                e.key.clone(),
+                e.value.clone(),
+                e.create_revision,
+                e.mod_revision,
+            )
+        })
         .collect();
     let record = LogRecord::Snapshot { revision, entries };
     let tmp = path.with_extension("tmp");
@@ -179,7 +188,10 @@ fn write_snapshot(path: &Path, kv: &BTreeMap<String, KeyValue>, revision: i64) -
             let _ = dir.sync_all();
         }
     }
-    let file = OpenOptions::new().append(true).open(path).map_err(storage)?;
+    let file = OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(storage)?;
     Ok(Log {
         path: path.to_path_buf(),
         file,

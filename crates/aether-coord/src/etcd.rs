@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{
-    Client, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp,
-};
+use etcd_client::{Client, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
 
-use crate::{prefix_end, Compare, CoordError, Coordination, KeyValue, LeaseId, Op, Result, TxnOutcome};
+use crate::{
+    prefix_end, Compare, CoordError, Coordination, KeyValue, LeaseId, Op, Result, TxnOutcome,
+};
 
 /// How long one etcd request may take before it counts as unavailable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,6 +51,15 @@ fn unavailable(error: &etcd_client::Error) -> CoordError {
             CoordError::Rejected(status.message().to_string())
         }
         other => CoordError::Unavailable(other.to_string()),
+    }
+}
+
+/// Errors of lease calls: "lease not found" means the lease is gone, not that etcd is down.
+fn lease_error(error: &etcd_client::Error, lease: LeaseId) -> CoordError {
+    if error.to_string().contains("lease not found") {
+        CoordError::LeaseNotFound(lease)
+    } else {
+        unavailable(error)
     }
 }
 
@@ -147,13 +156,16 @@ impl Coordination for EtcdCoordination {
         let (mut keeper, mut responses) = client
             .lease_keep_alive(lease)
             .await
-            .map_err(|e| unavailable(&e))?;
-        keeper.keep_alive().await.map_err(|e| unavailable(&e))?;
+            .map_err(|e| lease_error(&e, lease))?;
+        keeper
+            .keep_alive()
+            .await
+            .map_err(|e| lease_error(&e, lease))?;
         match tokio::time::timeout(REQUEST_TIMEOUT, responses.message()).await {
             Err(_) => Err(CoordError::Unavailable(
                 "lease keep-alive got no answer in time".into(),
             )),
-            Ok(Err(e)) => Err(unavailable(&e)),
+            Ok(Err(e)) => Err(lease_error(&e, lease)),
             Ok(Ok(Some(response))) if response.ttl() > 0 => Ok(()),
             Ok(Ok(_)) => Err(CoordError::LeaseNotFound(lease)),
         }

@@ -16,8 +16,14 @@ async fn embedded_file_conforms_and_persists() {
     {
         let coord = Arc::new(EmbeddedCoordination::open(&path).unwrap());
         conformance::run_all(coord.clone(), "/t").await;
-        coord.txn(vec![], vec![Op::put("/durable", "yes")]).await.unwrap();
-        let lease = coord.grant_lease(std::time::Duration::from_secs(60)).await.unwrap();
+        coord
+            .txn(vec![], vec![Op::put("/durable", "yes")])
+            .await
+            .unwrap();
+        let lease = coord
+            .grant_lease(std::time::Duration::from_secs(60))
+            .await
+            .unwrap();
         coord
             .txn(
                 vec![],
@@ -31,11 +37,18 @@ async fn embedded_file_conforms_and_persists() {
             .unwrap();
     }
     let reopened = EmbeddedCoordination::open(&path).unwrap();
-    let durable = reopened.get("/durable").await.unwrap().expect("logged key survives reopen");
+    let durable = reopened
+        .get("/durable")
+        .await
+        .unwrap()
+        .expect("logged key survives reopen");
     assert_eq!(durable.value, b"yes");
     assert!(reopened.get("/ephemeral").await.unwrap().is_none());
     // Revisions keep increasing across restarts, so fences stay unique.
-    let next = reopened.txn(vec![], vec![Op::put("/after", "x")]).await.unwrap();
+    let next = reopened
+        .txn(vec![], vec![Op::put("/after", "x")])
+        .await
+        .unwrap();
     assert!(next.revision > durable.mod_revision);
 }
 

@@ -23,7 +23,13 @@ pub const MAX_ARCHIVE_ENTRIES: usize = 1_000_000;
 pub async fn build_tar(trees: &Trees, root: &Hash) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
     trees
-        .walk(*root, WorkspacePath::root(), true, &mut entries, MAX_ARCHIVE_ENTRIES)
+        .walk(
+            *root,
+            WorkspacePath::root(),
+            true,
+            &mut entries,
+            MAX_ARCHIVE_ENTRIES,
+        )
         .await?;
     let mut builder = tar::Builder::new(Vec::new());
     let mut total: u64 = 0;
@@ -62,8 +68,14 @@ pub async fn build_tar(trees: &Trees, root: &Hash) -> Result<Vec<u8>> {
 
 /// One regular file or directory read from an archive.
 pub enum ArchiveItem {
-    File { path: WorkspacePath, data: Vec<u8>, mode: u32 },
-    Directory { path: WorkspacePath },
+    File {
+        path: WorkspacePath,
+        data: Vec<u8>,
+        mode: u32,
+    },
+    Directory {
+        path: WorkspacePath,
+    },
 }
 
 /// Parses and validates a tar fully before anything is written.
@@ -71,7 +83,9 @@ pub fn parse_tar(bytes: &[u8], under: &WorkspacePath) -> Result<Vec<ArchiveItem>
     let bad = |what: String| Error::InvalidArgument(format!("archive rejected: {what}"));
     let mut archive = tar::Archive::new(bytes);
     let mut items = Vec::new();
-    let entries = archive.entries().map_err(|e| bad(format!("not a tar file: {e}")))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(format!("not a tar file: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(format!("malformed tar: {e}")))?;
         if items.len() >= MAX_ARCHIVE_ENTRIES {
@@ -80,8 +94,12 @@ pub fn parse_tar(bytes: &[u8], under: &WorkspacePath) -> Result<Vec<ArchiveItem>
             )));
         }
         let raw = entry.path_bytes().into_owned();
-        let name = std::str::from_utf8(&raw)
-            .map_err(|_| bad(format!("entry name {:?} is not valid UTF-8", String::from_utf8_lossy(&raw))))?;
+        let name = std::str::from_utf8(&raw).map_err(|_| {
+            bad(format!(
+                "entry name {:?} is not valid UTF-8",
+                String::from_utf8_lossy(&raw)
+            ))
+        })?;
         let name = name.strip_prefix("./").unwrap_or(name);
         let name = name.trim_end_matches('/');
         if name.is_empty() || name == "." {
@@ -106,8 +124,8 @@ pub fn parse_tar(bytes: &[u8], under: &WorkspacePath) -> Result<Vec<ArchiveItem>
             // link or a device, which a workspace cannot hold safely.
             other => {
                 return Err(bad(format!(
-                    "entry \"{name}\" is a {other:?}; only regular files and directories are accepted"
-                )))
+                "entry \"{name}\" is a {other:?}; only regular files and directories are accepted"
+            )))
             }
         }
     }

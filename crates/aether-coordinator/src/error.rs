@@ -50,9 +50,9 @@ impl From<CoordError> for Error {
 impl From<StoreError> for Error {
     fn from(error: StoreError) -> Error {
         match error {
-            StoreError::NotFound(what) => {
-                Error::DataLoss(format!("content {what} referenced by the session is missing"))
-            }
+            StoreError::NotFound(what) => Error::DataLoss(format!(
+                "content {what} referenced by the session is missing"
+            )),
             StoreError::Corrupt { .. } => Error::DataLoss(error.to_string()),
             StoreError::InvalidArgument(m) => Error::InvalidArgument(m),
             StoreError::TooLarge(m) => Error::ResourceExhausted(m),

@@ -43,7 +43,11 @@ pub async fn start(
     address: String,
     args: &CoordinatorArgs,
 ) -> Result<Arc<Sessions>, Error> {
-    let lease = LeaseKeeper::start(coord.clone(), Duration::from_secs(args.lease_ttl_secs.max(1))).await?;
+    let lease = LeaseKeeper::start(
+        coord.clone(),
+        Duration::from_secs(args.lease_ttl_secs.max(1)),
+    )
+    .await?;
     let node = Node {
         id: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
         address,
@@ -68,18 +72,23 @@ pub async fn start(
 /// Adds the coordinator's gRPC services to a router.
 pub fn register(routes: &mut RoutesBuilder, sessions: &Arc<Sessions>) {
     use aether_proto::{
-        history_service_server::HistoryServiceServer, knowledge_service_server::KnowledgeServiceServer,
+        history_service_server::HistoryServiceServer,
+        knowledge_service_server::KnowledgeServiceServer,
         review_service_server::ReviewServiceServer, session_service_server::SessionServiceServer,
         workspace_service_server::WorkspaceServiceServer,
     };
     const MAX_MESSAGE: usize = 8 * 1024 * 1024;
-    routes.add_service(SessionServiceServer::new(grpc::session::SessionGrpc::new(sessions.clone())));
+    routes.add_service(SessionServiceServer::new(grpc::session::SessionGrpc::new(
+        sessions.clone(),
+    )));
     routes.add_service(
         WorkspaceServiceServer::new(grpc::workspace::WorkspaceGrpc::new(sessions.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
     );
-    routes.add_service(HistoryServiceServer::new(grpc::history::HistoryGrpc::new(sessions.clone())));
+    routes.add_service(HistoryServiceServer::new(grpc::history::HistoryGrpc::new(
+        sessions.clone(),
+    )));
     routes.add_service(ReviewServiceServer::new(grpc::review::ReviewGrpc));
     routes.add_service(KnowledgeServiceServer::new(grpc::knowledge::KnowledgeGrpc));
 }

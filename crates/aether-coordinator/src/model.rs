@@ -49,10 +49,20 @@ pub enum State {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SourceRecord {
     Empty,
-    Session { session_id: String },
-    Checkpoint { session_id: String, name: String },
-    Commit { session_id: String, commit_id: String },
-    Archive { blob_hash: String },
+    Session {
+        session_id: String,
+    },
+    Checkpoint {
+        session_id: String,
+        name: String,
+    },
+    Commit {
+        session_id: String,
+        commit_id: String,
+    },
+    Archive {
+        blob_hash: String,
+    },
 }
 
 /// A role binding, as stored.

@@ -44,8 +44,8 @@ impl Sessions {
     }
 
     pub async fn load_commit(&self, id: &str) -> Result<CommitObject> {
-        let hash = Hash::from_hex(id)
-            .map_err(|e| Error::InvalidArgument(format!("commit id: {e}")))?;
+        let hash =
+            Hash::from_hex(id).map_err(|e| Error::InvalidArgument(format!("commit id: {e}")))?;
         let bytes = match self.trees.blobs().get(&hash).await {
             Ok(bytes) => bytes,
             Err(aether_store::StoreError::NotFound(_)) => {
@@ -53,8 +53,7 @@ impl Sessions {
             }
             Err(e) => return Err(e.into()),
         };
-        serde_json::from_slice(&bytes)
-            .map_err(|_| Error::NotFound(format!("{id} is not a commit")))
+        serde_json::from_slice(&bytes).map_err(|_| Error::NotFound(format!("{id} is not a commit")))
     }
 
     /// Whether `commit_id` is in the history of `record` (commits are only readable through a
@@ -76,7 +75,11 @@ impl Sessions {
     }
 
     /// The root a revision names in a session.
-    pub async fn resolve(&self, record: &SessionRecord, revision: &Option<Revision>) -> Result<Hash> {
+    pub async fn resolve(
+        &self,
+        record: &SessionRecord,
+        revision: &Option<Revision>,
+    ) -> Result<Hash> {
         let (kind, name) = match revision {
             None => (RevisionKind::Head, ""),
             Some(r) => (

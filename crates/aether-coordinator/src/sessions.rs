@@ -140,14 +140,22 @@ impl Sessions {
         }
         if self.lease.lost().is_cancelled() {
             return Err(Error::Unavailable(
-                "this coordinator lost its lease and is shutting down; retry on another node".into(),
+                "this coordinator lost its lease and is shutting down; retry on another node"
+                    .into(),
             ));
         }
         let record = HolderRecord {
             node_id: self.node.id.clone(),
             address: self.node.address.clone(),
         };
-        match holder::acquire(&*self.coord, &model::holder_key(id), &record, self.lease.id()).await? {
+        match holder::acquire(
+            &*self.coord,
+            &model::holder_key(id),
+            &record,
+            self.lease.id(),
+        )
+        .await?
+        {
             Acquire::Held(fence) => {
                 let hold = Arc::new(Hold {
                     fence,
@@ -219,8 +227,8 @@ impl Sessions {
             FencedOutcome::Applied(_) => {}
             FencedOutcome::Conflict => {
                 return Err(Error::Aborted(format!(
-                    "session {id} changed concurrently (or a name is already taken); re-read and retry"
-                )))
+                "session {id} changed concurrently (or a name is already taken); re-read and retry"
+            )))
             }
             FencedOutcome::Fenced => {
                 self.drop_hold(&id);
@@ -261,7 +269,9 @@ impl Sessions {
         .await?;
         match outcome {
             FencedOutcome::Applied(_) => Ok(record),
-            FencedOutcome::Conflict => Err(Error::AlreadyExists(format!("session {id} already exists"))),
+            FencedOutcome::Conflict => {
+                Err(Error::AlreadyExists(format!("session {id} already exists")))
+            }
             FencedOutcome::Fenced => {
                 self.drop_hold(&id);
                 Err(Error::Fenced(id))
@@ -271,7 +281,13 @@ impl Sessions {
 
     /// Releases every hold (graceful shutdown), so other nodes take over at once.
     pub async fn release_all(&self) {
-        let holds: Vec<Arc<Hold>> = self.holds.lock().expect("holds").drain().map(|(_, h)| h).collect();
+        let holds: Vec<Arc<Hold>> = self
+            .holds
+            .lock()
+            .expect("holds")
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
         for hold in holds {
             if let Err(e) = holder::release(&*self.coord, &hold.fence).await {
                 tracing::warn!(key = %hold.fence.key, error = %e, "releasing hold failed");
@@ -297,7 +313,11 @@ pub fn validate_session_id(id: &str) -> Result<()> {
     if id.is_empty() {
         return Err(Error::InvalidArgument("session_id is required".into()));
     }
-    if id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    if id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(Error::InvalidArgument(format!(
             "session_id {:?} is malformed: ids are up to 64 characters of [A-Za-z0-9_-]",
             id.chars().take(80).collect::<String>()

@@ -290,10 +290,18 @@ impl TreeEditor {
     }
 
     /// Puts a file entry at `path`, creating parent directories.
-    pub async fn write_file(&mut self, path: &WorkspacePath, hash: Hash, size: u64, mode: u32) -> Result<()> {
+    pub async fn write_file(
+        &mut self,
+        path: &WorkspacePath,
+        hash: Hash,
+        size: u64,
+        mode: u32,
+    ) -> Result<()> {
         Self::require_not_root(path, "write")?;
         let name = path.file_name().expect("non-root").to_string();
-        let dir = self.dir_mut(&path.parent().expect("non-root"), true).await?;
+        let dir = self
+            .dir_mut(&path.parent().expect("non-root"), true)
+            .await?;
         if let Some(existing) = dir.tree.get(&name) {
             if existing.kind == EntryKind::Directory {
                 return Err(Error::FailedPrecondition(format!(
@@ -318,12 +326,12 @@ impl TreeEditor {
     pub async fn make_directory(&mut self, path: &WorkspacePath, parents: bool) -> Result<()> {
         Self::require_not_root(path, "create")?;
         let name = path.file_name().expect("non-root").to_string();
-        let dir = self.dir_mut(&path.parent().expect("non-root"), parents).await?;
+        let dir = self
+            .dir_mut(&path.parent().expect("non-root"), parents)
+            .await?;
         match dir.tree.get(&name) {
             Some(e) if e.kind == EntryKind::Directory && parents => return Ok(()),
-            Some(_) => {
-                return Err(Error::AlreadyExists(format!("\"{path}\" already exists")))
-            }
+            Some(_) => return Err(Error::AlreadyExists(format!("\"{path}\" already exists"))),
             None => {}
         }
         dir.tree.insert(TreeEntry {
@@ -375,10 +383,17 @@ impl TreeEditor {
     }
 
     /// Places an existing entry (file or whole subtree) at `path`: O(1), content is shared.
-    async fn place(&mut self, path: &WorkspacePath, mut entry: TreeEntry, overwrite: bool) -> Result<()> {
+    async fn place(
+        &mut self,
+        path: &WorkspacePath,
+        mut entry: TreeEntry,
+        overwrite: bool,
+    ) -> Result<()> {
         Self::require_not_root(path, "replace")?;
         let name = path.file_name().expect("non-root").to_string();
-        let dir = self.dir_mut(&path.parent().expect("non-root"), false).await?;
+        let dir = self
+            .dir_mut(&path.parent().expect("non-root"), false)
+            .await?;
         if let Some(existing) = dir.tree.get(&name) {
             if !overwrite {
                 return Err(Error::AlreadyExists(format!(
@@ -400,7 +415,12 @@ impl TreeEditor {
     }
 
     /// Moves a file or directory; atomic with the rest of the batch.
-    pub async fn move_path(&mut self, from: &WorkspacePath, to: &WorkspacePath, overwrite: bool) -> Result<()> {
+    pub async fn move_path(
+        &mut self,
+        from: &WorkspacePath,
+        to: &WorkspacePath,
+        overwrite: bool,
+    ) -> Result<()> {
         Self::check_move(from, to, "move")?;
         let existing = self.get(from).await?;
         if existing.is_none() {
@@ -413,7 +433,12 @@ impl TreeEditor {
     }
 
     /// Copies a file or directory by sharing its content (O(1)).
-    pub async fn copy_path(&mut self, from: &WorkspacePath, to: &WorkspacePath, overwrite: bool) -> Result<()> {
+    pub async fn copy_path(
+        &mut self,
+        from: &WorkspacePath,
+        to: &WorkspacePath,
+        overwrite: bool,
+    ) -> Result<()> {
         Self::check_move(from, to, "copy")?;
         let Some(mut entry) = self.get(from).await? else {
             return Err(Error::NotFound(format!("\"{from}\" does not exist")));
@@ -430,7 +455,11 @@ impl TreeEditor {
                 entry.hash = hash;
                 entry.size = size;
                 if let Some(current) = dir.tree.get(&name).cloned() {
-                    dir.tree.insert(TreeEntry { hash, size, ..current });
+                    dir.tree.insert(TreeEntry {
+                        hash,
+                        size,
+                        ..current
+                    });
                 }
             }
         }
@@ -492,7 +521,11 @@ fn write_dir(trees: &Trees, dir: Dir) -> BoxFuture<'_, Result<(Hash, u64)>> {
             let (hash, size) = write_dir(trees, child).await?;
             if let Some(entry) = tree.get(&name).cloned() {
                 if entry.hash != hash || entry.size != size {
-                    tree.insert(TreeEntry { hash, size, ..entry });
+                    tree.insert(TreeEntry {
+                        hash,
+                        size,
+                        ..entry
+                    });
                     dirty = true;
                 }
             }

@@ -23,7 +23,12 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone, Debug, clap::Args)]
 pub struct CommonArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, env = "AETHER_LISTEN", default_value = "127.0.0.1:7600", global = true)]
+    #[arg(
+        long,
+        env = "AETHER_LISTEN",
+        default_value = "127.0.0.1:7600",
+        global = true
+    )]
     pub listen: SocketAddr,
     /// Exit when standard input closes (lets a supervising process take its children with it).
     #[arg(long, hide = true, global = true, env = "AETHER_EXIT_ON_STDIN_CLOSE")]
@@ -51,7 +56,12 @@ pub struct BusCommand {
 #[derive(Clone, Debug, clap::Args)]
 pub struct CoordinatorCommand {
     /// etcd endpoints, comma-separated (http://host:port).
-    #[arg(long, env = "AETHER_ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        env = "AETHER_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub etcd_endpoints: Vec<String>,
     /// Content store endpoint (http://host:port).
     #[arg(long, env = "AETHER_STORE_ENDPOINT")]
@@ -70,7 +80,11 @@ pub struct CoordinatorCommand {
 #[derive(Clone, Debug, clap::Args)]
 pub struct DevCommand {
     /// Directory for all data (objects, coordination log, bus segments).
-    #[arg(long = "data", env = "AETHER_DATA_DIR", default_value = "./aether-data")]
+    #[arg(
+        long = "data",
+        env = "AETHER_DATA_DIR",
+        default_value = "./aether-data"
+    )]
     pub data: PathBuf,
     #[command(flatten)]
     pub coordinator: CoordinatorArgs,
@@ -152,7 +166,9 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     let mut sessions = None;
     let mut bus = None;
 
-    let add_store = |routes: &mut RoutesBuilder, store: &BlobStore, served: &mut Vec<&'static str>| {
+    let add_store = |routes: &mut RoutesBuilder,
+                     store: &BlobStore,
+                     served: &mut Vec<&'static str>| {
         routes.add_service(aether_store::service::ContentGrpc::new(store.clone()).into_server());
         served.push("aetherfs.v1.ContentService");
     };
@@ -173,7 +189,11 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     match &service {
         Service::Store(cmd) => {
             let objects = cmd.backend.build("objects").map_err(anyhow::Error::msg)?;
-            add_store(&mut routes, &BlobStore::new(objects, Limits::default()), &mut served);
+            add_store(
+                &mut routes,
+                &BlobStore::new(objects, Limits::default()),
+                &mut served,
+            );
         }
         Service::Bus(cmd) => {
             let objects = cmd.backend.build("bus").map_err(anyhow::Error::msg)?;
@@ -185,13 +205,18 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                     .await
                     .context("cannot reach etcd")?,
             );
-            let blobs: Arc<dyn Blobs> = Arc::new(RemoteBlobs::new(lazy_channel(&cmd.store_endpoint)?));
+            let blobs: Arc<dyn Blobs> =
+                Arc::new(RemoteBlobs::new(lazy_channel(&cmd.store_endpoint)?));
             let events = match &cmd.bus_endpoint {
                 Some(endpoint) => EventSink::bus(lazy_channel(endpoint)?),
                 None => EventSink::disabled(),
             };
-            let address = cmd.advertise_addr.clone().unwrap_or_else(|| own_endpoint.clone());
-            let s = aether_coordinator::start(coord, blobs, events, address, &cmd.coordinator).await?;
+            let address = cmd
+                .advertise_addr
+                .clone()
+                .unwrap_or_else(|| own_endpoint.clone());
+            let s =
+                aether_coordinator::start(coord, blobs, events, address, &cmd.coordinator).await?;
             aether_coordinator::register(&mut routes, &s);
             served.extend(coordinator_services);
             sessions = Some(s);
@@ -200,9 +225,16 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             std::fs::create_dir_all(&cmd.data)
                 .with_context(|| format!("cannot create data directory {}", cmd.data.display()))?;
             let backend = BackendArgs::local(cmd.data.clone());
-            let store = BlobStore::new(backend.build("objects").map_err(anyhow::Error::msg)?, Limits::default());
+            let store = BlobStore::new(
+                backend.build("objects").map_err(anyhow::Error::msg)?,
+                Limits::default(),
+            );
             add_store(&mut routes, &store, &mut served);
-            bus = Some(add_bus(&mut routes, backend.build("bus").map_err(anyhow::Error::msg)?, &mut served));
+            bus = Some(add_bus(
+                &mut routes,
+                backend.build("bus").map_err(anyhow::Error::msg)?,
+                &mut served,
+            ));
             let coord: Arc<dyn Coordination> = Arc::new(
                 EmbeddedCoordination::open(&cmd.data.join("coordination.log"))
                     .context("cannot open the embedded coordination log")?,
@@ -210,7 +242,14 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             // The coordinator reaches the store in-process and the bus through this listener.
             let blobs: Arc<dyn Blobs> = Arc::new(store);
             let events = EventSink::bus(lazy_channel(&own_endpoint)?);
-            let s = aether_coordinator::start(coord, blobs, events, own_endpoint.clone(), &cmd.coordinator).await?;
+            let s = aether_coordinator::start(
+                coord,
+                blobs,
+                events,
+                own_endpoint.clone(),
+                &cmd.coordinator,
+            )
+            .await?;
             aether_coordinator::register(&mut routes, &s);
             served.extend(coordinator_services);
             sessions = Some(s);
@@ -229,6 +268,16 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         .build_v1()
         .context("building reflection service")?;
     routes.add_service(reflection);
+
+    // Live subscriptions never end by themselves: end them as soon as shutdown starts so the
+    // server's drain can finish (pending messages are flushed first).
+    if let Some(bus) = bus.clone() {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            bus.shutdown().await;
+        });
+    }
 
     // Tests and scripts wait for this exact line.
     println!("aetherd {} listening on {addr}", service.name());

@@ -27,7 +27,10 @@ pub fn init(service: &str) -> Telemetry {
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let mut provider = None;
     let otel = if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        match opentelemetry_otlp::SpanExporter::builder().with_tonic().build() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
             Ok(exporter) => {
                 let resource = opentelemetry_sdk::Resource::builder()
                     .with_service_name(format!("aether-{service}"))

@@ -24,7 +24,12 @@ pub enum BackendKind {
 #[derive(Clone, Debug, clap::Args)]
 pub struct BackendArgs {
     /// Where objects live.
-    #[arg(long, env = "AETHER_STORE_BACKEND", value_enum, default_value = "local")]
+    #[arg(
+        long,
+        env = "AETHER_STORE_BACKEND",
+        value_enum,
+        default_value = "local"
+    )]
     pub store_backend: BackendKind,
     /// Directory for the local backend.
     #[arg(long, env = "AETHER_DATA_DIR", default_value = "./aether-data")]
@@ -42,7 +47,12 @@ pub struct BackendArgs {
     #[arg(long, env = "AETHER_S3_ACCESS_KEY", default_value = "")]
     pub s3_access_key: String,
     /// S3 secret access key.
-    #[arg(long, env = "AETHER_S3_SECRET_KEY", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AETHER_S3_SECRET_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
     pub s3_secret_key: String,
     /// Allow plain http to the S3 endpoint (local S3 servers).
     #[arg(long, env = "AETHER_S3_ALLOW_HTTP")]
@@ -74,9 +84,8 @@ impl BackendArgs {
         let store: Arc<dyn ObjectStore> = match self.store_backend {
             BackendKind::Local => {
                 let dir = self.data_dir.join(subdir);
-                std::fs::create_dir_all(&dir).map_err(|e| {
-                    format!("cannot create data directory {}: {e}", dir.display())
-                })?;
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
                 Arc::new(
                     LocalFileSystem::new_with_prefix(&dir)
                         .map_err(|e| format!("cannot use {}: {e}", dir.display()))?,

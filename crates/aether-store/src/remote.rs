@@ -2,7 +2,10 @@
 
 use aether_core::Hash;
 use aether_proto::content_service_client::ContentServiceClient;
-use aether_proto::{put_blob_request, GetBlobRequest, HasBlobsRequest, PutBlobHeader, PutBlobRequest, StatBlobRequest};
+use aether_proto::{
+    put_blob_request, GetBlobRequest, HasBlobsRequest, PutBlobHeader, PutBlobRequest,
+    StatBlobRequest,
+};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};

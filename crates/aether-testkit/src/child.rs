@@ -166,7 +166,8 @@ impl ChildProcess {
         Ok(status)
     }
 
-    /// Sends `signal`; Err if the child has exited (reaped or not).
+    /// Sends `signal`; Err if the child has exited (reaped or not). SIGSTOP returns once every
+    /// thread of the child has stopped, so the outage has begun when `pause()` returns.
     pub(crate) fn signal(&self, signal: Signal) -> Result<()> {
         if let Some(status) = self.exit {
             bail!(
@@ -198,7 +199,44 @@ impl ChildProcess {
                 )
             });
         }
+        if let Signal::Stop = signal {
+            self.wait_until_stopped()?;
+        }
         Ok(())
+    }
+
+    /// Polls until the kernel reports the child stopped (or exited); the stop takes effect
+    /// only when each of its threads next handles signals.
+    fn wait_until_stopped(&self) -> Result<()> {
+        const DEADLINE: Duration = Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut pause = Duration::from_micros(100);
+        loop {
+            // SAFETY: as in `exited_unreaped`; WNOWAIT leaves the stop (or exit) reportable
+            // and the child unreaped.
+            let reported = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let rc = libc::waitid(
+                    libc::P_PID,
+                    self.pid as libc::id_t,
+                    &mut info,
+                    libc::WSTOPPED | libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                );
+                rc == 0 && info.si_pid() != 0
+            };
+            if reported {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "{} (pid {}) did not stop within {DEADLINE:?} of SIGSTOP",
+                    self.what,
+                    self.pid
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
     }
 
     /// True if the child has exited but is still a zombie; leaves it unreaped.

@@ -112,11 +112,46 @@ impl EtcdCluster {
         for index in 0..self.members.len() {
             self.launch(index, "new")?;
         }
+        let all: Vec<usize> = (0..self.members.len()).collect();
+        self.wait_until_healthy(&all).await
+    }
+
+    /// Polls `/health` of `which` until all say healthy; fails early if any running member
+    /// exits (a lost member can keep the others from ever reaching quorum).
+    async fn wait_until_healthy(&mut self, which: &[usize]) -> Result<()> {
         let deadline = Instant::now() + READY_DEADLINE;
-        for member in &mut self.members {
-            member.wait_healthy(deadline).await?;
+        let mut backoff = Backoff::new();
+        let mut pending = which.to_vec();
+        loop {
+            for member in &mut self.members {
+                member.check_not_exited()?;
+            }
+            let mut unhealthy = Vec::new();
+            for index in pending {
+                let member = &self.members[index];
+                if member.process.is_none() {
+                    bail!("etcd member {} is not running", member.name);
+                }
+                if let Err(answer) = member.probe().await {
+                    unhealthy.push((index, answer));
+                }
+            }
+            let Some((index, answer)) = unhealthy.last() else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                let member = &self.members[*index];
+                bail!(
+                    "etcd member {} at {} not healthy within {READY_DEADLINE:?} (last /health answer: {answer}); last {TAIL_LINES} lines of {}:\n{}",
+                    member.name,
+                    member.endpoint(),
+                    member.log.display(),
+                    member.log_tail(TAIL_LINES)
+                );
+            }
+            pending = unhealthy.into_iter().map(|(index, _)| index).collect();
+            backoff.sleep(deadline).await;
         }
-        Ok(())
     }
 
     fn launch(&mut self, index: usize, state: &str) -> Result<()> {
@@ -146,15 +181,14 @@ impl EtcdCluster {
     pub async fn restart(&mut self, member: usize) -> Result<()> {
         self.kill(member)?;
         self.launch(member, "existing")?;
-        let deadline = Instant::now() + READY_DEADLINE;
-        self.members[member].wait_healthy(deadline).await
+        self.wait_until_healthy(&[member]).await
     }
 
     /// Waits (20 s deadline) until member `member` answers `/health` with healthy, e.g. after
     /// another member was killed and a new leader must be elected.
     pub async fn wait_healthy(&mut self, member: usize) -> Result<()> {
-        let deadline = Instant::now() + READY_DEADLINE;
-        self.member_mut(member)?.wait_healthy(deadline).await
+        self.member_mut(member)?;
+        self.wait_until_healthy(&[member]).await
     }
 
     /// The last `lines` lines of member `member`'s log (all its runs).
@@ -258,38 +292,28 @@ impl Member {
         child::spawn(command, format!("etcd member {}", self.name))
     }
 
-    async fn wait_healthy(&mut self, deadline: Instant) -> Result<()> {
-        let mut backoff = Backoff::new();
-        loop {
-            let Some(process) = self.process.as_mut() else {
-                bail!("etcd member {} is not running", self.name);
-            };
-            if let Some(status) = process.exit_status()? {
-                bail!(
-                    "etcd member {} exited before it was healthy ({status}); last {TAIL_LINES} lines of {}:\n{}",
-                    self.name,
-                    self.log.display(),
-                    self.log_tail(TAIL_LINES)
-                );
-            }
-            let last_answer =
-                match http::request(&self.endpoint(), "GET", "/health", &[], b"", PROBE_TIMEOUT)
-                    .await
-                {
-                    Ok(response) if response.text().contains(HEALTHY) => return Ok(()),
-                    Ok(response) => format!("{} {}", response.status, response.text()),
-                    Err(error) => format!("{error:#}"),
-                };
-            if Instant::now() >= deadline {
-                bail!(
-                    "etcd member {} at {} not healthy within {READY_DEADLINE:?} (last /health answer: {last_answer}); last {TAIL_LINES} lines of {}:\n{}",
-                    self.name,
-                    self.endpoint(),
-                    self.log.display(),
-                    self.log_tail(TAIL_LINES)
-                );
-            }
-            backoff.sleep(deadline).await;
+    /// Err quoting the log if this member was started and has exited since.
+    fn check_not_exited(&mut self) -> Result<()> {
+        let Some(process) = self.process.as_mut() else {
+            return Ok(());
+        };
+        if let Some(status) = process.exit_status()? {
+            bail!(
+                "etcd member {} exited ({status}); last {TAIL_LINES} lines of {}:\n{}",
+                self.name,
+                self.log.display(),
+                self.log_tail(TAIL_LINES)
+            );
+        }
+        Ok(())
+    }
+
+    /// Ok if `/health` says healthy, else Err with what it answered.
+    async fn probe(&self) -> Result<(), String> {
+        match http::request(&self.endpoint(), "GET", "/health", &[], b"", PROBE_TIMEOUT).await {
+            Ok(response) if response.text().contains(HEALTHY) => Ok(()),
+            Ok(response) => Err(format!("{} {}", response.status, response.text())),
+            Err(error) => Err(format!("{error:#}")),
         }
     }
 }

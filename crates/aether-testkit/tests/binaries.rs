@@ -1,12 +1,12 @@
-//! Locating built binaries. One test per file: it sets AETHER_BIN_DIR, which would race with
-//! other tests reading the environment.
+//! Locating binaries and dependencies. One test in this file: it changes environment variables
+//! (AETHER_BIN_DIR, PATH, AETHER_MOTO_SERVER), which would race with other tests reading them.
 
 use std::os::unix::fs::PermissionsExt;
 
-use aether_testkit::{aether_cli_path, aetherd_path, free_port};
+use aether_testkit::{aether_cli_path, aetherd_path, free_port, Etcd, EtcdCluster, S3Server};
 
-#[test]
-fn binaries_are_found_in_aether_bin_dir_or_explained() -> anyhow::Result<()> {
+#[tokio::test]
+async fn binaries_and_dependencies_are_found_or_explained() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     std::env::set_var("AETHER_BIN_DIR", dir.path());
 
@@ -36,6 +36,31 @@ fn binaries_are_found_in_aether_bin_dir_or_explained() -> anyhow::Result<()> {
         Ok(path) => assert!(path.ends_with("aetherd")),
         Err(error) => assert!(error.to_string().contains("cargo build -p aether-server")),
     }
+
+    // A missing dependency fails with install instructions; it never skips.
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::set_var("PATH", dir.path());
+    let etcd = Etcd::start().await.err().expect("etcd is not on PATH");
+    let cluster = EtcdCluster::start(3)
+        .await
+        .err()
+        .expect("etcd is not on PATH");
+    std::env::set_var("PATH", &path);
+    for error in [etcd, cluster] {
+        assert_eq!(
+            error.to_string(),
+            "etcd not found on PATH: run scripts/install-deps.sh or `apt-get install etcd-server`"
+        );
+    }
+    std::env::set_var("AETHER_MOTO_SERVER", dir.path().join("moto_server"));
+    let moto = S3Server::start()
+        .await
+        .err()
+        .expect("AETHER_MOTO_SERVER is wrong");
+    std::env::remove_var("AETHER_MOTO_SERVER");
+    let message = moto.to_string();
+    assert!(message.starts_with("moto_server not found"), "{message}");
+    assert!(message.contains("scripts/install-deps.sh"), "{message}");
 
     let ports: std::collections::HashSet<u16> = (0..50).map(|_| free_port()).collect();
     assert_eq!(ports.len(), 50, "free_port must not repeat itself");

@@ -165,7 +165,8 @@ const HELPER_ENV: &str = "AETHER_TESTKIT_PDEATHSIG_HELPER";
 
 /// Not a test on its own: when re-run by `children_die_with_the_test_process` with
 /// `HELPER_ENV` set, starts a service that ignores stdin EOF, prints its pid, and waits to be
-/// SIGKILLed. Without the variable it returns at once.
+/// SIGKILLed. Without the variable it returns at once. Should its parent vanish instead (so
+/// its stdin closes) or a minute pass, it cleans up and returns rather than linger.
 #[tokio::test]
 async fn pdeathsig_helper() -> anyhow::Result<()> {
     if std::env::var_os(HELPER_ENV).is_none() {
@@ -173,7 +174,13 @@ async fn pdeathsig_helper() -> anyhow::Result<()> {
     }
     let service = start_fake(&["--ignore-stdin"]).await?;
     println!("FAKE_PID {}", service.pid());
-    std::future::pending::<()>().await;
+    let (closed, stdin_closed) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        let _ = closed.send(());
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(60), stdin_closed).await;
+    drop(service);
     Ok(())
 }
 
@@ -190,20 +197,25 @@ async fn children_die_with_the_test_process() -> anyhow::Result<()> {
             "--test-threads=1",
         ])
         .env(HELPER_ENV, "1")
+        // Held open until `helper` is dropped: if this test dies, the helper sees EOF and exits.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
     let stdout = helper.stdout.take().expect("piped");
-    let pid = tokio::task::spawn_blocking(move || {
+    // libtest prints "test pdeathsig_helper ... " and our line may follow on the same line.
+    let reader = tokio::task::spawn_blocking(move || {
         BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .find_map(|line| line.strip_prefix("FAKE_PID ")?.trim().parse::<u32>().ok())
-    })
-    .await?;
-    let Some(pid) = pid else {
+            .find_map(|line| line.split_once("FAKE_PID ")?.1.trim().parse::<u32>().ok())
+    });
+    let pid = tokio::time::timeout(Duration::from_secs(30), reader).await;
+    let Ok(Ok(Some(pid))) = pid else {
+        // Killing the helper also ends the reader (EOF) and, via the death signal, its child.
         let _ = helper.kill();
-        anyhow::bail!("the helper did not report its service pid");
+        let _ = helper.wait();
+        anyhow::bail!("the helper did not report its service pid: {pid:?}");
     };
     assert!(matches!(proc_state(pid), Some(state) if state != 'Z'));
 

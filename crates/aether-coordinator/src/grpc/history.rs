@@ -62,7 +62,14 @@ impl HistoryService for HistoryGrpc {
         aether_core::names::validate_checkpoint_name(&name)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         let key = model::checkpoint_key(&mutation.record.id, &name);
-        if self.sessions.coord.get(&key).await.map_err(Error::from)?.is_some() {
+        if self
+            .sessions
+            .coord
+            .get(&key)
+            .await
+            .map_err(Error::from)?
+            .is_some()
+        {
             return Err(Error::AlreadyExists(format!(
                 "checkpoint \"{name}\" already exists in session {}; choose another name",
                 mutation.record.id
@@ -84,10 +91,12 @@ impl HistoryService for HistoryGrpc {
         let effect = Effect::new(&caller, "history.checkpoint", name.clone()).event(
             "session.checkpoint.created",
             pb::SessionEvent {
-                event: Some(pb::session_event::Event::CheckpointCreated(pb::NamedEvent {
-                    name: name.clone(),
-                    detail: checkpoint.root.clone(),
-                })),
+                event: Some(pb::session_event::Event::CheckpointCreated(
+                    pb::NamedEvent {
+                        name: name.clone(),
+                        detail: checkpoint.root.clone(),
+                    },
+                )),
                 ..Default::default()
             },
         );
@@ -118,7 +127,10 @@ impl HistoryService for HistoryGrpc {
             .map(|c| convert::checkpoint(&c))
             .collect();
         let next_page_token = if checkpoints.len() == size {
-            checkpoints.last().map(|c| c.name.clone()).unwrap_or_default()
+            checkpoints
+                .last()
+                .map(|c| c.name.clone())
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -148,10 +160,12 @@ impl HistoryService for HistoryGrpc {
         let effect = Effect::new(&caller, "history.restore", request.name.clone()).event(
             "session.checkpoint.restored",
             pb::SessionEvent {
-                event: Some(pb::session_event::Event::CheckpointRestored(pb::NamedEvent {
-                    name: request.name.clone(),
-                    detail: checkpoint.root.clone(),
-                })),
+                event: Some(pb::session_event::Event::CheckpointRestored(
+                    pb::NamedEvent {
+                        name: request.name.clone(),
+                        detail: checkpoint.root.clone(),
+                    },
+                )),
                 ..Default::default()
             },
         );
@@ -254,7 +268,11 @@ impl HistoryService for HistoryGrpc {
     ) -> Result<Response<pb::GetCommitResponse>, Status> {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
-        if !self.sessions.commit_in_history(&record, &request.commit_id).await? {
+        if !self
+            .sessions
+            .commit_in_history(&record, &request.commit_id)
+            .await?
+        {
             return Err(Error::NotFound(format!(
                 "commit {} is not in the history of session {}",
                 request.commit_id, record.id

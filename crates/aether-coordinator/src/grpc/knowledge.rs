@@ -16,16 +16,28 @@ fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl KnowledgeService for KnowledgeGrpc {
-    async fn put_entry(&self, _: Request<pb::PutEntryRequest>) -> Result<Response<pb::PutEntryResponse>, Status> {
+    async fn put_entry(
+        &self,
+        _: Request<pb::PutEntryRequest>,
+    ) -> Result<Response<pb::PutEntryResponse>, Status> {
         unimplemented("PutEntry")
     }
-    async fn get_entry(&self, _: Request<pb::GetEntryRequest>) -> Result<Response<pb::GetEntryResponse>, Status> {
+    async fn get_entry(
+        &self,
+        _: Request<pb::GetEntryRequest>,
+    ) -> Result<Response<pb::GetEntryResponse>, Status> {
         unimplemented("GetEntry")
     }
-    async fn list_entries(&self, _: Request<pb::ListEntriesRequest>) -> Result<Response<pb::ListEntriesResponse>, Status> {
+    async fn list_entries(
+        &self,
+        _: Request<pb::ListEntriesRequest>,
+    ) -> Result<Response<pb::ListEntriesResponse>, Status> {
         unimplemented("ListEntries")
     }
-    async fn delete_entry(&self, _: Request<pb::DeleteEntryRequest>) -> Result<Response<pb::DeleteEntryResponse>, Status> {
+    async fn delete_entry(
+        &self,
+        _: Request<pb::DeleteEntryRequest>,
+    ) -> Result<Response<pb::DeleteEntryResponse>, Status> {
         unimplemented("DeleteEntry")
     }
 }

@@ -17,22 +17,40 @@ fn unimplemented<T>(rpc: &str) -> Result<Response<T>, Status> {
 
 #[tonic::async_trait]
 impl ReviewService for ReviewGrpc {
-    async fn add_annotation(&self, _: Request<pb::AddAnnotationRequest>) -> Result<Response<pb::AddAnnotationResponse>, Status> {
+    async fn add_annotation(
+        &self,
+        _: Request<pb::AddAnnotationRequest>,
+    ) -> Result<Response<pb::AddAnnotationResponse>, Status> {
         unimplemented("AddAnnotation")
     }
-    async fn list_annotations(&self, _: Request<pb::ListAnnotationsRequest>) -> Result<Response<pb::ListAnnotationsResponse>, Status> {
+    async fn list_annotations(
+        &self,
+        _: Request<pb::ListAnnotationsRequest>,
+    ) -> Result<Response<pb::ListAnnotationsResponse>, Status> {
         unimplemented("ListAnnotations")
     }
-    async fn resolve_annotation(&self, _: Request<pb::ResolveAnnotationRequest>) -> Result<Response<pb::ResolveAnnotationResponse>, Status> {
+    async fn resolve_annotation(
+        &self,
+        _: Request<pb::ResolveAnnotationRequest>,
+    ) -> Result<Response<pb::ResolveAnnotationResponse>, Status> {
         unimplemented("ResolveAnnotation")
     }
-    async fn request_approval(&self, _: Request<pb::RequestApprovalRequest>) -> Result<Response<pb::RequestApprovalResponse>, Status> {
+    async fn request_approval(
+        &self,
+        _: Request<pb::RequestApprovalRequest>,
+    ) -> Result<Response<pb::RequestApprovalResponse>, Status> {
         unimplemented("RequestApproval")
     }
-    async fn decide_approval(&self, _: Request<pb::DecideApprovalRequest>) -> Result<Response<pb::DecideApprovalResponse>, Status> {
+    async fn decide_approval(
+        &self,
+        _: Request<pb::DecideApprovalRequest>,
+    ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
         unimplemented("DecideApproval")
     }
-    async fn list_approvals(&self, _: Request<pb::ListApprovalsRequest>) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+    async fn list_approvals(
+        &self,
+        _: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
         unimplemented("ListApprovals")
     }
 }

@@ -183,7 +183,9 @@ impl SessionService for SessionGrpc {
         let mut after = match page_token(&request.page) {
             Some(token) => {
                 validate_session_id(&token).map_err(|_| {
-                    Error::InvalidArgument("page_token is malformed; pass next_page_token back unchanged".into())
+                    Error::InvalidArgument(
+                        "page_token is malformed; pass next_page_token back unchanged".into(),
+                    )
                 })?;
                 Some(format!("{prefix}{token}"))
             }
@@ -243,7 +245,8 @@ impl SessionService for SessionGrpc {
             .unwrap_or_default();
         if paths.is_empty() {
             return Err(Error::InvalidArgument(
-                "update_mask is empty: name the fields to change (labels, metadata, ttl, policy)".into(),
+                "update_mask is empty: name the fields to change (labels, metadata, ttl, policy)"
+                    .into(),
             )
             .into());
         }
@@ -372,7 +375,9 @@ impl SessionService for SessionGrpc {
         let effect = Effect::new(&caller, "session.finalize", id.clone()).event(
             "session.finalized",
             pb::SessionEvent {
-                event: Some(pb::session_event::Event::Finalized(pb::NamedEvent::default())),
+                event: Some(pb::session_event::Event::Finalized(
+                    pb::NamedEvent::default(),
+                )),
                 ..Default::default()
             },
         );
@@ -394,7 +399,14 @@ impl SessionService for SessionGrpc {
         if request.archive {
             let root = Sessions::root(&mutation.record.head_root)?;
             let tar = crate::archive::build_tar(&self.sessions.trees, &root).await?;
-            archive_blob_hash = self.sessions.trees.blobs().put(tar.into()).await.map_err(Error::from)?.to_hex();
+            archive_blob_hash = self
+                .sessions
+                .trees
+                .blobs()
+                .put(tar.into())
+                .await
+                .map_err(Error::from)?
+                .to_hex();
         }
         mutation.record.state = State::Closed;
         let effect = Effect::new(&caller, "session.close", request.session_id.clone())
@@ -427,7 +439,9 @@ impl SessionService for SessionGrpc {
         let after = match page_token(&request.page) {
             Some(token) => {
                 let sequence: u64 = token.parse().map_err(|_| {
-                    Error::InvalidArgument("page_token is malformed; pass next_page_token back unchanged".into())
+                    Error::InvalidArgument(
+                        "page_token is malformed; pass next_page_token back unchanged".into(),
+                    )
                 })?;
                 Some(model::audit_key(&record.id, sequence))
             }
@@ -445,7 +459,10 @@ impl SessionService for SessionGrpc {
             .map(|a| convert::audit(&a))
             .collect();
         let next_page_token = if events.len() == size {
-            events.last().map(|e| e.sequence.to_string()).unwrap_or_default()
+            events
+                .last()
+                .map(|e| e.sequence.to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         };

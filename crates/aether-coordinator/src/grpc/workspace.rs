@@ -47,11 +47,29 @@ fn path(value: &str) -> Result<WorkspacePath> {
 
 /// One validated change, ready to apply.
 enum Step {
-    Write { path: WorkspacePath, content: Content, mode: u32 },
-    Delete { path: WorkspacePath, recursive: bool },
-    MakeDirectory { path: WorkspacePath, parents: bool },
-    Move { from: WorkspacePath, to: WorkspacePath, overwrite: bool },
-    Copy { from: WorkspacePath, to: WorkspacePath, overwrite: bool },
+    Write {
+        path: WorkspacePath,
+        content: Content,
+        mode: u32,
+    },
+    Delete {
+        path: WorkspacePath,
+        recursive: bool,
+    },
+    MakeDirectory {
+        path: WorkspacePath,
+        parents: bool,
+    },
+    Move {
+        from: WorkspacePath,
+        to: WorkspacePath,
+        overwrite: bool,
+    },
+    Copy {
+        from: WorkspacePath,
+        to: WorkspacePath,
+        overwrite: bool,
+    },
 }
 
 enum Content {
@@ -68,7 +86,9 @@ struct Change {
 impl Step {
     fn target(&self) -> &WorkspacePath {
         match self {
-            Step::Write { path, .. } | Step::Delete { path, .. } | Step::MakeDirectory { path, .. } => path,
+            Step::Write { path, .. }
+            | Step::Delete { path, .. }
+            | Step::MakeDirectory { path, .. } => path,
             Step::Move { from, .. } | Step::Copy { from, .. } => from,
         }
     }
@@ -122,7 +142,11 @@ fn parse_change(change: pb::Change) -> Result<Change> {
             to: path(&c.to)?,
             overwrite: c.overwrite,
         },
-        None => return Err(Error::InvalidArgument("a change has no operation set".into())),
+        None => {
+            return Err(Error::InvalidArgument(
+                "a change has no operation set".into(),
+            ))
+        }
     };
     Ok(Change {
         step,
@@ -186,16 +210,30 @@ impl Sessions {
                 check_precondition(&mut editor, change.step.target(), precondition).await?;
             }
             match change.step {
-                Step::Write { path, content, mode } => {
+                Step::Write {
+                    path,
+                    content,
+                    mode,
+                } => {
                     let (hash, size) = self.store_content(content).await?;
                     editor.write_file(&path, hash, size, mode).await?;
                 }
                 Step::Delete { path, recursive } => {
                     editor.delete(&path, recursive).await?;
                 }
-                Step::MakeDirectory { path, parents } => editor.make_directory(&path, parents).await?,
-                Step::Move { from, to, overwrite } => editor.move_path(&from, &to, overwrite).await?,
-                Step::Copy { from, to, overwrite } => editor.copy_path(&from, &to, overwrite).await?,
+                Step::MakeDirectory { path, parents } => {
+                    editor.make_directory(&path, parents).await?
+                }
+                Step::Move {
+                    from,
+                    to,
+                    overwrite,
+                } => editor.move_path(&from, &to, overwrite).await?,
+                Step::Copy {
+                    from,
+                    to,
+                    overwrite,
+                } => editor.copy_path(&from, &to, overwrite).await?,
             }
         }
         let touched: Vec<String> = editor.touched().to_vec();
@@ -251,7 +289,12 @@ async fn check_precondition(
             ))),
         },
         Some(Condition::ContentHash(expected)) => match current {
-            Some(entry) if entry.kind == EntryKind::File && entry.hash.to_hex() == expected.to_ascii_lowercase() => Ok(()),
+            Some(entry)
+                if entry.kind == EntryKind::File
+                    && entry.hash.to_hex() == expected.to_ascii_lowercase() =>
+            {
+                Ok(())
+            }
             Some(entry) => Err(Error::Aborted(format!(
                 "precondition failed: \"{path}\" has hash {} , expected {expected}",
                 entry.hash
@@ -286,12 +329,23 @@ fn diff_walk<'a>(
                 EntryChange::Deleted(e) => (Some(e), None),
                 EntryChange::Modified { old, new } => (Some(old), Some(new)),
             };
-            let name = old_entry.as_ref().or(new_entry.as_ref()).expect("one side").name.clone();
+            let name = old_entry
+                .as_ref()
+                .or(new_entry.as_ref())
+                .expect("one side")
+                .name
+                .clone();
             let path = prefix.join(&name)?;
             let old_file = old_entry.as_ref().filter(|e| e.kind == EntryKind::File);
             let new_file = new_entry.as_ref().filter(|e| e.kind == EntryKind::File);
-            let old_dir = old_entry.as_ref().filter(|e| e.kind == EntryKind::Directory).map(|e| e.hash);
-            let new_dir = new_entry.as_ref().filter(|e| e.kind == EntryKind::Directory).map(|e| e.hash);
+            let old_dir = old_entry
+                .as_ref()
+                .filter(|e| e.kind == EntryKind::Directory)
+                .map(|e| e.hash);
+            let new_dir = new_entry
+                .as_ref()
+                .filter(|e| e.kind == EntryKind::Directory)
+                .map(|e| e.hash);
             if old_file.is_some() || new_file.is_some() {
                 let kind = match (old_file, new_file) {
                     (Some(_), Some(_)) => pb::DiffKind::Modified,
@@ -329,7 +383,10 @@ fn split(piece: Bytes) -> Vec<Bytes> {
 
 #[tonic::async_trait]
 impl WorkspaceService for WorkspaceGrpc {
-    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
+    async fn stat(
+        &self,
+        request: Request<pb::StatRequest>,
+    ) -> Result<Response<pb::StatResponse>, Status> {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
         require_open(&record)?;
@@ -340,13 +397,21 @@ impl WorkspaceService for WorkspaceGrpc {
             .trees
             .lookup(&root, &path)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("\"{path}\" does not exist in session {}", record.id)))?;
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "\"{path}\" does not exist in session {}",
+                    record.id
+                ))
+            })?;
         Ok(Response::new(pb::StatResponse {
             entry: Some(convert::entry(&path, &entry)),
         }))
     }
 
-    async fn list_tree(&self, request: Request<pb::ListTreeRequest>) -> Result<Response<pb::ListTreeResponse>, Status> {
+    async fn list_tree(
+        &self,
+        request: Request<pb::ListTreeRequest>,
+    ) -> Result<Response<pb::ListTreeResponse>, Status> {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
         require_open(&record)?;
@@ -359,7 +424,9 @@ impl WorkspaceService for WorkspaceGrpc {
             .await?
             .ok_or_else(|| Error::NotFound(format!("\"{dir}\" does not exist")))?;
         if entry.kind != EntryKind::Directory {
-            return Err(Error::FailedPrecondition(format!("\"{dir}\" is a file, not a directory")).into());
+            return Err(
+                Error::FailedPrecondition(format!("\"{dir}\" is a file, not a directory")).into(),
+            );
         }
         let size = page_size(&request.page);
         let after = page_token(&request.page);
@@ -396,7 +463,10 @@ impl WorkspaceService for WorkspaceGrpc {
 
     type ReadFileStream = ByteStream<pb::ReadFileResponse>;
 
-    async fn read_file(&self, request: Request<pb::ReadFileRequest>) -> Result<Response<Self::ReadFileStream>, Status> {
+    async fn read_file(
+        &self,
+        request: Request<pb::ReadFileRequest>,
+    ) -> Result<Response<Self::ReadFileStream>, Status> {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
         require_open(&record)?;
@@ -407,11 +477,21 @@ impl WorkspaceService for WorkspaceGrpc {
             .trees
             .lookup(&root, &path)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("\"{path}\" does not exist in session {}", record.id)))?;
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "\"{path}\" does not exist in session {}",
+                    record.id
+                ))
+            })?;
         if entry.kind != EntryKind::File {
-            return Err(Error::FailedPrecondition(format!("\"{path}\" is a directory; use ListTree")).into());
+            return Err(Error::FailedPrecondition(format!(
+                "\"{path}\" is a directory; use ListTree"
+            ))
+            .into());
         }
-        if request.offset > entry.size || (request.length > 0 && request.offset.saturating_add(request.length) > entry.size) {
+        if request.offset > entry.size
+            || (request.length > 0 && request.offset.saturating_add(request.length) > entry.size)
+        {
             return Err(Error::OutOfRange(format!(
                 "range {}+{} is past the end of \"{path}\" ({} bytes)",
                 request.offset, request.length, entry.size
@@ -461,12 +541,21 @@ impl WorkspaceService for WorkspaceGrpc {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn write_file(&self, request: Request<Streaming<pb::WriteFileRequest>>) -> Result<Response<pb::WriteFileResponse>, Status> {
+    async fn write_file(
+        &self,
+        request: Request<Streaming<pb::WriteFileRequest>>,
+    ) -> Result<Response<pb::WriteFileResponse>, Status> {
         let caller = principal(&request);
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
-            Some(pb::WriteFileRequest { part: Some(pb::write_file_request::Part::Header(h)) }) => h,
-            _ => return Err(Status::invalid_argument("the first WriteFile message must be a header naming the session and path")),
+            Some(pb::WriteFileRequest {
+                part: Some(pb::write_file_request::Part::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first WriteFile message must be a header naming the session and path",
+                ))
+            }
         };
         let file = path(&header.path)?;
         let mut buffer = BytesMut::new();
@@ -481,13 +570,23 @@ impl WorkspaceService for WorkspaceGrpc {
                     }
                     buffer.extend_from_slice(&data);
                 }
-                _ => return Err(Status::invalid_argument("WriteFile takes one header, then only data messages")),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "WriteFile takes one header, then only data messages",
+                    ))
+                }
             }
         }
         let data = buffer.freeze();
         let size = data.len() as u64;
         // Store the bytes before taking the session lock: uploads do not serialize writers.
-        let hash = self.sessions.trees.blobs().put(data).await.map_err(Error::from)?;
+        let hash = self
+            .sessions
+            .trees
+            .blobs()
+            .put(data)
+            .await
+            .map_err(Error::from)?;
         let change = Change {
             step: Step::Write {
                 path: file.clone(),
@@ -498,21 +597,37 @@ impl WorkspaceService for WorkspaceGrpc {
         };
         let record = self
             .sessions
-            .apply(&header.session_id, &caller, header.expected_head_version, vec![change], "write")
+            .apply(
+                &header.session_id,
+                &caller,
+                header.expected_head_version,
+                vec![change],
+                "write",
+            )
             .await?;
         let root = Sessions::root(&record.head_root)?;
-        let entry = self.sessions.trees.lookup(&root, &file).await?.ok_or_else(|| Error::Internal("written file vanished".into()))?;
+        let entry = self
+            .sessions
+            .trees
+            .lookup(&root, &file)
+            .await?
+            .ok_or_else(|| Error::Internal("written file vanished".into()))?;
         Ok(Response::new(pb::WriteFileResponse {
             entry: Some(convert::entry(&file, &entry)),
             head_version: record.head_version,
         }))
     }
 
-    async fn apply_changes(&self, request: Request<pb::ApplyChangesRequest>) -> Result<Response<pb::ApplyChangesResponse>, Status> {
+    async fn apply_changes(
+        &self,
+        request: Request<pb::ApplyChangesRequest>,
+    ) -> Result<Response<pb::ApplyChangesResponse>, Status> {
         let caller = principal(&request);
         let request = request.into_inner();
         if request.changes.is_empty() {
-            return Err(Status::invalid_argument("changes is empty: nothing to apply"));
+            return Err(Status::invalid_argument(
+                "changes is empty: nothing to apply",
+            ));
         }
         if request.changes.len() > MAX_BATCH_CHANGES {
             return Err(Error::ResourceExhausted(format!(
@@ -521,10 +636,20 @@ impl WorkspaceService for WorkspaceGrpc {
             ))
             .into());
         }
-        let changes = request.changes.into_iter().map(parse_change).collect::<Result<Vec<_>>>()?;
+        let changes = request
+            .changes
+            .into_iter()
+            .map(parse_change)
+            .collect::<Result<Vec<_>>>()?;
         let record = self
             .sessions
-            .apply(&request.session_id, &caller, request.expected_head_version, changes, "batch")
+            .apply(
+                &request.session_id,
+                &caller,
+                request.expected_head_version,
+                changes,
+                "batch",
+            )
             .await?;
         Ok(Response::new(pb::ApplyChangesResponse {
             head_version: record.head_version,
@@ -532,45 +657,133 @@ impl WorkspaceService for WorkspaceGrpc {
         }))
     }
 
-    async fn delete_path(&self, request: Request<pb::DeletePathRequest>) -> Result<Response<pb::DeletePathResponse>, Status> {
+    async fn delete_path(
+        &self,
+        request: Request<pb::DeletePathRequest>,
+    ) -> Result<Response<pb::DeletePathResponse>, Status> {
         let caller = principal(&request);
         let r = request.into_inner();
-        let step = Step::Delete { path: path(&r.path)?, recursive: r.recursive };
-        let record = self.sessions.apply(&r.session_id, &caller, r.expected_head_version, vec![Change { step, precondition: None }], "delete").await?;
-        Ok(Response::new(pb::DeletePathResponse { head_version: record.head_version }))
+        let step = Step::Delete {
+            path: path(&r.path)?,
+            recursive: r.recursive,
+        };
+        let record = self
+            .sessions
+            .apply(
+                &r.session_id,
+                &caller,
+                r.expected_head_version,
+                vec![Change {
+                    step,
+                    precondition: None,
+                }],
+                "delete",
+            )
+            .await?;
+        Ok(Response::new(pb::DeletePathResponse {
+            head_version: record.head_version,
+        }))
     }
 
-    async fn make_directory(&self, request: Request<pb::MakeDirectoryRequest>) -> Result<Response<pb::MakeDirectoryResponse>, Status> {
+    async fn make_directory(
+        &self,
+        request: Request<pb::MakeDirectoryRequest>,
+    ) -> Result<Response<pb::MakeDirectoryResponse>, Status> {
         let caller = principal(&request);
         let r = request.into_inner();
         let dir = path(&r.path)?;
-        let step = Step::MakeDirectory { path: dir.clone(), parents: r.parents };
-        let record = self.sessions.apply(&r.session_id, &caller, 0, vec![Change { step, precondition: None }], "mkdir").await?;
+        let step = Step::MakeDirectory {
+            path: dir.clone(),
+            parents: r.parents,
+        };
+        let record = self
+            .sessions
+            .apply(
+                &r.session_id,
+                &caller,
+                0,
+                vec![Change {
+                    step,
+                    precondition: None,
+                }],
+                "mkdir",
+            )
+            .await?;
         let root = Sessions::root(&record.head_root)?;
-        let entry = self.sessions.trees.lookup(&root, &dir).await?.ok_or_else(|| Error::Internal("created directory vanished".into()))?;
+        let entry = self
+            .sessions
+            .trees
+            .lookup(&root, &dir)
+            .await?
+            .ok_or_else(|| Error::Internal("created directory vanished".into()))?;
         Ok(Response::new(pb::MakeDirectoryResponse {
             entry: Some(convert::entry(&dir, &entry)),
             head_version: record.head_version,
         }))
     }
 
-    async fn move_path(&self, request: Request<pb::MovePathRequest>) -> Result<Response<pb::MovePathResponse>, Status> {
+    async fn move_path(
+        &self,
+        request: Request<pb::MovePathRequest>,
+    ) -> Result<Response<pb::MovePathResponse>, Status> {
         let caller = principal(&request);
         let r = request.into_inner();
-        let step = Step::Move { from: path(&r.from)?, to: path(&r.to)?, overwrite: r.overwrite };
-        let record = self.sessions.apply(&r.session_id, &caller, r.expected_head_version, vec![Change { step, precondition: None }], "move").await?;
-        Ok(Response::new(pb::MovePathResponse { head_version: record.head_version }))
+        let step = Step::Move {
+            from: path(&r.from)?,
+            to: path(&r.to)?,
+            overwrite: r.overwrite,
+        };
+        let record = self
+            .sessions
+            .apply(
+                &r.session_id,
+                &caller,
+                r.expected_head_version,
+                vec![Change {
+                    step,
+                    precondition: None,
+                }],
+                "move",
+            )
+            .await?;
+        Ok(Response::new(pb::MovePathResponse {
+            head_version: record.head_version,
+        }))
     }
 
-    async fn copy_path(&self, request: Request<pb::CopyPathRequest>) -> Result<Response<pb::CopyPathResponse>, Status> {
+    async fn copy_path(
+        &self,
+        request: Request<pb::CopyPathRequest>,
+    ) -> Result<Response<pb::CopyPathResponse>, Status> {
         let caller = principal(&request);
         let r = request.into_inner();
-        let step = Step::Copy { from: path(&r.from)?, to: path(&r.to)?, overwrite: r.overwrite };
-        let record = self.sessions.apply(&r.session_id, &caller, r.expected_head_version, vec![Change { step, precondition: None }], "copy").await?;
-        Ok(Response::new(pb::CopyPathResponse { head_version: record.head_version }))
+        let step = Step::Copy {
+            from: path(&r.from)?,
+            to: path(&r.to)?,
+            overwrite: r.overwrite,
+        };
+        let record = self
+            .sessions
+            .apply(
+                &r.session_id,
+                &caller,
+                r.expected_head_version,
+                vec![Change {
+                    step,
+                    precondition: None,
+                }],
+                "copy",
+            )
+            .await?;
+        Ok(Response::new(pb::CopyPathResponse {
+            head_version: record.head_version,
+        }))
     }
 
-    async fn diff(&self, request: Request<pb::DiffRequest>) -> Result<Response<pb::DiffResponse>, Status> {
+    async fn diff(
+        &self,
+        request: Request<pb::DiffRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
         require_open(&record)?;
@@ -591,7 +804,14 @@ impl WorkspaceService for WorkspaceGrpc {
             }
         };
         let mut out = Vec::new();
-        diff_walk(trees, subtree(from).await?, subtree(to).await?, prefix.clone(), &mut out).await?;
+        diff_walk(
+            trees,
+            subtree(from).await?,
+            subtree(to).await?,
+            prefix.clone(),
+            &mut out,
+        )
+        .await?;
         let size = page_size(&request.page);
         let start = match page_token(&request.page) {
             Some(token) => out.iter().position(|d| d.path == token).map(|i| i + 1).ok_or_else(|| {
@@ -599,7 +819,11 @@ impl WorkspaceService for WorkspaceGrpc {
             })?,
             None => 0,
         };
-        let entries: Vec<pb::DiffEntry> = out[start.min(out.len())..].iter().take(size).cloned().collect();
+        let entries: Vec<pb::DiffEntry> = out[start.min(out.len())..]
+            .iter()
+            .take(size)
+            .cloned()
+            .collect();
         let next_page_token = if start + entries.len() < out.len() {
             entries.last().map(|e| e.path.clone()).unwrap_or_default()
         } else {
@@ -615,7 +839,10 @@ impl WorkspaceService for WorkspaceGrpc {
 
     type ExportArchiveStream = ByteStream<pb::ExportArchiveResponse>;
 
-    async fn export_archive(&self, request: Request<pb::ExportArchiveRequest>) -> Result<Response<Self::ExportArchiveStream>, Status> {
+    async fn export_archive(
+        &self,
+        request: Request<pb::ExportArchiveRequest>,
+    ) -> Result<Response<Self::ExportArchiveStream>, Status> {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
         require_open(&record)?;
@@ -630,7 +857,12 @@ impl WorkspaceService for WorkspaceGrpc {
         let dir = path(&request.path)?;
         let subtree = match self.sessions.trees.lookup(&root, &dir).await? {
             Some(e) if e.kind == EntryKind::Directory => e.hash,
-            Some(_) => return Err(Error::FailedPrecondition(format!("\"{dir}\" is a file; export a directory")).into()),
+            Some(_) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "\"{dir}\" is a file; export a directory"
+                ))
+                .into())
+            }
             None => return Err(Error::NotFound(format!("\"{dir}\" does not exist")).into()),
         };
         let tar = archive::build_tar(&self.sessions.trees, &subtree).await?;
@@ -641,12 +873,21 @@ impl WorkspaceService for WorkspaceGrpc {
         Ok(Response::new(Box::pin(futures::stream::iter(messages))))
     }
 
-    async fn import_archive(&self, request: Request<Streaming<pb::ImportArchiveRequest>>) -> Result<Response<pb::ImportArchiveResponse>, Status> {
+    async fn import_archive(
+        &self,
+        request: Request<Streaming<pb::ImportArchiveRequest>>,
+    ) -> Result<Response<pb::ImportArchiveResponse>, Status> {
         let caller = principal(&request);
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
-            Some(pb::ImportArchiveRequest { part: Some(pb::import_archive_request::Part::Header(h)) }) => h,
-            _ => return Err(Status::invalid_argument("the first ImportArchive message must be a header naming the session")),
+            Some(pb::ImportArchiveRequest {
+                part: Some(pb::import_archive_request::Part::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first ImportArchive message must be a header naming the session",
+                ))
+            }
         };
         let under = path(&header.path)?;
         let mut buffer = BytesMut::new();
@@ -662,7 +903,11 @@ impl WorkspaceService for WorkspaceGrpc {
                     }
                     buffer.extend_from_slice(&data);
                 }
-                _ => return Err(Status::invalid_argument("ImportArchive takes one header, then only data messages")),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "ImportArchive takes one header, then only data messages",
+                    ))
+                }
             }
         }
         // Validate the whole archive before touching the session.
@@ -671,7 +916,8 @@ impl WorkspaceService for WorkspaceGrpc {
         check_expected_version(&mutation.record, header.expected_head_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;
         let mut editor = TreeEditor::open(&self.sessions.trees, &old_root).await?;
-        let (files, directories, bytes) = archive::apply_items(&self.sessions.trees, &mut editor, items).await?;
+        let (files, directories, bytes) =
+            archive::apply_items(&self.sessions.trees, &mut editor, items).await?;
         let touched = editor.touched().to_vec();
         let new_root = editor.finish().await?;
         if new_root != old_root {
