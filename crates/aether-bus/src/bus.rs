@@ -184,6 +184,12 @@ impl Bus {
             .max_encoding_message_size(crate::MAX_GRPC_MESSAGE_BYTES)
     }
 
+    /// Forgets the in-memory state of a stream; its next use reloads it from the object store.
+    /// Called when this node takes a stream over, since what it remembers may be stale.
+    pub fn reload(&self, session_id: &str) {
+        self.shared().reload(session_id);
+    }
+
     /// Counts streams dropped from memory for idleness; for tests and metrics.
     pub fn evictions(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared().evictions.subscribe()

@@ -18,6 +18,7 @@
 pub mod bus;
 pub mod config;
 pub mod error;
+pub mod holders;
 mod segment;
 pub mod service;
 mod stream;

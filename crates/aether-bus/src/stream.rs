@@ -100,6 +100,17 @@ impl Shared {
         }
     }
 
+    /// Drops a loaded stream from memory so its next use reloads it from the object store:
+    /// for a node that takes a stream over from another, whose in-memory view is stale.
+    pub(crate) fn reload(&self, session_id: &str) {
+        let loaded = lock(&self.streams)
+            .get(session_id)
+            .and_then(|cell| cell.get().cloned());
+        if let Some(stream) = loaded {
+            stream.reset(self);
+        }
+    }
+
     fn forget(&self, session_id: &str, cell: &Arc<OnceCell<Arc<Stream>>>) {
         let mut streams = lock(&self.streams);
         if streams

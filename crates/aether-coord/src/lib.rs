@@ -8,11 +8,12 @@
 //! transactions with compare-on-revision, and leases whose expiry deletes the keys bound to them.
 //! Promise 2 (one writer per session, fenced) is built from these in [`holder`]: a holder's
 //! every write compares the create revision of its holder key, so a holder that lost its lease
-//! cannot change anything.
+//! cannot change anything. [`forward`] sends requests to whichever node holds their session.
 
 pub mod conformance;
 mod embedded;
 mod etcd;
+pub mod forward;
 pub mod holder;
 mod lease;
 

@@ -4,14 +4,20 @@
 //! - [`trees`] reads and edits content-addressed trees in the content store;
 //! - [`revisions`] resolves head/base/checkpoint/commit to roots;
 //! - [`archive`] imports and exports tar;
+//! - [`review`] keeps annotations and the approvals that gate commits and exports;
+//! - [`knowledge`] keeps knowledge entries, versioned with the files through [`paged_map`];
 //! - [`events`] publishes session events on the bus;
 //! - [`grpc`] adapts all of it to the v1 services.
 
 pub mod archive;
 pub mod error;
 pub mod events;
+pub mod routing;
 pub mod grpc;
+pub mod knowledge;
 pub mod model;
+pub mod paged_map;
+pub mod review;
 pub mod revisions;
 pub mod sessions;
 pub mod trees;
@@ -19,7 +25,7 @@ pub mod trees;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether_coord::{Coordination, LeaseKeeper, Op};
+use aether_coord::{Coordination, LeaseKeeper};
 use aether_store::Blobs;
 use tonic::service::RoutesBuilder;
 
@@ -33,6 +39,13 @@ pub struct CoordinatorArgs {
     /// Lease TTL of this node in seconds: how long a dead holder keeps its sessions.
     #[arg(long, env = "AETHER_LEASE_TTL_SECS", default_value_t = 5)]
     pub lease_ttl_secs: u64,
+    /// Release a session hold after this many idle seconds, so load can spread across nodes.
+    #[arg(long, env = "AETHER_IDLE_RELEASE_SECS", default_value_t = 60)]
+    pub idle_release_secs: u64,
+    /// INSECURE, tests and development only: take the caller's principal from the
+    /// `x-aether-principal` request header, so anyone can act as anyone.
+    #[arg(long, env = "AETHER_TRUST_PRINCIPAL_HEADER")]
+    pub trust_principal_header: bool,
 }
 
 /// Registers this node, starts its lease and returns the shared session state.
@@ -43,6 +56,7 @@ pub async fn start(
     address: String,
     args: &CoordinatorArgs,
 ) -> Result<Arc<Sessions>, Error> {
+    grpc::caller::trust_principal_header(args.trust_principal_header);
     let lease = LeaseKeeper::start(
         coord.clone(),
         Duration::from_secs(args.lease_ttl_secs.max(1)),
@@ -52,21 +66,13 @@ pub async fn start(
         id: uuid::Uuid::new_v4().simple().to_string()[..16].to_string(),
         address,
     };
-    let registration = serde_json::json!({ "id": node.id, "address": node.address });
-    coord
-        .txn(
-            vec![],
-            vec![Op::Put {
-                key: model::node_key(&node.id),
-                value: registration.to_string().into_bytes(),
-                lease: Some(lease.id()),
-            }],
-        )
-        .await?;
+    sessions::register_node(&*coord, &node, lease.id()).await?;
     let trees = trees::Trees::new(blobs);
     trees.ensure_empty().await?;
     tracing::info!(node = %node.id, address = %node.address, "coordinator registered");
-    Ok(Sessions::new(coord, trees, events, node, lease))
+    let sessions = Sessions::new(coord, trees, events, node, lease);
+    sessions.release_idle_holds(Duration::from_secs(args.idle_release_secs.max(1)));
+    Ok(sessions)
 }
 
 /// Adds the coordinator's gRPC services to a router.
@@ -77,18 +83,23 @@ pub fn register(routes: &mut RoutesBuilder, sessions: &Arc<Sessions>) {
         review_service_server::ReviewServiceServer, session_service_server::SessionServiceServer,
         workspace_service_server::WorkspaceServiceServer,
     };
+    use grpc::caller::Caller;
     const MAX_MESSAGE: usize = 8 * 1024 * 1024;
-    routes.add_service(SessionServiceServer::new(grpc::session::SessionGrpc::new(
-        sessions.clone(),
+    routes.add_service(Caller::new(SessionServiceServer::new(
+        grpc::session::SessionGrpc::new(sessions.clone()),
     )));
-    routes.add_service(
+    routes.add_service(Caller::new(
         WorkspaceServiceServer::new(grpc::workspace::WorkspaceGrpc::new(sessions.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
-    );
-    routes.add_service(HistoryServiceServer::new(grpc::history::HistoryGrpc::new(
-        sessions.clone(),
+    ));
+    routes.add_service(Caller::new(HistoryServiceServer::new(
+        grpc::history::HistoryGrpc::new(sessions.clone()),
     )));
-    routes.add_service(ReviewServiceServer::new(grpc::review::ReviewGrpc));
-    routes.add_service(KnowledgeServiceServer::new(grpc::knowledge::KnowledgeGrpc));
+    routes.add_service(Caller::new(ReviewServiceServer::new(
+        grpc::review::ReviewGrpc::new(sessions.clone()),
+    )));
+    routes.add_service(Caller::new(KnowledgeServiceServer::new(
+        grpc::knowledge::KnowledgeGrpc::new(sessions.clone()),
+    )));
 }

@@ -32,6 +32,12 @@ pub fn audit_key(id: &str, sequence: u64) -> String {
 pub fn audit_prefix(id: &str) -> String {
     format!("{ROOT}/audit/{id}/")
 }
+pub fn approval_key(id: &str, sequence: u64) -> String {
+    format!("{ROOT}/approvals/{id}/{sequence:020}")
+}
+pub fn approvals_prefix(id: &str) -> String {
+    format!("{ROOT}/approvals/{id}/")
+}
 pub fn node_key(node_id: &str) -> String {
     format!("{ROOT}/nodes/coordinator/{node_id}")
 }
@@ -105,6 +111,20 @@ pub struct SessionRecord {
     pub commit_count: u32,
     /// Sequence number of the last audit event.
     pub audit_sequence: u64,
+    /// Knowledge entries at head: root of a [`crate::paged_map`] in the content store ("" when
+    /// there are none). Versioned with the files: checkpoints keep it, restore and fork copy it.
+    #[serde(default)]
+    pub knowledge_root: String,
+    /// Annotations: root of a [`crate::paged_map`] in the content store ("" when there are
+    /// none). Not versioned with the files (a restore keeps the review notes); fork copies it.
+    #[serde(default)]
+    pub annotations_root: String,
+    /// Sequence number of the last annotation (ids are `ann-N`).
+    #[serde(default)]
+    pub annotation_sequence: u64,
+    /// Sequence number of the last approval request (ids are `apr-N`).
+    #[serde(default)]
+    pub approval_sequence: u64,
 }
 
 impl SessionRecord {
@@ -122,6 +142,83 @@ pub struct CheckpointRecord {
     pub author: String,
     pub created_at_ms: i64,
     pub description: String,
+    /// The knowledge entries at the checkpoint ("" for none, and for checkpoints taken before
+    /// knowledge existed, which is what they held).
+    #[serde(default)]
+    pub knowledge_root: String,
+}
+
+/// What an approval gates, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApprovalActionRecord {
+    Commit,
+    Export,
+}
+
+/// Where an approval request stands, as stored. `Stale` is never stored: it is computed on
+/// read by comparing the request's head with the session's (see [`ApprovalRecord::effective`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApprovalStateRecord {
+    Pending,
+    Approved,
+    Rejected,
+    Stale,
+    Used,
+}
+
+/// One reviewer's decision, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub reviewer: String,
+    pub approve: bool,
+    pub comment: String,
+    pub time_ms: i64,
+}
+
+/// A request for approval of one exact head (version and root), as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    pub sequence: u64,
+    pub action: ApprovalActionRecord,
+    pub requester: String,
+    pub reviewers: Vec<String>,
+    pub state: ApprovalStateRecord,
+    pub head_version: u64,
+    pub head_root: String,
+    pub decisions: Vec<DecisionRecord>,
+    pub comment: String,
+    pub created_at_ms: i64,
+    /// What consumed it ("commit:ID" or "export"), once `Used`.
+    #[serde(default)]
+    pub used_by: String,
+}
+
+impl ApprovalRecord {
+    pub fn id(&self) -> String {
+        format!("apr-{}", self.sequence)
+    }
+
+    /// The state as of `record`'s head: a pending or approved request whose head is no longer
+    /// the session's is stale.
+    pub fn effective(&self, record: &SessionRecord) -> ApprovalStateRecord {
+        match self.state {
+            ApprovalStateRecord::Pending | ApprovalStateRecord::Approved
+                if self.head_version != record.head_version
+                    || self.head_root != record.head_root =>
+            {
+                ApprovalStateRecord::Stale
+            }
+            state => state,
+        }
+    }
+
+    /// The distinct reviewers who approved it.
+    pub fn approvers(&self) -> impl Iterator<Item = &str> {
+        self.decisions
+            .iter()
+            .filter(|d| d.approve)
+            .map(|d| d.reviewer.as_str())
+    }
 }
 
 /// One audit event, as stored.

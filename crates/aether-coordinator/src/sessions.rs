@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aether_coord::holder::{self, Acquire, Fence, FencedOutcome, HolderRecord};
 use aether_coord::{Compare, Coordination, LeaseKeeper, Op};
@@ -31,6 +32,8 @@ pub struct Node {
 struct Hold {
     fence: Fence,
     lock: Arc<tokio::sync::Mutex<()>>,
+    /// When a mutation last used this hold; idle holds are released so load can spread.
+    last_used: Mutex<Instant>,
 }
 
 /// Shared state of one coordinator process.
@@ -39,7 +42,12 @@ pub struct Sessions {
     pub(crate) trees: Trees,
     pub(crate) events: EventSink,
     node: Node,
-    lease: LeaseKeeper,
+    /// The node lease every hold is bound to; replaced when lost (after a pause or partition).
+    lease: Mutex<Arc<LeaseKeeper>>,
+    /// Serializes lease replacement.
+    renewing: tokio::sync::Mutex<()>,
+    /// Cancelled at shutdown: no new holds, no lease renewal.
+    stopped: tokio_util::sync::CancellationToken,
     holds: Mutex<HashMap<String, Arc<Hold>>>,
 }
 
@@ -94,30 +102,102 @@ impl Sessions {
         node: Node,
         lease: LeaseKeeper,
     ) -> Arc<Self> {
-        let sessions = Arc::new(Self {
+        Arc::new(Self {
             coord,
             trees,
             events,
             node,
-            lease,
+            lease: Mutex::new(Arc::new(lease)),
+            renewing: tokio::sync::Mutex::new(()),
+            stopped: tokio_util::sync::CancellationToken::new(),
             holds: Mutex::new(HashMap::new()),
-        });
-        // When the node lease is lost every hold is void: forget them so later requests
-        // re-acquire (and the fence rejects anything in flight).
-        let lost = sessions.lease.lost();
-        let weak = Arc::downgrade(&sessions);
-        tokio::spawn(async move {
-            lost.cancelled().await;
-            if let Some(sessions) = weak.upgrade() {
-                tracing::warn!("node lease lost; dropping every session hold");
-                sessions.holds.lock().expect("holds").clear();
-            }
-        });
-        sessions
+        })
+    }
+
+    fn current_lease(&self) -> Arc<LeaseKeeper> {
+        self.lease.lock().expect("lease").clone()
+    }
+
+    /// The live node lease. When the old one was lost (this node paused or cut off past its
+    /// TTL), every hold bound to it is void: they are forgotten, and a new lease is granted and
+    /// the node registered again, so the node can serve (and take) sessions once more.
+    async fn live_lease(&self) -> Result<Arc<LeaseKeeper>> {
+        if self.stopped.is_cancelled() {
+            return Err(Error::Unavailable(
+                "this coordinator is shutting down; retry on another node".into(),
+            ));
+        }
+        let lease = self.current_lease();
+        if !lease.lost().is_cancelled() {
+            return Ok(lease);
+        }
+        let _renewing = self.renewing.lock().await;
+        let lease = self.current_lease();
+        if !lease.lost().is_cancelled() {
+            return Ok(lease);
+        }
+        tracing::warn!("node lease lost; dropping every session hold and registering again");
+        self.holds.lock().expect("holds").clear();
+        let fresh = Arc::new(LeaseKeeper::start(self.coord.clone(), lease.ttl()).await?);
+        register_node(&*self.coord, &self.node, fresh.id()).await?;
+        *self.lease.lock().expect("lease") = fresh.clone();
+        Ok(fresh)
     }
 
     pub fn node(&self) -> &Node {
         &self.node
+    }
+
+    /// The address of the coordinator holding `id`, if that is another one.
+    pub async fn holder_elsewhere_of(&self, id: &str) -> Result<Option<String>> {
+        if self.current_lease().lost().is_cancelled() {
+            self.holds.lock().expect("holds").clear();
+        }
+        if self.holds.lock().expect("holds").contains_key(id) || validate_session_id(id).is_err() {
+            return Ok(None);
+        }
+        Ok(holder::current(&*self.coord, &model::holder_key(id))
+            .await?
+            .map(|(record, _)| record)
+            .filter(|record| record.node_id != self.node.id && !record.address.is_empty())
+            .map(|record| record.address))
+    }
+
+    /// Releases holds unused for `idle`, checking every `idle / 2`, until the node stops.
+    pub fn release_idle_holds(self: &Arc<Self>, idle: Duration) {
+        let weak = Arc::downgrade(self);
+        let stopped = self.stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stopped.cancelled() => return,
+                    _ = tokio::time::sleep(idle / 2) => {}
+                }
+                let Some(sessions) = weak.upgrade() else {
+                    return;
+                };
+                let idle_holds: Vec<(String, Arc<Hold>)> = sessions
+                    .holds
+                    .lock()
+                    .expect("holds")
+                    .iter()
+                    .filter(|(_, h)| h.last_used.lock().expect("last used").elapsed() >= idle)
+                    .map(|(id, h)| (id.clone(), h.clone()))
+                    .collect();
+                for (id, hold) in idle_holds {
+                    // Only release a hold nobody is using right now.
+                    let Ok(_guard) = hold.lock.try_lock() else {
+                        continue;
+                    };
+                    sessions.holds.lock().expect("holds").remove(&id);
+                    if let Err(e) = holder::release(&*sessions.coord, &hold.fence).await {
+                        tracing::warn!(session = %id, error = %e, "releasing idle hold failed");
+                    } else {
+                        tracing::debug!(session = %id, "released idle hold");
+                    }
+                }
+            }
+        });
     }
 
     /// Reads a session record and its revision.
@@ -135,31 +215,21 @@ impl Sessions {
 
     /// Takes (or reuses) this node's hold on a session.
     async fn hold(&self, id: &str) -> Result<Arc<Hold>> {
+        let lease = self.live_lease().await?;
         if let Some(hold) = self.holds.lock().expect("holds").get(id) {
+            *hold.last_used.lock().expect("last used") = Instant::now();
             return Ok(hold.clone());
-        }
-        if self.lease.lost().is_cancelled() {
-            return Err(Error::Unavailable(
-                "this coordinator lost its lease and is shutting down; retry on another node"
-                    .into(),
-            ));
         }
         let record = HolderRecord {
             node_id: self.node.id.clone(),
             address: self.node.address.clone(),
         };
-        match holder::acquire(
-            &*self.coord,
-            &model::holder_key(id),
-            &record,
-            self.lease.id(),
-        )
-        .await?
-        {
+        match holder::acquire(&*self.coord, &model::holder_key(id), &record, lease.id()).await? {
             Acquire::Held(fence) => {
                 let hold = Arc::new(Hold {
                     fence,
                     lock: Arc::new(tokio::sync::Mutex::new(())),
+                    last_used: Mutex::new(Instant::now()),
                 });
                 let mut holds = self.holds.lock().expect("holds");
                 Ok(holds.entry(id.to_string()).or_insert(hold).clone())
@@ -281,6 +351,7 @@ impl Sessions {
 
     /// Releases every hold (graceful shutdown), so other nodes take over at once.
     pub async fn release_all(&self) {
+        self.stopped.cancel();
         let holds: Vec<Arc<Hold>> = self
             .holds
             .lock()
@@ -293,7 +364,7 @@ impl Sessions {
                 tracing::warn!(key = %hold.fence.key, error = %e, "releasing hold failed");
             }
         }
-        if let Err(e) = self.lease.revoke().await {
+        if let Err(e) = self.current_lease().revoke().await {
             tracing::warn!(error = %e, "revoking node lease failed");
         }
     }
@@ -302,6 +373,26 @@ impl Sessions {
     pub fn root(value: &str) -> Result<Hash> {
         Hash::from_hex(value).map_err(|e| Error::Internal(format!("stored root unreadable: {e}")))
     }
+}
+
+/// Records this node under its lease, so the cluster knows who is alive and where.
+pub async fn register_node(
+    coord: &dyn Coordination,
+    node: &Node,
+    lease: aether_coord::LeaseId,
+) -> Result<()> {
+    let registration = serde_json::json!({ "id": node.id, "address": node.address });
+    coord
+        .txn(
+            vec![],
+            vec![Op::Put {
+                key: model::node_key(&node.id),
+                value: registration.to_string().into_bytes(),
+                lease: Some(lease),
+            }],
+        )
+        .await?;
+    Ok(())
 }
 
 pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {

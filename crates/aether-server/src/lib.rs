@@ -40,6 +40,8 @@ pub struct CommonArgs {
 pub struct StoreCommand {
     #[command(flatten)]
     pub backend: BackendArgs,
+    #[command(flatten)]
+    pub limits: aether_store::LimitsArgs,
 }
 
 /// `aetherd bus`.
@@ -47,9 +49,16 @@ pub struct StoreCommand {
 pub struct BusCommand {
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// etcd endpoints (comma-separated); accepted for cluster configuration symmetry.
+    /// etcd endpoints (comma-separated). With them, several bus nodes share the streams: each
+    /// stream has one holder and any node forwards to it. Without them, one bus node only.
     #[arg(long, env = "AETHER_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
+    /// Address other bus nodes use to reach this one; defaults to the listen address.
+    #[arg(long, env = "AETHER_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Lease TTL of this node in seconds: how long a dead holder keeps its streams.
+    #[arg(long, env = "AETHER_LEASE_TTL_SECS", default_value_t = 5)]
+    pub lease_ttl_secs: u64,
 }
 
 /// `aetherd coordinator`.
@@ -128,17 +137,14 @@ pub fn shutdown_signal(exit_on_stdin_close: bool) -> CancellationToken {
         on_signal.cancel();
     });
     if exit_on_stdin_close {
+        // A plain thread, not tokio's stdin: tokio's blocking read would hold up runtime
+        // shutdown until stdin produced data.
         let on_eof = token.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncReadExt;
-            let mut stdin = tokio::io::stdin();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin();
             let mut buf = [0u8; 64];
-            while let Ok(n) = stdin.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-            tracing::info!("stdin closed: shutting down");
+            while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
             on_eof.cancel();
         });
     }
@@ -165,6 +171,7 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     let mut served: Vec<&'static str> = Vec::new();
     let mut sessions = None;
     let mut bus = None;
+    let mut stream_holds: Option<Arc<aether_bus::holders::StreamHolds>> = None;
 
     let add_store = |routes: &mut RoutesBuilder,
                      store: &BlobStore,
@@ -188,16 +195,33 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
 
     match &service {
         Service::Store(cmd) => {
+            let limits = cmd.limits.limits().map_err(anyhow::Error::msg)?;
             let objects = cmd.backend.build("objects").map_err(anyhow::Error::msg)?;
-            add_store(
-                &mut routes,
-                &BlobStore::new(objects, Limits::default()),
-                &mut served,
-            );
+            add_store(&mut routes, &BlobStore::new(objects, limits), &mut served);
         }
         Service::Bus(cmd) => {
             let objects = cmd.backend.build("bus").map_err(anyhow::Error::msg)?;
-            bus = Some(add_bus(&mut routes, objects, &mut served));
+            let b = add_bus(&mut routes, objects, &mut served);
+            if !cmd.etcd_endpoints.is_empty() {
+                let coord: Arc<dyn Coordination> = Arc::new(
+                    EtcdCoordination::connect(&cmd.etcd_endpoints)
+                        .await
+                        .context("cannot reach etcd")?,
+                );
+                let address = cmd.advertise_addr.clone().unwrap_or_else(|| own_endpoint.clone());
+                let node_id = format!("bus-{}", std::process::id());
+                let holds = aether_bus::holders::StreamHolds::start(
+                    coord,
+                    b.clone(),
+                    format!("{node_id}-{}", addr.port()),
+                    address,
+                    std::time::Duration::from_secs(cmd.lease_ttl_secs.max(1)),
+                )
+                .await
+                .context("cannot start the bus lease")?;
+                stream_holds = Some(holds);
+            }
+            bus = Some(b);
         }
         Service::Coordinator(cmd) => {
             let coord: Arc<dyn Coordination> = Arc::new(
@@ -284,8 +308,18 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     tracing::info!(service = service.name(), %addr, services = ?served, "serving");
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Changes to a session held by another coordinator are forwarded to it.
+    let forward = sessions
+        .clone()
+        .map(|s| aether_coord::forward::ForwardLayer::new(s, aether_coordinator::routing::routes));
+    // Bus requests for a stream held by another bus node are forwarded to it.
+    let forward_bus = stream_holds
+        .clone()
+        .map(|h| aether_coord::forward::ForwardLayer::new(h, aether_bus::holders::routes));
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(tower::util::option_layer(forward))
+        .layer(tower::util::option_layer(forward_bus))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
         .await
@@ -297,6 +331,9 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     }
     if let Some(bus) = bus {
         bus.shutdown().await;
+    }
+    if let Some(holds) = stream_holds {
+        holds.release_all().await;
     }
     Ok(())
 }

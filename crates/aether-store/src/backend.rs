@@ -9,6 +9,9 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
+/// Default for `--s3-timeout-secs`: an outage turns into UNAVAILABLE within a few seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 5;
+
 /// Which backend holds the objects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendKind {
@@ -57,8 +60,9 @@ pub struct BackendArgs {
     /// Allow plain http to the S3 endpoint (local S3 servers).
     #[arg(long, env = "AETHER_S3_ALLOW_HTTP")]
     pub s3_allow_http: bool,
-    /// Per-request timeout for the object store, in seconds.
-    #[arg(long, env = "AETHER_S3_TIMEOUT_SECS", default_value_t = 10)]
+    /// Time budget of one object store call, retries included, in seconds: past it the call
+    /// fails as UNAVAILABLE. Objects are at most a few MiB, so a healthy server needs far less.
+    #[arg(long, env = "AETHER_S3_TIMEOUT_SECS", default_value_t = DEFAULT_TIMEOUT_SECS)]
     pub s3_timeout_secs: u64,
 }
 
@@ -74,7 +78,7 @@ impl BackendArgs {
             s3_access_key: String::new(),
             s3_secret_key: String::new(),
             s3_allow_http: false,
-            s3_timeout_secs: 10,
+            s3_timeout_secs: DEFAULT_TIMEOUT_SECS,
         }
     }
 
@@ -105,8 +109,10 @@ impl BackendArgs {
                             .with_connect_timeout(Duration::from_secs(2))
                             .with_allow_http(self.s3_allow_http),
                     )
-                    // Transient errors are retried with backoff inside object_store; what is
-                    // left after that reaches callers as UNAVAILABLE.
+                    // Transient errors (5xx, throttling, dropped connections) are retried
+                    // with backoff inside object_store, but no retry starts once the timeout
+                    // has passed: a server that stops answering costs one timeout, not four.
+                    // What is left after that reaches callers as UNAVAILABLE.
                     .with_retry(RetryConfig {
                         backoff: BackoffConfig {
                             init_backoff: Duration::from_millis(50),

@@ -11,50 +11,25 @@
 //! between two writers of the same content is harmless because both write the same bytes. A blob
 //! becomes readable only when its last object (the manifest, for chunked blobs) is written, so an
 //! upload that dies midway leaves nothing half-visible; its orphaned chunks are garbage for GC.
+//! Every object read is checked against its name before a byte of it is returned (promise 5).
 
 use std::sync::Arc;
 
 use aether_core::{ChunkManifest, Hash};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use futures::stream::{self, BoxStream, FuturesOrdered, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use crate::{Blobs, StoreError};
+use crate::task::{self, Spawned};
+use crate::{Blobs, Limits, StoreError};
 
 /// FastCDC parameters. Chunks of ~1 MiB keep per-object overhead low on S3 while an edit in
 /// the middle of a large file still re-stores only about 1 MiB.
 pub const MIN_CHUNK: usize = 256 * 1024;
 pub const AVG_CHUNK: usize = 1024 * 1024;
 pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
-
-/// Explicit bounds, reported in errors when exceeded.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Largest blob accepted by PutBlob.
-    pub max_blob_bytes: u64,
-    /// Largest gRPC message accepted (and data message of a stream).
-    pub max_message_bytes: usize,
-    /// Size of data messages sent by GetBlob.
-    pub stream_chunk_bytes: usize,
-    /// Most hashes in one HasBlobs call.
-    pub max_batch: usize,
-    /// Chunk writes or reads in flight per blob.
-    pub concurrency: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_blob_bytes: 4 * 1024 * 1024 * 1024,
-            max_message_bytes: 4 * 1024 * 1024 + 64 * 1024,
-            stream_chunk_bytes: 1024 * 1024,
-            max_batch: 10_000,
-            concurrency: 8,
-        }
-    }
-}
 
 /// How a blob is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,24 +56,27 @@ pub struct BlobStore {
     limits: Limits,
 }
 
-pub(crate) fn chunk_path(hash: &Hash) -> Path {
+pub fn chunk_path(hash: &Hash) -> Path {
     let hex = hash.to_hex();
     Path::from(format!("chunks/{}/{}", &hex[..2], hex))
 }
 
-pub(crate) fn manifest_path(hash: &Hash) -> Path {
+pub fn manifest_path(hash: &Hash) -> Path {
     let hex = hash.to_hex();
     Path::from(format!("manifests/{}/{}", &hex[..2], hex))
 }
 
-/// Cuts `data` into FastCDC chunks; `final_piece` says no more data follows, otherwise the
-/// last cut is not yet known and the tail is left over. Returns chunk lengths.
+/// Cuts `data` into FastCDC chunks and returns their lengths. Unless `final_piece` says no
+/// more data follows, a cut is made only while more than MAX_CHUNK bytes remain: FastCDC never
+/// looks past MAX_CHUNK, so such a cut is the one the whole blob would get. Chunk boundaries
+/// therefore do not depend on how the data was split into messages, and a non-final cut always
+/// leaves bytes behind (a blob cut before its end has at least two chunks).
 pub fn cut_points(data: &[u8], final_piece: bool) -> Vec<usize> {
     let mut lengths = Vec::new();
     let mut start = 0;
     while start < data.len() {
         let rest = &data[start..];
-        if !final_piece && rest.len() < MAX_CHUNK {
+        if !final_piece && rest.len() <= MAX_CHUNK {
             break;
         }
         let first = fastcdc::v2020::FastCDC::new(
@@ -116,6 +94,30 @@ pub fn cut_points(data: &[u8], final_piece: bool) -> Vec<usize> {
     lengths
 }
 
+/// The chunks `data` is cut into, as (hash, size), computed without storing anything.
+pub fn chunk_plan(data: &[u8]) -> Vec<(Hash, u64)> {
+    let mut start = 0;
+    cut_points(data, true)
+        .into_iter()
+        .map(|length| {
+            let chunk = &data[start..start + length];
+            start += length;
+            (Hash::of(chunk), length as u64)
+        })
+        .collect()
+}
+
+/// The name the store gives `data`, computed locally: what a client asks HasBlobs about before
+/// uploading, and sends as `expected_hash`.
+pub fn blob_hash(data: &[u8]) -> Hash {
+    let chunks = chunk_plan(data);
+    if chunks.len() <= 1 {
+        Hash::of(data)
+    } else {
+        ChunkManifest { chunks }.hash()
+    }
+}
+
 impl BlobStore {
     pub fn new(objects: Arc<dyn ObjectStore>, limits: Limits) -> Self {
         Self { objects, limits }
@@ -123,6 +125,37 @@ impl BlobStore {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The backend, for tests and benchmarks that compare against raw calls.
+    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
+        &self.objects
+    }
+
+    /// Starts storing a blob of `size` bytes, to be pushed in pieces.
+    pub fn upload(&self, size: u64) -> Result<Upload, StoreError> {
+        if size > self.limits.max_blob_bytes {
+            return Err(StoreError::TooLarge(format!(
+                "blob of {size} bytes exceeds the limit of {} bytes",
+                self.limits.max_blob_bytes
+            )));
+        }
+        Ok(Upload {
+            store: self.clone(),
+            declared: size,
+            received: 0,
+            pending: BytesMut::new(),
+            writes: FuturesOrdered::new(),
+            chunks: Vec::new(),
+            stored_bytes: 0,
+        })
+    }
+
+    /// Stores a whole blob held in memory.
+    pub async fn put_bytes(&self, data: Bytes) -> Result<PutOutcome, StoreError> {
+        let mut upload = self.upload(data.len() as u64)?;
+        upload.push(data).await?;
+        upload.finish(None).await
     }
 
     /// Writes one object if it is not there yet. Returns the bytes newly written.
@@ -145,82 +178,6 @@ impl BlobStore {
         }
     }
 
-    /// Stores one chunk (at most MAX_CHUNK bytes) and returns its name and bytes written.
-    pub async fn put_chunk(&self, data: Bytes) -> Result<(Hash, u64), StoreError> {
-        let hash = Hash::of(&data);
-        let written = self.put_if_absent(&chunk_path(&hash), data).await?;
-        Ok((hash, written))
-    }
-
-    /// Stores the manifest of a chunked blob: the step that makes the blob visible.
-    pub async fn put_manifest(&self, manifest: &ChunkManifest) -> Result<(Hash, u64), StoreError> {
-        let hash = manifest.hash();
-        let written = self
-            .put_if_absent(&manifest_path(&hash), Bytes::from(manifest.encode()))
-            .await?;
-        Ok((hash, written))
-    }
-
-    /// Stores a whole blob held in memory.
-    pub async fn put_bytes(&self, data: Bytes) -> Result<PutOutcome, StoreError> {
-        if data.len() as u64 > self.limits.max_blob_bytes {
-            return Err(StoreError::TooLarge(format!(
-                "blob of {} bytes exceeds the limit of {} bytes",
-                data.len(),
-                self.limits.max_blob_bytes
-            )));
-        }
-        let mut pieces = Vec::new();
-        let mut start = 0;
-        for length in cut_points(&data, true) {
-            pieces.push(data.slice(start..start + length));
-            start += length;
-        }
-        if pieces.is_empty() {
-            pieces.push(Bytes::new());
-        }
-        let results: Vec<(Hash, u64, u64)> = stream::iter(pieces)
-            .map(|piece| async move {
-                let len = piece.len() as u64;
-                self.put_chunk(piece).await.map(|(h, w)| (h, len, w))
-            })
-            .buffered(self.limits.concurrency)
-            .try_collect()
-            .await?;
-        self.finish(results).await
-    }
-
-    /// Completes a put from its stored chunks: one chunk is the blob; more need a manifest.
-    pub async fn finish(&self, chunks: Vec<(Hash, u64, u64)>) -> Result<PutOutcome, StoreError> {
-        let size = chunks.iter().map(|c| c.1).sum();
-        let mut stored_bytes: u64 = chunks.iter().map(|c| c.2).sum();
-        let list: Vec<(Hash, u64)> = chunks.iter().map(|c| (c.0, c.1)).collect();
-        let hash = if list.len() == 1 {
-            list[0].0
-        } else {
-            let manifest = ChunkManifest {
-                chunks: list.clone(),
-            };
-            let (hash, written) = self.put_manifest(&manifest).await?;
-            stored_bytes += written;
-            hash
-        };
-        Ok(PutOutcome {
-            hash,
-            size,
-            chunks: list,
-            stored_bytes,
-        })
-    }
-
-    /// Reads and verifies one chunk.
-    pub async fn get_chunk(&self, hash: &Hash) -> Result<Bytes, StoreError> {
-        let path = chunk_path(hash);
-        let data = self.read_object(&path).await?;
-        verify(&path, hash, Hash::of(&data))?;
-        Ok(data)
-    }
-
     async fn read_object(&self, path: &Path) -> Result<Bytes, StoreError> {
         let result = self
             .objects
@@ -233,50 +190,41 @@ impl BlobStore {
             .map_err(|e| StoreError::from_object_store(e, path.as_ref()))
     }
 
-    /// How a blob is stored; `NotFound` if it is not.
-    pub async fn layout(&self, hash: &Hash) -> Result<Layout, StoreError> {
+    /// Reads and verifies one chunk.
+    pub async fn get_chunk(&self, hash: &Hash) -> Result<Bytes, StoreError> {
+        let path = chunk_path(hash);
+        let data = self.read_object(&path).await?;
+        verify(&path, hash, Hash::of(&data))?;
+        Ok(data)
+    }
+
+    /// Reads and verifies the manifest of a chunked blob; `NotFound` if there is none.
+    async fn get_manifest(&self, hash: &Hash) -> Result<ChunkManifest, StoreError> {
         let path = manifest_path(hash);
-        match self.read_object(&path).await {
-            Ok(data) => {
-                verify(&path, hash, aether_core::hash::manifest_hash(&data))?;
-                let manifest = ChunkManifest::decode(&data).map_err(|e| StoreError::Corrupt {
-                    object: path.to_string(),
-                    detail: e.to_string(),
-                })?;
-                Ok(Layout::Chunked(manifest))
-            }
-            Err(StoreError::NotFound(_)) => {
-                let chunk = chunk_path(hash);
-                match self.objects.head(&chunk).await {
-                    Ok(_) => Ok(Layout::Single),
-                    Err(object_store::Error::NotFound { .. }) => {
-                        Err(StoreError::NotFound(hash.to_hex()))
-                    }
-                    Err(e) => Err(StoreError::from_object_store(e, chunk.as_ref())),
-                }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Size of a blob, from its manifest or its one object.
-    pub async fn stat(&self, hash: &Hash) -> Result<(u64, Layout), StoreError> {
-        let layout = self.layout(hash).await?;
-        let size = match &layout {
-            Layout::Chunked(manifest) => manifest.total_size(),
-            Layout::Single => {
-                let path = chunk_path(hash);
-                self.objects
-                    .head(&path)
-                    .await
-                    .map_err(|e| StoreError::from_object_store(e, path.as_ref()))?
-                    .size
-            }
+        let data = match self.read_object(&path).await {
+            Err(StoreError::NotFound(_)) => return Err(not_found(hash)),
+            other => other?,
         };
-        Ok((size, layout))
+        verify(&path, hash, aether_core::hash::manifest_hash(&data))?;
+        ChunkManifest::decode(&data).map_err(|e| StoreError::Corrupt {
+            object: path.to_string(),
+            detail: e.to_string(),
+        })
     }
 
-    /// Which of `hashes` are neither a chunk nor a chunked blob here.
+    /// Size and layout of a blob; `NotFound` if it is not stored.
+    pub async fn stat(&self, hash: &Hash) -> Result<(u64, Layout), StoreError> {
+        let chunk = chunk_path(hash);
+        match self.objects.head(&chunk).await {
+            Ok(meta) => return Ok((meta.size, Layout::Single)),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StoreError::from_object_store(e, chunk.as_ref())),
+        }
+        let manifest = self.get_manifest(hash).await?;
+        Ok((manifest.total_size(), Layout::Chunked(manifest)))
+    }
+
+    /// Which of `hashes` are neither a chunk nor a chunked blob here, in input order.
     pub async fn missing_hashes(&self, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         if hashes.len() > self.limits.max_batch {
             return Err(StoreError::InvalidArgument(format!(
@@ -307,7 +255,8 @@ impl BlobStore {
             .collect())
     }
 
-    /// Streams a verified byte range of a blob: whole chunks are read and checked, then sliced.
+    /// Streams a verified byte range of a blob (`length` 0 reads to the end): whole chunks are
+    /// read and checked, then sliced. Chunks are fetched ahead, `concurrency` at a time.
     pub async fn read_range(
         &self,
         hash: &Hash,
@@ -315,34 +264,21 @@ impl BlobStore {
         length: u64,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
         // Most blobs are one chunk: one GET, verified, answers the whole read.
-        let single = chunk_path(hash);
-        let layout = match self.read_object(&single).await {
+        match self.get_chunk(hash).await {
             Ok(data) => {
-                verify(&single, hash, Hash::of(&data))?;
-                let size = data.len() as u64;
-                check_range(hash, offset, length, size)?;
-                let end = if length == 0 { size } else { offset + length };
+                let end = check_range(hash, offset, length, data.len() as u64)?;
                 let piece = data.slice(offset as usize..end as usize);
                 return Ok(stream::once(async move { Ok(piece) }).boxed());
             }
-            Err(StoreError::NotFound(_)) => self.layout(hash).await?,
+            Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
-        };
-        let size = match &layout {
-            Layout::Chunked(manifest) => manifest.total_size(),
-            // Written between our two reads.
-            Layout::Single => return Box::pin(self.read_range(hash, offset, length)).await,
-        };
-        check_range(hash, offset, length, size)?;
-        let end = if length == 0 { size } else { offset + length };
-        let chunks = match layout {
-            Layout::Single => vec![(*hash, size)],
-            Layout::Chunked(manifest) => manifest.chunks,
-        };
+        }
+        let manifest = self.get_manifest(hash).await?;
+        let end = check_range(hash, offset, length, manifest.total_size())?;
         // The chunks overlapping [offset, end), with the slice of each to return.
         let mut wanted = Vec::new();
         let mut position = 0u64;
-        for (chunk, chunk_size) in chunks {
+        for (chunk, chunk_size) in manifest.chunks {
             let chunk_end = position + chunk_size;
             if chunk_end > offset && position < end {
                 let from = offset.saturating_sub(position) as usize;
@@ -355,63 +291,203 @@ impl BlobStore {
             }
         }
         let store = self.clone();
-        let concurrency = self.limits.concurrency;
+        let manifest = manifest_path(hash);
         Ok(stream::iter(wanted)
             .map(move |(chunk, chunk_size, from, to)| {
                 let store = store.clone();
-                async move {
-                    let data = store.get_chunk(&chunk).await?;
+                let manifest = manifest.clone();
+                task::spawn(async move {
+                    let data = match store.get_chunk(&chunk).await {
+                        // The manifest promised this chunk: its absence is data loss.
+                        Err(StoreError::NotFound(_)) => {
+                            return Err(StoreError::Corrupt {
+                                object: chunk_path(&chunk).to_string(),
+                                detail: format!("missing, but listed in {manifest}"),
+                            })
+                        }
+                        other => other?,
+                    };
                     if data.len() as u64 != chunk_size {
                         return Err(StoreError::Corrupt {
                             object: chunk_path(&chunk).to_string(),
                             detail: format!(
-                                "manifest says {chunk_size} bytes, object holds {}",
+                                "{manifest} says {chunk_size} bytes, the object holds {}",
                                 data.len()
                             ),
                         });
                     }
                     Ok(data.slice(from..to))
-                }
+                })
             })
-            .buffered(concurrency)
+            .buffered(self.limits.concurrency)
             .boxed())
     }
 
-    /// Reads a whole blob into memory.
+    /// Reads a whole blob into memory, verified.
     pub async fn get_bytes(&self, hash: &Hash) -> Result<Bytes, StoreError> {
-        let mut stream = self.read_range(hash, 0, 0).await?;
-        let mut first: Option<Bytes> = None;
-        let mut buffer = BytesMut::new();
-        while let Some(piece) = stream.try_next().await? {
-            match first.take() {
-                None if buffer.is_empty() => first = Some(piece),
-                Some(previous) => {
-                    buffer.extend_from_slice(&previous);
-                    buffer.extend_from_slice(&piece);
-                }
-                None => buffer.extend_from_slice(&piece),
-            }
+        let pieces: Vec<Bytes> = self.read_range(hash, 0, 0).await?.try_collect().await?;
+        if pieces.len() == 1 {
+            // One-chunk blobs (the common case) are returned without a copy.
+            return Ok(pieces.into_iter().next().expect("one piece"));
         }
-        // One-chunk blobs (the common case) are returned without a copy.
-        Ok(first.unwrap_or_else(|| buffer.freeze()))
-    }
-
-    /// The backend, for tests and benchmarks that compare against raw calls.
-    pub fn objects(&self) -> &Arc<dyn ObjectStore> {
-        &self.objects
+        let mut buffer = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+        for piece in pieces {
+            buffer.extend_from_slice(&piece);
+        }
+        Ok(buffer.freeze())
     }
 }
 
-fn check_range(hash: &Hash, offset: u64, length: u64, size: u64) -> Result<(), StoreError> {
-    if offset > size || (length > 0 && offset.saturating_add(length) > size) {
-        return Err(StoreError::OutOfRange {
+/// One blob being stored from a stream of pieces ([`BlobStore::upload`]).
+///
+/// Chunks are cut as data arrives and written while more is received, with at most
+/// `concurrency` writes in flight; a full pipeline makes [`Upload::push`] wait, which pushes
+/// back on the sender. Memory stays bounded (about `concurrency + 2` chunks) whatever the blob
+/// size. Nothing is visible before [`Upload::finish`] succeeds; dropping an `Upload` aborts its
+/// writes and leaves only unreferenced chunks behind.
+pub struct Upload {
+    store: BlobStore,
+    declared: u64,
+    received: u64,
+    /// Received bytes not yet cut into a chunk.
+    pending: BytesMut,
+    writes: FuturesOrdered<Spawned<(Hash, u64, u64)>>,
+    /// Written chunks in blob order: (hash, size).
+    chunks: Vec<(Hash, u64)>,
+    stored_bytes: u64,
+}
+
+impl Upload {
+    /// Adds the next piece of the blob.
+    pub async fn push(&mut self, data: Bytes) -> Result<(), StoreError> {
+        self.received += data.len() as u64;
+        if self.received > self.declared {
+            return Err(StoreError::InvalidArgument(format!(
+                "received more than the {} bytes announced in the header",
+                self.declared
+            )));
+        }
+        if self.pending.is_empty() {
+            // Chunks the piece completes by itself are sliced from it without a copy.
+            let mut data = data;
+            for length in cut_points(&data, false) {
+                self.write(data.split_to(length)).await?;
+            }
+            self.pending.extend_from_slice(&data);
+        } else {
+            self.pending.extend_from_slice(&data);
+            for length in cut_points(&self.pending, false) {
+                let chunk = self.pending.split_to(length).freeze();
+                self.write(chunk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts writing one chunk, after waiting for a slot in the pipeline.
+    async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        while self.writes.len() >= self.store.limits.concurrency {
+            self.collect_one().await?;
+        }
+        let store = self.store.clone();
+        self.writes.push_back(task::spawn(async move {
+            let size = chunk.len() as u64;
+            let hash = Hash::of(&chunk);
+            let written = store.put_if_absent(&chunk_path(&hash), chunk).await?;
+            Ok((hash, size, written))
+        }));
+        Ok(())
+    }
+
+    async fn collect_one(&mut self) -> Result<(), StoreError> {
+        if let Some(done) = self.writes.next().await {
+            let (hash, size, written) = done?;
+            self.chunks.push((hash, size));
+            self.stored_bytes += written;
+        }
+        Ok(())
+    }
+
+    /// Completes the blob once all its bytes were pushed, and makes it visible. With
+    /// `expected`, a blob whose name differs is refused before it becomes visible.
+    pub async fn finish(mut self, expected: Option<Hash>) -> Result<PutOutcome, StoreError> {
+        if self.received != self.declared {
+            return Err(StoreError::InvalidArgument(format!(
+                "stream ended after {} of the {} bytes announced in the header",
+                self.received, self.declared
+            )));
+        }
+        let tail = self.pending.split().freeze();
+        let lengths = cut_points(&tail, true);
+        let size = self.declared;
+        if self.chunks.is_empty() && self.writes.is_empty() && lengths.len() <= 1 {
+            // One chunk: the blob is that chunk, under its plain BLAKE3 name.
+            let hash = Hash::of(&tail);
+            check_expected(expected, hash)?;
+            let stored_bytes = self.store.put_if_absent(&chunk_path(&hash), tail).await?;
+            return Ok(PutOutcome {
+                hash,
+                size,
+                chunks: vec![(hash, size)],
+                stored_bytes,
+            });
+        }
+        let mut start = 0;
+        for length in lengths {
+            self.write(tail.slice(start..start + length)).await?;
+            start += length;
+        }
+        while !self.writes.is_empty() {
+            self.collect_one().await?;
+        }
+        let manifest = ChunkManifest {
+            chunks: self.chunks,
+        };
+        let hash = manifest.hash();
+        check_expected(expected, hash)?;
+        // Written last, after every chunk: the manifest is what makes the blob visible.
+        let written = self
+            .store
+            .put_if_absent(&manifest_path(&hash), Bytes::from(manifest.encode()))
+            .await?;
+        Ok(PutOutcome {
+            hash,
+            size,
+            chunks: manifest.chunks,
+            stored_bytes: self.stored_bytes + written,
+        })
+    }
+}
+
+fn check_expected(expected: Option<Hash>, actual: Hash) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if expected != actual => Err(StoreError::InvalidArgument(format!(
+            "content hashes to {actual}, not the expected_hash {expected}; the blob was not stored"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn not_found(hash: &Hash) -> StoreError {
+    StoreError::NotFound(hash.to_hex())
+}
+
+/// Checks that `offset` and `length` (0 = to the end) fit a blob of `size`; returns the end.
+fn check_range(hash: &Hash, offset: u64, length: u64, size: u64) -> Result<u64, StoreError> {
+    let end = if length == 0 {
+        Some(size)
+    } else {
+        offset.checked_add(length)
+    };
+    match end {
+        Some(end) if offset <= size && end <= size => Ok(end),
+        _ => Err(StoreError::OutOfRange {
             hash: hash.to_hex(),
             offset,
             length,
             size,
-        });
+        }),
     }
-    Ok(())
 }
 
 fn verify(path: &Path, expected: &Hash, actual: Hash) -> Result<(), StoreError> {
@@ -450,5 +526,334 @@ impl Blobs for BlobStore {
 
     async fn missing(&self, hashes: &[Hash]) -> Result<Vec<Hash>, StoreError> {
         self.missing_hashes(hashes).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    fn store() -> BlobStore {
+        BlobStore::new(Arc::new(InMemory::new()), Limits::default())
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift): incompressible, and chunked by FastCDC.
+    fn bytes(len: usize, seed: u64) -> Bytes {
+        let mut state = (seed << 1) | 1; // distinct seeds, distinct non-zero states
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    async fn read(
+        store: &BlobStore,
+        hash: &Hash,
+        offset: u64,
+        length: u64,
+    ) -> Result<Bytes, StoreError> {
+        let pieces: Vec<Bytes> = store
+            .read_range(hash, offset, length)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(pieces.concat().into())
+    }
+
+    #[tokio::test]
+    async fn small_empty_and_chunked_blobs_round_trip() {
+        let store = store();
+        for (len, chunked) in [(0, false), (1, false), (4096, false), (20 << 20, true)] {
+            let data = bytes(len, len as u64);
+            let outcome = store.put_bytes(data.clone()).await.unwrap();
+            assert_eq!(outcome.size, len as u64);
+            assert_eq!(outcome.hash, blob_hash(&data), "clients predict the name");
+            assert_eq!(
+                outcome.stored_bytes > len as u64,
+                chunked,
+                "manifest bytes on top"
+            );
+            assert_eq!(store.get_bytes(&outcome.hash).await.unwrap(), data);
+            let (size, layout) = store.stat(&outcome.hash).await.unwrap();
+            assert_eq!(size, len as u64);
+            assert_eq!(matches!(layout, Layout::Chunked(_)), chunked);
+            if !chunked {
+                assert_eq!(
+                    outcome.hash,
+                    Hash::of(&data),
+                    "one chunk: plain BLAKE3 name"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn ranges_are_sliced_across_chunks_and_checked_against_the_end() {
+        let store = store();
+        let data = bytes(12 << 20, 7);
+        let hash = store.put_bytes(data.clone()).await.unwrap().hash;
+        let chunks = chunk_plan(&data);
+        let boundary = chunks[0].1;
+        for (offset, length) in [
+            (0, 1),
+            (boundary - 3, 10),
+            (1000, 9 << 20),
+            (5 << 20, 0),
+            (12 << 20, 0),
+        ] {
+            let expected = if length == 0 {
+                &data[offset as usize..]
+            } else {
+                &data[offset as usize..(offset + length) as usize]
+            };
+            assert_eq!(
+                read(&store, &hash, offset, length).await.unwrap(),
+                expected,
+                "{offset}+{length}"
+            );
+        }
+        for (offset, length) in [((12 << 20) + 1, 0), ((12 << 20) - 1, 2), (u64::MAX, 1)] {
+            let error = read(&store, &hash, offset, length).await.unwrap_err();
+            assert!(
+                matches!(error, StoreError::OutOfRange { .. }),
+                "{offset}+{length}: {error}"
+            );
+        }
+        let small = store
+            .put_bytes(Bytes::from_static(b"hello"))
+            .await
+            .unwrap()
+            .hash;
+        assert_eq!(read(&store, &small, 1, 3).await.unwrap(), &b"ell"[..]);
+        assert!(matches!(
+            read(&store, &small, 6, 0).await,
+            Err(StoreError::OutOfRange { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn chunk_boundaries_do_not_depend_on_how_the_data_arrives() {
+        let store = store();
+        let data = bytes(13 << 20, 3);
+        let whole = store.put_bytes(data.clone()).await.unwrap();
+        for piece in [1 << 20, 4 << 20, (4 << 20) + 1, 333_333] {
+            let mut upload = store.upload(data.len() as u64).unwrap();
+            for start in (0..data.len()).step_by(piece) {
+                upload
+                    .push(data.slice(start..(start + piece).min(data.len())))
+                    .await
+                    .unwrap();
+            }
+            let outcome = upload.finish(None).await.unwrap();
+            assert_eq!(outcome.hash, whole.hash, "pieces of {piece}");
+            assert_eq!(outcome.chunks, whole.chunks);
+            assert_eq!(outcome.stored_bytes, 0, "identical content is stored once");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_edit_in_the_middle_stores_only_the_chunks_it_touched() {
+        let store = store();
+        let mut data = bytes(20 << 20, 11).to_vec();
+        let first = store.put_bytes(Bytes::from(data.clone())).await.unwrap();
+        data[10 << 20..(10 << 20) + 100].fill(0xAA);
+        let second = store.put_bytes(Bytes::from(data)).await.unwrap();
+        assert_ne!(first.hash, second.hash);
+        let manifest_bytes = 8 + 40 * second.chunks.len() as u64;
+        // The touched chunk, perhaps its neighbour, and the new manifest.
+        assert!(
+            second.stored_bytes <= 2 * MAX_CHUNK as u64 + manifest_bytes,
+            "stored {} of {} bytes",
+            second.stored_bytes,
+            second.size
+        );
+        let reused = second
+            .chunks
+            .iter()
+            .filter(|c| first.chunks.contains(c))
+            .count();
+        assert!(
+            reused + 2 >= second.chunks.len(),
+            "{reused} of {} chunks reused",
+            second.chunks.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_expected_hash_makes_nothing_visible() {
+        let store = store();
+        let wrong = Hash::of(b"something else");
+        for len in [10, 9 << 20] {
+            let data = bytes(len, 5);
+            let mut upload = store.upload(len as u64).unwrap();
+            upload.push(data.clone()).await.unwrap();
+            let error = upload.finish(Some(wrong)).await.unwrap_err();
+            assert!(
+                matches!(&error, StoreError::InvalidArgument(m) if m.contains("expected_hash")),
+                "{error}"
+            );
+            let actual = blob_hash(&data);
+            assert_eq!(
+                store.missing_hashes(&[actual, wrong]).await.unwrap(),
+                [actual, wrong]
+            );
+            // The right expectation is accepted.
+            let mut upload = store.upload(len as u64).unwrap();
+            upload.push(data).await.unwrap();
+            assert_eq!(upload.finish(Some(actual)).await.unwrap().hash, actual);
+        }
+    }
+
+    #[tokio::test]
+    async fn sizes_are_checked_against_the_header_and_the_limit() {
+        let limits = Limits {
+            max_blob_bytes: 100,
+            ..Limits::default()
+        };
+        let store = BlobStore::new(Arc::new(InMemory::new()), limits);
+        let error = store.upload(101).err().unwrap();
+        assert!(
+            matches!(&error, StoreError::TooLarge(m) if m.contains("limit of 100 bytes")),
+            "{error}"
+        );
+        let mut upload = store.upload(10).unwrap();
+        let error = upload.push(bytes(11, 1)).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::InvalidArgument(m) if m.contains("10 bytes announced")),
+            "{error}"
+        );
+        let mut upload = store.upload(10).unwrap();
+        upload.push(bytes(9, 1)).await.unwrap();
+        let error = upload.finish(None).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::InvalidArgument(m) if m.contains("after 9 of the 10 bytes")),
+            "{error}"
+        );
+        let error = store.put_bytes(bytes(101, 1)).await.unwrap_err();
+        assert!(matches!(error, StoreError::TooLarge(_)));
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_upload_leaves_the_blob_invisible() {
+        let store = store();
+        let data = bytes(20 << 20, 9);
+        let hash = blob_hash(&data);
+        let mut upload = store.upload(data.len() as u64).unwrap();
+        upload.push(data.slice(..12 << 20)).await.unwrap();
+        drop(upload);
+        assert_eq!(store.missing_hashes(&[hash]).await.unwrap(), [hash]);
+        assert!(matches!(
+            store.stat(&hash).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.read_range(&hash, 0, 0).await.err(),
+            Some(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn corruption_is_data_loss_naming_the_object() {
+        let store = store();
+        let data = bytes(9 << 20, 13);
+        let outcome = store.put_bytes(data.clone()).await.unwrap();
+        let (victim, size) = outcome.chunks[1];
+        let path = chunk_path(&victim);
+        let original = store
+            .objects
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let mut flipped = original.to_vec();
+        flipped[size as usize / 2] ^= 1;
+        let damages = [
+            ("flipped", Some(Bytes::from(flipped))),
+            ("truncated", Some(original.slice(..original.len() - 1))),
+            ("missing", None),
+        ];
+        for (what, damage) in damages {
+            match damage {
+                Some(bytes) => {
+                    store.objects.put(&path, bytes.into()).await.unwrap();
+                }
+                None => store.objects.delete(&path).await.unwrap(),
+            }
+            let error = store.get_bytes(&outcome.hash).await.unwrap_err();
+            assert!(
+                matches!(&error, StoreError::Corrupt { object, .. } if *object == path.to_string()),
+                "{what}: {error}"
+            );
+            // A range that avoids the damaged chunk still reads.
+            assert_eq!(
+                read(&store, &outcome.hash, 0, 100).await.unwrap(),
+                data.slice(..100)
+            );
+        }
+
+        let small = store.put_bytes(bytes(1000, 2)).await.unwrap().hash;
+        store
+            .objects
+            .put(&chunk_path(&small), bytes(1000, 3).into())
+            .await
+            .unwrap();
+        let error = store.get_bytes(&small).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::Corrupt { object, .. } if *object == chunk_path(&small).to_string()),
+            "{error}"
+        );
+
+        let manifest = manifest_path(&outcome.hash);
+        let mut encoded = store
+            .objects
+            .get(&manifest)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        encoded[20] ^= 1;
+        store
+            .objects
+            .put(&manifest, Bytes::from(encoded).into())
+            .await
+            .unwrap();
+        for error in [
+            store.get_bytes(&outcome.hash).await.unwrap_err(),
+            store.stat(&outcome.hash).await.unwrap_err(),
+        ] {
+            assert!(
+                matches!(&error, StoreError::Corrupt { object, .. } if *object == manifest.to_string()),
+                "{error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn has_blobs_knows_chunks_and_blobs_and_bounds_the_batch() {
+        let limits = Limits {
+            max_batch: 3,
+            ..Limits::default()
+        };
+        let store = BlobStore::new(Arc::new(InMemory::new()), limits);
+        let big = store.put_bytes(bytes(9 << 20, 4)).await.unwrap();
+        let absent = Hash::of(b"absent");
+        let asked = [absent, big.hash, big.chunks[0].0];
+        assert_eq!(store.missing_hashes(&asked).await.unwrap(), [absent]);
+        let error = store.missing_hashes(&[absent; 4]).await.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::InvalidArgument(m) if m.contains("limit of 3")),
+            "{error}"
+        );
     }
 }

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 /// What can go wrong storing or reading a blob.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The blob (its hash) or object (its path) that is missing.
     #[error("blob {0} not found")]
     NotFound(String),
     /// Stored bytes do not match their name: corruption or truncation.
@@ -57,7 +58,13 @@ impl From<Status> for StoreError {
     fn from(status: Status) -> StoreError {
         let message = status.message().to_string();
         match status.code() {
-            Code::NotFound => StoreError::NotFound(message),
+            Code::NotFound => StoreError::NotFound(
+                message
+                    .strip_prefix("blob ")
+                    .and_then(|m| m.strip_suffix(" not found"))
+                    .unwrap_or(&message)
+                    .to_string(),
+            ),
             Code::DataLoss => StoreError::Corrupt {
                 object: "remote".into(),
                 detail: message,

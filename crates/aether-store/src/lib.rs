@@ -2,26 +2,31 @@
 //!
 //! - [`backend`] builds the `object_store` backend (local filesystem, S3-compatible, memory).
 //! - [`blobs`] is the store itself: FastCDC chunking, deduplication, verification on read.
+//! - [`limits`] bounds what one request may ask (flags `--store-*`, `AETHER_STORE_*`).
 //! - [`service`] is the `ContentService` gRPC adapter over it.
 //! - [`remote`] is the client other services use to reach a store process.
 //!
 //! Promises kept here (design §4): 1 — a blob is acknowledged only once every object it needs
-//! is written; 5 — every read is verified against its hash and fails with `DATA_LOSS` instead of
-//! returning wrong bytes.
+//! is written, and an upload that fails or is abandoned leaves nothing visible; 5 — every read
+//! is verified against its hash and fails with `DATA_LOSS` instead of returning wrong bytes;
+//! 6 — sizes are bounded and each limit is named in the error that enforces it.
 
 pub mod backend;
 pub mod blobs;
 pub mod error;
+pub mod limits;
 pub mod remote;
 pub mod service;
+mod task;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use aether_core::Hash;
-pub use blobs::{BlobStore, Limits};
+pub use blobs::BlobStore;
 pub use error::StoreError;
+pub use limits::{Limits, LimitsArgs};
 pub use remote::RemoteBlobs;
 
 /// Blob access as the coordinator and bus need it, in-process or over gRPC.

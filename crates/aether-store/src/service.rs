@@ -1,6 +1,13 @@
 //! `ContentService` over gRPC: a thin adapter from the wire to [`BlobStore`].
+//!
+//! Back-pressure: PutBlob reads the next message only when the upload pipeline has room
+//! ([`crate::blobs::Upload`]); GetBlob's chunk reads run ahead of the client by at most
+//! `concurrency` chunks. Cancellation: a client that goes away drops the handler or the
+//! response stream, which aborts the outstanding object reads and writes.
 
+use std::convert::Infallible;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use aether_core::Hash;
 use aether_proto::content_service_server::{ContentService, ContentServiceServer};
@@ -8,11 +15,13 @@ use aether_proto::{
     put_blob_request, BlobLayout, ChunkRef, GetBlobRequest, GetBlobResponse, HasBlobsRequest,
     HasBlobsResponse, PutBlobRequest, PutBlobResponse, StatBlobRequest, StatBlobResponse,
 };
-use bytes::BytesMut;
-use futures::stream::{FuturesOrdered, Stream, StreamExt};
-use tonic::{Request, Response, Status, Streaming};
+use futures::future::BoxFuture;
+use futures::stream::{self, Stream, StreamExt};
+use tonic::codegen::{http, Service, StdError};
+use tonic::server::NamedService;
+use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::blobs::{cut_points, BlobStore, Layout};
+use crate::blobs::{BlobStore, Layout};
 
 /// The gRPC face of a [`BlobStore`].
 #[derive(Clone)]
@@ -25,12 +34,14 @@ impl ContentGrpc {
         Self { store }
     }
 
-    /// A tonic service with the store's message size limit applied.
-    pub fn into_server(self) -> ContentServiceServer<Self> {
+    /// The tonic service, with the store's message size limit applied.
+    pub fn into_server(self) -> ContentServer {
         let max = self.store.limits().max_message_bytes;
-        ContentServiceServer::new(self)
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
+        ContentServer(
+            ContentServiceServer::new(self)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
     }
 }
 
@@ -38,15 +49,12 @@ pub(crate) fn parse_hash(value: &str, field: &str) -> Result<Hash, Status> {
     Hash::from_hex(value).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
-type PutResult = Result<(Hash, u64, u64), crate::StoreError>;
-
 #[tonic::async_trait]
 impl ContentService for ContentGrpc {
     async fn put_blob(
         &self,
         request: Request<Streaming<PutBlobRequest>>,
     ) -> Result<Response<PutBlobResponse>, Status> {
-        let limits = *self.store.limits();
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(PutBlobRequest {
@@ -58,87 +66,23 @@ impl ContentService for ContentGrpc {
                 ))
             }
         };
-        if header.size > limits.max_blob_bytes {
-            return Err(Status::resource_exhausted(format!(
-                "blob of {} bytes exceeds the limit of {} bytes",
-                header.size, limits.max_blob_bytes
-            )));
-        }
         let expected = if header.expected_hash.is_empty() {
             None
         } else {
             Some(parse_hash(&header.expected_hash, "expected_hash")?)
         };
-
-        // Chunks are cut as data arrives and written while more is received, with at most
-        // `concurrency` writes in flight: memory stays bounded whatever the blob size.
-        let mut buffer = BytesMut::new();
-        let mut received: u64 = 0;
-        let mut in_flight = FuturesOrdered::new();
-        let mut stored: Vec<(Hash, u64, u64)> = Vec::new();
-        let schedule = |piece: bytes::Bytes, in_flight: &mut FuturesOrdered<_>| {
-            let store = self.store.clone();
-            let len = piece.len() as u64;
-            in_flight.push_back(async move {
-                let result: PutResult = store.put_chunk(piece).await.map(|(h, w)| (h, len, w));
-                result
-            });
-        };
-        loop {
-            let message = stream.message().await?;
-            let final_piece = message.is_none();
-            if let Some(message) = message {
-                let data = match message.part {
-                    Some(put_blob_request::Part::Data(data)) => data,
-                    _ => {
-                        return Err(Status::invalid_argument(
-                            "PutBlob takes one header, then only data messages",
-                        ))
-                    }
-                };
-                received += data.len() as u64;
-                if received > header.size {
-                    return Err(Status::invalid_argument(format!(
-                        "received more than the {} bytes announced in the header",
-                        header.size
-                    )));
+        let mut upload = self.store.upload(header.size)?;
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(put_blob_request::Part::Data(data)) => upload.push(data).await?,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "PutBlob takes one header, then only data messages",
+                    ))
                 }
-                buffer.extend_from_slice(&data);
-            } else if received != header.size {
-                return Err(Status::invalid_argument(format!(
-                    "stream ended after {received} of the {} bytes announced in the header",
-                    header.size
-                )));
-            }
-            for length in cut_points(&buffer, final_piece) {
-                let piece = buffer.split_to(length).freeze();
-                schedule(piece, &mut in_flight);
-            }
-            while in_flight.len() >= limits.concurrency || (final_piece && !in_flight.is_empty()) {
-                let done = in_flight.next().await.expect("non-empty");
-                stored.push(done?);
-            }
-            if final_piece {
-                break;
             }
         }
-        if stored.is_empty() {
-            stored.push(
-                self.store
-                    .put_chunk(bytes::Bytes::new())
-                    .await
-                    .map(|(h, w)| (h, 0, w))?,
-            );
-        }
-        let outcome = self.store.finish(stored).await?;
-        if let Some(expected) = expected {
-            if expected != outcome.hash {
-                return Err(Status::invalid_argument(format!(
-                    "content hashes to {}, not the expected {expected}; nothing was stored under the expected name",
-                    outcome.hash
-                )));
-            }
-        }
+        let outcome = upload.finish(expected).await?;
         Ok(Response::new(PutBlobResponse {
             hash: outcome.hash.to_hex(),
             size: outcome.size,
@@ -168,39 +112,44 @@ impl ContentService for ContentGrpc {
             .await?;
         let message_bytes = self.store.limits().stream_chunk_bytes;
         let mut offset = request.offset;
-        let stream = pieces.flat_map(move |piece| {
+        // Verified pieces are cut into messages of at most `stream_chunk_bytes` (slices, no
+        // copy); an empty blob is one empty message.
+        let messages = pieces.flat_map(move |piece| {
             let messages: Vec<Result<GetBlobResponse, Status>> = match piece {
                 Err(e) => vec![Err(e.into())],
-                Ok(piece) => {
-                    let mut out = Vec::new();
-                    let mut start = 0;
-                    while start < piece.len() || (piece.is_empty() && out.is_empty()) {
-                        let end = (start + message_bytes).min(piece.len());
-                        out.push(Ok(GetBlobResponse {
-                            offset,
-                            data: piece.slice(start..end),
-                        }));
-                        offset += (end - start) as u64;
-                        start = end;
-                        if piece.is_empty() {
-                            break;
-                        }
-                    }
-                    out
-                }
+                Ok(piece) if piece.is_empty() => vec![Ok(GetBlobResponse {
+                    offset,
+                    data: piece,
+                })],
+                Ok(piece) => (0..piece.len())
+                    .step_by(message_bytes)
+                    .map(|start| {
+                        let data = piece.slice(start..(start + message_bytes).min(piece.len()));
+                        let message = GetBlobResponse { offset, data };
+                        offset += message.data.len() as u64;
+                        Ok(message)
+                    })
+                    .collect(),
             };
-            futures::stream::iter(messages)
+            stream::iter(messages)
         });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn has_blobs(
         &self,
         request: Request<HasBlobsRequest>,
     ) -> Result<Response<HasBlobsResponse>, Status> {
-        let hashes = request
-            .into_inner()
-            .hashes
+        let hashes = request.into_inner().hashes;
+        let max = self.store.limits().max_batch;
+        // Checked before parsing, so an oversized batch costs nothing.
+        if hashes.len() > max {
+            return Err(Status::invalid_argument(format!(
+                "{} hashes in one HasBlobs request exceeds the limit of {max}; split the batch",
+                hashes.len()
+            )));
+        }
+        let hashes = hashes
             .iter()
             .enumerate()
             .map(|(i, h)| parse_hash(h, &format!("hashes[{i}]")))
@@ -227,5 +176,54 @@ impl ContentService for ContentGrpc {
             layout: layout as i32,
             chunk_count,
         }))
+    }
+}
+
+/// The ContentService as served: the generated server, plus one correction. tonic refuses a
+/// message over the size limit with OUT_OF_RANGE before any handler runs; AetherFS answers
+/// every exceeded limit with RESOURCE_EXHAUSTED (design §5), so that one status is rewritten.
+#[derive(Clone)]
+pub struct ContentServer(ContentServiceServer<ContentGrpc>);
+
+impl NamedService for ContentServer {
+    const NAME: &'static str = <ContentServiceServer<ContentGrpc> as NamedService>::NAME;
+}
+
+impl<B> Service<http::Request<B>> for ContentServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<http::Request<B>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            oversize_is_resource_exhausted(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+/// Rewrites tonic's "message length too large" OUT_OF_RANGE (sent as a trailers-only response,
+/// so in the headers) to RESOURCE_EXHAUSTED, keeping its message, which states the limit.
+fn oversize_is_resource_exhausted(headers: &mut http::HeaderMap) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() == Code::OutOfRange && status.message().contains("message length too large") {
+        let status = Status::resource_exhausted(format!(
+            "{} (the store's --store-max-message-bytes)",
+            status.message()
+        ));
+        // Only fails for a message that cannot be a header value, which this one can.
+        let _ = status.add_header(headers);
     }
 }

@@ -15,6 +15,8 @@ pub struct ClusterSpec {
     pub stores: usize,
     pub buses: usize,
     pub etcd_members: usize,
+    /// `--lease-ttl-secs` of the coordinators and buses (their default when None).
+    pub lease_ttl_secs: Option<u64>,
 }
 
 impl Default for ClusterSpec {
@@ -25,6 +27,7 @@ impl Default for ClusterSpec {
             stores: 1,
             buses: 1,
             etcd_members: 1,
+            lease_ttl_secs: None,
         }
     }
 }
@@ -70,6 +73,9 @@ impl Cluster {
             let mut args = vec!["bus".to_owned()];
             args.extend(s3.aetherd_args());
             args.extend(["--etcd-endpoints".to_owned(), etcd_endpoints.clone()]);
+            if let Some(ttl) = spec.lease_ttl_secs {
+                args.extend(["--lease-ttl-secs".to_owned(), ttl.to_string()]);
+            }
             let bus = ServiceProcess::start_with_binary(&aetherd, &args)
                 .await
                 .with_context(|| format!("cannot start bus {index}"))?;
@@ -78,7 +84,7 @@ impl Cluster {
 
         let mut coordinators = Vec::with_capacity(spec.coordinators);
         for index in 0..spec.coordinators {
-            let args = [
+            let mut args = vec![
                 "coordinator".to_owned(),
                 "--etcd-endpoints".to_owned(),
                 etcd_endpoints.clone(),
@@ -87,6 +93,9 @@ impl Cluster {
                 "--bus-endpoint".to_owned(),
                 buses[index % buses.len()].endpoint(),
             ];
+            if let Some(ttl) = spec.lease_ttl_secs {
+                args.extend(["--lease-ttl-secs".to_owned(), ttl.to_string()]);
+            }
             let coordinator = ServiceProcess::start_with_binary(&aetherd, &args)
                 .await
                 .with_context(|| format!("cannot start coordinator {index}"))?;

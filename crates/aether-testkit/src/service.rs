@@ -184,6 +184,8 @@ async fn launch(
         .args(args)
         .args(["--listen", listen])
         .stdin(Stdio::piped())
+        // aetherd exits when this pipe closes: no orphan outlives its test.
+        .env("AETHER_EXIT_ON_STDIN_CLOSE", "true")
         .stdout(Stdio::piped())
         .stderr(stderr);
     let what = format!("{} {}", binary.display(), args.join(" "));

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::{page_size, page_token, principal};
 use crate::error::{Error, Result};
-use crate::model::{self, CheckpointRecord};
+use crate::model::{self, ApprovalActionRecord, CheckpointRecord};
 use crate::revisions::CommitObject;
 use crate::sessions::{check_expected_version, require_open, to_json, Effect, Sessions};
 
@@ -84,6 +84,7 @@ impl HistoryService for HistoryGrpc {
             author: caller.clone(),
             created_at_ms: model::now_ms(),
             description: request.description.clone(),
+            knowledge_root: mutation.record.knowledge_root.clone(),
         };
         mutation.record.checkpoint_count += 1;
         mutation.compares.push(Compare::Missing(key.clone()));
@@ -154,8 +155,10 @@ impl HistoryService for HistoryGrpc {
             .sessions
             .load_checkpoint(&mutation.record.id, &request.name)
             .await?;
-        // O(1): the head points at the checkpoint's root again; a restore is itself a change.
+        // O(1): the head points at the checkpoint's roots (files and knowledge) again; a restore
+        // is itself a change.
         mutation.record.head_root = checkpoint.root.clone();
+        mutation.record.knowledge_root = checkpoint.knowledge_root.clone();
         mutation.record.head_version += 1;
         let effect = Effect::new(&caller, "history.restore", request.name.clone()).event(
             "session.checkpoint.restored",
@@ -192,35 +195,37 @@ impl HistoryService for HistoryGrpc {
         }
         let mut mutation = self.sessions.begin_active(&request.session_id).await?;
         check_expected_version(&mutation.record, request.expected_head_version)?;
+        // Approvals of this exact head admit the commit; they are recorded in it and used up.
         let required = mutation.record.policy.required_commit_approvals;
-        if required > 0 {
-            return Err(Error::FailedPrecondition(format!(
-                "session {} requires {required} approval(s) of the current head before a commit; request approval first",
-                mutation.record.id
-            ))
-            .into());
-        }
+        let admission = self
+            .sessions
+            .admit(&mutation.record, ApprovalActionRecord::Commit, required)
+            .await?;
+        let approvals = admission.ids();
         let commit = CommitObject {
             root: mutation.record.head_root.clone(),
             parents: mutation.record.head_commit.iter().cloned().collect(),
             author: caller.clone(),
             message: request.message.clone(),
             time_ms: model::now_ms(),
-            approvals: Vec::new(),
+            approvals: approvals.clone(),
         };
         let id = self.sessions.store_commit(&commit).await?.to_hex();
+        admission.consume(&mut mutation, &format!("commit:{id}"));
         mutation.record.head_commit = Some(id.clone());
         mutation.record.commit_count += 1;
-        let effect = Effect::new(&caller, "history.commit", id.clone()).event(
-            "session.commit.created",
-            pb::SessionEvent {
-                event: Some(pb::session_event::Event::CommitCreated(pb::NamedEvent {
-                    name: id.clone(),
-                    detail: request.message.clone(),
-                })),
-                ..Default::default()
-            },
-        );
+        let effect = Effect::new(&caller, "history.commit", id.clone())
+            .detail("approvals", approvals.join(","))
+            .event(
+                "session.commit.created",
+                pb::SessionEvent {
+                    event: Some(pb::session_event::Event::CommitCreated(pb::NamedEvent {
+                        name: id.clone(),
+                        detail: request.message.clone(),
+                    })),
+                    ..Default::default()
+                },
+            );
         self.sessions.commit(mutation, effect).await?;
         Ok(Response::new(pb::CommitResponse {
             commit: Some(commit_info(&id, &commit)),

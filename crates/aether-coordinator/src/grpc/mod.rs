@@ -1,6 +1,7 @@
 //! gRPC adapters: one module per service of the v1 API, each a thin layer from the wire to
 //! [`crate::sessions::Sessions`] and the tree operations.
 
+pub mod caller;
 mod convert;
 pub mod history;
 pub mod knowledge;
@@ -10,7 +11,8 @@ pub mod workspace;
 
 use tonic::Request;
 
-/// The authenticated caller, set as a request extension by the auth layer.
+/// The authenticated caller, set as a request extension by the auth layer (or by
+/// [`caller::Caller`] from a trusted header in tests).
 #[derive(Clone, Debug)]
 pub struct Principal(pub String);
 

@@ -60,12 +60,17 @@ impl Sessions {
         Ok(convert::session(record, counts))
     }
 
-    /// The root a new session starts from, checked against its source.
-    async fn source_root(&self, source: &Option<pb::Source>) -> Result<(SourceRecord, String)> {
+    /// The roots a new session starts from, checked against its source: (source, files root,
+    /// knowledge root). Knowledge comes along from a session's head and from a checkpoint (it
+    /// is versioned with their files); commits and archives hold files only.
+    async fn source_root(
+        &self,
+        source: &Option<pb::Source>,
+    ) -> Result<(SourceRecord, String, String)> {
         use pb::source::Kind;
         let empty = self.trees.ensure_empty().await?.to_hex();
         Ok(match source.as_ref().and_then(|s| s.kind.as_ref()) {
-            None | Some(Kind::Empty(_)) => (SourceRecord::Empty, empty),
+            None | Some(Kind::Empty(_)) => (SourceRecord::Empty, empty, String::new()),
             Some(Kind::Session(s)) => {
                 let (record, _) = self.load(&s.session_id).await?;
                 require_open(&record)?;
@@ -74,6 +79,7 @@ impl Sessions {
                         session_id: s.session_id.clone(),
                     },
                     record.head_root,
+                    record.knowledge_root,
                 )
             }
             Some(Kind::Checkpoint(c)) => {
@@ -85,6 +91,7 @@ impl Sessions {
                         name: c.name.clone(),
                     },
                     checkpoint.root,
+                    checkpoint.knowledge_root,
                 )
             }
             Some(Kind::Commit(c)) => {
@@ -102,6 +109,7 @@ impl Sessions {
                         commit_id: c.commit_id.clone(),
                     },
                     commit.root,
+                    String::new(),
                 )
             }
             Some(Kind::Archive(a)) => {
@@ -111,6 +119,7 @@ impl Sessions {
                         blob_hash: a.blob_hash.clone(),
                     },
                     root.to_hex(),
+                    String::new(),
                 )
             }
         })
@@ -133,7 +142,7 @@ impl SessionService for SessionGrpc {
         } else {
             request.owner.clone()
         };
-        let (source, root) = self.sessions.source_root(&request.source).await?;
+        let (source, root, knowledge_root) = self.sessions.source_root(&request.source).await?;
         let now = model::now_ms();
         let record = SessionRecord {
             id: new_session_id(),
@@ -153,6 +162,10 @@ impl SessionService for SessionGrpc {
             checkpoint_count: 0,
             commit_count: 0,
             audit_sequence: 0,
+            knowledge_root,
+            annotations_root: String::new(),
+            annotation_sequence: 0,
+            approval_sequence: 0,
         };
         let effect = Effect::new(&caller, "session.create", record.id.clone());
         let record = self.sessions.create(record, effect).await?;
@@ -292,7 +305,8 @@ impl SessionService for SessionGrpc {
             ttl => ttl,
         };
         let now = model::now_ms();
-        // O(1): the fork points at the parent's head root; content is shared.
+        // O(1): the fork points at the parent's head root, knowledge and annotations (each one
+        // hash); content is shared. Approvals stay with the parent: they approved its head.
         let record = SessionRecord {
             id: new_session_id(),
             labels,
@@ -313,6 +327,10 @@ impl SessionService for SessionGrpc {
             checkpoint_count: 0,
             commit_count: 0,
             audit_sequence: 0,
+            knowledge_root: parent.knowledge_root.clone(),
+            annotations_root: parent.annotations_root.clone(),
+            annotation_sequence: parent.annotation_sequence,
+            approval_sequence: 0,
         };
         let effect = Effect::new(&caller, "session.fork", record.id.clone())
             .detail("parent", parent.id.clone());

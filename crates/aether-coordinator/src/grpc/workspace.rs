@@ -846,13 +846,7 @@ impl WorkspaceService for WorkspaceGrpc {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
         require_open(&record)?;
-        if record.policy.required_export_approvals > 0 {
-            return Err(Error::FailedPrecondition(format!(
-                "session {} requires {} approval(s) for export; request approval first",
-                record.id, record.policy.required_export_approvals
-            ))
-            .into());
-        }
+        self.sessions.admit_export(&record, &request.at).await?;
         let root = self.sessions.resolve(&record, &request.at).await?;
         let dir = path(&request.path)?;
         let subtree = match self.sessions.trees.lookup(&root, &dir).await? {

@@ -1,0 +1,857 @@
+//! Printing: aligned tables for people, JSON for programs, and the conversions of API messages
+//! into both. Enum values print as lower-case words (`active`, `file`, `added`), times as UTC
+//! RFC 3339, sizes in bytes in JSON and in binary units in tables.
+
+use std::io::Write;
+
+use aether_client::proto as pb;
+use serde_json::{json, Map, Value};
+
+use crate::Failure;
+
+/// Writes `text` to stdout. A closed pipe (`aether cat … | head`) ends the command quietly.
+pub fn emit(text: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|_| stdout.flush())
+        .map_err(Failure::stdout)
+}
+
+/// Writes a line to stdout.
+pub fn line(text: impl AsRef<str>) -> Result<(), Failure> {
+    emit(&format!("{}\n", text.as_ref()))
+}
+
+/// Pretty JSON and a newline to stdout.
+pub fn json(value: &Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+    line(text)
+}
+
+/// Columns padded to their widest cell; the last column is not padded.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut push_row = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        for (i, cell) in cells.iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                let pad = widths[i] - cell.chars().count() + 2;
+                out.extend(std::iter::repeat_n(' ', pad));
+            }
+        }
+        out.push('\n');
+    };
+    push_row(headers.to_vec());
+    for row in rows {
+        push_row(row.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `1.5 KiB`, `3 B`.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// UTC RFC 3339 with seconds, or None for an unset timestamp.
+pub fn time(timestamp: &Option<prost_types::Timestamp>) -> Option<String> {
+    let ts = timestamp.as_ref()?;
+    let days = ts.seconds.div_euclid(86_400);
+    let secs = ts.seconds.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    Some(format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    ))
+}
+
+fn time_or_dash(timestamp: &Option<prost_types::Timestamp>) -> String {
+    time(timestamp).unwrap_or_else(|| "-".into())
+}
+
+fn time_json(timestamp: &Option<prost_types::Timestamp>) -> Value {
+    time(timestamp).map(Value::String).unwrap_or(Value::Null)
+}
+
+/// Lower-case name of an enum value without its prefix: `SESSION_STATE_ACTIVE` → `active`.
+fn word(name: &str, prefix: &str) -> String {
+    name.strip_prefix(prefix)
+        .unwrap_or(name)
+        .to_ascii_lowercase()
+}
+
+pub fn state(value: i32) -> String {
+    pb::SessionState::try_from(value)
+        .map(|s| word(s.as_str_name(), "SESSION_STATE_"))
+        .unwrap_or_else(|_| value.to_string())
+}
+
+pub fn kind(value: i32) -> String {
+    pb::EntryKind::try_from(value)
+        .map(|s| word(s.as_str_name(), "ENTRY_KIND_"))
+        .unwrap_or_else(|_| value.to_string())
+}
+
+pub fn diff_kind(value: i32) -> String {
+    pb::DiffKind::try_from(value)
+        .map(|s| word(s.as_str_name(), "DIFF_KIND_"))
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn role(value: i32) -> String {
+    pb::Role::try_from(value)
+        .map(|s| word(s.as_str_name(), "ROLE_"))
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn approval_action(value: i32) -> String {
+    pb::ApprovalAction::try_from(value)
+        .map(|s| word(s.as_str_name(), "APPROVAL_ACTION_"))
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn approval_state(value: i32) -> String {
+    pb::ApprovalState::try_from(value)
+        .map(|s| word(s.as_str_name(), "APPROVAL_STATE_"))
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn decision(value: i32) -> String {
+    pb::Decision::try_from(value)
+        .map(|s| word(s.as_str_name(), "DECISION_"))
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn sorted_map(map: &std::collections::HashMap<String, String>) -> Value {
+    let mut entries: Vec<(&String, &String)> = map.iter().collect();
+    entries.sort();
+    Value::Object(
+        entries
+            .into_iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// `k=v,k2=v2`, sorted.
+pub fn pairs(map: &std::collections::HashMap<String, String>) -> String {
+    let mut entries: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    entries.sort();
+    entries.join(",")
+}
+
+/// A payload as text when it is UTF-8, else base64.
+fn payload_json(object: &mut Map<String, Value>, field: &str, data: &[u8]) {
+    match std::str::from_utf8(data) {
+        Ok(text) => {
+            object.insert(field.into(), Value::String(text.into()));
+        }
+        Err(_) => {
+            object.insert(format!("{field}_base64"), Value::String(base64(data)));
+        }
+    }
+}
+
+/// Standard base64 with padding.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for group in data.chunks(3) {
+        let b = [
+            group[0],
+            *group.get(1).unwrap_or(&0),
+            *group.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= group.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+// ---- sessions ------------------------------------------------------------------------------
+
+pub fn source_text(source: &Option<pb::Source>) -> String {
+    use pb::source::Kind;
+    match source.as_ref().and_then(|s| s.kind.as_ref()) {
+        None | Some(Kind::Empty(_)) => "empty".into(),
+        Some(Kind::Session(s)) => format!("session {}", s.session_id),
+        Some(Kind::Checkpoint(c)) => format!("ckpt:{}/{}", c.session_id, c.name),
+        Some(Kind::Commit(c)) => format!("commit:{}/{}", c.session_id, c.commit_id),
+        Some(Kind::Archive(a)) => format!("archive {}", a.blob_hash),
+    }
+}
+
+fn source_json(source: &Option<pb::Source>) -> Value {
+    use pb::source::Kind;
+    match source.as_ref().and_then(|s| s.kind.as_ref()) {
+        None | Some(Kind::Empty(_)) => json!({"kind": "empty"}),
+        Some(Kind::Session(s)) => json!({"kind": "session", "session": s.session_id}),
+        Some(Kind::Checkpoint(c)) => {
+            json!({"kind": "checkpoint", "session": c.session_id, "name": c.name})
+        }
+        Some(Kind::Commit(c)) => {
+            json!({"kind": "commit", "session": c.session_id, "commit": c.commit_id})
+        }
+        Some(Kind::Archive(a)) => json!({"kind": "archive", "blob_hash": a.blob_hash}),
+    }
+}
+
+fn policy_json(policy: &Option<pb::Policy>) -> Value {
+    let Some(policy) = policy else {
+        return Value::Null;
+    };
+    json!({
+        "bindings": policy.bindings.iter().map(|b| json!({"subject": b.subject, "role": role(b.role)})).collect::<Vec<_>>(),
+        "required_commit_approvals": policy.required_commit_approvals,
+        "required_export_approvals": policy.required_export_approvals,
+    })
+}
+
+pub fn session_json(s: &pb::Session) -> Value {
+    let counts = s.counts.clone().unwrap_or_default();
+    json!({
+        "id": s.id,
+        "state": state(s.state),
+        "owner": s.owner,
+        "labels": sorted_map(&s.labels),
+        "metadata": sorted_map(&s.metadata),
+        "policy": policy_json(&s.policy),
+        "source": source_json(&s.source),
+        "base_root": s.base_root,
+        "head_root": s.head_root,
+        "head_version": s.head_version,
+        "created_at": time_json(&s.created_at),
+        "updated_at": time_json(&s.updated_at),
+        "expires_at": time_json(&s.expires_at),
+        "ttl_seconds": s.ttl.as_ref().map(|d| d.seconds),
+        "counts": {
+            "files": counts.files,
+            "directories": counts.directories,
+            "bytes": counts.bytes,
+            "checkpoints": counts.checkpoints,
+            "commits": counts.commits,
+            "annotations": counts.annotations,
+            "knowledge_entries": counts.knowledge_entries,
+            "pending_approvals": counts.pending_approvals,
+        },
+    })
+}
+
+pub fn session_rows(sessions: &[pb::Session]) -> String {
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            let counts = s.counts.clone().unwrap_or_default();
+            vec![
+                s.id.clone(),
+                state(s.state),
+                s.owner.clone(),
+                s.head_version.to_string(),
+                counts.files.to_string(),
+                size(counts.bytes),
+                pairs(&s.labels),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "STATE", "OWNER", "VERSION", "FILES", "SIZE", "LABELS"],
+        &rows,
+    )
+}
+
+pub fn session_text(s: &pb::Session) -> String {
+    let counts = s.counts.clone().unwrap_or_default();
+    let ttl = match &s.ttl {
+        Some(d) if d.seconds > 0 => format!("{}s", d.seconds),
+        _ => "none".into(),
+    };
+    let rows: Vec<(&str, String)> = vec![
+        ("id", s.id.clone()),
+        ("state", state(s.state)),
+        ("owner", s.owner.clone()),
+        ("labels", pairs(&s.labels)),
+        ("metadata", pairs(&s.metadata)),
+        ("source", source_text(&s.source)),
+        (
+            "head",
+            format!("version {}, root {}", s.head_version, s.head_root),
+        ),
+        ("base", format!("root {}", s.base_root)),
+        (
+            "contents",
+            format!(
+                "{} files, {} directories, {}",
+                counts.files,
+                counts.directories,
+                size(counts.bytes)
+            ),
+        ),
+        (
+            "history",
+            format!(
+                "{} checkpoints, {} commits",
+                counts.checkpoints, counts.commits
+            ),
+        ),
+        (
+            "review",
+            format!(
+                "{} annotations, {} pending approvals, {} knowledge entries",
+                counts.annotations, counts.pending_approvals, counts.knowledge_entries
+            ),
+        ),
+        ("created", time_or_dash(&s.created_at)),
+        ("updated", time_or_dash(&s.updated_at)),
+        ("ttl", ttl),
+        (
+            "expires",
+            time(&s.expires_at).unwrap_or_else(|| "never".into()),
+        ),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    rows.iter()
+        .map(|(k, v)| format!("{:<width$} {v}\n", format!("{k}:")))
+        .collect()
+}
+
+pub fn audit_json(e: &pb::AuditEvent) -> Value {
+    json!({
+        "sequence": e.sequence,
+        "time": time_json(&e.time),
+        "principal": e.principal,
+        "action": e.action,
+        "target": e.target,
+        "outcome": e.outcome,
+        "details": sorted_map(&e.details),
+    })
+}
+
+pub fn audit_rows(events: &[pb::AuditEvent]) -> String {
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.sequence.to_string(),
+                time_or_dash(&e.time),
+                e.principal.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.outcome.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["SEQ", "TIME", "PRINCIPAL", "ACTION", "TARGET", "OUTCOME"],
+        &rows,
+    )
+}
+
+// ---- files ---------------------------------------------------------------------------------
+
+pub fn entry_json(e: &pb::Entry) -> Value {
+    json!({
+        "path": e.path,
+        "kind": kind(e.kind),
+        "size": e.size,
+        "mode": format!("{:04o}", e.mode),
+        "hash": e.hash,
+    })
+}
+
+pub fn is_dir(e: &pb::Entry) -> bool {
+    e.kind == pb::EntryKind::Directory as i32
+}
+
+/// The last component of an entry's path.
+pub fn base_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+pub fn entry_rows(entries: &[pb::Entry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let mut name = base_name(&e.path).to_string();
+            if is_dir(e) {
+                name.push('/');
+            }
+            vec![kind(e.kind), format!("{:04o}", e.mode), size(e.size), name]
+        })
+        .collect();
+    table(&["KIND", "MODE", "SIZE", "NAME"], &rows)
+}
+
+pub fn entry_text(e: &pb::Entry) -> String {
+    let path = if e.path.is_empty() { "/" } else { &e.path };
+    format!(
+        "path: {path}\nkind: {}\nsize: {} ({} bytes)\nmode: {:04o}\nhash: {}\n",
+        kind(e.kind),
+        size(e.size),
+        e.size,
+        e.mode,
+        e.hash
+    )
+}
+
+/// Draws entries (from a recursive listing of `root`) as a tree.
+pub fn tree_text(label: &str, root: &str, entries: &[pb::Entry]) -> String {
+    use std::collections::BTreeMap;
+    let mut children: BTreeMap<&str, Vec<&pb::Entry>> = BTreeMap::new();
+    for e in entries {
+        let parent = match e.path.rsplit_once('/') {
+            Some((parent, _)) => parent,
+            None => "",
+        };
+        children.entry(parent).or_default().push(e);
+    }
+    for list in children.values_mut() {
+        list.sort_by(|a, b| base_name(&a.path).cmp(base_name(&b.path)));
+    }
+    let mut out = format!("{label}\n");
+    let (mut dirs, mut files) = (0u64, 0u64);
+    fn walk(
+        children: &BTreeMap<&str, Vec<&pb::Entry>>,
+        dir: &str,
+        prefix: &str,
+        out: &mut String,
+        counts: (&mut u64, &mut u64),
+    ) {
+        let (dirs, files) = counts;
+        let Some(list) = children.get(dir) else {
+            return;
+        };
+        for (i, e) in list.iter().enumerate() {
+            let last = i + 1 == list.len();
+            let branch = if last { "└── " } else { "├── " };
+            if is_dir(e) {
+                *dirs += 1;
+                out.push_str(&format!("{prefix}{branch}{}/\n", base_name(&e.path)));
+                let deeper = format!("{prefix}{}", if last { "    " } else { "│   " });
+                walk(children, &e.path, &deeper, out, (&mut *dirs, &mut *files));
+            } else {
+                *files += 1;
+                out.push_str(&format!(
+                    "{prefix}{branch}{} ({})\n",
+                    base_name(&e.path),
+                    size(e.size)
+                ));
+            }
+        }
+    }
+    walk(&children, root, "", &mut out, (&mut dirs, &mut files));
+    out.push_str(&format!("\n{dirs} directories, {files} files\n"));
+    out
+}
+
+pub fn diff_json(d: &aether_client::DiffResult) -> Value {
+    json!({
+        "from_root": d.from_root,
+        "to_root": d.to_root,
+        "entries": d.entries.iter().map(|e| json!({
+            "path": e.path,
+            "kind": diff_kind(e.kind),
+            "old_size": e.old_size,
+            "new_size": e.new_size,
+            "old_hash": e.old_hash,
+            "new_hash": e.new_hash,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn diff_text(d: &aether_client::DiffResult) -> String {
+    let mut out = String::new();
+    for e in &d.entries {
+        let line = match pb::DiffKind::try_from(e.kind) {
+            Ok(pb::DiffKind::Added) => format!("A  {}  ({})", e.path, size(e.new_size)),
+            Ok(pb::DiffKind::Deleted) => format!("D  {}  ({})", e.path, size(e.old_size)),
+            _ => format!(
+                "M  {}  ({} -> {})",
+                e.path,
+                size(e.old_size),
+                size(e.new_size)
+            ),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+// ---- history -------------------------------------------------------------------------------
+
+pub fn checkpoint_json(c: &pb::Checkpoint) -> Value {
+    json!({
+        "name": c.name,
+        "root": c.root,
+        "head_version": c.head_version,
+        "author": c.author,
+        "created_at": time_json(&c.created_at),
+        "description": c.description,
+    })
+}
+
+pub fn checkpoint_rows(checkpoints: &[pb::Checkpoint]) -> String {
+    let rows: Vec<Vec<String>> = checkpoints
+        .iter()
+        .map(|c| {
+            vec![
+                c.name.clone(),
+                c.head_version.to_string(),
+                c.author.clone(),
+                time_or_dash(&c.created_at),
+                c.description.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "VERSION", "AUTHOR", "CREATED", "DESCRIPTION"],
+        &rows,
+    )
+}
+
+pub fn commit_json(c: &pb::CommitInfo) -> Value {
+    json!({
+        "id": c.id,
+        "root": c.root,
+        "parents": c.parents,
+        "author": c.author,
+        "message": c.message,
+        "time": time_json(&c.time),
+        "approvals": c.approvals,
+    })
+}
+
+pub fn commit_text(c: &pb::CommitInfo) -> String {
+    let mut out = format!(
+        "commit {}\nAuthor: {}\nDate:   {}\n",
+        c.id,
+        c.author,
+        time_or_dash(&c.time)
+    );
+    if !c.parents.is_empty() {
+        out.push_str(&format!("Parents: {}\n", c.parents.join(" ")));
+    }
+    if !c.approvals.is_empty() {
+        out.push_str(&format!("Approvals: {}\n", c.approvals.join(" ")));
+    }
+    out.push('\n');
+    for line in c.message.lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
+    out
+}
+
+// ---- review and knowledge ------------------------------------------------------------------
+
+pub fn annotation_json(a: &pb::Annotation) -> Value {
+    json!({
+        "id": a.id,
+        "path": a.path,
+        "lines": a.lines.as_ref().map(|l| json!({"first": l.first_line, "last": l.last_line})),
+        "body": a.body,
+        "author": a.author,
+        "created_at": time_json(&a.created_at),
+        "resolved": a.resolved,
+        "resolved_by": a.resolved_by,
+        "resolved_at": time_json(&a.resolved_at),
+        "head_version": a.head_version,
+    })
+}
+
+pub fn annotation_rows(annotations: &[pb::Annotation]) -> String {
+    let rows: Vec<Vec<String>> = annotations
+        .iter()
+        .map(|a| {
+            let lines = a
+                .lines
+                .as_ref()
+                .map(|l| format!("{}-{}", l.first_line, l.last_line))
+                .unwrap_or_else(|| "-".into());
+            vec![
+                a.id.clone(),
+                a.path.clone(),
+                lines,
+                a.author.clone(),
+                if a.resolved { "yes" } else { "no" }.into(),
+                a.body.lines().next().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "PATH", "LINES", "AUTHOR", "RESOLVED", "NOTE"],
+        &rows,
+    )
+}
+
+pub fn approval_json(a: &pb::Approval) -> Value {
+    json!({
+        "id": a.id,
+        "action": approval_action(a.action),
+        "requester": a.requester,
+        "reviewers": a.reviewers,
+        "state": approval_state(a.state),
+        "head_version": a.head_version,
+        "head_root": a.head_root,
+        "decisions": a.decisions.iter().map(|d| json!({
+            "reviewer": d.reviewer,
+            "decision": decision(d.decision),
+            "comment": d.comment,
+            "time": time_json(&d.time),
+        })).collect::<Vec<_>>(),
+        "comment": a.comment,
+        "created_at": time_json(&a.created_at),
+    })
+}
+
+pub fn approval_rows(approvals: &[pb::Approval]) -> String {
+    let rows: Vec<Vec<String>> = approvals
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.clone(),
+                approval_action(a.action),
+                approval_state(a.state),
+                a.requester.clone(),
+                a.head_version.to_string(),
+                a.comment.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "FOR", "STATE", "REQUESTER", "VERSION", "COMMENT"],
+        &rows,
+    )
+}
+
+pub fn knowledge_json(e: &pb::KnowledgeEntry) -> Value {
+    let mut object = Map::new();
+    object.insert("key".into(), Value::String(e.key.clone()));
+    payload_json(&mut object, "value", &e.value);
+    object.insert("tags".into(), json!(e.tags));
+    object.insert("author".into(), Value::String(e.author.clone()));
+    object.insert("updated_at".into(), time_json(&e.updated_at));
+    Value::Object(object)
+}
+
+pub fn knowledge_rows(entries: &[pb::KnowledgeEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.key.clone(),
+                size(e.value.len() as u64),
+                e.tags.join(","),
+                e.author.clone(),
+                time_or_dash(&e.updated_at),
+            ]
+        })
+        .collect();
+    table(&["KEY", "SIZE", "TAGS", "AUTHOR", "UPDATED"], &rows)
+}
+
+// ---- bus -----------------------------------------------------------------------------------
+
+/// The event a coordinator message carries, decoded, when the subject is under `session.`.
+fn session_event(message: &pb::BusMessage) -> Option<pb::SessionEvent> {
+    use prost::Message;
+    if !message.subject.starts_with("session.") {
+        return None;
+    }
+    pb::SessionEvent::decode(message.payload.clone()).ok()
+}
+
+fn event_summary(event: &pb::SessionEvent) -> (String, Value) {
+    use pb::session_event::Event;
+    let named = |what: &str, n: &pb::NamedEvent| {
+        let text = if n.detail.is_empty() {
+            format!("{what} {}", n.name)
+        } else {
+            format!("{what} {} ({})", n.name, n.detail)
+        };
+        (
+            text,
+            json!({"type": what, "name": n.name, "detail": n.detail}),
+        )
+    };
+    match &event.event {
+        Some(Event::FilesChanged(f)) => (
+            format!("{}: {}", f.operation, f.paths.join(", ")),
+            json!({"type": "files_changed", "operation": f.operation, "paths": f.paths}),
+        ),
+        Some(Event::CheckpointCreated(n)) => named("checkpoint_created", n),
+        Some(Event::CheckpointRestored(n)) => named("checkpoint_restored", n),
+        Some(Event::CommitCreated(n)) => named("commit_created", n),
+        Some(Event::Annotation(n)) => named("annotation", n),
+        Some(Event::ApprovalRequested(n)) => named("approval_requested", n),
+        Some(Event::ApprovalDecided(n)) => named("approval_decided", n),
+        Some(Event::Transferred(n)) => named("transferred", n),
+        Some(Event::Finalized(n)) => named("finalized", n),
+        Some(Event::Closed(n)) => named("closed", n),
+        None => ("event".into(), json!({"type": "unknown"})),
+    }
+}
+
+pub fn bus_json(m: &pb::BusMessage) -> Value {
+    let mut object = Map::new();
+    object.insert("offset".into(), json!(m.offset));
+    object.insert("subject".into(), json!(m.subject));
+    object.insert("publish_time".into(), time_json(&m.publish_time));
+    object.insert("publisher".into(), json!(m.publisher));
+    object.insert("headers".into(), sorted_map(&m.headers));
+    match session_event(m) {
+        Some(event) => {
+            let (_, mut detail) = event_summary(&event);
+            if let Value::Object(fields) = &mut detail {
+                fields.insert("head_version".into(), json!(event.head_version));
+                fields.insert("principal".into(), json!(event.principal));
+            }
+            object.insert("event".into(), detail);
+        }
+        None => payload_json(&mut object, "payload", &m.payload),
+    }
+    Value::Object(object)
+}
+
+pub fn bus_text(m: &pb::BusMessage) -> String {
+    let body = match session_event(m) {
+        Some(event) => {
+            let (text, _) = event_summary(&event);
+            format!(
+                "{text} [version {} by {}]",
+                event.head_version, event.principal
+            )
+        }
+        None => String::from_utf8_lossy(&m.payload).into_owned(),
+    };
+    format!(
+        "{:>6}  {}  {}  {body}",
+        m.offset,
+        time_or_dash(&m.publish_time),
+        m.subject
+    )
+}
+
+// ---- transfers -----------------------------------------------------------------------------
+
+pub fn upload_json(r: &aether_client::UploadReport) -> Value {
+    json!({
+        "files": r.files,
+        "directories": r.directories,
+        "bytes": r.bytes,
+        "chunks": r.chunks,
+        "chunks_uploaded": r.chunks_uploaded,
+        "bytes_uploaded": r.bytes_uploaded,
+        "bytes_stored": r.bytes_stored,
+        "inline_files": r.inline_files,
+        "inline_bytes": r.inline_bytes,
+        "batches": r.batches,
+        "head_version": r.head_version,
+        "head_root": r.head_root,
+    })
+}
+
+pub fn upload_details(r: &aether_client::UploadReport) -> String {
+    format!(
+        "{} distinct chunks: {} sent ({}), {} already stored; {} small files inline ({}); {} batch(es); head version {}",
+        r.chunks,
+        r.chunks_uploaded,
+        size(r.bytes_uploaded),
+        r.chunks - r.chunks_uploaded.min(r.chunks),
+        r.inline_files,
+        size(r.inline_bytes),
+        r.batches,
+        r.head_version
+    )
+}
+
+pub fn download_json(r: &aether_client::DownloadReport) -> Value {
+    json!({"files": r.files, "directories": r.directories, "bytes": r.bytes})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_times_sizes_and_tables() {
+        let ts = Some(prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 0,
+        });
+        assert_eq!(time(&ts).unwrap(), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            time(&Some(prost_types::Timestamp::default())).unwrap(),
+            "1970-01-01T00:00:00Z"
+        );
+        assert_eq!(size(3), "3 B");
+        assert_eq!(size(1536), "1.5 KiB");
+        assert_eq!(size(5 * 1024 * 1024), "5.0 MiB");
+        let t = table(&["A", "LONGER"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(t, "A    LONGER\nxyz  1\n");
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(base64(b"\xff\x00"), "/wA=");
+        assert_eq!(state(pb::SessionState::Finalized as i32), "finalized");
+    }
+
+    #[test]
+    fn draws_trees() {
+        let entry = |path: &str, dir: bool| pb::Entry {
+            path: path.into(),
+            kind: if dir {
+                pb::EntryKind::Directory as i32
+            } else {
+                pb::EntryKind::File as i32
+            },
+            size: 1,
+            mode: 0o644,
+            hash: String::new(),
+        };
+        let entries = vec![
+            entry("a", true),
+            entry("a.txt", false),
+            entry("a/b.txt", false),
+        ];
+        let text = tree_text("S:", "", &entries);
+        assert_eq!(
+            text,
+            "S:\n├── a/\n│   └── b.txt (1 B)\n└── a.txt (1 B)\n\n1 directories, 2 files\n"
+        );
+    }
+}

@@ -1,0 +1,653 @@
+//! Uploads that send only what the store lacks.
+//!
+//! 1. Every file is cut with FastCDC using the store's own parameters and cut points
+//!    (`aether_store::blobs`), so a chunk hashed here has the name the store gives it.
+//! 2. One `HasBlobs` per 10,000 distinct chunks says which are missing.
+//! 3. Missing chunks are sent with `PutBlob` (each chunk once, however many files share it),
+//!    except that a small single-chunk file whose content is missing rides inline in the batch.
+//! 4. `ApplyChanges` writes the files by chunk reference, at most 10,000 changes and a few MiB
+//!    per batch. A plan that fits one batch is applied atomically; a larger one is applied
+//!    batch by batch (each atomic, in order).
+//!
+//! Memory stays bounded: files are hashed one buffer at a time and chunks re-read from disk
+//! when they are sent, so a multi-GiB tree never sits in memory.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use aether_core::Hash;
+use aether_proto as pb;
+use aether_store::blobs::{cut_points, MAX_CHUNK};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::session::SessionHandle;
+
+/// Most changes in one ApplyChanges (the coordinator's limit).
+pub const MAX_BATCH_CHANGES: usize = 10_000;
+/// Encoded size at which a batch is cut, well under the coordinator's 8 MiB message limit.
+pub const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
+/// Largest file sent inline in a WriteOp (the coordinator's limit).
+pub const MAX_INLINE_BYTES: u64 = 1024 * 1024;
+/// Files hashed at once, and chunks sent at once.
+const CONCURRENCY: usize = 4;
+/// Pieces smaller than this are hashed on the calling task; larger ones on a blocking thread.
+const INLINE_HASH_BYTES: usize = 64 * 1024;
+
+/// Where a file's bytes come from.
+#[derive(Clone, Debug)]
+pub enum UploadSource {
+    /// A local file, read when hashed and again when its chunks are sent.
+    File(PathBuf),
+    /// Bytes in memory.
+    Bytes(Bytes),
+}
+
+/// One file to write.
+#[derive(Clone, Debug)]
+pub struct UploadFile {
+    /// The path in the session.
+    pub path: String,
+    /// Unix mode bits; 0 means 0644.
+    pub mode: u32,
+    pub source: UploadSource,
+}
+
+/// Files and directories to write into a session.
+#[derive(Clone, Debug, Default)]
+pub struct UploadPlan {
+    /// Directories to create (with parents; existing ones are fine), such as empty ones.
+    pub directories: Vec<String>,
+    pub files: Vec<UploadFile>,
+    /// Local entries left out (symbolic links, sockets, devices).
+    pub skipped: Vec<PathBuf>,
+}
+
+/// What an upload did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UploadReport {
+    /// Files written.
+    pub files: u64,
+    /// Directories created or confirmed.
+    pub directories: u64,
+    /// Total bytes of the files.
+    pub bytes: u64,
+    /// Distinct chunks the files are made of.
+    pub chunks: u64,
+    /// Chunks sent with PutBlob (the rest were already stored or went inline).
+    pub chunks_uploaded: u64,
+    /// Bytes sent with PutBlob.
+    pub bytes_uploaded: u64,
+    /// Bytes the store newly wrote for them (0 when another writer got there first).
+    pub bytes_stored: u64,
+    /// Small files whose content was missing and went inline.
+    pub inline_files: u64,
+    /// Bytes sent inline.
+    pub inline_bytes: u64,
+    /// ApplyChanges calls made.
+    pub batches: u64,
+    /// The head version after the last batch (0 if nothing was applied).
+    pub head_version: u64,
+    /// The head root after the last batch.
+    pub head_root: String,
+}
+
+/// One content-defined chunk of a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunk {
+    hash: Hash,
+    offset: u64,
+    len: u64,
+}
+
+/// A file after hashing.
+struct Hashed {
+    chunks: Vec<Chunk>,
+    size: u64,
+}
+
+/// How a file's content travels.
+enum Content {
+    Inline,
+    Chunks,
+}
+
+impl UploadPlan {
+    /// Every file and directory below `local`, placed under `remote` (a session path; empty
+    /// for the root), in a stable order. Symbolic links and special files are skipped and
+    /// listed in `skipped`; names that are not UTF-8 are an error.
+    pub fn from_directory(local: &Path, remote: &str) -> Result<UploadPlan> {
+        let remote = remote.trim_matches('/').to_string();
+        let mut plan = UploadPlan::default();
+        if !remote.is_empty() {
+            plan.directories.push(remote.clone());
+        }
+        plan.walk(local, &remote)?;
+        Ok(plan)
+    }
+
+    fn walk(&mut self, dir: &Path, remote: &str) -> Result<()> {
+        let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+            .map_err(|e| Error::io(dir, e))?
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| Error::io(dir, e))?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let local = entry.path();
+            let name = entry.file_name().into_string().map_err(|name| {
+                Error::InvalidArgument(format!(
+                    "{}: the name {name:?} is not UTF-8, which session paths must be",
+                    local.display()
+                ))
+            })?;
+            let path = join(remote, &name);
+            let meta = std::fs::symlink_metadata(&local).map_err(|e| Error::io(&local, e))?;
+            if meta.is_dir() {
+                self.directories.push(path.clone());
+                self.walk(&local, &path)?;
+            } else if meta.is_file() {
+                self.files.push(UploadFile {
+                    path,
+                    mode: file_mode(&meta),
+                    source: UploadSource::File(local),
+                });
+            } else {
+                self.skipped.push(local);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `remote/name`, or `name` at the root.
+pub(crate) fn join(remote: &str, name: &str) -> String {
+    if remote.is_empty() {
+        name.to_string()
+    } else {
+        format!("{remote}/{name}")
+    }
+}
+
+/// The permission bits of a local file.
+pub fn file_mode(meta: &std::fs::Metadata) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    meta.permissions().mode() & 0o777
+}
+
+impl SessionHandle {
+    /// Uploads a plan: hashes, asks the store what it lacks, sends only that, then writes the
+    /// files by reference. See the module documentation for the steps.
+    pub async fn upload(&self, plan: UploadPlan, progress: &dyn Progress) -> Result<UploadReport> {
+        let mut report = UploadReport {
+            files: plan.files.len() as u64,
+            directories: plan.directories.len() as u64,
+            ..Default::default()
+        };
+
+        // 1. Hash.
+        let total = total_size(&plan.files).await?;
+        progress.phase("hashing", Some(total));
+        let hashed: Vec<Hashed> = futures::stream::iter(plan.files.iter())
+            .map(|file| hash_source(&file.source, progress))
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        report.bytes = hashed.iter().map(|h| h.size).sum();
+
+        // 2. Ask which chunks are missing. Each distinct chunk is located once.
+        let mut located: HashMap<Hash, (usize, Chunk)> = HashMap::new();
+        let mut order: Vec<Hash> = Vec::new();
+        for (index, file) in hashed.iter().enumerate() {
+            for chunk in &file.chunks {
+                if let std::collections::hash_map::Entry::Vacant(slot) = located.entry(chunk.hash)
+                {
+                    slot.insert((index, *chunk));
+                    order.push(chunk.hash);
+                }
+            }
+        }
+        report.chunks = order.len() as u64;
+        let asked: Vec<String> = order.iter().map(Hash::to_hex).collect();
+        let missing: HashSet<String> = self
+            .client
+            .missing_blobs(&asked)
+            .await?
+            .into_iter()
+            .collect();
+
+        // 3. Decide how each file's content travels, then send the chunks that must go alone.
+        let small_missing = |file: &Hashed| {
+            file.size <= MAX_INLINE_BYTES
+                && file.chunks.len() == 1
+                && missing.contains(&file.chunks[0].hash.to_hex())
+        };
+        let mut to_send: Vec<Hash> = Vec::new();
+        let mut sending: HashSet<Hash> = HashSet::new();
+        for file in &hashed {
+            if file.size == 0 || small_missing(file) {
+                continue;
+            }
+            for chunk in &file.chunks {
+                if missing.contains(&chunk.hash.to_hex()) && sending.insert(chunk.hash) {
+                    to_send.push(chunk.hash);
+                }
+            }
+        }
+        let contents: Vec<Content> = hashed
+            .iter()
+            .map(|file| {
+                if file.size == 0
+                    || (small_missing(file) && !sending.contains(&file.chunks[0].hash))
+                {
+                    Content::Inline
+                } else {
+                    Content::Chunks
+                }
+            })
+            .collect();
+
+        let upload_bytes: u64 = to_send.iter().map(|h| located[h].1.len).sum();
+        let inline_bytes: u64 = hashed
+            .iter()
+            .zip(&contents)
+            .filter(|(_, c)| matches!(c, Content::Inline))
+            .map(|(h, _)| h.size)
+            .sum();
+        progress.phase("uploading", Some(upload_bytes + inline_bytes));
+        let sent: Vec<u64> = futures::stream::iter(to_send.iter())
+            .map(|hash| {
+                let (index, chunk) = located[hash];
+                self.send_chunk(&plan.files[index].source, chunk, progress)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        report.chunks_uploaded = sent.len() as u64;
+        report.bytes_uploaded = upload_bytes;
+        report.bytes_stored = sent.iter().sum();
+
+        // 4. Write, batch by batch.
+        let mut batch = Batch::default();
+        for directory in &plan.directories {
+            let change = pb::Change {
+                op: Some(pb::change::Op::MakeDirectory(pb::MakeDirectoryOp {
+                    path: directory.clone(),
+                    parents: true,
+                })),
+                precondition: None,
+            };
+            self.add_to_batch(&mut batch, change, &mut report).await?;
+        }
+        for ((file, hashed), content) in plan.files.iter().zip(&hashed).zip(&contents) {
+            let mut write = pb::WriteOp {
+                path: file.path.clone(),
+                mode: file.mode,
+                ..Default::default()
+            };
+            match content {
+                Content::Inline => {
+                    if hashed.size > 0 {
+                        write.content = read_whole(&file.source, hashed).await?;
+                        report.inline_files += 1;
+                        report.inline_bytes += hashed.size;
+                        progress.advance(hashed.size);
+                    }
+                }
+                Content::Chunks => {
+                    write.chunks = hashed
+                        .chunks
+                        .iter()
+                        .map(|c| pb::ChunkRef {
+                            hash: c.hash.to_hex(),
+                            size: c.len,
+                        })
+                        .collect();
+                }
+            }
+            let change = pb::Change {
+                op: Some(pb::change::Op::Write(write)),
+                precondition: None,
+            };
+            self.add_to_batch(&mut batch, change, &mut report).await?;
+        }
+        self.flush_batch(&mut batch, &mut report).await?;
+        Ok(report)
+    }
+
+    /// Uploads one file held in memory.
+    pub async fn upload_bytes(&self, path: &str, data: Bytes, mode: u32) -> Result<UploadReport> {
+        let plan = UploadPlan {
+            files: vec![UploadFile {
+                path: path.to_string(),
+                mode,
+                source: UploadSource::Bytes(data),
+            }],
+            ..Default::default()
+        };
+        self.upload(plan, &crate::NoProgress).await
+    }
+
+    /// Uploads every file and directory below `local` into directory `remote`.
+    pub async fn upload_directory(
+        &self,
+        local: &Path,
+        remote: &str,
+        progress: &dyn Progress,
+    ) -> Result<UploadReport> {
+        let local_owned = local.to_path_buf();
+        let remote_owned = remote.to_string();
+        let plan = tokio::task::spawn_blocking(move || {
+            UploadPlan::from_directory(&local_owned, &remote_owned)
+        })
+        .await
+        .map_err(|e| Error::InvalidArgument(format!("walking {}: {e}", local.display())))??;
+        self.upload(plan, progress).await
+    }
+
+    /// Sends one chunk; returns the bytes the store newly wrote.
+    async fn send_chunk(
+        &self,
+        source: &UploadSource,
+        chunk: Chunk,
+        progress: &dyn Progress,
+    ) -> Result<u64> {
+        let data = read_range(source, chunk.offset, chunk.len).await?;
+        if hash_off_thread(data.clone()).await != chunk.hash {
+            return Err(changed(source));
+        }
+        let response = self
+            .client
+            .put_blob(data, Some(chunk.hash.to_hex()))
+            .await?;
+        if response.hash != chunk.hash.to_hex() {
+            return Err(Error::Status {
+                code: tonic::Code::Internal,
+                message: format!(
+                    "the store named a chunk {} where the client computed {}; do client and store agree on the chunking parameters?",
+                    response.hash,
+                    chunk.hash.to_hex()
+                ),
+            });
+        }
+        progress.advance(chunk.len);
+        Ok(response.stored_bytes)
+    }
+
+    async fn add_to_batch(
+        &self,
+        batch: &mut Batch,
+        change: pb::Change,
+        report: &mut UploadReport,
+    ) -> Result<()> {
+        let size = change.encoded_len() + 8;
+        if !batch.changes.is_empty()
+            && (batch.changes.len() >= MAX_BATCH_CHANGES || batch.bytes + size > MAX_BATCH_BYTES)
+        {
+            self.flush_batch(batch, report).await?;
+        }
+        batch.bytes += size;
+        batch.changes.push(change);
+        Ok(())
+    }
+
+    async fn flush_batch(&self, batch: &mut Batch, report: &mut UploadReport) -> Result<()> {
+        if batch.changes.is_empty() {
+            return Ok(());
+        }
+        let changes = std::mem::take(&mut batch.changes);
+        batch.bytes = 0;
+        let response = self.apply_changes(changes, 0).await?;
+        report.batches += 1;
+        report.head_version = response.head_version;
+        report.head_root = response.head_root;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    changes: Vec<pb::Change>,
+    bytes: usize,
+}
+
+fn changed(source: &UploadSource) -> Error {
+    match source {
+        UploadSource::File(path) => Error::ChangedDuringUpload { path: path.clone() },
+        UploadSource::Bytes(_) => Error::ChangedDuringUpload {
+            path: PathBuf::from("<memory>"),
+        },
+    }
+}
+
+async fn total_size(files: &[UploadFile]) -> Result<u64> {
+    let mut total = 0;
+    for file in files {
+        total += match &file.source {
+            UploadSource::Bytes(data) => data.len() as u64,
+            UploadSource::File(path) => tokio::fs::metadata(path)
+                .await
+                .map_err(|e| Error::io(path, e))?
+                .len(),
+        };
+    }
+    Ok(total)
+}
+
+async fn hash_off_thread(data: Bytes) -> Hash {
+    if data.len() <= INLINE_HASH_BYTES {
+        return Hash::of(&data);
+    }
+    match tokio::task::spawn_blocking(move || Hash::of(&data)).await {
+        Ok(hash) => hash,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Cuts the complete chunks out of `buffer` (all of it when `last`), hashing them; returns the
+/// chunks and how many bytes of the buffer they cover.
+fn cut_and_hash(buffer: &[u8], last: bool, offset: u64) -> (Vec<Chunk>, usize) {
+    let mut chunks = Vec::new();
+    let mut start = 0usize;
+    for len in cut_points(buffer, last) {
+        chunks.push(Chunk {
+            hash: Hash::of(&buffer[start..start + len]),
+            offset: offset + start as u64,
+            len: len as u64,
+        });
+        start += len;
+    }
+    (chunks, start)
+}
+
+/// Hashes a source into chunks, one buffer at a time.
+async fn hash_source(source: &UploadSource, progress: &dyn Progress) -> Result<Hashed> {
+    match source {
+        UploadSource::Bytes(data) => {
+            let data = data.clone();
+            let (chunks, _) = if data.len() <= INLINE_HASH_BYTES {
+                cut_and_hash(&data, true, 0)
+            } else {
+                let data = data.clone();
+                tokio::task::spawn_blocking(move || cut_and_hash(&data, true, 0))
+                    .await
+                    .map_err(|e| Error::InvalidArgument(format!("hashing failed: {e}")))?
+            };
+            progress.advance(data.len() as u64);
+            Ok(Hashed {
+                chunks,
+                size: data.len() as u64,
+            })
+        }
+        UploadSource::File(path) => {
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| Error::io(path, e))?;
+            // Two maximal chunks: every pass cuts at least one complete chunk.
+            let capacity = 2 * MAX_CHUNK;
+            let mut buffer: Vec<u8> = Vec::new();
+            let mut chunks = Vec::new();
+            let mut offset = 0u64;
+            let mut eof = false;
+            loop {
+                while !eof && buffer.len() < capacity {
+                    let filled = buffer.len();
+                    buffer.resize(capacity, 0);
+                    let n = file
+                        .read(&mut buffer[filled..])
+                        .await
+                        .map_err(|e| Error::io(path, e))?;
+                    buffer.truncate(filled + n);
+                    eof = n == 0;
+                }
+                let (found, used, rest) = if buffer.len() <= INLINE_HASH_BYTES {
+                    let (found, used) = cut_and_hash(&buffer, eof, offset);
+                    (found, used, buffer)
+                } else {
+                    tokio::task::spawn_blocking(move || {
+                        let (found, used) = cut_and_hash(&buffer, eof, offset);
+                        (found, used, buffer)
+                    })
+                    .await
+                    .map_err(|e| Error::InvalidArgument(format!("hashing failed: {e}")))?
+                };
+                buffer = rest;
+                buffer.drain(..used);
+                offset += used as u64;
+                progress.advance(used as u64);
+                chunks.extend(found);
+                if eof && buffer.is_empty() {
+                    return Ok(Hashed {
+                        chunks,
+                        size: offset,
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// `len` bytes of a source from `offset`.
+async fn read_range(source: &UploadSource, offset: u64, len: u64) -> Result<Bytes> {
+    match source {
+        UploadSource::Bytes(data) => {
+            let end = offset + len;
+            if end > data.len() as u64 {
+                return Err(changed(source));
+            }
+            Ok(data.slice(offset as usize..end as usize))
+        }
+        UploadSource::File(path) => {
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| Error::io(path, e))?;
+            file.seek(std::io::SeekFrom::Start(offset))
+                .await
+                .map_err(|e| Error::io(path, e))?;
+            let mut data = vec![0u8; len as usize];
+            file.read_exact(&mut data).await.map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    changed(source)
+                } else {
+                    Error::io(path, e)
+                }
+            })?;
+            Ok(Bytes::from(data))
+        }
+    }
+}
+
+/// The whole content of a small source, checked against what was hashed.
+async fn read_whole(source: &UploadSource, hashed: &Hashed) -> Result<Bytes> {
+    let data = read_range(source, 0, hashed.size).await?;
+    let expected = hashed.chunks.first().map(|c| c.hash);
+    if expected != Some(Hash::of(&data)) {
+        return Err(changed(source));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn streaming_cuts_match_the_store() {
+        let data = pseudo_random(11 * 1024 * 1024 + 17, 5);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        std::fs::write(&path, &data).unwrap();
+        let from_file = hash_source(&UploadSource::File(path), &crate::NoProgress)
+            .await
+            .unwrap();
+        let expected: Vec<usize> = cut_points(&data, true);
+        let got: Vec<usize> = from_file.chunks.iter().map(|c| c.len as usize).collect();
+        assert_eq!(got, expected);
+        assert!(expected.len() > 3, "several chunks");
+        let mut offset = 0;
+        for chunk in &from_file.chunks {
+            assert_eq!(chunk.offset, offset as u64);
+            assert_eq!(
+                chunk.hash,
+                Hash::of(&data[offset..offset + chunk.len as usize])
+            );
+            offset += chunk.len as usize;
+        }
+        assert_eq!(from_file.size, data.len() as u64);
+        let from_memory = hash_source(
+            &UploadSource::Bytes(Bytes::from(data.clone())),
+            &crate::NoProgress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(from_memory.chunks, from_file.chunks);
+    }
+
+    #[tokio::test]
+    async fn empty_and_small_files() {
+        let empty = hash_source(&UploadSource::Bytes(Bytes::new()), &crate::NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(empty.size, 0);
+        assert!(empty.chunks.is_empty());
+        let small = hash_source(
+            &UploadSource::Bytes(Bytes::from_static(b"hello")),
+            &crate::NoProgress,
+        )
+        .await
+        .unwrap();
+        assert_eq!(small.chunks.len(), 1);
+        assert_eq!(small.chunks[0].hash, Hash::of(b"hello"));
+    }
+
+    #[test]
+    fn plans_a_directory_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("b/empty")).unwrap();
+        std::fs::write(dir.path().join("b/x.txt"), "x").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink("a.txt", dir.path().join("link")).unwrap();
+        let plan = UploadPlan::from_directory(dir.path(), "/dest/").unwrap();
+        assert_eq!(plan.directories, vec!["dest", "dest/b", "dest/b/empty"]);
+        let files: Vec<&str> = plan.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(files, vec!["dest/a.txt", "dest/b/x.txt"]);
+        assert_eq!(plan.skipped.len(), 1);
+        let root = UploadPlan::from_directory(dir.path(), "").unwrap();
+        assert_eq!(root.directories, vec!["b", "b/empty"]);
+    }
+}

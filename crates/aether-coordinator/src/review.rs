@@ -1,0 +1,266 @@
+//! Review: annotations on paths, and approvals that gate commits and exports.
+//!
+//! **Annotations** live in a [`PagedMap`] in the content store (key: the zero-padded sequence
+//! number, so key order is creation order), referenced by `SessionRecord::annotations_root`.
+//! We keep them there rather than as one etcd record each so that `ForkSession` carries them
+//! in O(1) (it copies one hash, inside the fork's single create transaction) however many
+//! there are, and so that etcd keeps only small records (design §8). They are not versioned
+//! with the files: a restore keeps the review notes.
+//!
+//! **Approvals** are etcd records (`model::approval_key`), few per session and mutable: each
+//! request is bound to the exact head (version and root) it was made at, and is stale as soon
+//! as the head moves (computed on read, [`ApprovalRecord::effective`]). A commit or an export
+//! needs approvals from `required` distinct principals holding the reviewer role, on approved
+//! requests bound to the current head; it marks them used in its own fenced transaction, so an
+//! approval admits exactly one commit or export (promise 2: all of it runs under the session's
+//! lock and commits only if the record is unchanged).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use aether_coord::Op;
+use aether_proto as pb;
+use aether_store::Blobs;
+
+use crate::error::{Error, Result};
+use crate::model::{
+    self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, PolicyRecord, SessionRecord,
+};
+use crate::paged_map::PagedMap;
+use crate::sessions::{to_json, Effect, Mutation, Sessions};
+
+/// Longest annotation body, in bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Most annotations in one session (fork included: a fork inherits its parent's).
+pub const MAX_ANNOTATIONS: u64 = 10_000;
+/// Most approval requests over a session's life.
+pub const MAX_APPROVALS: u64 = 10_000;
+/// Longest approval or decision comment, in bytes.
+pub const MAX_COMMENT_BYTES: usize = 4096;
+/// Most reviewers named on one request.
+pub const MAX_REVIEWERS: usize = 32;
+
+/// One annotation, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AnnotationRecord {
+    pub sequence: u64,
+    pub path: String,
+    /// First and last line, from 1; None for the whole path.
+    pub lines: Option<(u32, u32)>,
+    pub body: String,
+    pub author: String,
+    pub created_at_ms: i64,
+    pub head_version: u64,
+    pub resolved: bool,
+    pub resolved_by: String,
+    pub resolved_at_ms: i64,
+}
+
+impl AnnotationRecord {
+    pub fn id(&self) -> String {
+        format!("ann-{}", self.sequence)
+    }
+}
+
+/// The key of annotation `sequence` in the map: creation order is key order.
+pub fn annotation_key(sequence: u64) -> String {
+    format!("{sequence:020}")
+}
+
+fn parse_id(id: &str, prefix: &str, what: &str) -> Result<u64> {
+    id.strip_prefix(prefix)
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{what} id {:?} is malformed: ids look like \"{prefix}12\"",
+                id.chars().take(80).collect::<String>()
+            ))
+        })
+}
+
+pub fn parse_annotation_id(id: &str) -> Result<u64> {
+    parse_id(id, "ann-", "annotation")
+}
+
+pub fn parse_approval_id(id: &str) -> Result<u64> {
+    parse_id(id, "apr-", "approval")
+}
+
+/// Annotations in the content store.
+pub struct Annotations {
+    pub map: PagedMap<AnnotationRecord>,
+}
+
+impl Annotations {
+    pub fn new(blobs: Arc<dyn Blobs>) -> Self {
+        Self {
+            map: PagedMap::new(blobs, "aetherfs.annotations.v1"),
+        }
+    }
+}
+
+/// Whether `principal` holds the reviewer role (or the owner role, which includes it) in the
+/// session policy. Only `user:` bindings count until groups exist (auth).
+pub fn is_reviewer(policy: &PolicyRecord, principal: &str) -> bool {
+    policy.bindings.iter().any(|b| {
+        b.subject.strip_prefix("user:") == Some(principal)
+            && (b.role == pb::Role::Reviewer as i32 || b.role == pb::Role::Owner as i32)
+    })
+}
+
+pub fn action_name(action: ApprovalActionRecord) -> &'static str {
+    match action {
+        ApprovalActionRecord::Commit => "commit",
+        ApprovalActionRecord::Export => "export",
+    }
+}
+
+/// Approved requests that admit one commit or export, to be marked used with it.
+#[must_use = "an admission does nothing until consumed in the mutation it admits"]
+pub struct Admission {
+    approvals: Vec<ApprovalRecord>,
+}
+
+impl Admission {
+    pub fn ids(&self) -> Vec<String> {
+        self.approvals.iter().map(ApprovalRecord::id).collect()
+    }
+
+    /// Marks the approvals used by `used_by`, in the mutation's transaction.
+    pub fn consume(self, mutation: &mut Mutation, used_by: &str) {
+        for mut approval in self.approvals {
+            approval.state = ApprovalStateRecord::Used;
+            approval.used_by = used_by.to_string();
+            mutation.ops.push(Op::put(
+                model::approval_key(&mutation.record.id, approval.sequence),
+                to_json(&approval),
+            ));
+        }
+    }
+}
+
+impl Sessions {
+    /// Every approval request of a session, oldest first.
+    pub async fn load_approvals(&self, session_id: &str) -> Result<Vec<ApprovalRecord>> {
+        let prefix = model::approvals_prefix(session_id);
+        let mut after: Option<String> = None;
+        let mut approvals = Vec::new();
+        loop {
+            let batch = self.coord.range(&prefix, after.as_deref(), 500).await?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = Some(last.key.clone());
+            for kv in &batch {
+                approvals.push(serde_json::from_slice(&kv.value).map_err(|e| {
+                    Error::Internal(format!("approval record {} unreadable: {e}", kv.key))
+                })?);
+            }
+        }
+        Ok(approvals)
+    }
+
+    pub async fn load_approval(&self, session_id: &str, sequence: u64) -> Result<ApprovalRecord> {
+        let kv = self
+            .coord
+            .get(&model::approval_key(session_id, sequence))
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "approval apr-{sequence} not found in session {session_id}"
+                ))
+            })?;
+        serde_json::from_slice(&kv.value)
+            .map_err(|e| Error::Internal(format!("approval record unreadable: {e}")))
+    }
+
+    /// The approvals that admit `action` at `record`'s head, or FAILED_PRECONDITION saying how
+    /// many are missing. Every approved request bound to the head is included (and will be
+    /// used), even past `required`; approvers must still hold the reviewer role.
+    pub async fn admit(
+        &self,
+        record: &SessionRecord,
+        action: ApprovalActionRecord,
+        required: u32,
+    ) -> Result<Admission> {
+        let all = self.load_approvals(&record.id).await?;
+        let mut stale = 0;
+        let mut usable = Vec::new();
+        for approval in all.into_iter().filter(|a| a.action == action) {
+            match approval.effective(record) {
+                ApprovalStateRecord::Approved => usable.push(approval),
+                ApprovalStateRecord::Stale if approval.state == ApprovalStateRecord::Approved => {
+                    stale += 1
+                }
+                _ => {}
+            }
+        }
+        let approvers: BTreeSet<&str> = usable
+            .iter()
+            .flat_map(ApprovalRecord::approvers)
+            .filter(|who| is_reviewer(&record.policy, who))
+            .collect();
+        let have = approvers.len() as u32;
+        if have < required {
+            let what = action_name(action);
+            let stale_note = if stale > 0 {
+                format!(
+                    "; {stale} earlier approval(s) went stale when the head changed after they were given"
+                )
+            } else {
+                String::new()
+            };
+            return Err(Error::FailedPrecondition(format!(
+                "session {} requires {required} approval(s) for {what} of the current head (version {}) from distinct reviewers; it has {have}, {} missing{stale_note}: request approval (ReviewService.RequestApproval, action {what}) and have a reviewer approve it",
+                record.id,
+                record.head_version,
+                required - have
+            )));
+        }
+        Ok(Admission { approvals: usable })
+    }
+
+    /// The export gate: with `required_export_approvals` in the policy, an export needs that
+    /// many approvals of the head it exports, and uses them up (audited as `review.approval.use`).
+    /// `seen` is the record the export read; `at` the revision it exports, which must be the
+    /// approved head's state.
+    pub async fn admit_export(
+        &self,
+        seen: &SessionRecord,
+        at: &Option<pb::Revision>,
+    ) -> Result<()> {
+        let required = seen.policy.required_export_approvals;
+        if required == 0 {
+            return Ok(());
+        }
+        let mut mutation = self.begin(&seen.id).await?;
+        crate::sessions::require_open(&mutation.record)?;
+        if mutation.record.head_version != seen.head_version
+            || mutation.record.head_root != seen.head_root
+        {
+            return Err(Error::Aborted(format!(
+                "session {} changed while the export started; retry",
+                seen.id
+            )));
+        }
+        let root = self.resolve(&mutation.record, at).await?;
+        if root.to_hex() != mutation.record.head_root {
+            return Err(Error::FailedPrecondition(format!(
+                "session {} needs approval to export, and approvals cover the head only: this revision's content differs from the head; restore it (or export the head) and request approval",
+                seen.id
+            )));
+        }
+        let admission = self
+            .admit(&mutation.record, ApprovalActionRecord::Export, required)
+            .await?;
+        let ids = admission.ids();
+        admission.consume(&mut mutation, "export");
+        let caller = crate::grpc::caller::current();
+        let effect = Effect::new(&caller, "review.approval.use", ids.join(","))
+            .detail("used_by", "export")
+            .detail("root", root.to_hex());
+        self.commit(mutation, effect).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,352 @@
+//! The content store through its gRPC service versus raw `object_store` calls on the same
+//! backend, in one run:
+//!
+//! - write and read throughput of 1 MiB blobs (one at a time), 64 MiB blobs (one at a time) and
+//!   4 KiB blobs (many, 16 in flight for both sides);
+//! - on the local filesystem, and on S3 when a moto server can be started (aether-testkit);
+//! - the service is the real `ContentService` on 127.0.0.1 with a real tonic client
+//!   ([`RemoteBlobs`]); raw is `put`/`get` of one object per blob on the same `ObjectStore`;
+//! - every iteration writes fresh content (no dedup help), raw and service interleaved, and
+//!   what is read is compared with what was written;
+//! - finally the content bytes sent when identical content is uploaded again after HasBlobs.
+//!
+//! `cargo bench -p aether-store --bench store_vs_raw` (env `AETHER_BENCH_ITERATIONS`, default 7).
+//! Targets: service write ≥ 0.8× raw, read ≥ 0.9× raw.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use aether_store::backend::BackendArgs;
+use aether_store::blobs::{chunk_path, manifest_path, BlobStore};
+use aether_store::remote::RemoteBlobs;
+use aether_store::service::ContentGrpc;
+use aether_store::{Blobs, Hash, Limits};
+use bytes::Bytes;
+use clap::Parser;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Endpoint, Server};
+
+const MIB: usize = 1024 * 1024;
+/// In-flight requests for the small-blob workload, raw and service alike.
+const SMALL_CONCURRENCY: usize = 16;
+
+#[derive(Clone, Copy)]
+struct Workload {
+    name: &'static str,
+    blob_bytes: usize,
+    /// Blobs per iteration.
+    count: usize,
+    /// Requests in flight.
+    concurrency: usize,
+}
+
+const WORKLOADS: [Workload; 3] = [
+    Workload {
+        name: "1 MiB",
+        blob_bytes: MIB,
+        count: 32,
+        concurrency: 1,
+    },
+    Workload {
+        name: "64 MiB",
+        blob_bytes: 64 * MIB,
+        count: 1,
+        concurrency: 1,
+    },
+    Workload {
+        name: "4 KiB",
+        blob_bytes: 4096,
+        count: 2000,
+        concurrency: SMALL_CONCURRENCY,
+    },
+];
+
+/// Seconds taken by each iteration, per side and operation.
+#[derive(Default)]
+struct Samples {
+    raw_write: Vec<f64>,
+    raw_read: Vec<f64>,
+    service_write: Vec<f64>,
+    service_read: Vec<f64>,
+}
+
+#[derive(Parser)]
+struct BackendFlags {
+    #[command(flatten)]
+    backend: BackendArgs,
+}
+
+fn main() -> anyhow::Result<()> {
+    let iterations: usize = std::env::var("AETHER_BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7)
+        .max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(iterations))
+}
+
+async fn run(iterations: usize) -> anyhow::Result<()> {
+    println!(
+        "store_vs_raw: {iterations} iterations, {} CPUs, MB/s = 10^6 bytes/s, median [min..max]",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let dir = tempfile::Builder::new().prefix("aether-bench-").tempdir()?;
+    let local = BackendArgs::local(dir.path().to_path_buf());
+    bench_backend("local", &local, iterations).await?;
+
+    match aether_testkit::S3Server::start().await {
+        Ok(s3) => {
+            let flags = BackendFlags::try_parse_from(
+                std::iter::once("bench".to_string()).chain(s3.aetherd_args()),
+            )?;
+            bench_backend("s3 (moto)", &flags.backend, iterations).await?;
+        }
+        Err(error) => println!("\nS3: skipped, no moto server could be started: {error:#}"),
+    }
+    Ok(())
+}
+
+/// A ContentService on 127.0.0.1 over `store`, as `aetherd store` serves it.
+async fn serve(store: BlobStore, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(
+        Server::builder()
+            .tcp_nodelay(true)
+            .add_service(ContentGrpc::new(store).into_server())
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()),
+    );
+    Ok(addr)
+}
+
+async fn bench_backend(name: &str, backend: &BackendArgs, iterations: usize) -> anyhow::Result<()> {
+    let objects = backend.build("objects").map_err(anyhow::Error::msg)?;
+    let store = BlobStore::new(objects.clone(), Limits::default());
+    let shutdown = CancellationToken::new();
+    let addr = serve(store.clone(), shutdown.clone()).await?;
+    let channel = Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .connect()
+        .await?;
+    let remote = RemoteBlobs::new(channel);
+
+    println!("\n== backend: {name}");
+    println!(
+        "{:<22} {:<6} {:>26} {:>26} {:>7} {:>7}",
+        "workload", "op", "raw MB/s", "service MB/s", "ratio", "target"
+    );
+    let mut seed = 1;
+    let mut last_written: Vec<Bytes> = Vec::new();
+    for workload in WORKLOADS {
+        let mut samples = Samples::default();
+        // One untimed warm-up round, then the measured ones.
+        for iteration in 0..=iterations {
+            let blobs: Vec<Bytes> = (0..workload.count)
+                .map(|_| {
+                    seed += 1;
+                    random_bytes(workload.blob_bytes, seed)
+                })
+                .collect();
+            let raw_keys: Vec<Path> = (0..blobs.len())
+                .map(|i| Path::from(format!("raw/{seed}/{i}")))
+                .collect();
+            let concurrency = workload.concurrency;
+
+            // Raw and service alternate which goes first, so drift in the machine's load
+            // does not favour one side.
+            let mut raw = (0.0, 0.0);
+            let mut service = (0.0, 0.0);
+            let mut hashes = Vec::new();
+            for side in if iteration % 2 == 0 { [0, 1] } else { [1, 0] } {
+                if side == 0 {
+                    raw = raw_round(&objects, &raw_keys, &blobs, concurrency).await?;
+                } else {
+                    let (write, read, written) =
+                        service_round(&remote, &blobs, concurrency).await?;
+                    service = (write, read);
+                    hashes = written;
+                }
+            }
+            if iteration > 0 {
+                samples.raw_write.push(raw.0);
+                samples.raw_read.push(raw.1);
+                samples.service_write.push(service.0);
+                samples.service_read.push(service.1);
+            }
+            // Keep the backend small (moto holds everything in memory): remove this round,
+            // except the last 1 MiB / 64 MiB content, which the dedup check re-uploads.
+            for key in &raw_keys {
+                objects.delete(key).await?;
+            }
+            if iteration == iterations && workload.count <= 32 {
+                last_written.extend(blobs);
+            } else {
+                remove_blobs(&store, &hashes).await?;
+            }
+        }
+        let bytes = (workload.blob_bytes * workload.count) as f64;
+        let label = format!(
+            "{} x {} ({} in flight)",
+            workload.name, workload.count, workload.concurrency
+        );
+        report(
+            &label,
+            "write",
+            bytes,
+            &samples.raw_write,
+            &samples.service_write,
+            0.8,
+        );
+        report(
+            &label,
+            "read",
+            bytes,
+            &samples.raw_read,
+            &samples.service_read,
+            0.9,
+        );
+    }
+
+    // Identical content again: the client names it, asks HasBlobs, and sends nothing.
+    let total: usize = last_written.iter().map(Bytes::len).sum();
+    let mut sent = 0;
+    let mut stored = 0;
+    for blob in &last_written {
+        let uploaded = remote.upload(blob.clone()).await?;
+        sent += uploaded.sent_bytes;
+        stored += uploaded.stored_bytes;
+    }
+    println!(
+        "re-upload of identical content ({} blobs, {total} bytes) after HasBlobs: {sent} content bytes sent, {stored} bytes stored",
+        last_written.len()
+    );
+    anyhow::ensure!(sent == 0, "identical content must not be sent again");
+    shutdown.cancel();
+    Ok(())
+}
+
+/// Raw object_store: one object per blob. Returns (write seconds, read seconds).
+async fn raw_round(
+    objects: &Arc<dyn ObjectStore>,
+    keys: &[Path],
+    blobs: &[Bytes],
+    concurrency: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let write = timed(
+        stream::iter(keys.iter().zip(blobs))
+            .map(|(key, blob)| objects.put(key, PutPayload::from_bytes(blob.clone())))
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<_>>(),
+    )
+    .await;
+    write.1?;
+    let read = timed(
+        stream::iter(keys)
+            .map(|key| async move { objects.get(key).await?.bytes().await })
+            .buffered(concurrency)
+            .try_collect::<Vec<Bytes>>(),
+    )
+    .await;
+    let data = read.1?;
+    anyhow::ensure!(data == blobs, "raw read returned other bytes");
+    Ok((write.0, read.0))
+}
+
+/// Through the service: PutBlob and GetBlob over gRPC. Returns (write seconds, read seconds,
+/// the blobs' names).
+async fn service_round(
+    remote: &RemoteBlobs,
+    blobs: &[Bytes],
+    concurrency: usize,
+) -> anyhow::Result<(f64, f64, Vec<Hash>)> {
+    let write = timed(
+        stream::iter(blobs)
+            .map(|blob| remote.send(blob.clone(), None))
+            .buffered(concurrency)
+            .try_collect::<Vec<_>>(),
+    )
+    .await;
+    let hashes: Vec<Hash> = write.1?.iter().map(|u| u.hash).collect();
+    let read = timed(
+        stream::iter(&hashes)
+            .map(|hash| remote.get(hash))
+            .buffered(concurrency)
+            .try_collect::<Vec<Bytes>>(),
+    )
+    .await;
+    let data = read.1?;
+    anyhow::ensure!(data == blobs, "service read returned other bytes");
+    Ok((write.0, read.0, hashes))
+}
+
+/// Deletes blobs behind the service (the bench owns the backend; there is no delete RPC).
+async fn remove_blobs(store: &BlobStore, hashes: &[Hash]) -> anyhow::Result<()> {
+    for hash in hashes {
+        let mut paths = vec![chunk_path(hash), manifest_path(hash)];
+        if let Ok((_, aether_store::blobs::Layout::Chunked(manifest))) = store.stat(hash).await {
+            paths.extend(manifest.chunks.iter().map(|(chunk, _)| chunk_path(chunk)));
+        }
+        for path in paths {
+            match store.objects().delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn timed<T>(future: impl Future<Output = T>) -> (f64, T) {
+    let start = Instant::now();
+    let output = future.await;
+    (start.elapsed().as_secs_f64(), output)
+}
+
+fn report(label: &str, op: &str, bytes: f64, raw: &[f64], service: &[f64], target: f64) {
+    let rates = |seconds: &[f64]| {
+        let mut rates: Vec<f64> = seconds.iter().map(|s| bytes / s / 1e6).collect();
+        rates.sort_by(f64::total_cmp);
+        rates
+    };
+    let (raw, service) = (rates(raw), rates(service));
+    let median = |rates: &[f64]| rates[rates.len() / 2];
+    let shown = |rates: &[f64]| {
+        format!(
+            "{:.0} [{:.0}..{:.0}]",
+            median(rates),
+            rates[0],
+            rates[rates.len() - 1]
+        )
+    };
+    let ratio = median(&service) / median(&raw);
+    let verdict = if ratio >= target { "ok" } else { "MISSED" };
+    println!(
+        "{label:<22} {op:<6} {:>26} {:>26} {ratio:>6.2}x {:>4} {verdict}",
+        shown(&raw),
+        shown(&service),
+        format!("{target}x")
+    );
+}
+
+/// Fast incompressible bytes (xorshift64, a word at a time), distinct per seed.
+fn random_bytes(len: usize, seed: u64) -> Bytes {
+    let mut state = (seed << 1) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    Bytes::from(out)
+}
