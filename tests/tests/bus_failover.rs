@@ -14,7 +14,12 @@ use common::connect;
 use tonic::transport::Channel;
 use tonic::Code;
 
-async fn publish(channel: &Channel, session: &str, from: u64, count: u64) -> Result<(u64, u64), tonic::Status> {
+async fn publish(
+    channel: &Channel,
+    session: &str,
+    from: u64,
+    count: u64,
+) -> Result<(u64, u64), tonic::Status> {
     let messages = (from..from + count)
         .map(|i| pb::OutgoingMessage {
             subject: "work.progress".into(),
@@ -101,7 +106,11 @@ async fn stream_holder_failover_loses_and_duplicates_nothing() {
         }
     };
     eprintln!("bus stream takeover after kill -9: {:?}", killed.elapsed());
-    assert_eq!(offsets, (51, 75), "numbering continues after the last acknowledged message");
+    assert_eq!(
+        offsets,
+        (51, 75),
+        "numbering continues after the last acknowledged message"
+    );
     // A subscriber resuming from its last offset gets the rest exactly once.
     assert_eq!(read(&second, session, 51, 25).await, expected(51, 75));
     assert_eq!(read(&second, session, 1, 75).await, expected(1, 75));

@@ -19,7 +19,11 @@ async fn cli_lifecycle_walk() {
     assert_eq!(info["labels"]["stage"], "draft");
     let listed = aether.json(&["session", "ls", "--selector", "team=qa,stage=draft"]);
     assert!(
-        listed.as_array().unwrap().iter().any(|x| x["id"] == s.as_str()),
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == s.as_str()),
         "{listed}"
     );
 
@@ -34,7 +38,9 @@ async fn cli_lifecycle_walk() {
         assert!(ls.contains(name), "ls lacks {name}:\n{ls}");
     }
     let tree = aether.ok(&["tree", &s]);
-    for name in ["proj/", "main.rs", "util.rs", "guide.md", "big.bin", "empty/"] {
+    for name in [
+        "proj/", "main.rs", "util.rs", "guide.md", "big.bin", "empty/",
+    ] {
         assert!(tree.contains(name), "tree lacks {name}:\n{tree}");
     }
     let original_main = std::fs::read(aether.path("project/src/main.rs")).unwrap();
@@ -53,11 +59,18 @@ async fn cli_lifecycle_walk() {
     assert_eq!(checkpoints[0]["description"], "first upload");
 
     // Change: write, delete, mkdir, copy, move.
-    aether.write("main-v2.rs", b"fn main() {\n    println!(\"hello, world\");\n}\n");
+    aether.write(
+        "main-v2.rs",
+        b"fn main() {\n    println!(\"hello, world\");\n}\n",
+    );
     aether.ok(&["put", "main-v2.rs", &format!("{s}:proj/src/main.rs")]);
     aether.ok(&["rm", &format!("{s}:proj/docs/guide.md")]);
     aether.ok(&["mkdir", "-p", &format!("{s}:proj/new/dir")]);
-    aether.ok(&["cp", &format!("{s}:proj/src/lib"), &format!("{s}:proj/lib-copy")]);
+    aether.ok(&[
+        "cp",
+        &format!("{s}:proj/src/lib"),
+        &format!("{s}:proj/lib-copy"),
+    ]);
     aether.ok(&["mv", &format!("{s}:proj/run.sh"), &format!("{s}:proj/new/")]);
     let moved = aether.json(&["stat", &format!("{s}:proj/new/run.sh")]);
     assert_eq!(moved["mode"], "0755");
@@ -105,7 +118,10 @@ async fn cli_lifecycle_walk() {
     let commit = commit.trim().to_string();
     assert_eq!(commit.len(), 64, "{commit}");
     let log = aether.ok(&["log", &s]);
-    assert!(log.contains(&commit) && log.contains("Import the project"), "{log}");
+    assert!(
+        log.contains(&commit) && log.contains("Import the project"),
+        "{log}"
+    );
     let log = aether.json(&["log", &s]);
     assert_eq!(log[0]["id"], commit.as_str());
     let at_commit = aether.run(&[
@@ -119,7 +135,10 @@ async fn cli_lifecycle_walk() {
     // Get the tree back: identical bytes and modes, empty directory included.
     let got = aether.ok(&["get", &format!("{s}:proj"), "copy"]);
     assert!(got.contains("downloaded"), "{got}");
-    assert_eq!(snapshot(&aether.path("copy")), snapshot(&aether.path("project")));
+    assert_eq!(
+        snapshot(&aether.path("copy")),
+        snapshot(&aether.path("project"))
+    );
     let single = aether.run(&["get", &format!("{s}:proj/src/main.rs"), "-"]);
     assert_eq!(single.raw_stdout, original_main);
     aether.ok(&["get", &format!("{s}:proj/data/big.bin"), "."]);

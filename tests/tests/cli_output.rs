@@ -16,7 +16,11 @@ async fn cli_reupload_sends_no_chunks() {
     assert_eq!(first["files"], 5, "{first}");
     assert!(first["chunks"].as_u64().unwrap() >= 4, "{first}");
     let sent = first["bytes_uploaded"].as_u64().unwrap() + first["inline_bytes"].as_u64().unwrap();
-    assert_eq!(sent, first["bytes"].as_u64().unwrap(), "all content was new: {first}");
+    assert_eq!(
+        sent,
+        first["bytes"].as_u64().unwrap(),
+        "all content was new: {first}"
+    );
     assert!(first["chunks_uploaded"].as_u64().unwrap() >= 1, "{first}");
 
     let again = aether.json(&["put", "project", &format!("{s}:p")]);
@@ -50,29 +54,47 @@ async fn cli_reupload_sends_no_chunks() {
     use std::io::Write;
     child.stdin.take().unwrap().write_all(b"piped\n").unwrap();
     assert!(child.wait().unwrap().success());
-    assert_eq!(aether.ok(&["cat", &format!("{s}:from-stdin.txt")]), "piped\n");
+    assert_eq!(
+        aether.ok(&["cat", &format!("{s}:from-stdin.txt")]),
+        "piped\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_json_output_parses_everywhere() {
     let aether = Aether::start().await;
-    let created = aether.json(&["session", "create", "--label", "suite=json", "--meta", "k=v"]);
+    let created = aether.json(&[
+        "session",
+        "create",
+        "--label",
+        "suite=json",
+        "--meta",
+        "k=v",
+    ]);
     let s = created["id"].as_str().unwrap().to_string();
     assert_eq!(created["metadata"]["k"], "v");
     aether.write("notes/a.txt", b"alpha\n");
     aether.json(&["put", "notes", &format!("{s}:notes")]);
 
-    let array = |value: &Value| value.as_array().cloned().unwrap_or_else(|| panic!("{value}"));
+    let array = |value: &Value| {
+        value
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("{value}"))
+    };
     assert!(!array(&aether.json(&["session", "ls"])).is_empty());
     assert_eq!(aether.json(&["session", "info", &s])["counts"]["files"], 1);
     let ls = aether.json(&["ls", &format!("{s}:notes")]);
     assert_eq!(ls[0]["path"], "notes/a.txt");
     assert_eq!(ls[0]["size"], 6);
     assert_eq!(array(&aether.json(&["tree", &s])).len(), 2);
-    assert_eq!(aether.json(&["stat", &format!("{s}:notes")])["kind"], "directory");
+    assert_eq!(
+        aether.json(&["stat", &format!("{s}:notes")])["kind"],
+        "directory"
+    );
     assert_eq!(aether.json(&["checkpoint", &s, "c1"])["name"], "c1");
     assert_eq!(array(&aether.json(&["checkpoints", &s])).len(), 1);
-    assert_eq!(aether.json(&["mkdir", &format!("{s}:d")])["head_version"].is_u64(), true);
+    assert!(aether.json(&["mkdir", &format!("{s}:d")])["head_version"].is_u64());
     let diff = aether.json(&["diff", &s]);
     assert_eq!(diff["entries"][0]["kind"], "added");
     let restored = aether.json(&["restore", &s, "c1"]);
@@ -84,21 +106,55 @@ async fn cli_json_output_parses_everywhere() {
     assert_eq!(got["files"], 1);
     let exported = aether.json(&["export", &s, "s.tar"]);
     assert!(exported["bytes"].as_u64().unwrap() > 0);
-    assert_eq!(aether.json(&["import", &format!("{s}:again"), "s.tar"])["files"], 1);
+    assert_eq!(
+        aether.json(&["import", &format!("{s}:again"), "s.tar"])["files"],
+        1
+    );
     let forked = aether.json(&["session", "fork", &s, "--label", "variant=b"]);
     assert_eq!(forked["labels"]["variant"], "b");
     assert_ne!(forked["id"], s.as_str());
-    let transferred = aether.json(&["session", "transfer", &s, "--to", "user:bob", "--keep-role", "editor"]);
+    let transferred = aether.json(&[
+        "session",
+        "transfer",
+        &s,
+        "--to",
+        "user:bob",
+        "--keep-role",
+        "editor",
+    ]);
     assert_eq!(transferred["owner"], "user:bob");
     assert!(!array(&aether.json(&["audit", &s])).is_empty());
 
     // The bus: publish, then watch from the start; one JSON document per line.
-    assert!(aether.json(&["publish", &s, "agent.note", "hello"])["offset"].as_u64().unwrap() >= 1);
-    let watch = aether.ok(&["watch", &s, "--subject", "agent.>", "--count", "1", "-o", "json"]);
+    assert!(
+        aether.json(&["publish", &s, "agent.note", "hello"])["offset"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    let watch = aether.ok(&[
+        "watch",
+        &s,
+        "--subject",
+        "agent.>",
+        "--count",
+        "1",
+        "-o",
+        "json",
+    ]);
     let message: Value = serde_json::from_str(watch.trim()).unwrap();
     assert_eq!(message["subject"], "agent.note");
     assert_eq!(message["payload"], "hello");
-    let events = aether.ok(&["watch", &s, "--subject", "session.>", "--count", "3", "-o", "json"]);
+    let events = aether.ok(&[
+        "watch",
+        &s,
+        "--subject",
+        "session.>",
+        "--count",
+        "3",
+        "-o",
+        "json",
+    ]);
     let lines: Vec<Value> = events
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -106,12 +162,20 @@ async fn cli_json_output_parses_everywhere() {
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["event"]["type"], "files_changed");
     let table = aether.ok(&["watch", &s, "--subject", "agent.>", "--count", "1"]);
-    assert!(table.contains("agent.note") && table.contains("hello"), "{table}");
+    assert!(
+        table.contains("agent.note") && table.contains("hello"),
+        "{table}"
+    );
 
     // Review and knowledge may not be served yet: then the server's status is reported
     // (exit 1, with its code); once served, the output is JSON.
     for args in [
-        vec!["annotate", &format!("{s}:notes/a.txt") as &str, "-m", "check this"],
+        vec![
+            "annotate",
+            &format!("{s}:notes/a.txt") as &str,
+            "-m",
+            "check this",
+        ],
         vec!["annotations", &s],
         vec!["approval", "ls", &s],
         vec!["kv", "put", &s, "build.status", "green"],
@@ -175,7 +239,14 @@ async fn cli_exit_codes_tell_usage_from_not_found_from_refusal() {
     let stderr = aether.fails(&["checkpoint", &s, "twice"], 1);
     assert!(stderr.contains("ALREADY_EXISTS"), "{stderr}");
     let stderr = aether.fails(
-        &["--endpoint", "http://127.0.0.1:1", "--retries", "0", "session", "ls"],
+        &[
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--retries",
+            "0",
+            "session",
+            "ls",
+        ],
         1,
     );
     assert!(stderr.contains("UNAVAILABLE"), "{stderr}");
@@ -234,7 +305,10 @@ fn cli_every_verb_has_help_with_an_example() {
             .unwrap();
         let help = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "aether {verb:?} --help");
-        assert!(help.contains("Example"), "aether {verb:?} --help lacks an example:\n{help}");
+        assert!(
+            help.contains("Example"),
+            "aether {verb:?} --help lacks an example:\n{help}"
+        );
         let mut spelled = vec!["aether"];
         spelled.extend(verb.iter());
         assert!(

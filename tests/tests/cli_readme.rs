@@ -64,7 +64,10 @@ async fn cli_readme_walkthrough_works_as_written() {
         "Import the demo project",
         "closed",
     ] {
-        assert!(stdout.contains(expected), "stdout lacks {expected:?}:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "stdout lacks {expected:?}:\n{stdout}"
+        );
     }
     assert!(
         stderr.contains("FAILED_PRECONDITION"),

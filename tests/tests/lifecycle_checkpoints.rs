@@ -23,10 +23,9 @@ async fn assert_knowledge(t: &Trusting, id: &str, model: &Model, context: &str) 
 }
 
 fn tag_of(i: usize) -> &'static str {
-    if i % 2 == 0 {
-        "even"
-    } else {
-        "odd"
+    match i % 2 {
+        0 => "even",
+        _ => "odd",
     }
 }
 
@@ -50,8 +49,8 @@ async fn lifecycle_knowledge_restores_with_the_files_after_many_checkpoints() {
             .await
             .unwrap();
         model.insert(key.clone(), (key.into_bytes(), vec![tag_of(i).into()]));
-        if i % 5 == 0 {
-            let old = format!("k/{:03}", i - 3);
+        if i % 5 == 4 {
+            let old = format!("k/{:03}", i - 2);
             t.knowledge()
                 .delete_entry(pb::DeleteEntryRequest {
                     session_id: id.clone(),

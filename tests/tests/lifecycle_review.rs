@@ -218,7 +218,7 @@ async fn lifecycle_human_in_the_loop_approval_gates_commit_and_export() {
         .into_inner()
         .commit
         .unwrap();
-    assert_eq!(commit.approvals, [second.id.clone()]);
+    assert_eq!(commit.approvals, [second.id.as_str()]);
     assert_eq!(commit.author, "agent");
     let stored = history
         .get_commit(pb::GetCommitRequest {
@@ -230,13 +230,13 @@ async fn lifecycle_human_in_the_loop_approval_gates_commit_and_export() {
         .into_inner()
         .commit
         .unwrap();
-    assert_eq!(stored.approvals, [second.id.clone()]);
+    assert_eq!(stored.approvals, [second.id.as_str()]);
     let used: Vec<String> = approvals_in(&t, &id, &[Used])
         .await
         .into_iter()
         .map(|a| a.id)
         .collect();
-    assert_eq!(used, [second.id.clone()]);
+    assert_eq!(used, [second.id.as_str()]);
     let again = history
         .commit(as_user("agent", commit_request(&id, "again")))
         .await;
@@ -281,7 +281,7 @@ async fn lifecycle_human_in_the_loop_approval_gates_commit_and_export() {
         .into_iter()
         .map(|a| a.id)
         .collect();
-    assert_eq!(rejected_ids, [third.id.clone()]);
+    assert_eq!(rejected_ids, [third.id.as_str()]);
 
     // Export is gated the same way, and an export approval is used by one export.
     let refused = export(&t, "agent", &id).await.unwrap_err();
@@ -502,4 +502,53 @@ async fn lifecycle_two_required_approvals_need_two_distinct_reviewers() {
         .commit(as_user("agent", commit_request(&id, "bob left")))
         .await;
     assert_eq!(code_of(refused), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_principal_header_is_ignored_unless_trusted() {
+    // The default coordinator does not trust the header: everyone stays anonymous, so nobody
+    // can claim a reviewer's name to approve.
+    let cluster = aether_testkit::Cluster::start(aether_testkit::ClusterSpec::default())
+        .await
+        .unwrap();
+    let channel = connect(&cluster.coordinator_endpoint()).await.unwrap();
+    let mut sessions =
+        aether_proto::session_service_client::SessionServiceClient::new(channel.clone());
+    let mut review = aether_proto::review_service_client::ReviewServiceClient::new(channel);
+    let session = sessions
+        .create_session(as_user(
+            "alice",
+            pb::CreateSessionRequest {
+                policy: Some(pb::Policy {
+                    bindings: vec![binding("user:alice", pb::Role::Reviewer)],
+                    required_commit_approvals: 1,
+                    required_export_approvals: 0,
+                }),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(session.owner, "anonymous");
+    let approval = review
+        .request_approval(as_user(
+            "agent",
+            request(&session.id, pb::ApprovalAction::Commit, &[]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    assert_eq!(approval.requester, "anonymous");
+    let claimed = review
+        .decide_approval(as_user(
+            "alice",
+            decide(&session.id, &approval.id, pb::Decision::Approve),
+        ))
+        .await;
+    assert_eq!(code_of(claimed), Code::PermissionDenied);
 }

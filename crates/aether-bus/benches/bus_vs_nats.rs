@@ -379,7 +379,11 @@ async fn throughput(
     }
     publisher.finish().await?;
     let received = consumer.await??;
-    ensure!(received.count > 0, "{}: nothing was delivered", system.label());
+    ensure!(
+        received.count > 0,
+        "{}: nothing was delivered",
+        system.label()
+    );
     Ok(ThroughputSample {
         rate: received.count as f64 / ((received.last_at - start) as f64 / 1e9),
         lost: count - received.count,
@@ -443,8 +447,8 @@ async fn latency(
     received.latencies.sort_unstable();
     let ack_percentiles = (!acks.is_empty()).then(|| {
         // Batches of the warm-up are left out like their messages.
-        let skip = acks.len() * WARM_UP.as_millis() as usize
-            / (WARM_UP + measured).as_millis() as usize;
+        let skip =
+            acks.len() * WARM_UP.as_millis() as usize / (WARM_UP + measured).as_millis() as usize;
         let mut measured_acks = acks.split_off(skip);
         measured_acks.sort_unstable();
         (
@@ -480,7 +484,11 @@ impl NatsServer {
         let binary = ["/usr/sbin", "/usr/bin", "/usr/local/bin"]
             .into_iter()
             .map(PathBuf::from)
-            .chain(std::env::var_os("PATH").iter().flat_map(std::env::split_paths))
+            .chain(
+                std::env::var_os("PATH")
+                    .iter()
+                    .flat_map(std::env::split_paths),
+            )
             .map(|dir| dir.join("nats-server"))
             .find(|path| path.is_file())
             .context(
@@ -510,7 +518,11 @@ impl NatsServer {
                 bail!("nats-server exited ({status}):\n{}", log());
             }
             if Instant::now() > deadline {
-                bail!("nats-server did not listen on {} in 10 s:\n{}", server.addr, log());
+                bail!(
+                    "nats-server did not listen on {} in 10 s:\n{}",
+                    server.addr,
+                    log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -679,12 +691,15 @@ fn main() -> Result<()> {
         );
     }
     println!();
-    println!(
-        "latency at {LATENCY_RATE} msgs/s, µs: median [min–max] of each run's percentile"
-    );
+    println!("latency at {LATENCY_RATE} msgs/s, µs: median [min–max] of each run's percentile");
     println!(
         "  {:<20} {:>20} {:>20} {:>20} {:>20} {:>6}",
-        "system", "publish→deliver p50", "publish→deliver p99", "publish→ack p50", "publish→ack p99", "lost"
+        "system",
+        "publish→deliver p50",
+        "publish→deliver p99",
+        "publish→ack p50",
+        "publish→ack p99",
+        "lost"
     );
     for (i, system) in System::ALL.into_iter().enumerate() {
         let samples = &latencies[i];

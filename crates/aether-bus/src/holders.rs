@@ -72,7 +72,13 @@ impl StreamHolds {
         if !lease.lost().is_cancelled() {
             return Ok(lease);
         }
-        let lost: Vec<String> = self.held.lock().expect("held").drain().map(|(id, _)| id).collect();
+        let lost: Vec<String> = self
+            .held
+            .lock()
+            .expect("held")
+            .drain()
+            .map(|(id, _)| id)
+            .collect();
         for id in lost {
             self.bus.reload(&id);
         }
@@ -83,7 +89,13 @@ impl StreamHolds {
 
     /// Releases every hold at shutdown so other nodes take over at once.
     pub async fn release_all(&self) {
-        let held: Vec<Fence> = self.held.lock().expect("held").drain().map(|(_, f)| f).collect();
+        let held: Vec<Fence> = self
+            .held
+            .lock()
+            .expect("held")
+            .drain()
+            .map(|(_, f)| f)
+            .collect();
         for fence in held {
             let _ = holder::release(&*self.coord, &fence).await;
         }
@@ -105,11 +117,21 @@ impl HolderLookup for StreamHolds {
         if self.held.lock().expect("held").contains_key(session_id) {
             return None;
         }
-        match holder::acquire(&*self.coord, &holder_key(session_id), &self.node, lease.id()).await {
+        match holder::acquire(
+            &*self.coord,
+            &holder_key(session_id),
+            &self.node,
+            lease.id(),
+        )
+        .await
+        {
             Ok(Acquire::Held(fence)) => {
                 // Whatever this node remembers of the stream predates the takeover.
                 self.bus.reload(session_id);
-                self.held.lock().expect("held").insert(session_id.to_string(), fence);
+                self.held
+                    .lock()
+                    .expect("held")
+                    .insert(session_id.to_string(), fence);
                 None
             }
             Ok(Acquire::HeldBy(other)) if other.node_id != self.node.node_id => Some(other.address),

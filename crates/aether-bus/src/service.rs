@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{Bus, BusError, Delivery, Principal, Start};
 
 /// Batches of one PublishStream that may wait for persistence at once.
-pub const PUBLISH_STREAM_WINDOW: usize = 64;
+pub const PUBLISH_STREAM_WINDOW: usize = 1024;
 
 /// The gRPC face of a [`Bus`].
 #[derive(Clone)]

@@ -96,6 +96,14 @@ pub fn time(timestamp: &Option<prost_types::Timestamp>) -> Option<String> {
     ))
 }
 
+fn or_dash(text: String) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text
+    }
+}
+
 fn time_or_dash(timestamp: &Option<prost_types::Timestamp>) -> String {
     time(timestamp).unwrap_or_else(|| "-".into())
 }
@@ -245,7 +253,7 @@ fn policy_json(policy: &Option<pb::Policy>) -> Value {
 }
 
 pub fn session_json(s: &pb::Session) -> Value {
-    let counts = s.counts.clone().unwrap_or_default();
+    let counts = s.counts.unwrap_or_default();
     json!({
         "id": s.id,
         "state": state(s.state),
@@ -278,7 +286,7 @@ pub fn session_rows(sessions: &[pb::Session]) -> String {
     let rows: Vec<Vec<String>> = sessions
         .iter()
         .map(|s| {
-            let counts = s.counts.clone().unwrap_or_default();
+            let counts = s.counts.unwrap_or_default();
             vec![
                 s.id.clone(),
                 state(s.state),
@@ -297,7 +305,7 @@ pub fn session_rows(sessions: &[pb::Session]) -> String {
 }
 
 pub fn session_text(s: &pb::Session) -> String {
-    let counts = s.counts.clone().unwrap_or_default();
+    let counts = s.counts.unwrap_or_default();
     let ttl = match &s.ttl {
         Some(d) if d.seconds > 0 => format!("{}s", d.seconds),
         _ => "none".into(),
@@ -306,8 +314,8 @@ pub fn session_text(s: &pb::Session) -> String {
         ("id", s.id.clone()),
         ("state", state(s.state)),
         ("owner", s.owner.clone()),
-        ("labels", pairs(&s.labels)),
-        ("metadata", pairs(&s.metadata)),
+        ("labels", or_dash(pairs(&s.labels))),
+        ("metadata", or_dash(pairs(&s.metadata))),
         ("source", source_text(&s.source)),
         (
             "head",
@@ -476,7 +484,11 @@ pub fn tree_text(label: &str, root: &str, entries: &[pb::Entry]) -> String {
         }
     }
     walk(&children, root, "", &mut out, (&mut dirs, &mut files));
-    out.push_str(&format!("\n{dirs} directories, {files} files\n"));
+    out.push_str(&format!(
+        "\n{}, {}\n",
+        plural(dirs, "directory"),
+        plural(files, "file")
+    ));
     out
 }
 
@@ -776,6 +788,7 @@ pub fn upload_json(r: &aether_client::UploadReport) -> Value {
         "directories": r.directories,
         "bytes": r.bytes,
         "chunks": r.chunks,
+        "chunks_present": r.chunks_present,
         "chunks_uploaded": r.chunks_uploaded,
         "bytes_uploaded": r.bytes_uploaded,
         "bytes_stored": r.bytes_stored,
@@ -789,16 +802,25 @@ pub fn upload_json(r: &aether_client::UploadReport) -> Value {
 
 pub fn upload_details(r: &aether_client::UploadReport) -> String {
     format!(
-        "{} distinct chunks: {} sent ({}), {} already stored; {} small files inline ({}); {} batch(es); head version {}",
+        "chunks: {} distinct, {} already stored, {} sent ({}); inline: {} ({}); batches: {}; head version {}",
         r.chunks,
+        r.chunks_present,
         r.chunks_uploaded,
         size(r.bytes_uploaded),
-        r.chunks - r.chunks_uploaded.min(r.chunks),
-        r.inline_files,
+        plural(r.inline_files, "file"),
         size(r.inline_bytes),
         r.batches,
         r.head_version
     )
+}
+
+/// `1 file`, `2 files`, `3 directories`.
+pub fn plural(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {noun}s"),
+    }
 }
 
 pub fn download_json(r: &aether_client::DownloadReport) -> Value {
@@ -851,7 +873,7 @@ mod tests {
         let text = tree_text("S:", "", &entries);
         assert_eq!(
             text,
-            "S:\n├── a/\n│   └── b.txt (1 B)\n└── a.txt (1 B)\n\n1 directories, 2 files\n"
+            "S:\n├── a/\n│   └── b.txt (1 B)\n└── a.txt (1 B)\n\n1 directory, 2 files\n"
         );
     }
 }

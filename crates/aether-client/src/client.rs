@@ -373,11 +373,22 @@ pub(crate) async fn deadline<T>(
     timeout: Duration,
     call: impl Future<Output = std::result::Result<T, Status>>,
 ) -> std::result::Result<T, Status> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(result) => result,
-        Err(_) => Err(Status::deadline_exceeded(format!(
+    let expired = || {
+        Status::deadline_exceeded(format!(
             "no answer within {timeout:?} (raise the timeout for slow links)"
-        ))),
+        ))
+    };
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout, call).await {
+        // A tonic server enforcing the grpc-timeout we sent answers CANCELLED when it expires;
+        // to the caller that is the same deadline.
+        Ok(Err(status))
+            if status.code() == Code::Cancelled && started.elapsed() >= timeout * 9 / 10 =>
+        {
+            Err(expired())
+        }
+        Ok(result) => result,
+        Err(_) => Err(expired()),
     }
 }
 

@@ -4,7 +4,8 @@
 //!    (`aether_store::blobs`), so a chunk hashed here has the name the store gives it.
 //! 2. One `HasBlobs` per 10,000 distinct chunks says which are missing.
 //! 3. Missing chunks are sent with `PutBlob` (each chunk once, however many files share it),
-//!    except that a small single-chunk file whose content is missing rides inline in the batch.
+//!    except that a small single-chunk file whose content is missing and shared with no other
+//!    file rides inline in the batch.
 //! 4. `ApplyChanges` writes the files by chunk reference, at most 10,000 changes and a few MiB
 //!    per batch. A plan that fits one batch is applied atomically; a larger one is applied
 //!    batch by batch (each atomic, in order).
@@ -78,6 +79,8 @@ pub struct UploadReport {
     pub bytes: u64,
     /// Distinct chunks the files are made of.
     pub chunks: u64,
+    /// Of those, chunks the store already held (sent by nobody).
+    pub chunks_present: u64,
     /// Chunks sent with PutBlob (the rest were already stored or went inline).
     pub chunks_uploaded: u64,
     /// Bytes sent with PutBlob.
@@ -203,8 +206,7 @@ impl SessionHandle {
         let mut order: Vec<Hash> = Vec::new();
         for (index, file) in hashed.iter().enumerate() {
             for chunk in &file.chunks {
-                if let std::collections::hash_map::Entry::Vacant(slot) = located.entry(chunk.hash)
-                {
+                if let std::collections::hash_map::Entry::Vacant(slot) = located.entry(chunk.hash) {
                     slot.insert((index, *chunk));
                     order.push(chunk.hash);
                 }
@@ -218,19 +220,28 @@ impl SessionHandle {
             .await?
             .into_iter()
             .collect();
+        report.chunks_present = report.chunks - missing.len() as u64;
 
         // 3. Decide how each file's content travels, then send the chunks that must go alone.
-        let small_missing = |file: &Hashed| {
-            file.size <= MAX_INLINE_BYTES
-                && file.chunks.len() == 1
-                && missing.contains(&file.chunks[0].hash.to_hex())
+        // A missing content goes inline only when it is one small chunk that no other file
+        // shares; anything shared is sent once by PutBlob and referenced by every file, so
+        // each distinct content crosses the wire once.
+        let mut uses: HashMap<Hash, usize> = HashMap::new();
+        for file in &hashed {
+            for chunk in &file.chunks {
+                *uses.entry(chunk.hash).or_default() += 1;
+            }
+        }
+        let inline = |file: &Hashed| {
+            file.size == 0
+                || (file.size <= MAX_INLINE_BYTES
+                    && file.chunks.len() == 1
+                    && uses[&file.chunks[0].hash] == 1
+                    && missing.contains(&file.chunks[0].hash.to_hex()))
         };
         let mut to_send: Vec<Hash> = Vec::new();
         let mut sending: HashSet<Hash> = HashSet::new();
-        for file in &hashed {
-            if file.size == 0 || small_missing(file) {
-                continue;
-            }
+        for file in hashed.iter().filter(|f| !inline(f)) {
             for chunk in &file.chunks {
                 if missing.contains(&chunk.hash.to_hex()) && sending.insert(chunk.hash) {
                     to_send.push(chunk.hash);
@@ -240,9 +251,7 @@ impl SessionHandle {
         let contents: Vec<Content> = hashed
             .iter()
             .map(|file| {
-                if file.size == 0
-                    || (small_missing(file) && !sending.contains(&file.chunks[0].hash))
-                {
+                if inline(file) {
                     Content::Inline
                 } else {
                     Content::Chunks

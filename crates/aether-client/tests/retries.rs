@@ -113,12 +113,9 @@ async fn unavailable_is_retried_with_the_token_on_every_attempt() {
         ..Default::default()
     };
     let endpoint = serve(service.clone()).await;
-    let client = Client::connect(
-        endpoint,
-        options(Some("s3cret"), 3, Duration::from_secs(5)),
-    )
-    .await
-    .unwrap();
+    let client = Client::connect(endpoint, options(Some("s3cret"), 3, Duration::from_secs(5)))
+        .await
+        .unwrap();
     let missing = client.missing_blobs(&["ab".into()]).await.unwrap();
     assert_eq!(missing, vec!["ab".to_string()]);
     assert_eq!(service.calls.load(Ordering::SeqCst), 3);
@@ -138,9 +135,22 @@ async fn retries_stop_and_the_status_code_is_kept() {
         .unwrap();
     let error = client.missing_blobs(&["ab".into()]).await.unwrap_err();
     assert_eq!(error.code(), Code::Unavailable);
-    assert!(error.to_string().starts_with("UNAVAILABLE: store warming up"), "{error}");
-    assert_eq!(service.calls.load(Ordering::SeqCst), 3, "one try and two retries");
-    assert_eq!(service.authorization.lock().unwrap()[0], None, "no token, no header");
+    assert!(
+        error
+            .to_string()
+            .starts_with("UNAVAILABLE: store warming up"),
+        "{error}"
+    );
+    assert_eq!(
+        service.calls.load(Ordering::SeqCst),
+        3,
+        "one try and two retries"
+    );
+    assert_eq!(
+        service.authorization.lock().unwrap()[0],
+        None,
+        "no token, no header"
+    );
 }
 
 #[tokio::test]

@@ -168,6 +168,26 @@ impl Knowledge {
         Ok(removed.map(|_| root))
     }
 
+    /// Every object the entries at `root` reference (map objects and value blobs), for
+    /// garbage collection.
+    pub async fn objects(&self, root: &str) -> Result<Vec<Hash>> {
+        let mut objects = self.map.objects(root).await?;
+        let mut values = Vec::new();
+        self.map
+            .scan(root, Bound::Unbounded, |_, record| {
+                values.push(record.value.clone());
+                true
+            })
+            .await?;
+        for value in values {
+            objects.push(
+                Hash::from_hex(&value)
+                    .map_err(|e| Error::Internal(format!("stored value hash unreadable: {e}")))?,
+            );
+        }
+        Ok(objects)
+    }
+
     /// Entries whose key starts with `prefix` (and that carry `tag`, if not empty), in key
     /// order after `after`, at most `limit`; and whether more follow.
     pub async fn list(

@@ -12,13 +12,15 @@
 pub mod archive;
 pub mod error;
 pub mod events;
-pub mod routing;
+pub mod expiry;
+pub mod gc;
 pub mod grpc;
 pub mod knowledge;
 pub mod model;
 pub mod paged_map;
 pub mod review;
 pub mod revisions;
+pub mod routing;
 pub mod sessions;
 pub mod trees;
 
@@ -42,6 +44,9 @@ pub struct CoordinatorArgs {
     /// Release a session hold after this many idle seconds, so load can spread across nodes.
     #[arg(long, env = "AETHER_IDLE_RELEASE_SECS", default_value_t = 60)]
     pub idle_release_secs: u64,
+    /// How often to look for sessions idle past their TTL, in seconds.
+    #[arg(long, env = "AETHER_EXPIRY_INTERVAL_SECS", default_value_t = 30)]
+    pub expiry_interval_secs: u64,
     /// INSECURE, tests and development only: take the caller's principal from the
     /// `x-aether-principal` request header, so anyone can act as anyone.
     #[arg(long, env = "AETHER_TRUST_PRINCIPAL_HEADER")]
@@ -72,6 +77,7 @@ pub async fn start(
     tracing::info!(node = %node.id, address = %node.address, "coordinator registered");
     let sessions = Sessions::new(coord, trees, events, node, lease);
     sessions.release_idle_holds(Duration::from_secs(args.idle_release_secs.max(1)));
+    sessions.expire_periodically(Duration::from_secs(args.expiry_interval_secs.max(1)));
     Ok(sessions)
 }
 

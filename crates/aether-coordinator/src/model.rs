@@ -239,3 +239,66 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_review_and_knowledge_still_load() {
+        let session = r#"{"id":"s1","labels":{},"metadata":{},"owner":"a",
+            "policy":{"bindings":[],"required_commit_approvals":0,"required_export_approvals":0},
+            "state":"Active","source":"Empty","base_root":"r","head_root":"r","head_version":3,
+            "head_commit":null,"created_at_ms":1,"updated_at_ms":2,"ttl_ms":0,
+            "checkpoint_count":1,"commit_count":0,"audit_sequence":4}"#;
+        let record: SessionRecord = serde_json::from_str(session).unwrap();
+        assert_eq!(record.knowledge_root, "");
+        assert_eq!(record.annotations_root, "");
+        assert_eq!(
+            (record.annotation_sequence, record.approval_sequence),
+            (0, 0)
+        );
+        let checkpoint = r#"{"name":"c","root":"r","head_version":3,"author":"a",
+            "created_at_ms":1,"description":""}"#;
+        let checkpoint: CheckpointRecord = serde_json::from_str(checkpoint).unwrap();
+        assert_eq!(
+            checkpoint.knowledge_root, "",
+            "restoring it empties the knowledge"
+        );
+    }
+
+    #[test]
+    fn an_approval_is_stale_once_the_head_moves() {
+        let session = r#"{"id":"s1","labels":{},"metadata":{},"owner":"a",
+            "policy":{"bindings":[],"required_commit_approvals":0,"required_export_approvals":0},
+            "state":"Active","source":"Empty","base_root":"r","head_root":"r1","head_version":3,
+            "head_commit":null,"created_at_ms":1,"updated_at_ms":2,"ttl_ms":0,
+            "checkpoint_count":1,"commit_count":0,"audit_sequence":4}"#;
+        let mut record: SessionRecord = serde_json::from_str(session).unwrap();
+        let mut approval = ApprovalRecord {
+            sequence: 1,
+            action: ApprovalActionRecord::Commit,
+            requester: "agent".into(),
+            reviewers: vec![],
+            state: ApprovalStateRecord::Approved,
+            head_version: 3,
+            head_root: "r1".into(),
+            decisions: vec![],
+            comment: String::new(),
+            created_at_ms: 1,
+            used_by: String::new(),
+        };
+        assert_eq!(approval.effective(&record), ApprovalStateRecord::Approved);
+        record.head_version = 4;
+        assert_eq!(approval.effective(&record), ApprovalStateRecord::Stale);
+        record.head_version = 3;
+        record.head_root = "r2".into();
+        assert_eq!(approval.effective(&record), ApprovalStateRecord::Stale);
+        approval.state = ApprovalStateRecord::Used;
+        assert_eq!(
+            approval.effective(&record),
+            ApprovalStateRecord::Used,
+            "final states stay"
+        );
+    }
+}

@@ -31,8 +31,9 @@ pub const PAGE_ENTRIES: usize = 256;
 pub const PAGE_BYTES: usize = 1024 * 1024;
 /// A page this small after a removal merges with a neighbour.
 const MERGE_BELOW: usize = PAGE_ENTRIES / 4;
-/// Past this many decoded objects a cache starts over (objects are cheap to reload).
-const CACHE_LIMIT: usize = 4096;
+/// Encoded bytes of decoded objects a cache keeps before it starts over (objects are cheap to
+/// reload; pages are up to about [`PAGE_BYTES`] each).
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Index {
@@ -54,23 +55,35 @@ struct Page<V> {
     entries: BTreeMap<String, V>,
 }
 
-struct Cache<T>(Mutex<HashMap<Hash, Arc<T>>>);
+struct Cached<T> {
+    objects: HashMap<Hash, Arc<T>>,
+    bytes: usize,
+}
+
+struct Cache<T>(Mutex<Cached<T>>);
 
 impl<T> Cache<T> {
     fn new() -> Self {
-        Self(Mutex::new(HashMap::new()))
+        Self(Mutex::new(Cached {
+            objects: HashMap::new(),
+            bytes: 0,
+        }))
     }
 
     fn get(&self, hash: &Hash) -> Option<Arc<T>> {
-        self.0.lock().expect("map cache").get(hash).cloned()
+        self.0.lock().expect("map cache").objects.get(hash).cloned()
     }
 
-    fn put(&self, hash: Hash, value: Arc<T>) {
+    /// Remembers an object decoded from (or encoded to) `bytes` bytes.
+    fn put(&self, hash: Hash, value: Arc<T>, bytes: usize) {
         let mut cache = self.0.lock().expect("map cache");
-        if cache.len() >= CACHE_LIMIT {
-            cache.clear();
+        if cache.bytes + bytes > CACHE_BYTES {
+            cache.objects.clear();
+            cache.bytes = 0;
         }
-        cache.insert(hash, value);
+        if cache.objects.insert(hash, value).is_none() {
+            cache.bytes += bytes;
+        }
     }
 }
 
@@ -129,7 +142,7 @@ where
             )));
         }
         let index = Arc::new(index);
-        self.indexes.put(hash, index.clone());
+        self.indexes.put(hash, index.clone(), bytes.len());
         Ok(index)
     }
 
@@ -146,7 +159,7 @@ where
             ))
         })?;
         let page = Arc::new(page);
-        self.pages.put(hash, page.clone());
+        self.pages.put(hash, page.clone(), bytes.len());
         Ok(page)
     }
 
@@ -172,9 +185,11 @@ where
                 queue.push_front(chunk);
                 continue;
             }
+            let size = encoded.len();
             let hash = self.blobs.put(Bytes::from(encoded)).await?;
             let len = chunk.len() as u64;
-            self.pages.put(hash, Arc::new(Page { entries: chunk }));
+            self.pages
+                .put(hash, Arc::new(Page { entries: chunk }), size);
             written.push(PageRef {
                 first,
                 hash: hash.to_hex(),
@@ -192,13 +207,10 @@ where
             kind: self.kind.to_string(),
             pages,
         };
-        let hash = self
-            .blobs
-            .put(Bytes::from(
-                serde_json::to_vec(&index).expect("indexes serialize"),
-            ))
-            .await?;
-        self.indexes.put(hash, Arc::new(index));
+        let encoded = serde_json::to_vec(&index).expect("indexes serialize");
+        let size = encoded.len();
+        let hash = self.blobs.put(Bytes::from(encoded)).await?;
+        self.indexes.put(hash, Arc::new(index), size);
         Ok(hash.to_hex())
     }
 
@@ -257,6 +269,20 @@ where
         let written = self.write_pages(entries).await?;
         pages.splice(replace, written);
         Ok((self.write_index(pages).await?, Some(removed)))
+    }
+
+    /// Every object of the map at `root` (its index, then its pages), for garbage collection.
+    /// Objects the values name (knowledge value blobs) are the caller's to add.
+    pub async fn objects(&self, root: &str) -> Result<Vec<Hash>> {
+        if root.is_empty() {
+            return Ok(Vec::new());
+        }
+        let index = self.index(root).await?;
+        let mut objects = vec![parse_hash(root, self.kind)?];
+        for page in &index.pages {
+            objects.push(parse_hash(&page.hash, self.kind)?);
+        }
+        Ok(objects)
     }
 
     /// Visits entries in key order from `start` until `visit` returns false.
@@ -324,6 +350,9 @@ mod tests {
         assert!(index.pages.len() > 2000 / PAGE_ENTRIES);
         assert!(index.pages.iter().all(|p| p.len as usize <= PAGE_ENTRIES));
         assert_eq!(map.len(&root).await.unwrap(), 2000);
+        let objects = map.objects(&root).await.unwrap();
+        assert_eq!(objects.len(), index.pages.len() + 1);
+        assert!(map.blobs.missing(&objects).await.unwrap().is_empty());
         let expected: Vec<(String, u64)> = model.iter().map(|(k, v)| (k.clone(), *v)).collect();
         assert_eq!(all(&map, &root).await, expected);
         assert_eq!(

@@ -12,17 +12,19 @@ pub fn routes(path: &str) -> Option<Shape> {
     let (service, method) = path.strip_prefix("/aetherfs.v1.")?.split_once('/')?;
     let unary = matches!(
         (service, method),
-        ("SessionService", "UpdateSession" | "TransferSession" | "FinalizeSession" | "CloseSession")
-            | (
-                "WorkspaceService",
-                "ApplyChanges" | "DeletePath" | "MakeDirectory" | "MovePath" | "CopyPath"
-            )
-            | ("HistoryService", "CreateCheckpoint" | "RestoreCheckpoint" | "Commit")
-            | (
-                "ReviewService",
-                "AddAnnotation" | "ResolveAnnotation" | "RequestApproval" | "DecideApproval"
-            )
-            | ("KnowledgeService", "PutEntry" | "DeleteEntry")
+        (
+            "SessionService",
+            "UpdateSession" | "TransferSession" | "FinalizeSession" | "CloseSession"
+        ) | (
+            "WorkspaceService",
+            "ApplyChanges" | "DeletePath" | "MakeDirectory" | "MovePath" | "CopyPath"
+        ) | (
+            "HistoryService",
+            "CreateCheckpoint" | "RestoreCheckpoint" | "Commit"
+        ) | (
+            "ReviewService",
+            "AddAnnotation" | "ResolveAnnotation" | "RequestApproval" | "DecideApproval"
+        ) | ("KnowledgeService", "PutEntry" | "DeleteEntry")
     );
     if unary {
         return Some(Shape::Unary);
@@ -50,8 +52,14 @@ mod tests {
 
     #[test]
     fn routes_changes_not_reads() {
-        assert_eq!(routes("/aetherfs.v1.WorkspaceService/ApplyChanges"), Some(Shape::Unary));
-        assert_eq!(routes("/aetherfs.v1.WorkspaceService/WriteFile"), Some(Shape::StreamHeader));
+        assert_eq!(
+            routes("/aetherfs.v1.WorkspaceService/ApplyChanges"),
+            Some(Shape::Unary)
+        );
+        assert_eq!(
+            routes("/aetherfs.v1.WorkspaceService/WriteFile"),
+            Some(Shape::StreamHeader)
+        );
         assert_eq!(routes("/aetherfs.v1.WorkspaceService/ReadFile"), None);
         assert_eq!(routes("/aetherfs.v1.SessionService/CreateSession"), None);
         assert_eq!(routes("/aetherfs.v1.ContentService/PutBlob"), None);

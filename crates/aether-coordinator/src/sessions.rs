@@ -114,6 +114,11 @@ impl Sessions {
         })
     }
 
+    /// Whether the node is shutting down.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.is_cancelled()
+    }
+
     fn current_lease(&self) -> Arc<LeaseKeeper> {
         self.lease.lock().expect("lease").clone()
     }
@@ -316,7 +321,7 @@ impl Sessions {
     /// Creates a new session record (and takes its hold) in one transaction.
     pub async fn create(&self, mut record: SessionRecord, effect: Effect) -> Result<SessionRecord> {
         let id = record.id.clone();
-        let hold = self.hold(&id).await?;
+        let lease = self.live_lease().await?;
         record.audit_sequence = 1;
         let audit = AuditRecord {
             sequence: 1,
@@ -327,26 +332,44 @@ impl Sessions {
             outcome: "ok".into(),
             details: effect.details.iter().cloned().collect(),
         };
-        let outcome = holder::fenced_txn(
-            &*self.coord,
-            &hold.fence,
-            vec![Compare::Missing(model::session_key(&id))],
-            vec![
-                Op::put(model::session_key(&id), to_json(&record)),
-                Op::put(model::audit_key(&id, 1), to_json(&audit)),
-            ],
-        )
-        .await?;
-        match outcome {
-            FencedOutcome::Applied(_) => Ok(record),
-            FencedOutcome::Conflict => {
-                Err(Error::AlreadyExists(format!("session {id} already exists")))
-            }
-            FencedOutcome::Fenced => {
-                self.drop_hold(&id);
-                Err(Error::Fenced(id))
-            }
+        let holder = HolderRecord {
+            node_id: self.node.id.clone(),
+            address: self.node.address.clone(),
+        };
+        // One transaction takes the hold and writes the record: a new session costs a single
+        // durable write.
+        let holder_key = model::holder_key(&id);
+        let outcome = self
+            .coord
+            .txn(
+                vec![
+                    Compare::Missing(holder_key.clone()),
+                    Compare::Missing(model::session_key(&id)),
+                ],
+                vec![
+                    Op::Put {
+                        key: holder_key.clone(),
+                        value: to_json(&holder),
+                        lease: Some(lease.id()),
+                    },
+                    Op::put(model::session_key(&id), to_json(&record)),
+                    Op::put(model::audit_key(&id, 1), to_json(&audit)),
+                ],
+            )
+            .await?;
+        if !outcome.succeeded {
+            return Err(Error::AlreadyExists(format!("session {id} already exists")));
         }
+        let hold = Arc::new(Hold {
+            fence: Fence {
+                key: holder_key,
+                create_revision: outcome.revision,
+            },
+            lock: Arc::new(tokio::sync::Mutex::new(())),
+            last_used: Mutex::new(Instant::now()),
+        });
+        self.holds.lock().expect("holds").insert(id, hold);
+        Ok(record)
     }
 
     /// Releases every hold (graceful shutdown), so other nodes take over at once.

@@ -97,6 +97,101 @@ pub struct DevCommand {
     pub data: PathBuf,
     #[command(flatten)]
     pub coordinator: CoordinatorArgs,
+    #[command(flatten)]
+    pub gc: GcArgs,
+}
+
+/// `aetherd gc`: garbage collection for a cluster (design promise 7).
+#[derive(Clone, Debug, clap::Args)]
+pub struct GcCommand {
+    /// etcd endpoints, comma-separated (http://host:port).
+    #[arg(
+        long,
+        env = "AETHER_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub etcd_endpoints: Vec<String>,
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    #[command(flatten)]
+    pub gc: GcArgs,
+    /// Collect once and exit instead of every --gc-interval-secs.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// Garbage collection settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct GcArgs {
+    /// Objects younger than this are never collected (at least 3600: protects uploads in
+    /// flight and content a writer is reusing).
+    #[arg(long, env = "AETHER_GC_GRACE_SECS", default_value_t = 3600)]
+    pub gc_grace_secs: u64,
+    /// Seconds between collections; 0 disables periodic collection.
+    #[arg(long, env = "AETHER_GC_INTERVAL_SECS", default_value_t = 3600)]
+    pub gc_interval_secs: u64,
+}
+
+/// Runs a collection every `interval` until `shutdown`.
+fn collect_periodically(
+    sessions: Arc<aether_coordinator::Sessions>,
+    store: BlobStore,
+    args: GcArgs,
+    shutdown: CancellationToken,
+) {
+    if args.gc_interval_secs == 0 {
+        return;
+    }
+    let grace = std::time::Duration::from_secs(args.gc_grace_secs);
+    let interval = std::time::Duration::from_secs(args.gc_interval_secs);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            match aether_coordinator::gc::collect(&sessions, &store, grace).await {
+                Ok(report) => tracing::info!(?report, "garbage collection done"),
+                Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
+            }
+        }
+    });
+}
+
+async fn run_gc(cmd: GcCommand, shutdown: CancellationToken) -> Result<()> {
+    let coord: Arc<dyn Coordination> = Arc::new(
+        EtcdCoordination::connect(&cmd.etcd_endpoints)
+            .await
+            .context("cannot reach etcd")?,
+    );
+    let store = BlobStore::new(
+        cmd.backend.build("objects").map_err(anyhow::Error::msg)?,
+        Limits::default(),
+    );
+    let args = CoordinatorArgs {
+        lease_ttl_secs: 10,
+        idle_release_secs: 60,
+        expiry_interval_secs: 3600,
+        trust_principal_header: false,
+    };
+    let sessions = aether_coordinator::start(
+        coord,
+        Arc::new(store.clone()),
+        EventSink::disabled(),
+        String::new(),
+        &args,
+    )
+    .await?;
+    let grace = std::time::Duration::from_secs(cmd.gc.gc_grace_secs);
+    if cmd.once {
+        let report = aether_coordinator::gc::collect(&sessions, &store, grace).await?;
+        println!("{report:?}");
+        return Ok(());
+    }
+    collect_periodically(sessions, store, cmd.gc, shutdown.clone());
+    shutdown.cancelled().await;
+    Ok(())
 }
 
 /// Which service(s) to run.
@@ -110,6 +205,8 @@ pub enum Service {
     Bus(BusCommand),
     /// All three services in one process on embedded defaults.
     Dev(DevCommand),
+    /// Garbage collection of unreachable content (cluster; `dev` collects by itself).
+    Gc(GcCommand),
 }
 
 impl Service {
@@ -119,6 +216,7 @@ impl Service {
             Service::Store(_) => "store",
             Service::Bus(_) => "bus",
             Service::Dev(_) => "dev",
+            Service::Gc(_) => "gc",
         }
     }
 }
@@ -161,6 +259,9 @@ fn lazy_channel(endpoint: &str) -> Result<Channel> {
 
 /// Runs a service until `shutdown` is cancelled.
 pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationToken) -> Result<()> {
+    if let Service::Gc(cmd) = service {
+        return run_gc(cmd, shutdown).await;
+    }
     let listener = TcpListener::bind(common.listen)
         .await
         .with_context(|| format!("cannot listen on {}", common.listen))?;
@@ -208,7 +309,10 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                         .await
                         .context("cannot reach etcd")?,
                 );
-                let address = cmd.advertise_addr.clone().unwrap_or_else(|| own_endpoint.clone());
+                let address = cmd
+                    .advertise_addr
+                    .clone()
+                    .unwrap_or_else(|| own_endpoint.clone());
                 let node_id = format!("bus-{}", std::process::id());
                 let holds = aether_bus::holders::StreamHolds::start(
                     coord,
@@ -264,7 +368,7 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                     .context("cannot open the embedded coordination log")?,
             );
             // The coordinator reaches the store in-process and the bus through this listener.
-            let blobs: Arc<dyn Blobs> = Arc::new(store);
+            let blobs: Arc<dyn Blobs> = Arc::new(store.clone());
             let events = EventSink::bus(lazy_channel(&own_endpoint)?);
             let s = aether_coordinator::start(
                 coord,
@@ -276,8 +380,10 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             .await?;
             aether_coordinator::register(&mut routes, &s);
             served.extend(coordinator_services);
+            collect_periodically(s.clone(), store, cmd.gc.clone(), shutdown.clone());
             sessions = Some(s);
         }
+        Service::Gc(_) => unreachable!("handled above"),
     }
 
     for name in &served {

@@ -21,6 +21,7 @@ async fn main() -> anyhow::Result<()> {
         Service::Store(_) => "store",
         Service::Bus(_) => "bus",
         Service::Dev(_) => "dev",
+        Service::Gc(_) => "gc",
     };
     let _telemetry = telemetry::init(name);
     let shutdown = shutdown_signal(cli.common.exit_on_stdin_close);

@@ -10,7 +10,8 @@
 //!   what is read is compared with what was written;
 //! - finally the content bytes sent when identical content is uploaded again after HasBlobs.
 //!
-//! `cargo bench -p aether-store --bench store_vs_raw` (env `AETHER_BENCH_ITERATIONS`, default 7).
+//! `cargo bench -p aether-store --bench store_vs_raw`; env `AETHER_BENCH_ITERATIONS` (default 7)
+//! and `AETHER_BENCH_BACKENDS` (default `local,s3`).
 //! Targets: service write ≥ 0.8× raw, read ≥ 0.9× raw.
 
 use std::future::Future;
@@ -29,6 +30,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Endpoint, Server};
 
 const MIB: usize = 1024 * 1024;
@@ -98,10 +100,15 @@ async fn run(iterations: usize) -> anyhow::Result<()> {
         "store_vs_raw: {iterations} iterations, {} CPUs, MB/s = 10^6 bytes/s, median [min..max]",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let dir = tempfile::Builder::new().prefix("aether-bench-").tempdir()?;
-    let local = BackendArgs::local(dir.path().to_path_buf());
-    bench_backend("local", &local, iterations).await?;
-
+    let backends = std::env::var("AETHER_BENCH_BACKENDS").unwrap_or("local,s3".into());
+    if backends.contains("local") {
+        let dir = tempfile::Builder::new().prefix("aether-bench-").tempdir()?;
+        let local = BackendArgs::local(dir.path().to_path_buf());
+        bench_backend("local", &local, iterations).await?;
+    }
+    if !backends.contains("s3") {
+        return Ok(());
+    }
     match aether_testkit::S3Server::start().await {
         Ok(s3) => {
             let flags = BackendFlags::try_parse_from(
@@ -118,7 +125,9 @@ async fn run(iterations: usize) -> anyhow::Result<()> {
 async fn serve(store: BlobStore, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TcpIncoming, not a plain listener stream: tonic applies TCP_NODELAY only to its own
+    // incoming type, and without it Nagle's algorithm stalls small messages.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(
         Server::builder()
             .tcp_nodelay(true)

@@ -167,13 +167,18 @@ impl BlobStore {
         };
         match self
             .objects
-            .put_opts(path, PutPayload::from_bytes(data), options)
+            .put_opts(path, PutPayload::from_bytes(data.clone()), options)
             .await
         {
             Ok(_) => Ok(len),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(0),
-            // Some backends answer a lost create race with a precondition failure.
-            Err(object_store::Error::Precondition { .. }) => Ok(0),
+            // Already stored: this writer now relies on it, so renew an old object's age
+            // before a garbage collection can take it (see `crate::gc`). Some backends answer
+            // a lost create race with a precondition failure.
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => {
+                self.refresh_path(path, Some(data)).await?;
+                Ok(0)
+            }
             Err(e) => Err(StoreError::from_object_store(e, path.as_ref())),
         }
     }
@@ -237,7 +242,13 @@ impl BlobStore {
             .map(|hash| async move {
                 for path in [chunk_path(&hash), manifest_path(&hash)] {
                     match self.objects.head(&path).await {
-                        Ok(_) => return Ok(true),
+                        Ok(meta) => {
+                            // The caller will rely on it: keep GC from taking it meanwhile.
+                            if crate::gc::is_old(&meta) {
+                                self.refresh_path(&path, None).await?;
+                            }
+                            return Ok(true);
+                        }
                         Err(object_store::Error::NotFound { .. }) => {}
                         Err(e) => return Err(StoreError::from_object_store(e, path.as_ref())),
                     }

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod blobs;
 pub mod error;
+pub mod gc;
 pub mod limits;
 pub mod remote;
 pub mod service;

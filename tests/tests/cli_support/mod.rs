@@ -130,7 +130,10 @@ impl Aether {
             args.extend(["--label", label]);
         }
         let id = self.ok(&args).trim().to_string();
-        assert!(!id.is_empty() && !id.contains(char::is_whitespace), "{id:?}");
+        assert!(
+            !id.is_empty() && !id.contains(char::is_whitespace),
+            "{id:?}"
+        );
         id
     }
 }
@@ -175,10 +178,16 @@ pub fn snapshot(root: &Path) -> Vec<(String, Vec<u8>, u32)> {
 /// executable script and a file of several chunks.
 pub fn make_tree(aether: &Aether, dir: &str) {
     use std::os::unix::fs::PermissionsExt;
-    aether.write(&format!("{dir}/src/main.rs"), b"fn main() {\n    println!(\"hi\");\n}\n");
+    aether.write(
+        &format!("{dir}/src/main.rs"),
+        b"fn main() {\n    println!(\"hi\");\n}\n",
+    );
     aether.write(&format!("{dir}/src/lib/util.rs"), b"pub fn util() {}\n");
     aether.write(&format!("{dir}/docs/guide.md"), b"# Guide\n\nRead me.\n");
-    aether.write(&format!("{dir}/data/big.bin"), &test_bytes(3 * 1024 * 1024 + 77, 11));
+    aether.write(
+        &format!("{dir}/data/big.bin"),
+        &test_bytes(3 * 1024 * 1024 + 77, 11),
+    );
     aether.write(&format!("{dir}/run.sh"), b"#!/bin/sh\necho run\n");
     std::fs::set_permissions(
         aether.path(&format!("{dir}/run.sh")),

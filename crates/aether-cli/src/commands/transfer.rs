@@ -96,12 +96,11 @@ fn print_upload(context: &Context, report: &UploadReport, what: &str) -> Result<
         return output::json(&output::upload_json(report));
     }
     output::line(format!(
-        "uploaded {}: {} files, {}; sent {} (deduplicated {} of {} chunks)",
-        what,
-        report.files,
+        "uploaded {what}: {}, {}; sent {} ({} of {} chunks already stored)",
+        output::plural(report.files, "file"),
         output::size(report.bytes),
         output::size(report.bytes_uploaded + report.inline_bytes),
-        report.chunks - report.chunks_uploaded.min(report.chunks),
+        report.chunks_present,
         report.chunks
     ))
 }
@@ -125,11 +124,11 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), Failure> {
             return output::json(&output::download_json(&report));
         }
         return output::line(format!(
-            "downloaded {} to {}: {} files, {} directories, {}",
+            "downloaded {} to {}: {}, {}, {}",
             args.source,
             args.destination.display(),
-            report.files,
-            report.directories,
+            output::plural(report.files, "file"),
+            output::plural(report.directories, "directory"),
             output::size(report.bytes)
         ));
     }
@@ -245,9 +244,9 @@ pub async fn import(context: &Context, args: ImportArgs) -> Result<(), Failure> 
         }));
     }
     output::line(format!(
-        "imported {} files, {} directories ({}) into {}; head version {}",
-        response.files,
-        response.directories,
+        "imported {}, {} ({}) into {}; head version {}",
+        output::plural(response.files, "file"),
+        output::plural(response.directories, "directory"),
         output::size(response.bytes),
         args.target,
         response.head_version

