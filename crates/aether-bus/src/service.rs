@@ -22,7 +22,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{Bus, BusError, Delivery, Principal, Start};
 
-/// Batches of one PublishStream that may wait for persistence at once.
+/// Batches of one PublishStream that may wait for persistence at once. While the window is
+/// full no batch is ordered, so delivery to subscribers waits on the object store too: 1024
+/// lets a publisher of one-message batches at 10k msgs/s ride out 100 ms of store latency
+/// (64 held delivery back at every write slower than 6.4 ms). Memory stays small: an entry is
+/// an offset range, and the messages themselves are bounded by the stream's unpersisted limit.
 pub const PUBLISH_STREAM_WINDOW: usize = 1024;
 
 /// The gRPC face of a [`Bus`].
