@@ -179,7 +179,19 @@ impl Bus {
 
     /// The gRPC service over this bus, with message size limits for a full batch.
     pub fn grpc(&self) -> BusServiceServer<BusGrpc> {
-        BusServiceServer::new(BusGrpc::new(self.clone()))
+        Self::serve(BusGrpc::new(self.clone()))
+    }
+
+    /// [`Bus::grpc`], checking every call against session policy with `access`.
+    pub fn grpc_with_access(
+        &self,
+        access: std::sync::Arc<dyn crate::SessionAccess>,
+    ) -> BusServiceServer<BusGrpc> {
+        Self::serve(BusGrpc::new(self.clone()).with_access(access))
+    }
+
+    fn serve(grpc: BusGrpc) -> BusServiceServer<BusGrpc> {
+        BusServiceServer::new(grpc)
             .max_decoding_message_size(crate::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(crate::MAX_GRPC_MESSAGE_BYTES)
     }

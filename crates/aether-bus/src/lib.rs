@@ -30,10 +30,11 @@ pub use error::BusError;
 pub use service::BusGrpc;
 pub use subscription::{Delivery, Start, Subscription};
 
-/// The authenticated caller of an RPC, put in the request extensions by the auth layer.
-/// Messages published without one are attributed to `"anonymous"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Principal(pub String);
+/// The authenticated caller of an RPC, put in the request extensions by the auth layer
+/// ([`aether_auth::AuthLayer`]). Messages published without one are attributed to
+/// `"anonymous"`.
+pub use aether_auth::Principal;
+pub use service::SessionAccess;
 
 /// The most messages one publish may carry.
 pub const MAX_BATCH_MESSAGES: usize = 1000;

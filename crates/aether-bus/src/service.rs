@@ -20,6 +20,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use aether_auth::Need;
+
 use crate::{Bus, BusError, Delivery, Principal, Start};
 
 /// Batches of one PublishStream that may wait for persistence at once. While the window is
@@ -29,24 +31,59 @@ use crate::{Bus, BusError, Delivery, Principal, Start};
 /// an offset range, and the messages themselves are bounded by the stream's unpersisted limit.
 pub const PUBLISH_STREAM_WINDOW: usize = 1024;
 
+/// Per-session authorization of bus calls (promise 6): subscribing and reading stream info
+/// need a role on the session ([`Need::Read`]), publishing [`Need::Write`]. The bus keeps no
+/// session records; the server supplies a checker that reads them from the coordination
+/// store. Without one (a bus with no coordination store, or no auth source) calls are only
+/// authenticated.
+#[tonic::async_trait]
+pub trait SessionAccess: Send + Sync {
+    async fn check(
+        &self,
+        principal: &Principal,
+        session_id: &str,
+        need: Need,
+    ) -> Result<(), Status>;
+}
+
 /// The gRPC face of a [`Bus`].
 #[derive(Clone)]
 pub struct BusGrpc {
     bus: Bus,
+    access: Option<Arc<dyn SessionAccess>>,
 }
 
 impl BusGrpc {
     pub fn new(bus: Bus) -> Self {
-        Self { bus }
+        Self { bus, access: None }
+    }
+
+    /// Checks every call against the session's policy with `access`.
+    pub fn with_access(mut self, access: Arc<dyn SessionAccess>) -> Self {
+        self.access = Some(access);
+        self
+    }
+}
+
+async fn check(
+    access: &Option<Arc<dyn SessionAccess>>,
+    principal: &Principal,
+    session_id: &str,
+    need: Need,
+) -> Result<(), Status> {
+    match access {
+        Some(access) => access.check(principal, session_id, need).await,
+        None => Ok(()),
     }
 }
 
 /// The caller's principal, as the auth layer left it in the request extensions.
-fn principal<T>(request: &Request<T>) -> String {
+fn principal<T>(request: &Request<T>) -> Principal {
     request
         .extensions()
         .get::<Principal>()
-        .map_or_else(|| "anonymous".to_string(), |p| p.0.clone())
+        .cloned()
+        .unwrap_or_else(Principal::anonymous)
 }
 
 fn durability(value: i32) -> Result<Durability, BusError> {
@@ -58,7 +95,8 @@ async fn accept_batch(
     bus: &Bus,
     session: &mut Option<String>,
     batch: PublishStreamRequest,
-    publisher: &str,
+    publisher: &Principal,
+    access: &Option<Arc<dyn SessionAccess>>,
 ) -> Result<impl std::future::Future<Output = Result<PublishStreamResponse, Status>>, Status> {
     match session {
         Some(expected) if *expected != batch.session_id => {
@@ -70,11 +108,14 @@ async fn accept_batch(
             .into())
         }
         Some(_) => {}
-        None => *session = Some(batch.session_id.clone()),
+        None => {
+            check(access, publisher, &batch.session_id, Need::Write).await?;
+            *session = Some(batch.session_id.clone());
+        }
     }
     let durability = durability(batch.durability)?;
     let appended = bus
-        .append(&batch.session_id, batch.messages, publisher)
+        .append(&batch.session_id, batch.messages, &publisher.name)
         .await?;
     let batch_id = batch.batch_id;
     Ok(async move {
@@ -97,13 +138,14 @@ impl BusService for BusGrpc {
     ) -> Result<Response<PublishResponse>, Status> {
         let publisher = principal(&request);
         let request = request.into_inner();
+        check(&self.access, &publisher, &request.session_id, Need::Write).await?;
         let durability = durability(request.durability)?;
         let (first_offset, last_offset) = self
             .bus
             .publish(
                 &request.session_id,
                 request.messages,
-                &publisher,
+                &publisher.name,
                 durability,
             )
             .await?;
@@ -123,6 +165,7 @@ impl BusService for BusGrpc {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(PUBLISH_STREAM_WINDOW);
         let bus = self.bus.clone();
+        let access = self.access.clone();
         tokio::spawn(async move {
             let mut session = None;
             let mut in_flight = FuturesOrdered::new();
@@ -147,7 +190,7 @@ impl BusService for BusGrpc {
                     received = inbound.next(), if reading && in_flight.len() < PUBLISH_STREAM_WINDOW => {
                         match received {
                             Some(Ok(batch)) => {
-                                match accept_batch(&bus, &mut session, batch, &publisher).await {
+                                match accept_batch(&bus, &mut session, batch, &publisher, &access).await {
                                     Ok(ack) => in_flight.push_back(ack),
                                     Err(status) => {
                                         failure = Some(status);
@@ -178,7 +221,9 @@ impl BusService for BusGrpc {
         &self,
         request: Request<SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let caller = principal(&request);
         let request = request.into_inner();
+        check(&self.access, &caller, &request.session_id, Need::Read).await?;
         let start = match request.start.and_then(|start| start.position) {
             Some(start_position::Position::Earliest(_)) => Start::Earliest,
             Some(start_position::Position::Offset(offset)) => Start::Offset(offset),
@@ -206,10 +251,10 @@ impl BusService for BusGrpc {
         &self,
         request: Request<GetStreamInfoRequest>,
     ) -> Result<Response<GetStreamInfoResponse>, Status> {
-        let info = self
-            .bus
-            .stream_info(&request.into_inner().session_id)
-            .await?;
+        let caller = principal(&request);
+        let session_id = request.into_inner().session_id;
+        check(&self.access, &caller, &session_id, Need::Read).await?;
+        let info = self.bus.stream_info(&session_id).await?;
         let retention = self.bus.config().retention;
         Ok(Response::new(GetStreamInfoResponse {
             first_offset: info.first_offset,

@@ -286,6 +286,26 @@ impl Client {
         .await
     }
 
+    /// Reads a blob (or `length` bytes from `offset`; 0 reads to the end) into memory, verified
+    /// by the store against its hash.
+    pub async fn get_blob(&self, hash: &str, offset: u64, length: u64) -> Result<bytes::Bytes> {
+        let request = pb::GetBlobRequest {
+            hash: hash.to_string(),
+            offset,
+            length,
+        };
+        let mut stream = self
+            .open_stream(Idempotence::Idempotent, request, |mut c, r| async move {
+                c.content.get_blob(r).await
+            })
+            .await?;
+        let mut data = bytes::BytesMut::new();
+        while let Some(message) = deadline(self.options.timeout, stream.message()).await? {
+            data.extend_from_slice(&message.data);
+        }
+        Ok(data.freeze())
+    }
+
     /// Describes a blob of the content store.
     pub async fn stat_blob(&self, hash: &str) -> Result<pb::StatBlobResponse> {
         let request = pb::StatBlobRequest {

@@ -136,6 +136,11 @@ async fn uploads_send_only_what_the_store_lacks() {
         session.read("tree/data/big.bin", &Rev::Head).await.unwrap(),
         edited
     );
+    let entry = session.stat("tree/src/main.rs", &Rev::Head).await.unwrap();
+    assert_eq!(
+        &client.get_blob(&entry.hash, 0, 0).await.unwrap()[..],
+        b"fn main() {}\n"
+    );
 
     // Download it back: same bytes, same modes, the empty directory too.
     let copy = tempfile::tempdir().unwrap();

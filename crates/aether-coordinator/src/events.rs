@@ -6,10 +6,12 @@
 
 use std::time::Duration;
 
+use aether_auth::AttachToken;
 use aether_proto::bus_service_client::BusServiceClient;
 use aether_proto::{Durability, OutgoingMessage, PublishRequest, SessionEvent};
 use prost::Message;
 use tokio::sync::mpsc;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 /// Queue depth before mutations wait for the bus.
@@ -35,8 +37,16 @@ impl EventSink {
 
     /// Publishes to a bus process over gRPC.
     pub fn bus(channel: Channel) -> Self {
+        Self::bus_with_token(channel, AttachToken::none())
+    }
+
+    /// Publishes to a bus process over gRPC, authenticating with `token`.
+    pub fn bus_with_token(channel: Channel, token: AttachToken) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(deliver(BusServiceClient::new(channel), rx));
+        tokio::spawn(deliver(
+            BusServiceClient::with_interceptor(channel, token),
+            rx,
+        ));
         Self { queue: Some(tx) }
     }
 
@@ -54,7 +64,10 @@ impl EventSink {
     }
 }
 
-async fn deliver(mut client: BusServiceClient<Channel>, mut rx: mpsc::Receiver<Pending>) {
+async fn deliver(
+    mut client: BusServiceClient<InterceptedService<Channel, AttachToken>>,
+    mut rx: mpsc::Receiver<Pending>,
+) {
     while let Some(pending) = rx.recv().await {
         let request = PublishRequest {
             session_id: pending.session_id.clone(),

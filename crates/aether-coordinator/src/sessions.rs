@@ -215,6 +215,9 @@ impl Sessions {
             .ok_or_else(|| Error::NotFound(format!("session {id} not found")))?;
         let record: SessionRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| Error::Internal(format!("session record {id} unreadable: {e}")))?;
+        // Every session RPC loads its record here (mutations through `begin`): the one place
+        // the caller's role on the session is checked (promise 6).
+        crate::grpc::caller::authorize(&record)?;
         Ok((record, kv.mod_revision))
     }
 

@@ -18,7 +18,7 @@ use aether_core::{EntryKind, Hash, Tree, TreeEntry, WorkspacePath};
 use aether_store::Blobs;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 
@@ -33,6 +33,9 @@ pub struct Trees {
     cache: Arc<Mutex<HashMap<Hash, Arc<Tree>>>>,
     counts: Arc<Mutex<HashMap<Hash, (u64, u64)>>>,
 }
+
+/// Trees written to the store at once when a change touches many directories.
+const WRITE_CONCURRENCY: usize = 16;
 
 /// Past this many cached trees the cache starts over (trees are cheap to reload).
 const CACHE_LIMIT: usize = 200_000;
@@ -517,8 +520,14 @@ fn write_dir(trees: &Trees, dir: Dir) -> BoxFuture<'_, Result<(Hash, u64)>> {
             children,
             mut dirty,
         } = dir;
-        for (name, child) in children {
-            let (hash, size) = write_dir(trees, child).await?;
+        // Subdirectories are independent: write them concurrently (a batch touching many
+        // directories is bound by round trips to the store, not by work).
+        let written: Vec<(String, (Hash, u64))> = futures::stream::iter(children)
+            .map(|(name, child)| async move { write_dir(trees, child).await.map(|w| (name, w)) })
+            .buffer_unordered(WRITE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (name, (hash, size)) in written {
             if let Some(entry) = tree.get(&name).cloned() {
                 if entry.hash != hash || entry.size != size {
                     tree.insert(TreeEntry {

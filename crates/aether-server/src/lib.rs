@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use aether_auth::{AttachToken, AuthArgs, AuthLayer, Authenticator, Need, Principal};
 use aether_coord::{Coordination, EmbeddedCoordination, EtcdCoordination};
 use aether_coordinator::{CoordinatorArgs, EventSink};
 use aether_store::backend::BackendArgs;
@@ -33,6 +34,8 @@ pub struct CommonArgs {
     /// Exit when standard input closes (lets a supervising process take its children with it).
     #[arg(long, hide = true, global = true, env = "AETHER_EXIT_ON_STDIN_CLOSE")]
     pub exit_on_stdin_close: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 /// `aetherd store`.
@@ -249,6 +252,101 @@ pub fn shutdown_signal(exit_on_stdin_close: bool) -> CancellationToken {
     token
 }
 
+/// Bus authorization from the coordinator's session records (the bus keeps none itself).
+struct PolicyFromRecords {
+    coord: Arc<dyn Coordination>,
+}
+
+#[tonic::async_trait]
+impl aether_bus::SessionAccess for PolicyFromRecords {
+    async fn check(
+        &self,
+        principal: &Principal,
+        session_id: &str,
+        need: Need,
+    ) -> Result<(), tonic::Status> {
+        use aether_auth::access::{decide, Decision};
+        if principal.is_service() {
+            return Ok(());
+        }
+        let key = aether_coordinator::model::session_key(session_id);
+        let kv = self
+            .coord
+            .get(&key)
+            .await
+            .map_err(|e| tonic::Status::unavailable(format!("cannot read session policy: {e}")))?
+            .ok_or_else(|| tonic::Status::not_found(format!("session {session_id} not found")))?;
+        let record: aether_coordinator::model::SessionRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| tonic::Status::internal(format!("session record unreadable: {e}")))?;
+        let bindings = record
+            .policy
+            .bindings
+            .iter()
+            .map(|b| (b.subject.as_str(), b.role));
+        match decide(principal, &record.owner, bindings, need) {
+            Decision::Allowed => Ok(()),
+            Decision::NoRole => Err(tonic::Status::not_found(format!(
+                "session {session_id} not found"
+            ))),
+            Decision::Insufficient => Err(tonic::Status::permission_denied(format!(
+                "{} may not do this on the bus of session {session_id}: it needs {}",
+                principal.name,
+                need.describe()
+            ))),
+        }
+    }
+}
+
+/// Authentication of this process: who may call it, and the token it sends on its own calls.
+struct Auth {
+    authenticator: Authenticator,
+    /// Whether per-session policy is enforced (an auth source is configured).
+    enforced: bool,
+    outgoing: AttachToken,
+}
+
+fn configure_auth(args: &AuthArgs, dev: bool) -> Result<Auth> {
+    let mut args = args.clone();
+    if dev && !args.has_source() {
+        args.allow_anonymous = true;
+    }
+    let mut authenticator = Authenticator::from_args(&args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let enforced = authenticator.has_source();
+    if args.allow_anonymous {
+        tracing::warn!(
+            "ANONYMOUS ACCESS IS ON: any client without a token is let in as \"anonymous\"{}",
+            if enforced {
+                " (tokens are still checked and session policy applies)"
+            } else {
+                "; no auth source is configured, so session policy is not enforced. Pass --auth-token-file or a JWT key to require tokens"
+            }
+        );
+        if dev && !enforced {
+            eprintln!("WARNING: aetherd dev accepts anonymous clients and enforces no session policy (pass --auth-token-file to require tokens)");
+        }
+    }
+    let mut outgoing = args.service_token().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if dev && enforced && outgoing.is_none() {
+        // The coordinator reaches its own bus through the listener: give it a token.
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        authenticator.add_token(
+            token.clone(),
+            Principal {
+                name: "aether-dev".into(),
+                groups: vec![aether_auth::SERVICE_GROUP.into()],
+            },
+        );
+        outgoing = Some(token);
+    }
+    let outgoing = AttachToken::new(outgoing.as_deref()).map_err(anyhow::Error::msg)?;
+    aether_coordinator::grpc::caller::enforce_policy(enforced);
+    Ok(Auth {
+        authenticator,
+        enforced,
+        outgoing,
+    })
+}
+
 fn lazy_channel(endpoint: &str) -> Result<Channel> {
     Ok(Endpoint::from_shared(endpoint.to_string())
         .with_context(|| format!("invalid endpoint {endpoint:?}: expected http://host:port"))?
@@ -262,6 +360,7 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     if let Service::Gc(cmd) = service {
         return run_gc(cmd, shutdown).await;
     }
+    let auth = configure_auth(&common.auth, matches!(service, Service::Dev(_)))?;
     let listener = TcpListener::bind(common.listen)
         .await
         .with_context(|| format!("cannot listen on {}", common.listen))?;
@@ -280,9 +379,23 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         routes.add_service(aether_store::service::ContentGrpc::new(store.clone()).into_server());
         served.push("aetherfs.v1.ContentService");
     };
-    let add_bus = |routes: &mut RoutesBuilder, objects, served: &mut Vec<&'static str>| {
+    let enforced = auth.enforced;
+    let add_bus = |routes: &mut RoutesBuilder,
+                   objects,
+                   coord: Option<Arc<dyn Coordination>>,
+                   served: &mut Vec<&'static str>| {
         let b = aether_bus::Bus::new(objects, aether_bus::BusConfig::default());
-        routes.add_service(b.grpc());
+        match coord.filter(|_| enforced) {
+            Some(coord) => {
+                routes.add_service(b.grpc_with_access(Arc::new(PolicyFromRecords { coord })));
+            }
+            None => {
+                if enforced {
+                    tracing::warn!("this bus has no coordination store (--etcd-endpoints): calls are authenticated but session policy is not checked");
+                }
+                routes.add_service(b.grpc());
+            }
+        }
         served.push("aetherfs.v1.BusService");
         b
     };
@@ -302,22 +415,27 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         }
         Service::Bus(cmd) => {
             let objects = cmd.backend.build("bus").map_err(anyhow::Error::msg)?;
-            let b = add_bus(&mut routes, objects, &mut served);
-            if !cmd.etcd_endpoints.is_empty() {
-                let coord: Arc<dyn Coordination> = Arc::new(
+            let coord: Option<Arc<dyn Coordination>> = if cmd.etcd_endpoints.is_empty() {
+                None
+            } else {
+                Some(Arc::new(
                     EtcdCoordination::connect(&cmd.etcd_endpoints)
                         .await
                         .context("cannot reach etcd")?,
-                );
+                ))
+            };
+            let b = add_bus(&mut routes, objects, coord.clone(), &mut served);
+            if let Some(coord) = coord {
                 let address = cmd
                     .advertise_addr
                     .clone()
                     .unwrap_or_else(|| own_endpoint.clone());
-                let node_id = format!("bus-{}", std::process::id());
+                // Unique per process start: pids and ports repeat across containers.
+                let node_id = format!("bus-{}", uuid::Uuid::new_v4().simple());
                 let holds = aether_bus::holders::StreamHolds::start(
                     coord,
                     b.clone(),
-                    format!("{node_id}-{}", addr.port()),
+                    node_id,
                     address,
                     std::time::Duration::from_secs(cmd.lease_ttl_secs.max(1)),
                 )
@@ -333,10 +451,15 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                     .await
                     .context("cannot reach etcd")?,
             );
-            let blobs: Arc<dyn Blobs> =
-                Arc::new(RemoteBlobs::new(lazy_channel(&cmd.store_endpoint)?));
+            let blobs: Arc<dyn Blobs> = Arc::new(RemoteBlobs::with_token(
+                lazy_channel(&cmd.store_endpoint)?,
+                &Limits::default(),
+                auth.outgoing.clone(),
+            ));
             let events = match &cmd.bus_endpoint {
-                Some(endpoint) => EventSink::bus(lazy_channel(endpoint)?),
+                Some(endpoint) => {
+                    EventSink::bus_with_token(lazy_channel(endpoint)?, auth.outgoing.clone())
+                }
                 None => EventSink::disabled(),
             };
             let address = cmd
@@ -358,18 +481,19 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                 Limits::default(),
             );
             add_store(&mut routes, &store, &mut served);
-            bus = Some(add_bus(
-                &mut routes,
-                backend.build("bus").map_err(anyhow::Error::msg)?,
-                &mut served,
-            ));
             let coord: Arc<dyn Coordination> = Arc::new(
                 EmbeddedCoordination::open(&cmd.data.join("coordination.log"))
                     .context("cannot open the embedded coordination log")?,
             );
+            bus = Some(add_bus(
+                &mut routes,
+                backend.build("bus").map_err(anyhow::Error::msg)?,
+                Some(coord.clone()),
+                &mut served,
+            ));
             // The coordinator reaches the store in-process and the bus through this listener.
             let blobs: Arc<dyn Blobs> = Arc::new(store.clone());
-            let events = EventSink::bus(lazy_channel(&own_endpoint)?);
+            let events = EventSink::bus_with_token(lazy_channel(&own_endpoint)?, auth.outgoing);
             let s = aether_coordinator::start(
                 coord,
                 blobs,
@@ -422,8 +546,12 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     let forward_bus = stream_holds
         .clone()
         .map(|h| aether_coord::forward::ForwardLayer::new(h, aether_bus::holders::routes));
+    // Authentication runs first, before forwarding: a forwarded request carries the caller's
+    // own authorization header and is authenticated again by the holder.
+    let auth_layer = AuthLayer::new(Arc::new(auth.authenticator));
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(auth_layer)
         .layer(tower::util::option_layer(forward))
         .layer(tower::util::option_layer(forward_bus))
         .add_routes(routes.routes())

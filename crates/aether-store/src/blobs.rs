@@ -22,6 +22,7 @@ use futures::stream::{self, BoxStream, FuturesOrdered, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use crate::cache::ManifestCache;
 use crate::task::{self, Spawned};
 use crate::{Blobs, Limits, StoreError};
 
@@ -54,6 +55,7 @@ pub struct PutOutcome {
 pub struct BlobStore {
     objects: Arc<dyn ObjectStore>,
     limits: Limits,
+    manifests: Arc<ManifestCache>,
 }
 
 pub fn chunk_path(hash: &Hash) -> Path {
@@ -120,7 +122,12 @@ pub fn blob_hash(data: &[u8]) -> Hash {
 
 impl BlobStore {
     pub fn new(objects: Arc<dyn ObjectStore>, limits: Limits) -> Self {
-        Self { objects, limits }
+        let manifests = Arc::new(ManifestCache::new(limits.manifest_cache_bytes));
+        Self {
+            objects,
+            limits,
+            manifests,
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -203,22 +210,32 @@ impl BlobStore {
         Ok(data)
     }
 
-    /// Reads and verifies the manifest of a chunked blob; `NotFound` if there is none.
-    async fn get_manifest(&self, hash: &Hash) -> Result<ChunkManifest, StoreError> {
+    /// The verified manifest of a chunked blob, from the cache or read and verified;
+    /// `NotFound` if there is none.
+    async fn get_manifest(&self, hash: &Hash) -> Result<Arc<ChunkManifest>, StoreError> {
+        if let Some(manifest) = self.manifests.get(hash) {
+            return Ok(manifest);
+        }
         let path = manifest_path(hash);
         let data = match self.read_object(&path).await {
             Err(StoreError::NotFound(_)) => return Err(not_found(hash)),
             other => other?,
         };
         verify(&path, hash, aether_core::hash::manifest_hash(&data))?;
-        ChunkManifest::decode(&data).map_err(|e| StoreError::Corrupt {
+        let manifest = ChunkManifest::decode(&data).map_err(|e| StoreError::Corrupt {
             object: path.to_string(),
             detail: e.to_string(),
-        })
+        })?;
+        let manifest = Arc::new(manifest);
+        self.manifests.insert(*hash, manifest.clone());
+        Ok(manifest)
     }
 
     /// Size and layout of a blob; `NotFound` if it is not stored.
     pub async fn stat(&self, hash: &Hash) -> Result<(u64, Layout), StoreError> {
+        if let Some(manifest) = self.manifests.get(hash) {
+            return Ok((manifest.total_size(), Layout::Chunked((*manifest).clone())));
+        }
         let chunk = chunk_path(hash);
         match self.objects.head(&chunk).await {
             Ok(meta) => return Ok((meta.size, Layout::Single)),
@@ -226,7 +243,7 @@ impl BlobStore {
             Err(e) => return Err(StoreError::from_object_store(e, chunk.as_ref())),
         }
         let manifest = self.get_manifest(hash).await?;
-        Ok((manifest.total_size(), Layout::Chunked(manifest)))
+        Ok((manifest.total_size(), Layout::Chunked((*manifest).clone())))
     }
 
     /// Which of `hashes` are neither a chunk nor a chunked blob here, in input order.
@@ -240,6 +257,9 @@ impl BlobStore {
         }
         let present: Vec<bool> = stream::iter(hashes.iter().copied())
             .map(|hash| async move {
+                if self.manifests.get(&hash).is_some() {
+                    return Ok(true);
+                }
                 for path in [chunk_path(&hash), manifest_path(&hash)] {
                     match self.objects.head(&path).await {
                         Ok(meta) => {
@@ -274,22 +294,25 @@ impl BlobStore {
         offset: u64,
         length: u64,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        // Most blobs are one chunk: one GET, verified, answers the whole read.
-        match self.get_chunk(hash).await {
-            Ok(data) => {
-                let end = check_range(hash, offset, length, data.len() as u64)?;
-                let piece = data.slice(offset as usize..end as usize);
-                return Ok(stream::once(async move { Ok(piece) }).boxed());
+        // Most blobs are one chunk: one GET, verified, answers the whole read. A blob known
+        // to be chunked skips that probe.
+        if self.manifests.get(hash).is_none() {
+            match self.get_chunk(hash).await {
+                Ok(data) => {
+                    let end = check_range(hash, offset, length, data.len() as u64)?;
+                    let piece = data.slice(offset as usize..end as usize);
+                    return Ok(stream::once(async move { Ok(piece) }).boxed());
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
-            Err(StoreError::NotFound(_)) => {}
-            Err(e) => return Err(e),
         }
         let manifest = self.get_manifest(hash).await?;
         let end = check_range(hash, offset, length, manifest.total_size())?;
         // The chunks overlapping [offset, end), with the slice of each to return.
         let mut wanted = Vec::new();
         let mut position = 0u64;
-        for (chunk, chunk_size) in manifest.chunks {
+        for &(chunk, chunk_size) in &manifest.chunks {
             let chunk_end = position + chunk_size;
             if chunk_end > offset && position < end {
                 let from = offset.saturating_sub(position) as usize;
@@ -461,10 +484,12 @@ impl Upload {
             .store
             .put_if_absent(&manifest_path(&hash), Bytes::from(manifest.encode()))
             .await?;
+        let chunks = manifest.chunks.clone();
+        self.store.manifests.insert(hash, Arc::new(manifest));
         Ok(PutOutcome {
             hash,
             size,
-            chunks: manifest.chunks,
+            chunks,
             stored_bytes: self.stored_bytes + written,
         })
     }
@@ -839,15 +864,42 @@ mod tests {
             .put(&manifest, Bytes::from(encoded).into())
             .await
             .unwrap();
+        // This store verified the manifest when it wrote it and keeps it; a store that never
+        // saw it reads the damaged object and refuses it.
+        let other = BlobStore::new(store.objects.clone(), Limits::default());
         for error in [
-            store.get_bytes(&outcome.hash).await.unwrap_err(),
-            store.stat(&outcome.hash).await.unwrap_err(),
+            other.get_bytes(&outcome.hash).await.unwrap_err(),
+            other.stat(&outcome.hash).await.unwrap_err(),
         ] {
             assert!(
                 matches!(&error, StoreError::Corrupt { object, .. } if *object == manifest.to_string()),
                 "{error}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn known_manifests_spare_the_object_store_round_trips() {
+        let store = store();
+        let data = bytes(9 << 20, 21);
+        let hash = store.put_bytes(data.clone()).await.unwrap().hash;
+        // Gone from the backend, yet this store still has the verified list of chunks.
+        store.objects.delete(&manifest_path(&hash)).await.unwrap();
+        assert_eq!(store.get_bytes(&hash).await.unwrap(), data);
+        assert_eq!(store.stat(&hash).await.unwrap().0, data.len() as u64);
+        assert!(store.missing_hashes(&[hash]).await.unwrap().is_empty());
+        // With the cache off, the backend is asked every time.
+        let uncached = Limits {
+            manifest_cache_bytes: 0,
+            ..Limits::default()
+        };
+        let store = BlobStore::new(store.objects.clone(), uncached);
+        let hash = store.put_bytes(bytes(9 << 20, 22)).await.unwrap().hash;
+        store.objects.delete(&manifest_path(&hash)).await.unwrap();
+        assert!(matches!(
+            store.get_bytes(&hash).await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[tokio::test]

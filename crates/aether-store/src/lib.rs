@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod blobs;
+mod cache;
 pub mod error;
 pub mod gc;
 pub mod limits;

@@ -1,5 +1,6 @@
-//! The store's explicit bounds (design §4, promise 6): what one request may ask of it. Each is a
-//! flag with an `AETHER_STORE_*` variable, and each error that enforces one names its value.
+//! The store's explicit bounds (design §4, promise 6): what one request may ask of it, and the
+//! memory it may use for it. Each is a flag with an `AETHER_STORE_*` variable, and each error
+//! that enforces one names its value.
 
 /// Bounds on what one request may ask of the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,6 +15,8 @@ pub struct Limits {
     pub max_batch: usize,
     /// Object reads or writes in flight per request.
     pub concurrency: usize,
+    /// Bytes of verified manifests kept in memory (0 turns the cache off).
+    pub manifest_cache_bytes: usize,
 }
 
 /// Room for the framing around the data of a stream message (field tags, offset).
@@ -27,6 +30,7 @@ impl Default for Limits {
             stream_chunk_bytes: 1024 * 1024,
             max_batch: 10_000,
             concurrency: 8,
+            manifest_cache_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -76,6 +80,10 @@ pub struct LimitsArgs {
     /// Object reads or writes in flight per request.
     #[arg(long, env = "AETHER_STORE_CONCURRENCY", default_value_t = Limits::default().concurrency)]
     pub store_concurrency: usize,
+    /// Bytes of verified chunk manifests kept in memory, to read large blobs with fewer
+    /// object store round trips (0 turns the cache off).
+    #[arg(long, env = "AETHER_STORE_MANIFEST_CACHE_BYTES", default_value_t = Limits::default().manifest_cache_bytes)]
+    pub store_manifest_cache_bytes: usize,
 }
 
 impl LimitsArgs {
@@ -87,6 +95,7 @@ impl LimitsArgs {
             stream_chunk_bytes: self.store_stream_chunk_bytes,
             max_batch: self.store_max_batch,
             concurrency: self.store_concurrency,
+            manifest_cache_bytes: self.store_manifest_cache_bytes,
         };
         limits.validate()?;
         Ok(limits)
@@ -124,6 +133,8 @@ mod tests {
             "3",
             "--store-concurrency",
             "2",
+            "--store-manifest-cache-bytes",
+            "0",
         ])
         .unwrap();
         let limits = cli.limits.limits().unwrap();
@@ -135,6 +146,7 @@ mod tests {
                 stream_chunk_bytes: 4096,
                 max_batch: 3,
                 concurrency: 2,
+                manifest_cache_bytes: 0,
             }
         );
     }
@@ -151,7 +163,7 @@ mod tests {
             assert_eq!(env, format!("AETHER_{long}"));
             names.push(env);
         }
-        assert_eq!(names.len(), 5, "{names:?}");
+        assert_eq!(names.len(), 6, "{names:?}");
     }
 
     #[test]

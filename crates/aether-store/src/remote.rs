@@ -4,6 +4,7 @@
 //! chunking and hashing as the store), asks HasBlobs, and sends content only when the blob is
 //! missing, with `expected_hash` so the store refuses bytes that were damaged on the way.
 
+use aether_auth::AttachToken;
 use aether_core::Hash;
 use aether_proto::content_service_client::ContentServiceClient;
 use aether_proto::{
@@ -13,6 +14,7 @@ use aether_proto::{
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::blobs::blob_hash;
@@ -38,7 +40,7 @@ pub struct Uploaded {
 /// A content store reached over gRPC.
 #[derive(Clone)]
 pub struct RemoteBlobs {
-    client: ContentServiceClient<Channel>,
+    client: ContentServiceClient<InterceptedService<Channel, AttachToken>>,
     max_batch: usize,
 }
 
@@ -50,7 +52,12 @@ impl RemoteBlobs {
 
     /// A client for a store running with `limits`.
     pub fn with_limits(channel: Channel, limits: &Limits) -> Self {
-        let client = ContentServiceClient::new(channel)
+        Self::with_token(channel, limits, AttachToken::none())
+    }
+
+    /// A client that authenticates every call with `token` (service-to-service calls).
+    pub fn with_token(channel: Channel, limits: &Limits, token: AttachToken) -> Self {
+        let client = ContentServiceClient::with_interceptor(channel, token)
             .max_decoding_message_size(limits.max_message_bytes)
             .max_encoding_message_size(limits.max_message_bytes);
         Self {

@@ -167,6 +167,18 @@ impl ServiceProcess {
 }
 
 /// Spawns `binary args --listen listen` and waits for its ready line.
+/// Whether `arg` configures an authentication source (or anonymous access) of `aetherd`.
+fn is_auth_source_flag(arg: &str) -> bool {
+    [
+        "--auth-token-file",
+        "--auth-jwt-hs256-secret-file",
+        "--auth-jwt-rs256-public-key",
+        "--allow-anonymous",
+    ]
+    .iter()
+    .any(|flag| arg == *flag || arg.starts_with(&format!("{flag}=")))
+}
+
 async fn launch(
     binary: &Path,
     args: &[String],
@@ -188,6 +200,11 @@ async fn launch(
         .env("AETHER_EXIT_ON_STDIN_CLOSE", "true")
         .stdout(Stdio::piped())
         .stderr(stderr);
+    // Cluster services refuse to start without an auth source; tests that configure none
+    // run them open (anonymous). Tests that pass an auth source get exactly what they ask.
+    if !args.iter().any(|a| is_auth_source_flag(a)) {
+        command.env("AETHER_ALLOW_ANONYMOUS", "true");
+    }
     let what = format!("{} {}", binary.display(), args.join(" "));
     let mut process = child::spawn(command, what.clone())?;
     let stdout = process

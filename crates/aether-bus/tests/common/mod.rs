@@ -184,7 +184,7 @@ impl ObjectStore for FlakyStore {
 pub async fn serve(bus: &Bus, principal: Option<&str>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let principal = principal.map(|p| Principal(p.to_string()));
+    let principal = principal.map(Principal::user);
     let service = tonic::service::interceptor::InterceptedService::new(
         bus.grpc(),
         move |mut request: tonic::Request<()>| {

@@ -11,18 +11,17 @@ pub mod workspace;
 
 use tonic::Request;
 
-/// The authenticated caller, set as a request extension by the auth layer (or by
-/// [`caller::Caller`] from a trusted header in tests).
-#[derive(Clone, Debug)]
-pub struct Principal(pub String);
+/// The authenticated caller, set as a request extension by the auth layer
+/// ([`aether_auth::AuthLayer`]) or by [`caller::Caller`] from a trusted header in tests.
+pub use aether_auth::Principal;
 
 /// The caller's principal name; "anonymous" when no auth layer is configured.
 pub fn principal<T>(request: &Request<T>) -> String {
     request
         .extensions()
         .get::<Principal>()
-        .map(|p| p.0.clone())
-        .unwrap_or_else(|| "anonymous".to_string())
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| aether_auth::ANONYMOUS.to_string())
 }
 
 /// Page size from a request: default 100, at most 1000.

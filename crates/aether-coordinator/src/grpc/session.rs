@@ -9,7 +9,7 @@ use aether_proto::session_service_server::SessionService;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::{page_size, page_token, principal};
+use super::{caller, page_size, page_token, principal};
 use crate::error::{Error, Result};
 use crate::model::{self, AuditRecord, SessionRecord, SourceRecord, State};
 use crate::sessions::{require_open, validate_session_id, Effect, Sessions};
@@ -188,6 +188,11 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = request
+            .extensions()
+            .get::<super::Principal>()
+            .cloned()
+            .unwrap_or_else(super::Principal::anonymous);
         let request = request.into_inner();
         let selector = LabelSelector::parse(&request.label_selector)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -223,7 +228,7 @@ impl SessionService for SessionGrpc {
                 let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
                     continue;
                 };
-                if !selector.matches(&record.labels) {
+                if !selector.matches(&record.labels) || !caller::can_see(&caller, &record) {
                     continue;
                 }
                 if !states.is_empty() && !states.contains(&(convert::state(record.state) as i32)) {

@@ -8,7 +8,7 @@ use aether_proto as pb;
 use aether_proto::workspace_service_server::WorkspaceService;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
@@ -24,6 +24,8 @@ pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
 pub const MAX_WRITE_FILE_BYTES: u64 = 1024 * 1024 * 1024;
 /// Most changes in one ApplyChanges batch.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
+/// Content uploads in flight while applying one batch.
+const STORE_CONCURRENCY: usize = 32;
 /// Size of data messages sent by ReadFile and ExportArchive.
 const MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -205,6 +207,32 @@ impl Sessions {
         check_expected_version(&mutation.record, expected_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;
         let mut editor = TreeEditor::open(&self.trees, &old_root).await?;
+        // Store every write's content first, concurrently: a batch of many small files is
+        // bound by round trips to the content store, not by work. Nothing references the
+        // content until the fenced commit below.
+        let changes: Vec<Change> = futures::stream::iter(changes)
+            .map(|change| async move {
+                let Change { step, precondition } = change;
+                let step = match step {
+                    Step::Write {
+                        path,
+                        content,
+                        mode,
+                    } => {
+                        let (hash, size) = self.store_content(content).await?;
+                        Step::Write {
+                            path,
+                            content: Content::Stored(hash, size),
+                            mode,
+                        }
+                    }
+                    other => other,
+                };
+                Ok::<_, Error>(Change { step, precondition })
+            })
+            .buffered(STORE_CONCURRENCY)
+            .try_collect()
+            .await?;
         for change in changes {
             if let Some(precondition) = &change.precondition {
                 check_precondition(&mut editor, change.step.target(), precondition).await?;
