@@ -33,9 +33,9 @@ if [ ! -x "$tools/venv/bin/moto_server" ]; then
 fi
 
 # Python gRPC health checks (scripts/local-cluster.sh waits on grpc.health.v1 with them).
-if ! "$tools/venv/bin/python" -c 'import grpc_health.v1, grpc_reflection.v1alpha' >/dev/null 2>&1; then
-  echo "install-deps: grpcio, grpcio-health-checking, grpcio-reflection into $tools/venv"
-  "$tools/venv/bin/pip" install -q 'grpcio>=1.60,<2' 'grpcio-health-checking>=1.60,<2' 'grpcio-reflection>=1.60,<2'
+if ! "$tools/venv/bin/python" -c 'import grpc_health.v1, grpc_reflection.v1alpha, grpc_tools' >/dev/null 2>&1; then
+  echo "install-deps: grpcio, grpcio-tools, grpcio-health-checking, grpcio-reflection into $tools/venv"
+  "$tools/venv/bin/pip" install -q 'grpcio>=1.60,<2' 'grpcio-tools>=1.60,<2' 'grpcio-health-checking>=1.60,<2' 'grpcio-reflection>=1.60,<2'
 fi
 
 if [ "$what" = cluster ]; then

@@ -10,9 +10,13 @@ pub struct BusConfig {
     /// one full segment or one full batch): beyond it publishers are held back until the
     /// flusher catches up, then refused with `UNAVAILABLE`.
     pub max_buffered_messages: usize,
-    /// Group commit window: a stream writes at most one segment per window, unless a full
-    /// segment is pending.
+    /// Group commit window while a publisher waits for persistence: a stream writes at most one
+    /// segment per window, unless a full segment is pending.
     pub flush_interval: Duration,
+    /// Group commit window while nobody waits (only `DURABILITY_ACCEPTED` messages pending),
+    /// never shorter than `flush_interval`. Longer windows mean fewer, fuller segments (fewer
+    /// object writes and files); it bounds the accepted messages a bus crash may lose.
+    pub accepted_flush_interval: Duration,
     /// Most messages in one segment; this many pending messages are written at once.
     pub max_segment_messages: usize,
     /// Live messages a subscriber may lag behind before it is told `Lagged` and dropped.
@@ -32,6 +36,7 @@ impl Default for BusConfig {
         Self {
             max_buffered_messages: 10_000,
             flush_interval: Duration::from_millis(2),
+            accepted_flush_interval: Duration::from_millis(50),
             max_segment_messages: 4096,
             subscriber_buffer: 4096,
             retention: Retention::default(),
@@ -77,9 +82,17 @@ pub struct BusArgs {
     /// Messages kept in memory per stream (and most unpersisted messages per stream).
     #[arg(long, env = "AETHER_BUS_BUFFERED_MESSAGES", default_value_t = 10_000)]
     pub bus_buffered_messages: usize,
-    /// Group commit window in milliseconds.
+    /// Group commit window in milliseconds while a publisher waits for persistence.
     #[arg(long, env = "AETHER_BUS_FLUSH_INTERVAL_MS", default_value_t = 2)]
     pub bus_flush_interval_ms: u64,
+    /// Group commit window in milliseconds while only accepted (not awaited) messages are
+    /// pending: what a crash may lose of them.
+    #[arg(
+        long,
+        env = "AETHER_BUS_ACCEPTED_FLUSH_INTERVAL_MS",
+        default_value_t = 50
+    )]
+    pub bus_accepted_flush_interval_ms: u64,
     /// Most messages per segment.
     #[arg(long, env = "AETHER_BUS_SEGMENT_MESSAGES", default_value_t = 4096)]
     pub bus_segment_messages: usize,
@@ -106,6 +119,7 @@ impl BusArgs {
         BusConfig {
             max_buffered_messages: self.bus_buffered_messages,
             flush_interval: Duration::from_millis(self.bus_flush_interval_ms),
+            accepted_flush_interval: Duration::from_millis(self.bus_accepted_flush_interval_ms),
             max_segment_messages: self.bus_segment_messages,
             subscriber_buffer: self.bus_subscriber_buffer,
             retention: Retention {
@@ -139,6 +153,10 @@ mod tests {
             default.max_buffered_messages
         );
         assert_eq!(from_flags.flush_interval, default.flush_interval);
+        assert_eq!(
+            from_flags.accepted_flush_interval,
+            default.accepted_flush_interval
+        );
         assert_eq!(
             from_flags.max_segment_messages,
             default.max_segment_messages

@@ -7,12 +7,14 @@
 //!
 //! The tail holds the newest messages, always including every message not yet persisted. A
 //! per-stream flusher task writes pending messages as one segment at most every
-//! `flush_interval` (group commit), at once when a full segment is pending. A failed write is
-//! retried with backoff, with the same bytes under the same name, so offsets are never reused
-//! or skipped; waiting publishers get `UNAVAILABLE` after `persist_timeout` but their messages
-//! stay queued and are written when the store returns. Only the flusher advances the persisted
-//! watermark, so segments are written strictly in offset order and a persisted acknowledgement
-//! implies every earlier offset is persisted too.
+//! `flush_interval` (group commit) while someone waits for persistence, every
+//! `accepted_flush_interval` while nobody does, at once when a full segment is pending: a stream
+//! of accepted messages makes few, full segments, not hundreds of objects a second. A failed
+//! write is retried with backoff, with the same bytes under the same name, so offsets are never
+//! reused or skipped; waiting publishers get `UNAVAILABLE` after `persist_timeout` but their
+//! messages stay queued and are written when the store returns. Only the flusher advances the
+//! persisted watermark, so segments are written strictly in offset order and a persisted
+//! acknowledgement implies every earlier offset is persisted too.
 //!
 //! Recovery: the first request for a stream in a process lists its segments and reads the
 //! newest one to learn the last offset, so numbering continues at last + 1 after any crash.
@@ -414,6 +416,8 @@ impl Stream {
         timeout: Duration,
     ) -> Result<(), BusError> {
         let mut watermark = self.persisted.subscribe();
+        // The flusher may be in the long window of accepted-only traffic: shorten it.
+        self.wake.notify_one();
         tokio::select! {
             biased;
             _ = watermark.wait_for(|through| *through >= last) => return Ok(()),
@@ -754,11 +758,18 @@ async fn run_flusher(shared: Arc<Shared>, stream: Arc<Stream>) {
         }
         let full = segment_full(config, pending, pending_bytes);
         if !full && !stopping {
-            if let Some(window_end) = last_flush.map(|at| at + config.flush_interval) {
+            // Someone waiting for persistence (a persisted publish, or a publisher held back by
+            // the backlog) gets the short window; accepted-only traffic the long one.
+            let window = if stream.persisted.receiver_count() > 0 {
+                config.flush_interval
+            } else {
+                config.accepted_flush_interval.max(config.flush_interval)
+            };
+            if let Some(window_end) = last_flush.map(|at| at + window) {
                 if Instant::now() < window_end {
                     tokio::select! {
                         _ = sleep_until(window_end.into()) => {}
-                        // More arrived: the window may now hold a full segment.
+                        // A full segment or a waiter arrived: look again.
                         _ = stream.wake.notified() => continue,
                         _ = shared.shutdown.cancelled() => {}
                     }
