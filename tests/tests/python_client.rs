@@ -18,12 +18,20 @@ async fn python_client_walks_the_lifecycle() {
         .arg(root.join("clients/python/generate.sh"))
         .output()
         .expect("run generate.sh");
-    assert!(generate.status.success(), "{}", String::from_utf8_lossy(&generate.stderr));
+    assert!(
+        generate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&generate.stderr)
+    );
 
     let data = tempfile::tempdir().unwrap();
-    let dev = ServiceProcess::start(&["dev".into(), "--data".into(), data.path().display().to_string()])
-        .await
-        .unwrap();
+    let dev = ServiceProcess::start(&[
+        "dev".into(),
+        "--data".into(),
+        data.path().display().to_string(),
+    ])
+    .await
+    .unwrap();
     let run = tokio::process::Command::new(&python)
         .arg(root.join("clients/python/example.py"))
         .arg(dev.addr().to_string())

@@ -302,7 +302,10 @@ async fn exercise_abandoned_upload(store: &Store) -> Result<()> {
     drop(sender);
     let _ = call.await;
 
-    assert_eq!(missing(&client, &[&hash]).await?, [hash.clone()]);
+    assert_eq!(
+        missing(&client, &[&hash]).await?,
+        std::slice::from_ref(&hash)
+    );
     assert_status(stat(&client, &hash).await, Code::NotFound, &[&hash]);
     assert_status(get(&client, &hash, 0, 0).await, Code::NotFound, &[&hash]);
 
@@ -313,7 +316,10 @@ async fn exercise_abandoned_upload(store: &Store) -> Result<()> {
         Code::InvalidArgument,
         &["15728640 of the 20971520 bytes"],
     );
-    assert_eq!(missing(&client, &[&hash]).await?, [hash.clone()]);
+    assert_eq!(
+        missing(&client, &[&hash]).await?,
+        std::slice::from_ref(&hash)
+    );
     assert_status(stat(&client, &hash).await, Code::NotFound, &[]);
 
     // The store is unharmed, and the whole upload then works.

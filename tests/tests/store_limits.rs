@@ -73,7 +73,7 @@ async fn store_limits_are_enforced_and_named() -> Result<()> {
         Code::InvalidArgument,
         &["after 1000 of the 1001 bytes"],
     );
-    assert_eq!(missing(&client, &[&hash]).await?, [hash.clone()]);
+    assert_eq!(missing(&client, &[&hash]).await?, [hash]);
 
     // expected_hash: a mismatch is refused before anything becomes visible, small or chunked.
     let other = blake3::hash(b"other").to_hex().to_string();

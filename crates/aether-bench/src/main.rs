@@ -6,6 +6,7 @@
 //! - fork vs `git worktree add`;
 //! - diff vs `git diff --stat`;
 //! - small-file ingest (4 KiB files, batched) vs writing the same files to local disk;
+//!
 //! on the embedded default (`aetherd dev`) and, for ingest, on a cluster (etcd + S3 server).
 //! Each figure is the median of several runs with the spread (min..max). Nothing is asserted.
 //!

@@ -404,6 +404,37 @@ async fn group_commit_writes_full_segments_at_once_and_shutdown_flushes() {
     assert_eq!(reopened.stream_info(S).await.unwrap().last_offset, 14);
 }
 
+#[tokio::test]
+async fn accepted_messages_wait_for_the_long_window_unless_someone_awaits_persistence() {
+    let (bus, objects) = memory_bus(BusConfig {
+        flush_interval: Duration::from_millis(1),
+        accepted_flush_interval: Duration::from_secs(3600),
+        ..BusConfig::default()
+    });
+    // The first write goes out at once.
+    bus.publish(S, batch("a", 1), "p", Durability::Accepted)
+        .await
+        .unwrap();
+    within(async {
+        while segments(&*objects, S).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Accepted messages then wait for the long window...
+    bus.publish(S, batch("b", 2), "p", Durability::Accepted)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(segments(&*objects, S).await, vec![1]);
+    // ...until a publisher waits for persistence: then they go out with its message.
+    within(bus.publish(S, batch("c", 1), "p", Durability::Persisted))
+        .await
+        .unwrap();
+    assert_eq!(segments(&*objects, S).await, vec![1, 2]);
+    bus.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_persisted_publishes_share_segments() {
     let (bus, objects) = memory_bus(BusConfig {

@@ -171,6 +171,19 @@ pub enum Command {
     /// Show a session's audit trail.
     #[command(after_help = "Example:\n  aether audit $S")]
     Audit(SessionArgs),
+    /// Mount a session read-write at a local directory through FUSE (runs until unmounted).
+    #[command(
+        after_help = "Files written through the mount become session changes when they are closed\n(one WriteFile per file); `mv`, `rm`, `mkdir` and editors' save-by-rename work.\nUnmount with Ctrl-C (or SIGTERM), or `fusermount3 -u DIR`; both exit 0.\nNeeds /dev/fuse and fusermount3 (Debian: apt-get install fuse3).\n\nExample:\n  mkdir -p ./work && aether mount $S ./work &\n  ls ./work && echo hi > ./work/hello.txt\n  fusermount3 -u ./work"
+    )]
+    Mount(MountArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The session to mount (its head).
+    pub session: String,
+    /// An existing local directory to mount it at.
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,13 +1,15 @@
 //! `aether`: the AetherFS command-line client.
 //!
-//! Every lifecycle verb of design §7 (except `mount`, a separate component) on `SESSION:PATH`
-//! addresses, over the Rust SDK, plus `aether dev` (the whole system in one process).
+//! Every lifecycle verb of design §7 on `SESSION:PATH` addresses, over the Rust SDK, plus
+//! `aether mount` (a session as a FUSE directory) and `aether dev` (the whole system in one
+//! process).
 //! Exit status: 0 ok, 1 the server refused (code and message printed), 2 usage error,
 //! 3 not found.
 
 mod address;
 mod cli;
 mod commands;
+mod mount;
 mod output;
 mod progress;
 

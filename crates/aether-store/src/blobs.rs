@@ -210,12 +210,9 @@ impl BlobStore {
         Ok(data)
     }
 
-    /// The verified manifest of a chunked blob, from the cache or read and verified;
+    /// Reads and verifies the manifest of a chunked blob (and remembers it for reads);
     /// `NotFound` if there is none.
     async fn get_manifest(&self, hash: &Hash) -> Result<Arc<ChunkManifest>, StoreError> {
-        if let Some(manifest) = self.manifests.get(hash) {
-            return Ok(manifest);
-        }
         let path = manifest_path(hash);
         let data = match self.read_object(&path).await {
             Err(StoreError::NotFound(_)) => return Err(not_found(hash)),
@@ -231,11 +228,9 @@ impl BlobStore {
         Ok(manifest)
     }
 
-    /// Size and layout of a blob; `NotFound` if it is not stored.
+    /// Size and layout of a blob; `NotFound` if it is not stored. Asks the backend, never the
+    /// manifest cache: callers may rely on the answer as a claim that the blob exists now.
     pub async fn stat(&self, hash: &Hash) -> Result<(u64, Layout), StoreError> {
-        if let Some(manifest) = self.manifests.get(hash) {
-            return Ok((manifest.total_size(), Layout::Chunked((*manifest).clone())));
-        }
         let chunk = chunk_path(hash);
         match self.objects.head(&chunk).await {
             Ok(meta) => return Ok((meta.size, Layout::Single)),
@@ -257,9 +252,8 @@ impl BlobStore {
         }
         let present: Vec<bool> = stream::iter(hashes.iter().copied())
             .map(|hash| async move {
-                if self.manifests.get(&hash).is_some() {
-                    return Ok(true);
-                }
+                // The backend, never the manifest cache, answers: the caller will skip an
+                // upload on the strength of it, and garbage collection may have removed it.
                 for path in [chunk_path(&hash), manifest_path(&hash)] {
                     match self.objects.head(&path).await {
                         Ok(meta) => {
@@ -294,9 +288,10 @@ impl BlobStore {
         offset: u64,
         length: u64,
     ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
-        // Most blobs are one chunk: one GET, verified, answers the whole read. A blob known
-        // to be chunked skips that probe.
-        if self.manifests.get(hash).is_none() {
+        // Most blobs are one chunk: one GET, verified, answers the whole read. A blob whose
+        // verified manifest this process holds skips that probe and the manifest GET.
+        let cached = self.manifests.get(hash);
+        if cached.is_none() {
             match self.get_chunk(hash).await {
                 Ok(data) => {
                     let end = check_range(hash, offset, length, data.len() as u64)?;
@@ -307,7 +302,10 @@ impl BlobStore {
                 Err(e) => return Err(e),
             }
         }
-        let manifest = self.get_manifest(hash).await?;
+        let manifest = match cached {
+            Some(manifest) => manifest,
+            None => self.get_manifest(hash).await?,
+        };
         let end = check_range(hash, offset, length, manifest.total_size())?;
         // The chunks overlapping [offset, end), with the slice of each to return.
         let mut wanted = Vec::new();
@@ -883,11 +881,15 @@ mod tests {
         let store = store();
         let data = bytes(9 << 20, 21);
         let hash = store.put_bytes(data.clone()).await.unwrap().hash;
-        // Gone from the backend, yet this store still has the verified list of chunks.
+        // Gone from the backend (as after garbage collection): reads still have the verified
+        // list of chunks, but existence is always the backend's answer.
         store.objects.delete(&manifest_path(&hash)).await.unwrap();
         assert_eq!(store.get_bytes(&hash).await.unwrap(), data);
-        assert_eq!(store.stat(&hash).await.unwrap().0, data.len() as u64);
-        assert!(store.missing_hashes(&[hash]).await.unwrap().is_empty());
+        assert!(matches!(
+            store.stat(&hash).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.missing_hashes(&[hash]).await.unwrap(), [hash]);
         // With the cache off, the backend is asked every time.
         let uncached = Limits {
             manifest_cache_bytes: 0,

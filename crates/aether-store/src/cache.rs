@@ -2,9 +2,11 @@
 //!
 //! Reading a chunked blob otherwise costs two round trips to the object store before the first
 //! chunk: the probe for a single object of that name (absent) and the manifest itself. Manifests
-//! are immutable and every cached one was verified against its name, so serving from here never
-//! returns wrong bytes (chunks are still verified on every read), and processes that do not share
-//! it stay interchangeable. Bounded by encoded bytes; the oldest entries go first.
+//! are immutable and every cached one was verified against its name, so serving reads from here
+//! never returns wrong bytes (chunks are still verified on every read), and processes that do not
+//! share it stay interchangeable. Only reads use it: existence questions (HasBlobs, StatBlob) go
+//! to the backend, since garbage collection may have removed a blob this process remembers.
+//! Bounded by encoded bytes; the oldest entries go first.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
