@@ -89,7 +89,9 @@ pid_of() { # name -> pid, if that process still runs
 }
 launch() { # name command... : start in its own session (Ctrl-C reaches only this script)
   local name=$1; shift
-  (cd "$dir" && exec setsid "$@" </dev/null >"$dir/logs/$name.log" 2>&1) &
+  # A local, loopback-only cluster for trying things out: anyone may connect as "anonymous"
+  # (cluster services refuse to start without an auth source unless told so).
+  (cd "$dir" && AETHER_ALLOW_ANONYMOUS=${AETHER_ALLOW_ANONYMOUS:-true} exec setsid "$@" </dev/null >"$dir/logs/$name.log" 2>&1) &
   local pid=$!
   echo "$pid $(starttime "$pid")" >"$dir/pids/$name.pid"   # no start time: exited already
   disown "$pid" 2>/dev/null || true   # no "Killed" notices from bash: this script reports exits

@@ -537,7 +537,9 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     println!("aetherd {} listening on {addr}", service.name());
     tracing::info!(service = service.name(), %addr, services = ?served, "serving");
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Nagle off on every accepted connection: tonic ignores `Server::tcp_nodelay` for
+    // `serve_with_incoming`, and small bus and metadata messages would wait ~40 ms for ACKs.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // Changes to a session held by another coordinator are forwarded to it.
     let forward = sessions
         .clone()

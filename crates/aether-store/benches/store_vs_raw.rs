@@ -150,7 +150,7 @@ async fn bench_backend(name: &str, backend: &BackendArgs, iterations: usize) -> 
 
     println!("\n== backend: {name}");
     println!(
-        "{:<22} {:<6} {:>26} {:>26} {:>7} {:>7}",
+        "{:<28} {:<6} {:>24} {:>24} {:>7} {:>6}",
         "workload", "op", "raw MB/s", "service MB/s", "ratio", "target"
     );
     let mut seed = 1;
@@ -328,18 +328,24 @@ fn report(label: &str, op: &str, bytes: f64, raw: &[f64], service: &[f64], targe
     };
     let (raw, service) = (rates(raw), rates(service));
     let median = |rates: &[f64]| rates[rates.len() / 2];
+    // Small-blob rates are a few MB/s: keep two significant digits or more.
+    let rate = |r: f64| match r {
+        r if r < 10.0 => format!("{r:.2}"),
+        r if r < 100.0 => format!("{r:.1}"),
+        r => format!("{r:.0}"),
+    };
     let shown = |rates: &[f64]| {
         format!(
-            "{:.0} [{:.0}..{:.0}]",
-            median(rates),
-            rates[0],
-            rates[rates.len() - 1]
+            "{} [{}..{}]",
+            rate(median(rates)),
+            rate(rates[0]),
+            rate(rates[rates.len() - 1])
         )
     };
     let ratio = median(&service) / median(&raw);
     let verdict = if ratio >= target { "ok" } else { "MISSED" };
     println!(
-        "{label:<22} {op:<6} {:>26} {:>26} {ratio:>6.2}x {:>4} {verdict}",
+        "{label:<28} {op:<6} {:>24} {:>24} {ratio:>6.2}x {:>5} {verdict}",
         shown(&raw),
         shown(&service),
         format!("{target}x")

@@ -92,7 +92,9 @@ impl BackendArgs {
                     .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
                 Arc::new(
                     LocalFileSystem::new_with_prefix(&dir)
-                        .map_err(|e| format!("cannot use {}: {e}", dir.display()))?,
+                        .map_err(|e| format!("cannot use {}: {e}", dir.display()))?
+                        // Acknowledged means durable (promise 1): survive power loss too.
+                        .with_fsync(true),
                 )
             }
             BackendKind::Memory => Arc::new(InMemory::new()),
