@@ -26,6 +26,35 @@ async fn assert_serving(endpoint: &str, service: &str) {
     );
 }
 
+/// The services a process lists through gRPC server reflection.
+async fn reflected_services(endpoint: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let channel = connect(endpoint).await.unwrap();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_read_and_event_across_three_processes() {
     let cluster = Cluster::start(ClusterSpec::default())
@@ -38,6 +67,22 @@ async fn write_read_and_event_across_three_processes() {
         "aetherfs.v1.WorkspaceService",
     )
     .await;
+    // Server reflection lets polyglot tools discover the API of every process.
+    let listed = reflected_services(&cluster.coordinator_endpoint()).await;
+    for service in [
+        "aetherfs.v1.SessionService",
+        "aetherfs.v1.WorkspaceService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            listed.iter().any(|s| s == service),
+            "{service} not in {listed:?}"
+        );
+    }
+    assert!(reflected_services(&cluster.stores[0].endpoint())
+        .await
+        .iter()
+        .any(|s| s == "aetherfs.v1.ContentService"));
 
     let coordinator = connect(&cluster.coordinator_endpoint()).await.unwrap();
     let bus = connect(&cluster.buses[0].endpoint()).await.unwrap();

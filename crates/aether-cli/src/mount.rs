@@ -119,35 +119,27 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
 
 async fn unmount(unmounter: &mut fuser::SessionUnmounter, dir: &Path) -> Result<(), Failure> {
     // The unmount waits for the kernel, which may be waiting for this process: off the runtime.
-    let mut attempt = 0;
-    loop {
-        let result = tokio::task::block_in_place(|| unmounter.unmount());
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) if attempt < 8 => {
-                // Busy (a shell has its cwd inside): try again shortly.
-                attempt += 1;
-                eprintln!("aether: cannot unmount {} yet: {e}", dir.display());
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => {
-                // Still busy: detach it now (lazy unmount); the kernel finishes when the last
-                // user leaves, and the session loop ends at once.
-                eprintln!("aether: {e}; detaching {} (lazy unmount)", dir.display());
-                let status = tokio::process::Command::new("fusermount3")
-                    .args(["-u", "-z"])
-                    .arg(dir)
-                    .status()
-                    .await;
-                return match status {
-                    Ok(status) if status.success() => Ok(()),
-                    _ => Err(Failure::Other(format!(
-                        "cannot unmount {}: {e}",
-                        dir.display()
-                    ))),
-                };
-            }
-        }
+    let Err(error) = tokio::task::block_in_place(|| unmounter.unmount()) else {
+        return Ok(());
+    };
+    // Busy (a shell has its cwd inside). The unmounter is spent after a failure, so detach
+    // the mount instead (lazy unmount): the session loop ends at once and the kernel finishes
+    // when the last user leaves.
+    eprintln!(
+        "aether: {error}; detaching {} (lazy unmount)",
+        dir.display()
+    );
+    let status = tokio::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(dir)
+        .status()
+        .await;
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        _ => Err(Failure::Other(format!(
+            "cannot unmount {}: {error}",
+            dir.display()
+        ))),
     }
 }
 
