@@ -17,7 +17,7 @@ use futures::TryStreamExt;
 use object_store::path::Path;
 use object_store::ObjectStoreExt;
 
-use crate::blobs::manifest_path;
+use crate::blobs::{chunk_path, manifest_path};
 use crate::{BlobStore, StoreError};
 
 /// A reused object older than this has its age renewed (see [`BlobStore::refresh_if_old`]).
@@ -98,6 +98,16 @@ impl BlobStore {
                 } else if meta.last_modified.timestamp_millis() > cutoff {
                     report.kept_young += 1;
                 } else {
+                    // Look again right before deleting: a writer may have renewed it since
+                    // the listing (object stores have no conditional delete to close this).
+                    match self.objects().head(&meta.location).await {
+                        Ok(now) if now.last_modified.timestamp_millis() > cutoff => {
+                            report.kept_young += 1;
+                            continue;
+                        }
+                        Err(object_store::Error::NotFound { .. }) => continue,
+                        _ => {}
+                    }
                     match self.objects().delete(&meta.location).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => {
                             report.deleted_objects += 1;
@@ -121,13 +131,35 @@ impl BlobStore {
         path: &Path,
         data: Option<Bytes>,
     ) -> Result<(), StoreError> {
+        let Some(bytes) = self.refresh_object(path, data).await? else {
+            return Ok(());
+        };
+        // A renewed manifest is only as safe as its chunks: renew those too.
+        if path.as_ref().starts_with("manifests/") {
+            let manifest = ChunkManifest::decode(&bytes).map_err(|e| StoreError::Corrupt {
+                object: path.to_string(),
+                detail: e.to_string(),
+            })?;
+            for (chunk, _) in &manifest.chunks {
+                self.refresh_object(&chunk_path(chunk), None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites one object if it is old; returns its bytes when it did.
+    async fn refresh_object(
+        &self,
+        path: &Path,
+        data: Option<Bytes>,
+    ) -> Result<Option<Bytes>, StoreError> {
         let meta = match self.objects().head(path).await {
             Ok(meta) => meta,
-            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(StoreError::from_object_store(e, path.as_ref())),
         };
         if !is_old(&meta) {
-            return Ok(());
+            return Ok(None);
         }
         let bytes = match data {
             Some(bytes) => bytes,
@@ -141,10 +173,10 @@ impl BlobStore {
                 .map_err(|e| StoreError::from_object_store(e, path.as_ref()))?,
         };
         self.objects()
-            .put(path, bytes.into())
+            .put(path, bytes.clone().into())
             .await
             .map_err(|e| StoreError::from_object_store(e, path.as_ref()))?;
-        Ok(())
+        Ok(Some(bytes))
     }
 }
 
