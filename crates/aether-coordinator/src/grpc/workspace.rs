@@ -288,6 +288,31 @@ impl Sessions {
     }
 }
 
+impl Sessions {
+    /// Applies one change on its own (the single-operation RPCs).
+    async fn apply_step(
+        &self,
+        session_id: &str,
+        caller: &str,
+        expected_version: u64,
+        step: Step,
+        operation: &'static str,
+    ) -> Result<crate::model::SessionRecord> {
+        let change = Change {
+            step,
+            precondition: None,
+        };
+        self.apply(
+            session_id,
+            caller,
+            expected_version,
+            vec![change],
+            operation,
+        )
+        .await
+    }
+}
+
 fn operation_action(operation: &str) -> &'static str {
     match operation {
         "write" => "workspace.write",
@@ -697,14 +722,11 @@ impl WorkspaceService for WorkspaceGrpc {
         };
         let record = self
             .sessions
-            .apply(
+            .apply_step(
                 &r.session_id,
                 &caller,
                 r.expected_head_version,
-                vec![Change {
-                    step,
-                    precondition: None,
-                }],
+                step,
                 "delete",
             )
             .await?;
@@ -726,16 +748,7 @@ impl WorkspaceService for WorkspaceGrpc {
         };
         let record = self
             .sessions
-            .apply(
-                &r.session_id,
-                &caller,
-                0,
-                vec![Change {
-                    step,
-                    precondition: None,
-                }],
-                "mkdir",
-            )
+            .apply_step(&r.session_id, &caller, 0, step, "mkdir")
             .await?;
         let root = Sessions::root(&record.head_root)?;
         let entry = self
@@ -763,14 +776,11 @@ impl WorkspaceService for WorkspaceGrpc {
         };
         let record = self
             .sessions
-            .apply(
+            .apply_step(
                 &r.session_id,
                 &caller,
                 r.expected_head_version,
-                vec![Change {
-                    step,
-                    precondition: None,
-                }],
+                step,
                 "move",
             )
             .await?;
@@ -792,14 +802,11 @@ impl WorkspaceService for WorkspaceGrpc {
         };
         let record = self
             .sessions
-            .apply(
+            .apply_step(
                 &r.session_id,
                 &caller,
                 r.expected_head_version,
-                vec![Change {
-                    step,
-                    precondition: None,
-                }],
+                step,
                 "copy",
             )
             .await?;
