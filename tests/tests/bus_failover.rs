@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use aether_proto as pb;
 use aether_proto::bus_service_client::BusServiceClient;
+use aether_proto::session_service_client::SessionServiceClient;
 use aether_testkit::{Cluster, ClusterSpec};
 use bytes::Bytes;
-use common::connect;
+use common::{connect, create_session, write_file};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -114,4 +115,91 @@ async fn stream_holder_failover_loses_and_duplicates_nothing() {
     // A subscriber resuming from its last offset gets the rest exactly once.
     assert_eq!(read(&second, session, 51, 25).await, expected(51, 75));
     assert_eq!(read(&second, session, 1, 75).await, expected(1, 75));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_archives_its_stream_on_every_bus_node() {
+    let cluster = Cluster::start(ClusterSpec {
+        buses: 2,
+        ..Default::default()
+    })
+    .await
+    .expect("start cluster");
+    let coordinator = connect(&cluster.coordinators[0].endpoint()).await.unwrap();
+    let first = connect(&cluster.buses[0].endpoint()).await.unwrap();
+    let second = connect(&cluster.buses[1].endpoint()).await.unwrap();
+    let session = create_session(&coordinator).await.unwrap().id;
+    write_file(&coordinator, &session, "notes.md", b"draft")
+        .await
+        .unwrap();
+
+    // Retention is the stream's own, set through either node, seen from both.
+    let set = BusServiceClient::new(second.clone())
+        .set_retention(pb::SetRetentionRequest {
+            session_id: session.clone(),
+            retention: Some(pb::Retention {
+                max_messages: 1000,
+                max_age: Some(prost_types::Duration {
+                    seconds: 86_400,
+                    nanos: 0,
+                }),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.retention.unwrap().max_messages, 1000);
+    let info = BusServiceClient::new(first.clone())
+        .get_stream_info(pb::GetStreamInfoRequest {
+            session_id: session.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        info.own_retention && info.archive_time.is_none(),
+        "{info:?}"
+    );
+    assert_eq!(info.retention.unwrap().max_messages, 1000);
+
+    let mut events = common::subscribe(&second, &session).await.unwrap();
+    SessionServiceClient::new(coordinator.clone())
+        .close_session(pb::CloseSessionRequest {
+            session_id: session.clone(),
+            archive: false,
+        })
+        .await
+        .unwrap();
+    // The subscription delivers every event up to session.closed, then ends: the coordinator
+    // archived the stream after its last event.
+    let mut subjects = Vec::new();
+    let drain = async {
+        while let Some(response) = events.message().await.unwrap() {
+            match response.event {
+                Some(pb::subscribe_response::Event::Message(m)) => subjects.push(m.subject),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .expect("the stream ends within 30 s of closing the session");
+    assert_eq!(
+        subjects.first().map(String::as_str),
+        Some("session.files.changed")
+    );
+    assert_eq!(subjects.last().map(String::as_str), Some("session.closed"));
+
+    let info = BusServiceClient::new(first.clone())
+        .get_stream_info(pb::GetStreamInfoRequest {
+            session_id: session.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(info.archive_time.is_some(), "{info:?}");
+    assert_eq!(info.last_offset, subjects.len() as u64);
+    let late = publish(&first, &session, 1, 1).await.unwrap_err();
+    assert_eq!(late.code(), Code::FailedPrecondition, "{late:?}");
+    assert!(late.message().contains("archived"), "{late:?}");
 }

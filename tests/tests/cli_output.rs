@@ -161,6 +161,18 @@ async fn cli_json_output_parses_everywhere() {
         .collect();
     assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["event"]["type"], "files_changed");
+    let stream = aether.json(&["stream", &s, "--max-messages", "500", "--max-age", "7d"]);
+    assert_eq!(stream["retention"]["max_messages"], 500);
+    assert_eq!(stream["retention"]["max_age_seconds"], 7 * 86_400);
+    assert_eq!(stream["retention"]["own"], true);
+    assert!(stream["last_offset"].as_u64().unwrap() >= 4, "{stream}");
+    assert!(stream["archived_at"].is_null());
+    // One axis alone keeps the other.
+    let stream = aether.json(&["stream", &s, "--max-messages", "0"]);
+    assert_eq!(stream["retention"]["max_messages"], 0);
+    assert_eq!(stream["retention"]["max_age_seconds"], 7 * 86_400);
+    let text = aether.ok(&["stream", &s]);
+    assert!(text.contains("max age      604800s"), "{text}");
     let table = aether.ok(&["watch", &s, "--subject", "agent.>", "--count", "1"]);
     assert!(
         table.contains("agent.note") && table.contains("hello"),

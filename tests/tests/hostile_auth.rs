@@ -257,6 +257,54 @@ async fn hostile_wrong_principal_is_denied_and_changes_nothing() {
         ))
         .await;
     assert_eq!(code(subscribe), Code::Ok, "a viewer subscribes");
+    let mut bus = BusServiceClient::new(dev.channel.clone());
+    let retention = |token| {
+        with_token(
+            Some(token),
+            pb::SetRetentionRequest {
+                session_id: id.clone(),
+                retention: Some(pb::Retention {
+                    max_messages: 1,
+                    max_age: None,
+                }),
+            },
+        )
+    };
+    assert_eq!(
+        code(bus.set_retention(retention("tok-carol")).await),
+        Code::PermissionDenied,
+        "a viewer may not change retention"
+    );
+    assert_eq!(
+        code(bus.set_retention(retention("tok-bob")).await),
+        Code::NotFound
+    );
+    // Not even the owner archives an open session's stream: that would silence its events.
+    for token in ["tok-alice", "tok-carol"] {
+        let archive = bus
+            .archive_stream(with_token(
+                Some(token),
+                pb::ArchiveStreamRequest {
+                    session_id: id.clone(),
+                },
+            ))
+            .await;
+        assert_eq!(code(archive), Code::PermissionDenied, "{token}");
+    }
+    let info = bus
+        .get_stream_info(with_token(
+            Some("tok-alice"),
+            pb::GetStreamInfoRequest {
+                session_id: id.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !info.own_retention && info.archive_time.is_none(),
+        "{info:?}"
+    );
 
     // Nothing changed.
     assert_eq!(head(&dev, &id).await, before);

@@ -180,3 +180,306 @@ async fn hostile_concurrent_patches_exactly_one_wins() {
     assert_eq!(after, version + 1);
     assert_eq!(paths.len(), 1, "{paths:?}");
 }
+
+/// A tar of one entry whose name (raw bytes, unchecked), type and link target are given, and
+/// whose content is `data`.
+fn raw_tar(name: &[u8], kind: tar::EntryType, link: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    {
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name);
+        if let Some(link) = link {
+            gnu.linkname[..link.len()].copy_from_slice(link);
+        }
+    }
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    header.set_size(data.len() as u64);
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().next_multiple_of(512), 0);
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
+async fn import(
+    dev: &Dev,
+    id: &str,
+    tar: Vec<u8>,
+) -> Result<pb::ImportArchiveResponse, tonic::Status> {
+    let messages = vec![
+        pb::ImportArchiveRequest {
+            part: Some(pb::import_archive_request::Part::Header(
+                pb::ImportArchiveHeader {
+                    session_id: id.into(),
+                    path: "in".into(),
+                    expected_head_version: 0,
+                },
+            )),
+        },
+        pb::ImportArchiveRequest {
+            part: Some(pb::import_archive_request::Part::Data(tar.into())),
+        },
+    ];
+    WorkspaceServiceClient::new(dev.channel.clone())
+        .import_archive(futures::stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_archives_are_refused_whole_and_change_nothing() {
+    let dev = start().await;
+    let id = create_session(&dev.channel).await.unwrap().id;
+    WorkspaceServiceClient::new(dev.channel.clone())
+        .make_directory(mkdir(&id, "src"))
+        .await
+        .unwrap();
+    let before = snapshot(&dev, &id).await;
+    let regular = tar::EntryType::Regular;
+    let mut truncated = raw_tar(b"big.bin", regular, None, &[7; 4096]);
+    truncated.truncate(512 + 1000);
+    let mut bad_checksum = raw_tar(b"ok.txt", regular, None, b"hello");
+    bad_checksum[0] = b'X';
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "invalid UTF-8 name",
+            raw_tar(b"caf\xe9.txt", regular, None, b"x"),
+            "UTF-8",
+        ),
+        (
+            "parent escape",
+            raw_tar(b"../escape.txt", regular, None, b"x"),
+            "..",
+        ),
+        (
+            "nested escape",
+            raw_tar(b"a/../../escape.txt", regular, None, b"x"),
+            "..",
+        ),
+        (
+            "absolute path",
+            raw_tar(b"/etc/passwd", regular, None, b"x"),
+            "",
+        ),
+        (
+            "NUL-free but empty component",
+            raw_tar(b"a//b.txt", regular, None, b"x"),
+            "",
+        ),
+        (
+            "symlink escaping the root",
+            raw_tar(
+                b"link",
+                tar::EntryType::Symlink,
+                Some(b"../../etc/passwd"),
+                b"",
+            ),
+            "Symlink",
+        ),
+        (
+            "hard link",
+            raw_tar(b"hard", tar::EntryType::Link, Some(b"/etc/shadow"), b""),
+            "Link",
+        ),
+        (
+            "device",
+            raw_tar(b"dev", tar::EntryType::Char, None, b""),
+            "Char",
+        ),
+        ("truncated entry", truncated, ""),
+        ("bad header checksum", bad_checksum, ""),
+        ("not a tar at all", common::test_bytes(3000, 9), ""),
+    ];
+    for (case, tar, mentions) in cases {
+        let status = import(&dev, &id, tar).await.expect_err(case);
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+        assert!(
+            status.message().contains("archive rejected") && status.message().contains(mentions),
+            "{case}: {status:?}"
+        );
+        assert_eq!(
+            snapshot(&dev, &id).await,
+            before,
+            "{case} changed the session"
+        );
+    }
+    // The same well-formed archive is accepted: the refusals were for the hostile parts.
+    let fine = raw_tar(b"ok.txt", regular, None, b"hello");
+    assert_eq!(import(&dev, &id, fine).await.unwrap().files, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_labels_metadata_and_states_change_nothing() {
+    let dev = start().await;
+    let mut sessions = SessionServiceClient::new(dev.channel.clone());
+    let id = create_session(&dev.channel).await.unwrap().id;
+    let listed = |sessions: &mut SessionServiceClient<Channel>| {
+        let mut sessions = sessions.clone();
+        async move {
+            sessions
+                .list_sessions(pb::ListSessionsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .sessions
+                .len()
+        }
+    };
+    let count = listed(&mut sessions).await;
+    let label = |k: &str, v: &str| [(k.to_string(), v.to_string())].into();
+    let many = |n: usize| (0..n).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    let huge_value = "v".repeat(1 << 20);
+    let bad_labels: Vec<(&str, std::collections::HashMap<String, String>)> = vec![
+        ("space in key", label("bad key", "v")),
+        ("empty key", label("", "v")),
+        ("slash only", label("/", "v")),
+        ("bad prefix", label("-x.io/name", "v")),
+        ("value with space", label("k", "a b")),
+        ("overlong value", label("k", &"v".repeat(64))),
+        ("control character", label("k\n", "v")),
+        ("too many labels", many(65)),
+        ("thousands of labels", many(10_000)),
+    ];
+    for (case, labels) in bad_labels {
+        let created = sessions
+            .create_session(pb::CreateSessionRequest {
+                labels: labels.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(created), Code::InvalidArgument, "create: {case}");
+        let updated = sessions
+            .update_session(pb::UpdateSessionRequest {
+                session_id: id.clone(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["labels".into()],
+                }),
+                labels,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(updated), Code::InvalidArgument, "update: {case}");
+    }
+    let bad_metadata: Vec<(&str, std::collections::HashMap<String, String>)> = vec![
+        ("too many entries", many(65)),
+        ("huge value", label("k", &huge_value)),
+        ("huge key", label(&"k".repeat(300), "v")),
+    ];
+    for (case, metadata) in bad_metadata {
+        let created = sessions
+            .create_session(pb::CreateSessionRequest {
+                metadata,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(created), Code::InvalidArgument, "metadata: {case}");
+    }
+    assert_eq!(listed(&mut sessions).await, count, "no session was created");
+    let session = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(session.labels, label("suite", "e2e"), "labels unchanged");
+
+    // A commit without the approvals the policy requires.
+    let gated = sessions
+        .create_session(pb::CreateSessionRequest {
+            policy: Some(pb::Policy {
+                required_commit_approvals: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .id;
+    let mut workspace = WorkspaceServiceClient::new(dev.channel.clone());
+    workspace
+        .make_directory(mkdir(&gated, "src"))
+        .await
+        .unwrap();
+    let before = snapshot(&dev, &gated).await;
+    let commit = HistoryServiceClient::new(dev.channel.clone())
+        .commit(pb::CommitRequest {
+            session_id: gated.clone(),
+            message: "unreviewed".into(),
+            expected_head_version: 0,
+        })
+        .await;
+    let status = commit.expect_err("a commit without approvals");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("approval"), "{status:?}");
+    assert_eq!(snapshot(&dev, &gated).await, before);
+
+    // Writes to a closed session.
+    sessions
+        .close_session(pb::CloseSessionRequest {
+            session_id: gated.clone(),
+            archive: false,
+        })
+        .await
+        .unwrap();
+    let result = workspace.make_directory(mkdir(&gated, "late")).await;
+    assert_eq!(code(result), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bus_offsets_out_of_range_are_refused() {
+    let dev = start().await;
+    let id = create_session(&dev.channel).await.unwrap().id;
+    let mut bus = aether_proto::bus_service_client::BusServiceClient::new(dev.channel.clone());
+    let published = bus
+        .publish(pb::PublishRequest {
+            session_id: id.clone(),
+            messages: vec![pb::OutgoingMessage {
+                subject: "agent.note".into(),
+                payload: "x".into(),
+                headers: Default::default(),
+            }],
+            durability: pb::Durability::Persisted as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = published.last_offset + 1;
+    for offset in [0, next + 1, u64::MAX] {
+        let status = bus
+            .subscribe(pb::SubscribeRequest {
+                session_id: id.clone(),
+                start: Some(pb::StartPosition {
+                    position: Some(pb::start_position::Position::Offset(offset)),
+                }),
+                subject_filter: String::new(),
+            })
+            .await
+            .map(|_| ())
+            .expect_err("out of range");
+        assert_eq!(
+            status.code(),
+            Code::OutOfRange,
+            "offset {offset}: {status:?}"
+        );
+        assert!(
+            status.message().contains(&format!("to {next}")),
+            "{status:?}"
+        );
+    }
+    let info = bus
+        .get_stream_info(pb::GetStreamInfoRequest {
+            session_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.last_offset, published.last_offset, "nothing changed");
+}

@@ -9,7 +9,7 @@
 //!   bad token is `UNAUTHENTICATED` with a message saying what to send. Health checks and
 //!   reflection stay open for probes.
 //! - [`AttachToken`]: the client side of service-to-service calls (a coordinator calling its
-//!   store and bus attaches its service token).
+//!   store and bus attaches its service token, and the caller's trace context).
 //! - [`access`]: session roles (viewer, editor, reviewer, owner) and what each allows.
 
 pub mod access;
@@ -22,7 +22,7 @@ pub use access::{Need, Role};
 pub use args::AuthArgs;
 pub use authenticator::{AuthError, Authenticator};
 pub use layer::{AuthLayer, AuthService};
-pub use outgoing::AttachToken;
+pub use outgoing::{inject_trace_context, AttachToken};
 
 /// The name of the caller when anonymous access is enabled and no token was sent.
 pub const ANONYMOUS: &str = "anonymous";

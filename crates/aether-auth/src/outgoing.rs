@@ -1,11 +1,14 @@
-//! [`AttachToken`]: the client half of service-to-service authentication.
+//! What every outgoing call carries: [`AttachToken`], the client half of service-to-service
+//! authentication, and the caller's W3C trace context ([`inject_trace_context`]), so a call that
+//! crosses services stays one trace.
 
-use tonic::metadata::{Ascii, MetadataValue};
+use opentelemetry::propagation::Injector;
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 /// A tonic interceptor that sends `authorization: Bearer <token>` on every call that does not
-/// carry one already; without a token it changes nothing.
+/// carry one already, and the current trace context (see [`inject_trace_context`]).
 #[derive(Clone, Debug, Default)]
 pub struct AttachToken {
     header: Option<MetadataValue<Ascii>>,
@@ -40,6 +43,66 @@ impl Interceptor for AttachToken {
                     .insert("authorization", header.clone());
             }
         }
+        inject_trace_context(request.metadata_mut());
         Ok(request)
+    }
+}
+
+/// Adds `traceparent` (and `tracestate`) for the current OpenTelemetry context, through the
+/// global propagator. Tonic runs interceptors in the calling task, so the context is the
+/// caller's: with `tracing-opentelemetry`, entering a span makes it current. Without a
+/// propagator installed (no exporter configured) or an active span, it adds nothing.
+pub fn inject_trace_context(metadata: &mut MetadataMap) {
+    let context = opentelemetry::Context::current();
+    opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.inject_context(&context, &mut MetadataInjector(metadata))
+    });
+}
+
+struct MetadataInjector<'a>(&'a mut MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        // Propagators produce lowercase ASCII names and values; anything else is skipped.
+        if let (Ok(key), Ok(value)) = (
+            MetadataKey::from_bytes(key.as_bytes()),
+            MetadataValue::try_from(value),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tonic::service::Interceptor;
+
+    #[test]
+    fn sends_the_current_trace_context() {
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let untraced = AttachToken::none().call(Request::new(())).unwrap();
+        assert!(untraced.metadata().get("traceparent").is_none());
+
+        let span = SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let _active = opentelemetry::Context::current()
+            .with_remote_span_context(span)
+            .attach();
+        let traced = AttachToken::none().call(Request::new(())).unwrap();
+        assert_eq!(
+            traced.metadata().get("traceparent").unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
     }
 }

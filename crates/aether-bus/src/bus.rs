@@ -4,7 +4,7 @@
 //! [`crate::service`] and in-process callers (the coordinator of `aetherd dev`) both use it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aether_core::names::validate_subject;
 use aether_proto::bus_service_server::BusServiceServer;
@@ -42,6 +42,26 @@ pub struct StreamInfo {
     pub first_offset: u64,
     /// The last assigned offset; 0 when nothing was ever published.
     pub last_offset: u64,
+    /// The retention in effect.
+    pub retention: crate::Retention,
+    /// Whether `retention` is the stream's own rather than the bus default.
+    pub own_retention: bool,
+    /// When the stream was archived; None while open.
+    pub archived_at: Option<SystemTime>,
+}
+
+impl StreamInfo {
+    fn of(stream: &Stream) -> StreamInfo {
+        let (first_offset, last_offset) = stream.info();
+        let (retention, own_retention, archived) = stream.settings();
+        StreamInfo {
+            first_offset,
+            last_offset,
+            retention,
+            own_retention,
+            archived_at: archived.map(|a| a.time()),
+        }
+    }
 }
 
 /// Messages ordered in a stream, maybe not persisted yet.
@@ -161,11 +181,39 @@ impl Bus {
     pub async fn stream_info(&self, session_id: &str) -> Result<StreamInfo, BusError> {
         validate_session_id(session_id)?;
         let stream = self.shared().stream(session_id).await?;
-        let (first_offset, last_offset) = stream.info();
-        Ok(StreamInfo {
-            first_offset,
-            last_offset,
-        })
+        Ok(StreamInfo::of(&stream))
+    }
+
+    /// Gives the session's stream its own retention (persisted with the stream) and applies it.
+    pub async fn set_retention(
+        &self,
+        session_id: &str,
+        retention: crate::Retention,
+    ) -> Result<StreamInfo, BusError> {
+        validate_session_id(session_id)?;
+        validate_retention(&retention)?;
+        loop {
+            let stream = self.shared().stream(session_id).await?;
+            if stream
+                .set_retention(self.shared(), retention)
+                .await?
+                .is_some()
+            {
+                return Ok(StreamInfo::of(&stream));
+            }
+        }
+    }
+
+    /// Archives the session's stream (when its session closes): persists everything accepted,
+    /// then seals it. Idempotent.
+    pub async fn archive(&self, session_id: &str) -> Result<StreamInfo, BusError> {
+        validate_session_id(session_id)?;
+        loop {
+            let stream = self.shared().stream(session_id).await?;
+            if stream.archive(self.shared()).await?.is_some() {
+                return Ok(StreamInfo::of(&stream));
+            }
+        }
     }
 
     /// Stops the bus: refuses new publishes, ends subscriptions, writes every pending batch
@@ -228,6 +276,22 @@ pub fn validate_session_id(session_id: &str) -> Result<(), BusError> {
             reason,
         }),
         None => Ok(()),
+    }
+}
+
+/// The longest age a retention may set: beyond it, "forever" (zero) says what is meant.
+pub const MAX_RETENTION_AGE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+fn validate_retention(retention: &crate::Retention) -> Result<(), BusError> {
+    match retention.max_age {
+        Some(age) if age > MAX_RETENTION_AGE => Err(BusError::InvalidRetention(format!(
+            "max_age is at most {} days; use zero to keep messages forever",
+            MAX_RETENTION_AGE.as_secs() / 86_400
+        ))),
+        Some(age) if age < Duration::from_secs(1) => Err(BusError::InvalidRetention(
+            "max_age is at least one second; use zero to keep messages forever".into(),
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -72,6 +72,20 @@ pub enum BusError {
         pending: u64,
         detail: String,
     },
+    /// The stream was archived (its session closed): it takes no more messages.
+    #[error("the stream of session \"{session_id}\" was archived when the session closed (last offset {last_offset}); it takes no more messages, subscribe to read what it holds")]
+    Archived {
+        session_id: String,
+        last_offset: u64,
+    },
+    /// The stream is being archived right now.
+    #[error(
+        "the stream of session \"{session_id}\" is being archived; retry to learn the outcome"
+    )]
+    Archiving { session_id: String },
+    /// A retention setting is out of bounds.
+    #[error("invalid retention: {0}")]
+    InvalidRetention(String),
     /// The object store failed.
     #[error("object store unavailable: {0}")]
     Unavailable(String),
@@ -110,12 +124,15 @@ impl From<BusError> for Status {
             | BusError::TooManyHeaders { .. }
             | BusError::InvalidDurability(_)
             | BusError::InvalidFilter(_)
-            | BusError::SessionChanged { .. } => Code::InvalidArgument,
+            | BusError::SessionChanged { .. }
+            | BusError::InvalidRetention(_) => Code::InvalidArgument,
+            BusError::Archived { .. } => Code::FailedPrecondition,
             BusError::OutOfRange { .. } | BusError::Expired { .. } => Code::OutOfRange,
             BusError::NotPersisted { .. }
             | BusError::Backlogged { .. }
             | BusError::Unavailable(_)
             | BusError::StreamReset { .. }
+            | BusError::Archiving { .. }
             | BusError::ShuttingDown => Code::Unavailable,
             BusError::Corrupt { .. } => Code::DataLoss,
             BusError::Internal(_) => Code::Internal,

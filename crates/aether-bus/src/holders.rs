@@ -27,7 +27,8 @@ pub fn holder_key(session_id: &str) -> String {
 /// the first message of PublishStream).
 pub fn routes(path: &str) -> Option<Shape> {
     match path.strip_prefix("/aetherfs.v1.BusService/")? {
-        "Publish" | "PublishStream" | "Subscribe" | "GetStreamInfo" => Some(Shape::Unary),
+        "Publish" | "PublishStream" | "Subscribe" | "GetStreamInfo" | "SetRetention"
+        | "ArchiveStream" => Some(Shape::Unary),
         _ => None,
     }
 }

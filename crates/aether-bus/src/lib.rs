@@ -21,6 +21,7 @@ pub mod error;
 pub mod holders;
 mod segment;
 pub mod service;
+mod settings;
 mod stream;
 pub mod subscription;
 

@@ -11,8 +11,9 @@ use std::sync::Arc;
 
 use aether_proto::bus_service_server::BusService;
 use aether_proto::{
-    start_position, subscribe_response, Durability, GetStreamInfoRequest, GetStreamInfoResponse,
-    Lagged, PublishRequest, PublishResponse, PublishStreamRequest, PublishStreamResponse,
+    start_position, subscribe_response, ArchiveStreamRequest, ArchiveStreamResponse, Durability,
+    GetStreamInfoRequest, GetStreamInfoResponse, Lagged, PublishRequest, PublishResponse,
+    PublishStreamRequest, PublishStreamResponse, SetRetentionRequest, SetRetentionResponse,
     SubscribeRequest, SubscribeResponse,
 };
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
@@ -22,7 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use aether_auth::Need;
 
-use crate::{Bus, BusError, Delivery, Principal, Start};
+use crate::{Bus, BusError, Delivery, Principal, Retention, Start};
 
 /// Batches of one PublishStream that may wait for persistence at once. While the window is
 /// full no batch is ordered, so delivery to subscribers waits on the object store too: 1024
@@ -32,7 +33,8 @@ use crate::{Bus, BusError, Delivery, Principal, Start};
 pub const PUBLISH_STREAM_WINDOW: usize = 1024;
 
 /// Per-session authorization of bus calls (promise 6): subscribing and reading stream info
-/// need a role on the session ([`Need::Read`]), publishing [`Need::Write`]. The bus keeps no
+/// need a role on the session ([`Need::Read`]), publishing [`Need::Write`], setting retention
+/// [`Need::Own`]; archiving is for services (the coordinator). The bus keeps no
 /// session records; the server supplies a checker that reads them from the coordination
 /// store. Without one (a bus with no coordination store, or no auth source) calls are only
 /// authenticated.
@@ -84,6 +86,36 @@ fn principal<T>(request: &Request<T>) -> Principal {
         .get::<Principal>()
         .cloned()
         .unwrap_or_else(Principal::anonymous)
+}
+
+fn retention_to_wire(retention: Retention) -> aether_proto::Retention {
+    aether_proto::Retention {
+        max_messages: retention.max_messages,
+        max_age: retention
+            .max_age
+            .and_then(|age| prost_types::Duration::try_from(age).ok()),
+    }
+}
+
+fn retention_from_wire(wire: Option<aether_proto::Retention>) -> Result<Retention, BusError> {
+    let wire = wire.ok_or_else(|| {
+        BusError::InvalidRetention("set retention (zero fields mean no limit)".into())
+    })?;
+    let max_age = match wire.max_age {
+        None => None,
+        Some(age) if age.seconds == 0 && age.nanos == 0 => None,
+        Some(age) => Some(std::time::Duration::try_from(age).map_err(|_| {
+            BusError::InvalidRetention("max_age must be a positive duration".into())
+        })?),
+    };
+    Ok(Retention {
+        max_messages: wire.max_messages,
+        max_age,
+    })
+}
+
+fn timestamp(time: Option<std::time::SystemTime>) -> Option<prost_types::Timestamp> {
+    time.map(prost_types::Timestamp::from)
 }
 
 fn durability(value: i32) -> Result<Durability, BusError> {
@@ -255,16 +287,53 @@ impl BusService for BusGrpc {
         let session_id = request.into_inner().session_id;
         check(&self.access, &caller, &session_id, Need::Read).await?;
         let info = self.bus.stream_info(&session_id).await?;
-        let retention = self.bus.config().retention;
         Ok(Response::new(GetStreamInfoResponse {
             first_offset: info.first_offset,
             last_offset: info.last_offset,
-            retention: Some(aether_proto::Retention {
-                max_messages: retention.max_messages,
-                max_age: retention
-                    .max_age
-                    .and_then(|age| prost_types::Duration::try_from(age).ok()),
-            }),
+            retention: Some(retention_to_wire(info.retention)),
+            own_retention: info.own_retention,
+            archive_time: timestamp(info.archived_at),
+        }))
+    }
+
+    async fn set_retention(
+        &self,
+        request: Request<SetRetentionRequest>,
+    ) -> Result<Response<SetRetentionResponse>, Status> {
+        let caller = principal(&request);
+        let request = request.into_inner();
+        check(&self.access, &caller, &request.session_id, Need::Own).await?;
+        let retention = retention_from_wire(request.retention)?;
+        let info = self
+            .bus
+            .set_retention(&request.session_id, retention)
+            .await?;
+        Ok(Response::new(SetRetentionResponse {
+            first_offset: info.first_offset,
+            last_offset: info.last_offset,
+            retention: Some(retention_to_wire(info.retention)),
+        }))
+    }
+
+    async fn archive_stream(
+        &self,
+        request: Request<ArchiveStreamRequest>,
+    ) -> Result<Response<ArchiveStreamResponse>, Status> {
+        let caller = principal(&request);
+        let session_id = request.into_inner().session_id;
+        // Archiving an open session's stream would silence its events: only the coordinator
+        // (a service principal) archives, when the session closes.
+        if self.access.is_some() && !caller.is_service() {
+            return Err(Status::permission_denied(format!(
+                "{} may not archive the stream of session {session_id}: streams are archived by the coordinator when their session closes (close the session instead)",
+                caller.name
+            )));
+        }
+        let info = self.bus.archive(&session_id).await?;
+        Ok(Response::new(ArchiveStreamResponse {
+            first_offset: info.first_offset,
+            last_offset: info.last_offset,
+            archive_time: timestamp(info.archived_at),
         }))
     }
 }

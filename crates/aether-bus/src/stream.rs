@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::segment::{self, parse_segment_name, segment_path, stream_prefix};
+use crate::settings::{self, Archived, StreamSettings};
 use crate::{BusConfig, BusError, Retention};
 
 /// A segment is cut once its messages reach this many encoded bytes, so one segment read stays
@@ -163,6 +164,12 @@ struct State {
     last_activity: Instant,
     /// Dropped from memory (evicted, reset or stopped): no more appends or subscribers.
     closed: bool,
+    /// What `stream.json` holds.
+    settings: StreamSettings,
+    /// The retention in effect: the stream's own, else the bus default.
+    retention: Retention,
+    /// An archive is being written: appends wait for its outcome.
+    archiving: bool,
 }
 
 impl State {
@@ -185,7 +192,13 @@ impl State {
         }
     }
 
-    /// Moves `first_retained` past what retention no longer keeps.
+    /// Applies the retention in effect.
+    fn retain(&mut self, now: SystemTime) {
+        let retention = self.retention;
+        self.apply_retention(&retention, now);
+    }
+
+    /// Moves `first_retained` past what `retention` no longer keeps.
     fn apply_retention(&mut self, retention: &Retention, now: SystemTime) {
         let last = self.next_offset - 1;
         if retention.max_messages > 0 && last >= retention.max_messages {
@@ -255,6 +268,10 @@ pub(crate) struct Stream {
     wake: Notify,
     /// Cancelled when the stream is dropped from memory.
     pub(crate) closed: CancellationToken,
+    /// Cancelled once the stream is archived: live subscribers end after the last message.
+    pub(crate) sealed: CancellationToken,
+    /// Serialises writes of `stream.json`.
+    settings_write: tokio::sync::Mutex<()>,
 }
 
 impl Stream {
@@ -267,8 +284,10 @@ impl Stream {
             .try_collect()
             .await
             .map_err(|e| BusError::from_object_store(e, prefix.as_ref()))?;
+        let stream_settings = settings::read(&*shared.objects, session_id).await?;
         let mut found: Vec<(u64, SystemTime)> = listed
             .iter()
+            .filter(|meta| meta.location.filename() != Some(settings::FILE_NAME))
             .filter_map(|meta| {
                 let first = meta.location.filename().and_then(parse_segment_name);
                 if first.is_none() {
@@ -289,6 +308,11 @@ impl Stream {
             store_error: None,
             last_activity: Instant::now(),
             closed: false,
+            retention: stream_settings
+                .retention
+                .map_or(shared.config.retention, Retention::from),
+            settings: stream_settings,
+            archiving: false,
         };
         if let Some(&(newest, _)) = found.last() {
             let messages = read_segment(&*shared.objects, session_id, newest)
@@ -317,7 +341,12 @@ impl Stream {
             state.tail = messages.into_iter().map(Arc::new).collect();
             state.trim_tail(shared.config.max_buffered_messages);
         }
-        state.apply_retention(&shared.config.retention, SystemTime::now());
+        if let Some(archived) = &mut state.settings.archived {
+            // An archive write that failed after landing, followed by more publishes: the
+            // segments are the truth.
+            archived.last_offset = archived.last_offset.max(state.next_offset - 1);
+        }
+        state.retain(SystemTime::now());
         tracing::debug!(
             session_id,
             first_retained = state.first_retained,
@@ -327,6 +356,10 @@ impl Stream {
         );
 
         let persisted = watch::Sender::new(state.persisted_through);
+        let sealed = CancellationToken::new();
+        if state.settings.archived.is_some() {
+            sealed.cancel();
+        }
         let stream = Arc::new(Stream {
             session_id: session_id.to_string(),
             state: Mutex::new(state),
@@ -334,6 +367,8 @@ impl Stream {
             persisted,
             wake: Notify::new(),
             closed: CancellationToken::new(),
+            sealed,
+            settings_write: tokio::sync::Mutex::new(()),
         });
         shared
             .tasks
@@ -364,6 +399,17 @@ impl Stream {
         if shared.shutdown.is_cancelled() {
             return Err(BusError::ShuttingDown);
         }
+        if let Some(archived) = state.settings.archived {
+            return Err(BusError::Archived {
+                session_id: self.session_id.clone(),
+                last_offset: archived.last_offset,
+            });
+        }
+        if state.archiving {
+            return Err(BusError::Archiving {
+                session_id: self.session_id.clone(),
+            });
+        }
         let count = messages.len() as u64;
         let pending = state.unpersisted();
         // An empty backlog always takes a batch, so any valid batch can make progress.
@@ -392,7 +438,7 @@ impl Stream {
         }
         state.next_offset += count;
         state.last_activity = Instant::now();
-        state.apply_retention(&shared.config.retention, SystemTime::now());
+        state.retain(SystemTime::now());
         state.trim_tail(shared.config.max_buffered_messages);
         let full = segment_full(&shared.config, pending + count, state.unpersisted_bytes);
         drop(state);
@@ -464,6 +510,91 @@ impl Stream {
     pub(crate) fn info(&self) -> (u64, u64) {
         let state = self.lock();
         (state.first_retained, state.next_offset - 1)
+    }
+
+    /// The retention in effect, whether it is the stream's own, and the archive record.
+    pub(crate) fn settings(&self) -> (Retention, bool, Option<Archived>) {
+        let state = self.lock();
+        (
+            state.retention,
+            state.settings.retention.is_some(),
+            state.settings.archived,
+        )
+    }
+
+    /// The last offset an archived stream will ever have; None while it is open.
+    pub(crate) fn end(&self) -> Option<u64> {
+        self.lock().settings.archived.map(|a| a.last_offset)
+    }
+
+    /// Gives the stream its own retention, persisted in `stream.json`, and applies it at once.
+    /// None when the stream was dropped from memory (load it again).
+    pub(crate) async fn set_retention(
+        &self,
+        shared: &Shared,
+        retention: Retention,
+    ) -> Result<Option<()>, BusError> {
+        let _writing = self.settings_write.lock().await;
+        let mut updated = {
+            let state = self.lock();
+            if state.closed {
+                return Ok(None);
+            }
+            state.settings.clone()
+        };
+        updated.retention = Some(retention.into());
+        settings::write(&*shared.objects, &self.session_id, &updated).await?;
+        {
+            let mut state = self.lock();
+            state.settings.retention = updated.retention;
+            state.retention = retention;
+            state.retain(SystemTime::now());
+        }
+        self.enforce_retention(shared).await;
+        // The flusher re-reads the retention to time its age checks.
+        self.wake.notify_one();
+        Ok(Some(()))
+    }
+
+    /// Archives the stream: refuses further appends, waits until everything accepted is
+    /// persisted, then records the archive in `stream.json`. Archiving an archived stream
+    /// returns its record. None when the stream was dropped from memory (load it again).
+    pub(crate) async fn archive(&self, shared: &Shared) -> Result<Option<Archived>, BusError> {
+        let _writing = self.settings_write.lock().await;
+        let (first_unpersisted, last) = {
+            let mut state = self.lock();
+            if state.closed {
+                return Ok(None);
+            }
+            if let Some(archived) = state.settings.archived {
+                return Ok(Some(archived));
+            }
+            state.archiving = true;
+            (state.persisted_through + 1, state.next_offset - 1)
+        };
+        let written = async {
+            if last >= first_unpersisted {
+                self.wait_persisted(first_unpersisted, last, shared.config.persist_timeout)
+                    .await?;
+            }
+            let mut updated = self.lock().settings.clone();
+            let archived = Archived {
+                at_ms: settings::now_ms(),
+                last_offset: last,
+            };
+            updated.archived = Some(archived);
+            settings::write(&*shared.objects, &self.session_id, &updated).await?;
+            Ok(archived)
+        }
+        .await;
+        let mut state = self.lock();
+        state.archiving = false;
+        let archived = written?;
+        state.settings.archived = Some(archived);
+        drop(state);
+        self.sealed.cancel();
+        tracing::info!(session_id = %self.session_id, last_offset = last, "archived bus stream");
+        Ok(Some(archived))
     }
 
     /// Where to read offsets `from..until` (at most `max` of them) from.
@@ -619,7 +750,7 @@ impl Stream {
             );
             state.store_error = None;
             state.trim_tail(shared.config.max_buffered_messages);
-            state.apply_retention(&shared.config.retention, SystemTime::now());
+            state.retain(SystemTime::now());
         }
         self.persisted.send_replace(last);
         true
@@ -630,7 +761,7 @@ impl Stream {
     async fn enforce_retention(&self, shared: &Shared) {
         let doomed = {
             let mut state = self.lock();
-            state.apply_retention(&shared.config.retention, SystemTime::now());
+            state.retain(SystemTime::now());
             state.doomed_segments()
         };
         for first in doomed {
@@ -712,14 +843,19 @@ fn segment_full(config: &BusConfig, pending: u64, pending_bytes: usize) -> bool 
 /// stream when idle, and on shutdown writes everything pending before it stops.
 async fn run_flusher(shared: Arc<Shared>, stream: Arc<Stream>) {
     let config = &shared.config;
-    let retention_tick = config
-        .retention
-        .max_age
-        .map(|age| (age / 4).clamp(Duration::from_millis(10), Duration::from_secs(60)));
     // Retention runs once at load, then on every flush and, with an age limit, on a timer.
     let mut next_retention = Instant::now();
     let mut last_flush: Option<Instant> = None;
     loop {
+        // Read each time round: SetRetention may change it.
+        let retention_tick = stream
+            .lock()
+            .retention
+            .max_age
+            .map(|age| (age / 4).clamp(Duration::from_millis(10), Duration::from_secs(60)));
+        if let Some(tick) = retention_tick {
+            next_retention = next_retention.min(Instant::now() + tick);
+        }
         if Instant::now() >= next_retention {
             stream.enforce_retention(&shared).await;
             next_retention =
@@ -805,6 +941,9 @@ mod tests {
             store_error: None,
             last_activity: Instant::now(),
             closed: false,
+            settings: StreamSettings::default(),
+            retention: Retention::default(),
+            archiving: false,
         }
     }
 

@@ -7,7 +7,8 @@
 //!
 //! Back-pressure: the live feed keeps at most `subscriber_buffer` messages for a subscriber.
 //! One that falls further behind gets [`Delivery::Lagged`] with the first offset it has not
-//! received, and the subscription ends: publishers never wait for subscribers. Cancellation:
+//! received, and the subscription ends: publishers never wait for subscribers. On an archived
+//! stream the subscription ends after the last message, since nothing more can come. Cancellation:
 //! a subscription is a plain value with no task of its own; dropping it (the gRPC client going
 //! away drops the response stream) stops it.
 
@@ -103,16 +104,17 @@ impl Subscription {
         self.cursor
     }
 
-    /// The next delivery; None once the subscription ended (after `Lagged` or an error).
+    /// The next delivery; None once the subscription ended (after `Lagged`, an error, or the
+    /// last message of an archived stream).
     pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
         if self.done {
             return None;
         }
-        let item = self.advance().await;
-        if !matches!(item, Ok(Delivery::Message(_))) {
+        let item = self.advance().await.transpose();
+        if !matches!(item, Some(Ok(Delivery::Message(_)))) {
             self.done = true;
         }
-        Some(item)
+        item
     }
 
     /// The subscription as a stream of deliveries.
@@ -129,13 +131,17 @@ impl Subscription {
         subject_matches(&self.filter, &message.subject)
     }
 
-    async fn advance(&mut self) -> Result<Delivery, BusError> {
+    /// The next delivery; None at the end of an archived stream.
+    async fn advance(&mut self) -> Result<Option<Delivery>, BusError> {
         loop {
             while let Some(message) = self.replay.pop_front() {
                 self.cursor = message.offset + 1;
                 if self.matches(&message) {
-                    return Ok(Delivery::Message(message));
+                    return Ok(Some(Delivery::Message(message)));
                 }
+            }
+            if self.stream.end().is_some_and(|end| self.cursor > end) {
+                return Ok(None);
             }
             if self.cursor < self.live_from {
                 self.fetch_history().await?;
@@ -149,17 +155,25 @@ impl Subscription {
                     Ok(message) if message.offset == self.cursor => {
                         self.cursor += 1;
                         if self.matches(&message) {
-                            return Ok(Delivery::Message(message));
+                            return Ok(Some(Delivery::Message(message)));
                         }
                     }
                     // A hole in the feed cannot happen; if it did, resuming from history is safe.
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                        return Ok(Delivery::Lagged { resume_offset: self.cursor })
+                        return Ok(Some(Delivery::Lagged { resume_offset: self.cursor }))
                     }
                     Err(broadcast::error::RecvError::Closed) => {
                         return Err(self.reset("the stream was dropped from memory"))
                     }
                 },
+                // Archived, and the feed (polled first) holds nothing more: the end, unless
+                // messages are missing, which history can supply.
+                _ = self.stream.sealed.cancelled() => {
+                    if self.stream.end().is_some_and(|end| self.cursor > end) {
+                        return Ok(None);
+                    }
+                    return Ok(Some(Delivery::Lagged { resume_offset: self.cursor }));
+                }
                 _ = self.stream.closed.cancelled() => {
                     return Err(self.reset("the stream was dropped from memory"))
                 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether_bus::{Bus, BusConfig, BusError, Delivery, Retention, Start, StreamInfo};
+use aether_bus::{Bus, BusConfig, BusError, Delivery, Retention, Start};
 use aether_proto::{BusMessage, Durability};
 use common::*;
 use object_store::local::LocalFileSystem;
@@ -168,11 +168,8 @@ async fn subject_filters_with_wildcards() {
 async fn subscribe_from_earliest_latest_and_an_offset() {
     let (bus, _) = memory_bus(BusConfig::default());
     assert_eq!(
-        bus.stream_info("never-used").await.unwrap(),
-        StreamInfo {
-            first_offset: 1,
-            last_offset: 0
-        }
+        offsets(bus.stream_info("never-used").await.unwrap()),
+        (1, 0)
     );
     bus.publish(S, batch("m", 10), "p", Durability::Persisted)
         .await
@@ -330,13 +327,7 @@ fn persisted_messages_survive_a_crash_exactly_once() {
         assert_eq!((decoded.offset, payload(&decoded).as_str()), (1, "p0-0"));
 
         let bus = Bus::new(objects, BusConfig::default());
-        assert_eq!(
-            bus.stream_info(S).await.unwrap(),
-            StreamInfo {
-                first_offset: 1,
-                last_offset: last
-            }
-        );
+        assert_eq!(offsets(bus.stream_info(S).await.unwrap()), (1, last));
         let mut replay = bus.subscribe(S, Start::Earliest, "").await.unwrap();
         let messages = next_messages(&mut replay, last as usize).await;
         let mut expected: Vec<String> = Vec::new();
@@ -480,13 +471,7 @@ async fn retention_by_count_deletes_whole_old_segments() {
     // wrote the seventh; the seventh may still be deleting segment 21.
     let left = segments(&*objects, S).await;
     assert!(left == [21, 26, 31] || left == [26, 31], "{left:?}");
-    assert_eq!(
-        bus.stream_info(S).await.unwrap(),
-        StreamInfo {
-            first_offset: 26,
-            last_offset: 35
-        }
-    );
+    assert_eq!(offsets(bus.stream_info(S).await.unwrap()), (26, 35));
     let mut earliest = bus.subscribe(S, Start::Earliest, "").await.unwrap();
     assert_eq!(next_message(&mut earliest).await.offset, 26);
     let error = bus.subscribe(S, Start::Offset(25), "").await.err().unwrap();
@@ -525,13 +510,7 @@ async fn retention_by_age_expires_segments_but_keeps_the_offset_count() {
     tokio::time::sleep(Duration::from_millis(20)).await;
 
     let reopened = Bus::new(objects.clone(), config);
-    assert_eq!(
-        reopened.stream_info(S).await.unwrap(),
-        StreamInfo {
-            first_offset: 7,
-            last_offset: 6
-        }
-    );
+    assert_eq!(offsets(reopened.stream_info(S).await.unwrap()), (7, 6));
     let (first, _) = reopened
         .publish(S, batch("new", 1), "p", Durability::Persisted)
         .await
@@ -699,4 +678,132 @@ async fn invalid_publishes_change_nothing() {
         );
     }
     assert_eq!(bus.stream_info(S).await.unwrap().last_offset, 0);
+}
+
+#[tokio::test]
+async fn each_stream_keeps_its_own_retention_across_restarts() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let config = BusConfig {
+        max_segment_messages: 5,
+        ..BusConfig::default()
+    };
+    let bus = Bus::new(objects.clone(), config.clone());
+    let own = Retention {
+        max_messages: 10,
+        max_age: None,
+    };
+    let info = bus.set_retention("short", own).await.unwrap();
+    assert!(info.own_retention);
+    assert_eq!(info.retention, own);
+    for session in ["short", "long"] {
+        for i in 0..6 {
+            bus.publish(
+                session,
+                batch(&i.to_string(), 5),
+                "p",
+                Durability::Persisted,
+            )
+            .await
+            .unwrap();
+        }
+    }
+    assert_eq!(offsets(bus.stream_info("short").await.unwrap()), (21, 30));
+    let long = bus.stream_info("long").await.unwrap();
+    assert_eq!(offsets(long), (1, 30), "the other stream keeps everything");
+    assert!(!long.own_retention);
+    assert_eq!(long.retention, Retention::default());
+    drop(bus);
+
+    let reopened = Bus::new(objects.clone(), config);
+    let info = reopened.stream_info("short").await.unwrap();
+    assert_eq!((offsets(info), info.retention), ((21, 30), own));
+    // Lowering it deletes at once what it no longer keeps.
+    let info = reopened
+        .set_retention(
+            "short",
+            Retention {
+                max_messages: 5,
+                max_age: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(offsets(info), (26, 30));
+    assert_eq!(segments(&*objects, "short").await, vec![26]);
+    assert_eq!(segments(&*objects, "long").await.len(), 6);
+
+    let error = reopened
+        .set_retention(
+            "short",
+            Retention {
+                max_messages: 0,
+                max_age: Some(Duration::from_millis(10)),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(tonic::Status::from(error).code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn an_archived_stream_takes_no_more_messages_and_subscriptions_end_after_the_last() {
+    let objects: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+    let bus = Bus::new(objects.clone(), BusConfig::default());
+    let mut live = bus.subscribe(S, Start::Earliest, "").await.unwrap();
+    // Accepted only: archiving must persist them before it seals the stream.
+    bus.publish(S, batch("m", 10), "p", Durability::Accepted)
+        .await
+        .unwrap();
+    let archived = within(bus.archive(S)).await.unwrap();
+    assert_eq!(offsets(archived), (1, 10));
+    let archived_at = archived.archived_at.expect("archive time");
+    assert_eq!(
+        next_messages(&mut live, 10).await.last().unwrap().offset,
+        10
+    );
+    assert!(
+        within(live.next()).await.is_none(),
+        "the live subscription ends"
+    );
+
+    let error = bus
+        .publish(S, batch("late", 1), "p", Durability::Accepted)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            BusError::Archived {
+                last_offset: 10,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(tonic::Status::from(error).code(), Code::FailedPrecondition);
+    // Archiving again reports the same archive.
+    assert_eq!(bus.archive(S).await.unwrap().archived_at, Some(archived_at));
+    drop(bus);
+
+    // Restarted: still archived, everything readable, then the end.
+    let reopened = Bus::new(objects.clone(), BusConfig::default());
+    let info = reopened.stream_info(S).await.unwrap();
+    assert_eq!(
+        (offsets(info), info.archived_at),
+        ((1, 10), Some(archived_at))
+    );
+    let mut replay = reopened.subscribe(S, Start::Offset(4), "").await.unwrap();
+    assert_eq!(next_messages(&mut replay, 7).await[0].offset, 4);
+    assert!(within(replay.next()).await.is_none());
+    let mut latest = reopened.subscribe(S, Start::Latest, "").await.unwrap();
+    assert!(within(latest.next()).await.is_none());
+    assert!(reopened
+        .publish(S, batch("late", 1), "p", Durability::Persisted)
+        .await
+        .is_err());
+
+    // An empty stream archives too.
+    let empty = reopened.archive("never-used").await.unwrap();
+    assert_eq!(offsets(empty), (1, 0));
+    assert!(empty.archived_at.is_some());
 }

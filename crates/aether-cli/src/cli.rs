@@ -50,6 +50,10 @@ pub struct Cli {
     /// Bus endpoint, when it is not served at --endpoint (a cluster).
     #[arg(long, env = "AETHER_BUS_ENDPOINT", global = true)]
     pub bus_endpoint: Option<String>,
+    /// TLS for https:// endpoints: --tls-ca trusts a CA bundle (else the system's roots);
+    /// --tls-cert and --tls-key present a client certificate (mutual TLS).
+    #[command(flatten)]
+    pub tls: aether_tls::TlsArgs,
     /// Print transfer statistics (chunks sent, deduplicated) on stderr.
     #[arg(short = 'v', long, global = true)]
     pub verbose: bool,
@@ -168,6 +172,11 @@ pub enum Command {
         after_help = "Examples:\n  aether watch $S\n  aether watch $S --from 10 --subject 'session.>'\n  aether watch $S --count 5 -o json"
     )]
     Watch(WatchArgs),
+    /// Show a session's bus stream (offsets, retention, archive); set its retention.
+    #[command(
+        after_help = "Setting retention needs the owner role; 0 means no limit.\n\nExamples:\n  aether stream $S\n  aether stream $S --max-messages 100000 --max-age 7d"
+    )]
+    Stream(StreamArgs),
     /// Show a session's audit trail.
     #[command(after_help = "Example:\n  aether audit $S")]
     Audit(SessionArgs),
@@ -588,6 +597,18 @@ pub struct PublishArgs {
     /// A header, KEY=VALUE (repeatable).
     #[arg(long = "header", value_parser = address::key_value)]
     pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    #[arg(value_parser = address::session_id)]
+    pub session: String,
+    /// Keep at most this many messages (0: no limit); sets the stream's own retention.
+    #[arg(long)]
+    pub max_messages: Option<u64>,
+    /// Keep messages at most this long (30m, 7d...; 0: forever); sets the stream's own retention.
+    #[arg(long, value_parser = address::duration)]
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Debug, Args)]

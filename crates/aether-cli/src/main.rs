@@ -114,15 +114,22 @@ async fn main() -> ExitCode {
                 .map_err(|e| Failure::Other(format!("{e:#}")))
         }
         command => {
-            let options = Options {
+            let options = cli.tls.client().map(|tls| Options {
                 token: cli.token,
                 timeout: cli.timeout,
                 retries: cli.retries,
                 store_endpoint: cli.store_endpoint,
                 bus_endpoint: cli.bus_endpoint,
+                tls,
                 ..Options::default()
+            });
+            let connected = match options {
+                Ok(options) => Client::connect(cli.endpoint, options)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
             };
-            match Client::connect(cli.endpoint, options).await {
+            match connected {
                 Ok(client) => {
                     let context = Context {
                         client,
@@ -131,7 +138,7 @@ async fn main() -> ExitCode {
                     };
                     commands::run(&context, command).await
                 }
-                Err(e) => Err(Failure::Usage(e.to_string())),
+                Err(e) => Err(Failure::Usage(e)),
             }
         }
     };

@@ -1,5 +1,6 @@
-//! The connection: one channel per endpoint, a bearer-token interceptor on every call, per-call
-//! deadlines, and retries with exponential backoff for statuses that say "try again".
+//! The connection: one channel per endpoint, an interceptor adding the bearer token and trace
+//! context to every call, per-call deadlines, and retries with exponential backoff for statuses
+//! that say "try again".
 //!
 //! What is retried: UNAVAILABLE always (the server or a dependency is down, or this coordinator
 //! lost the session's lease: nothing was applied); DEADLINE_EXCEEDED only for idempotent calls
@@ -17,9 +18,10 @@ use aether_proto::knowledge_service_client::KnowledgeServiceClient;
 use aether_proto::review_service_client::ReviewServiceClient;
 use aether_proto::session_service_client::SessionServiceClient;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
+use aether_tls::{ClientTls, TlsError};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use crate::error::{Error, Result};
@@ -45,6 +47,9 @@ pub struct Options {
     pub store_endpoint: Option<String>,
     /// The bus, when it is not served at the main endpoint.
     pub bus_endpoint: Option<String>,
+    /// How `https://` endpoints are trusted (CA bundle; the system's roots by default) and the
+    /// client certificate presented to servers that require one. `http://` is plaintext.
+    pub tls: ClientTls,
 }
 
 impl Default for Options {
@@ -56,11 +61,14 @@ impl Default for Options {
             backoff: Duration::from_millis(100),
             store_endpoint: None,
             bus_endpoint: None,
+            tls: ClientTls::default(),
         }
     }
 }
 
-/// Adds the bearer token to every request.
+/// Adds the bearer token to every request, and the caller's trace context: a call made while
+/// an OpenTelemetry span is current (and a global text-map propagator is installed) joins
+/// that span's trace on every service it reaches.
 #[derive(Clone)]
 pub struct Auth {
     header: Option<MetadataValue<Ascii>>,
@@ -73,6 +81,7 @@ impl tonic::service::Interceptor for Auth {
                 .metadata_mut()
                 .insert("authorization", header.clone());
         }
+        aether_auth::inject_trace_context(request.metadata_mut());
         Ok(request)
     }
 }
@@ -103,16 +112,14 @@ pub struct Client {
     endpoint: String,
 }
 
-fn channel(endpoint: &str) -> Result<Channel> {
-    let invalid = |reason: String| Error::InvalidEndpoint {
-        endpoint: endpoint.to_string(),
-        reason,
-    };
-    if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
-        return Err(invalid("it has no http:// or https:// scheme".into()));
-    }
-    let endpoint = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| invalid(e.to_string()))?
+fn channel(endpoint: &str, tls: &ClientTls) -> Result<Channel> {
+    let endpoint = aether_tls::endpoint(endpoint, tls)
+        .map_err(|e| match e {
+            TlsError::InvalidEndpoint { endpoint, reason } => {
+                Error::InvalidEndpoint { endpoint, reason }
+            }
+            other => Error::Tls(other),
+        })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -131,7 +138,8 @@ macro_rules! limits {
 }
 
 impl Client {
-    /// Connects to `endpoint` (`http://host:port`). The connection is made on first use, so
+    /// Connects to `endpoint` (`http://host:port`, or `https://host:port` for TLS per
+    /// [`Options::tls`]). The connection is made on first use, so
     /// this fails only for an invalid endpoint or token.
     pub async fn connect(endpoint: impl Into<String>, options: Options) -> Result<Client> {
         let endpoint = endpoint.into();
@@ -144,13 +152,13 @@ impl Client {
             None => None,
         };
         let auth = Auth { header };
-        let main = channel(&endpoint)?;
+        let main = channel(&endpoint, &options.tls)?;
         let store = match &options.store_endpoint {
-            Some(other) => channel(other)?,
+            Some(other) => channel(other, &options.tls)?,
             None => main.clone(),
         };
         let bus = match &options.bus_endpoint {
-            Some(other) => channel(other)?,
+            Some(other) => channel(other, &options.tls)?,
             None => main.clone(),
         };
         let with = |channel: &Channel| InterceptedService::new(channel.clone(), auth.clone());

@@ -12,8 +12,11 @@ pub enum Error {
     #[error("{}: {message}", code_name(*code))]
     Status { code: Code, message: String },
     /// The endpoint is not a usable URI.
-    #[error("invalid endpoint {endpoint:?}: {reason} (expected http://host:port)")]
+    #[error("invalid endpoint {endpoint:?}: {reason} (expected http://host:port, or https://host:port for TLS)")]
     InvalidEndpoint { endpoint: String, reason: String },
+    /// The TLS settings ([`crate::ClientTls`]) cannot be used for an `https://` endpoint.
+    #[error(transparent)]
+    Tls(aether_tls::TlsError),
     /// The token cannot be sent as an HTTP header value.
     #[error("the token cannot be sent in an authorization header: {0}")]
     InvalidToken(String),
@@ -47,9 +50,10 @@ impl Error {
     pub fn code(&self) -> Code {
         match self {
             Error::Status { code, .. } => *code,
-            Error::InvalidEndpoint { .. } | Error::InvalidToken(_) | Error::InvalidArgument(_) => {
-                Code::InvalidArgument
-            }
+            Error::InvalidEndpoint { .. }
+            | Error::InvalidToken(_)
+            | Error::InvalidArgument(_)
+            | Error::Tls(_) => Code::InvalidArgument,
             Error::Io { source, .. } => match source.kind() {
                 std::io::ErrorKind::NotFound => Code::NotFound,
                 std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,

@@ -29,6 +29,8 @@ mod subscription;
 mod upload;
 
 pub use aether_proto as proto;
+/// TLS settings of [`Options::tls`].
+pub use aether_tls::ClientTls;
 pub use client::{Auth, AuthChannel, Client, NewSession, Options, SessionSource};
 pub use download::DownloadReport;
 pub use error::{code_name, Error, Result};

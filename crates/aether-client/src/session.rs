@@ -946,6 +946,28 @@ impl SessionHandle {
         Subscription::new(self.clone(), start, subject_filter.to_string())
     }
 
+    /// Gives the session's stream its own retention (owner only): keep at most `max_messages`
+    /// (0: no limit) for at most `max_age` (None: forever).
+    pub async fn set_retention(
+        &self,
+        max_messages: u64,
+        max_age: Option<Duration>,
+    ) -> Result<pb::SetRetentionResponse> {
+        let max_age = max_age.map(duration);
+        let request = pb::SetRetentionRequest {
+            session_id: self.sid(),
+            retention: Some(pb::Retention {
+                max_messages,
+                max_age,
+            }),
+        };
+        self.client
+            .unary(Idempotence::Idempotent, request, |mut c, r| async move {
+                c.bus.set_retention(r).await
+            })
+            .await
+    }
+
     /// Offsets and retention of the session's stream.
     pub async fn stream_info(&self) -> Result<pb::GetStreamInfoResponse> {
         let request = pb::GetStreamInfoRequest {

@@ -8,6 +8,9 @@
 //! [`HolderLookup`] who holds the session, and either lets the request through or proxies the
 //! whole HTTP/2 request, body stream included, to the holder.
 //!
+//! Holder addresses are `https://` when the nodes serve TLS; the channels to them are built
+//! with the node's client TLS settings (its CA bundle, and its certificate for mutual TLS).
+//!
 //! A forwarded request carries `x-aether-forwarded`; a node never forwards such a request
 //! again but answers UNAVAILABLE when it does not hold the session either. If the holder is
 //! gone, requests fail UNAVAILABLE until its lease expires, after which the next request takes
@@ -18,12 +21,13 @@ use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use aether_tls::ClientTls;
 use bytes::{Buf, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Status;
 
 use async_trait::async_trait;
@@ -114,14 +118,17 @@ fn session_id(shape: Shape, prefix: &[u8]) -> Option<String> {
 pub struct ForwardLayer {
     lookup: Arc<dyn HolderLookup>,
     routes: Routes,
+    tls: ClientTls,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
 impl ForwardLayer {
-    pub fn new(lookup: Arc<dyn HolderLookup>, routes: Routes) -> Self {
+    /// `tls` is how this node connects to `https://` holders.
+    pub fn new(lookup: Arc<dyn HolderLookup>, routes: Routes, tls: ClientTls) -> Self {
         Self {
             lookup,
             routes,
+            tls,
             channels: Arc::default(),
         }
     }
@@ -131,8 +138,8 @@ impl ForwardLayer {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(address.to_string())
-            .map_err(|e| Status::internal(format!("holder address {address:?} is invalid: {e}")))?
+        let channel = aether_tls::endpoint(address, &self.tls)
+            .map_err(|e| Status::internal(format!("cannot reach the holder: {e}")))?
             .connect_timeout(std::time::Duration::from_secs(2))
             // A holder that stops answering (paused, partitioned) must fail forwarded calls
             // quickly, so clients retry and the session is taken over once its lease ends.

@@ -2,31 +2,43 @@
 //!
 //! Events go through one bounded queue and one worker, so they reach the bus in the order the
 //! changes were committed. When the bus is unreachable the worker retries with backoff; a full
-//! queue makes mutations wait (back-pressure) rather than drop events.
+//! queue makes mutations wait (back-pressure) rather than drop events. When a session closes
+//! or expires, its stream is archived through the same queue, after its last event.
+//!
+//! Each queued item keeps the trace context of the call that queued it, so the worker's bus
+//! call joins that call's trace although it runs in another task.
 
 use std::time::Duration;
 
 use aether_auth::AttachToken;
 use aether_proto::bus_service_client::BusServiceClient;
-use aether_proto::{Durability, OutgoingMessage, PublishRequest, SessionEvent};
+use aether_proto::{
+    ArchiveStreamRequest, Durability, OutgoingMessage, PublishRequest, SessionEvent,
+};
+use opentelemetry::trace::FutureExt;
 use prost::Message;
 use tokio::sync::mpsc;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+use tonic::Code;
 
 /// Queue depth before mutations wait for the bus.
 const QUEUE: usize = 10_000;
 
-struct Pending {
-    session_id: String,
-    subject: &'static str,
-    event: SessionEvent,
+enum Pending {
+    Event {
+        session_id: String,
+        subject: &'static str,
+        event: SessionEvent,
+    },
+    /// Seal the session's stream: it closed.
+    Archive { session_id: String },
 }
 
 /// Where the coordinator sends session events.
 #[derive(Clone)]
 pub struct EventSink {
-    queue: Option<mpsc::Sender<Pending>>,
+    queue: Option<mpsc::Sender<(Pending, opentelemetry::Context)>>,
 }
 
 impl EventSink {
@@ -51,13 +63,26 @@ impl EventSink {
     }
 
     pub async fn publish(&self, session_id: &str, subject: &'static str, event: SessionEvent) {
+        self.enqueue(Pending::Event {
+            session_id: session_id.to_string(),
+            subject,
+            event,
+        })
+        .await;
+    }
+
+    /// Archives the session's stream after every event queued before.
+    pub async fn archive(&self, session_id: &str) {
+        self.enqueue(Pending::Archive {
+            session_id: session_id.to_string(),
+        })
+        .await;
+    }
+
+    async fn enqueue(&self, pending: Pending) {
         if let Some(queue) = &self.queue {
-            let pending = Pending {
-                session_id: session_id.to_string(),
-                subject,
-                event,
-            };
-            if queue.send(pending).await.is_err() {
+            let trace = opentelemetry::Context::current();
+            if queue.send((pending, trace)).await.is_err() {
                 tracing::error!("event worker stopped; session event dropped");
             }
         }
@@ -65,33 +90,84 @@ impl EventSink {
 }
 
 async fn deliver(
-    mut client: BusServiceClient<InterceptedService<Channel, AttachToken>>,
-    mut rx: mpsc::Receiver<Pending>,
+    client: BusServiceClient<InterceptedService<Channel, AttachToken>>,
+    mut rx: mpsc::Receiver<(Pending, opentelemetry::Context)>,
 ) {
-    while let Some(pending) = rx.recv().await {
-        let request = PublishRequest {
-            session_id: pending.session_id.clone(),
-            messages: vec![OutgoingMessage {
-                subject: pending.subject.to_string(),
-                payload: pending.event.encode_to_vec().into(),
-                headers: [(
-                    "content-type".to_string(),
-                    "application/x-protobuf; type=aetherfs.v1.SessionEvent".to_string(),
-                )]
-                .into(),
-            }],
-            durability: Durability::Persisted as i32,
-        };
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match client.publish(request.clone()).await {
-                Ok(_) => break,
-                Err(status) => {
-                    tracing::warn!(session = %pending.session_id, %status, "publishing session event failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+    while let Some((pending, trace)) = rx.recv().await {
+        match pending {
+            Pending::Event {
+                session_id,
+                subject,
+                event,
+            } => {
+                let request = PublishRequest {
+                    session_id: session_id.clone(),
+                    messages: vec![OutgoingMessage {
+                        subject: subject.to_string(),
+                        payload: event.encode_to_vec().into(),
+                        headers: [(
+                            "content-type".to_string(),
+                            "application/x-protobuf; type=aetherfs.v1.SessionEvent".to_string(),
+                        )]
+                        .into(),
+                    }],
+                    durability: Durability::Persisted as i32,
+                };
+                with_retries(&session_id, &trace, "publishing a session event", || {
+                    let mut client = client.clone();
+                    let request = request.clone();
+                    async move { client.publish(request).await.map(|_| ()) }
+                })
+                .await;
+            }
+            Pending::Archive { session_id } => {
+                let request = ArchiveStreamRequest {
+                    session_id: session_id.clone(),
+                };
+                with_retries(&session_id, &trace, "archiving the bus stream", || {
+                    let mut client = client.clone();
+                    let request = request.clone();
+                    async move { client.archive_stream(request).await.map(|_| ()) }
+                })
+                .await;
             }
         }
+    }
+}
+
+/// Runs `call` until it succeeds, with backoff while the bus is unreachable or busy. A
+/// refusal that retrying cannot change (an archived stream, a denied call) is logged and
+/// dropped, so one bad event never stalls the queue.
+async fn with_retries<F, Fut>(
+    session_id: &str,
+    trace: &opentelemetry::Context,
+    what: &str,
+    mut call: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Err(status) = call().with_context(trace.clone()).await else {
+            return;
+        };
+        let retryable = matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::Internal
+                | Code::Cancelled
+        );
+        if !retryable {
+            tracing::error!(session = %session_id, %status, "{what} was refused; dropping it");
+            return;
+        }
+        tracing::warn!(session = %session_id, %status, "{what} failed; retrying");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -318,6 +318,10 @@ impl Sessions {
             event.principal = effect.principal;
             self.events.publish(&id, subject, event).await;
         }
+        if matches!(mutation.record.state, State::Closed | State::Expired) {
+            // Nothing can change a closed session again, so this runs once per session.
+            self.events.archive(&id).await;
+        }
         Ok(mutation.record)
     }
 

@@ -3,6 +3,7 @@
 //! start telemetry, build each service, serve it with health and reflection, shut down
 //! gracefully (stop accepting, drain, release leases).
 
+pub mod rpc_telemetry;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -14,11 +15,12 @@ use aether_coord::{Coordination, EmbeddedCoordination, EtcdCoordination};
 use aether_coordinator::{CoordinatorArgs, EventSink};
 use aether_store::backend::BackendArgs;
 use aether_store::{BlobStore, Blobs, Limits, RemoteBlobs};
+use aether_tls::{ClientTls, TlsArgs};
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Flags every service takes.
 #[derive(Clone, Debug, clap::Args)]
@@ -36,6 +38,13 @@ pub struct CommonArgs {
     pub exit_on_stdin_close: bool,
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// TLS: with --tls-cert and --tls-key this process serves TLS only, and its own calls to
+    /// https:// endpoints trust --tls-ca.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    /// Mutual TLS: CA bundle (PEM) whose client certificates are required of every caller.
+    #[arg(long, env = "AETHER_TLS_CLIENT_CA", global = true)]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `aetherd store`.
@@ -56,7 +65,8 @@ pub struct BusCommand {
     /// stream has one holder and any node forwards to it. Without them, one bus node only.
     #[arg(long, env = "AETHER_ETCD_ENDPOINTS", value_delimiter = ',')]
     pub etcd_endpoints: Vec<String>,
-    /// Address other bus nodes use to reach this one; defaults to the listen address.
+    /// Address other bus nodes use to reach this one (https:// with TLS); defaults to the listen
+    /// address.
     #[arg(long, env = "AETHER_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
     /// Lease TTL of this node in seconds: how long a dead holder keeps its streams.
@@ -81,7 +91,8 @@ pub struct CoordinatorCommand {
     /// Bus endpoint (http://host:port); without it no session events are published.
     #[arg(long, env = "AETHER_BUS_ENDPOINT")]
     pub bus_endpoint: Option<String>,
-    /// Address other coordinators use to reach this one; defaults to the listen address.
+    /// Address other coordinators use to reach this one (https:// with TLS); defaults to the
+    /// listen address.
     #[arg(long, env = "AETHER_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
     #[command(flatten)]
@@ -347,9 +358,8 @@ fn configure_auth(args: &AuthArgs, dev: bool) -> Result<Auth> {
     })
 }
 
-fn lazy_channel(endpoint: &str) -> Result<Channel> {
-    Ok(Endpoint::from_shared(endpoint.to_string())
-        .with_context(|| format!("invalid endpoint {endpoint:?}: expected http://host:port"))?
+fn lazy_channel(endpoint: &str, tls: &ClientTls) -> Result<Channel> {
+    Ok(aether_tls::endpoint(endpoint, tls)?
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true)
         .connect_lazy())
@@ -361,11 +371,35 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         return run_gc(cmd, shutdown).await;
     }
     let auth = configure_auth(&common.auth, matches!(service, Service::Dev(_)))?;
+    // TLS files are checked before anything starts.
+    let tls = common.tls.client()?;
+    let server_tls = common.tls.server(common.tls_client_ca.as_deref())?;
+    let scheme = if server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut server = tonic::transport::Server::builder();
+    if let Some(config) = server_tls {
+        server = server
+            .tls_config(config)
+            .context("cannot serve TLS with --tls-cert and --tls-key")?;
+    }
     let listener = TcpListener::bind(common.listen)
         .await
         .with_context(|| format!("cannot listen on {}", common.listen))?;
     let addr = listener.local_addr()?;
-    let own_endpoint = format!("http://{addr}");
+    let own_endpoint = format!("{scheme}://{addr}");
+    // Other nodes reach this one at this address: it must speak what this node serves.
+    let advertised = |flag: &Option<String>| -> Result<String> {
+        match flag {
+            Some(address) if scheme == "https" && !address.starts_with("https://") => {
+                anyhow::bail!("--advertise-addr {address} must be an https:// address: this node serves TLS (--tls-cert)")
+            }
+            Some(address) => Ok(address.clone()),
+            None => Ok(own_endpoint.clone()),
+        }
+    };
     let mut routes = RoutesBuilder::default();
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let mut served: Vec<&'static str> = Vec::new();
@@ -426,10 +460,7 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             };
             let b = add_bus(&mut routes, objects, coord.clone(), &mut served);
             if let Some(coord) = coord {
-                let address = cmd
-                    .advertise_addr
-                    .clone()
-                    .unwrap_or_else(|| own_endpoint.clone());
+                let address = advertised(&cmd.advertise_addr)?;
                 // Unique per process start: pids and ports repeat across containers.
                 let node_id = format!("bus-{}", uuid::Uuid::new_v4().simple());
                 let holds = aether_bus::holders::StreamHolds::start(
@@ -452,20 +483,17 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                     .context("cannot reach etcd")?,
             );
             let blobs: Arc<dyn Blobs> = Arc::new(RemoteBlobs::with_token(
-                lazy_channel(&cmd.store_endpoint)?,
+                lazy_channel(&cmd.store_endpoint, &tls)?,
                 &Limits::default(),
                 auth.outgoing.clone(),
             ));
             let events = match &cmd.bus_endpoint {
                 Some(endpoint) => {
-                    EventSink::bus_with_token(lazy_channel(endpoint)?, auth.outgoing.clone())
+                    EventSink::bus_with_token(lazy_channel(endpoint, &tls)?, auth.outgoing.clone())
                 }
                 None => EventSink::disabled(),
             };
-            let address = cmd
-                .advertise_addr
-                .clone()
-                .unwrap_or_else(|| own_endpoint.clone());
+            let address = advertised(&cmd.advertise_addr)?;
             let s =
                 aether_coordinator::start(coord, blobs, events, address, &cmd.coordinator).await?;
             aether_coordinator::register(&mut routes, &s);
@@ -493,7 +521,8 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             ));
             // The coordinator reaches the store in-process and the bus through this listener.
             let blobs: Arc<dyn Blobs> = Arc::new(store.clone());
-            let events = EventSink::bus_with_token(lazy_channel(&own_endpoint)?, auth.outgoing);
+            let events =
+                EventSink::bus_with_token(lazy_channel(&own_endpoint, &tls)?, auth.outgoing);
             let s = aether_coordinator::start(
                 coord,
                 blobs,
@@ -541,18 +570,24 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     // `serve_with_incoming`, and small bus and metadata messages would wait ~40 ms for ACKs.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     // Changes to a session held by another coordinator are forwarded to it.
-    let forward = sessions
-        .clone()
-        .map(|s| aether_coord::forward::ForwardLayer::new(s, aether_coordinator::routing::routes));
+    let forward = sessions.clone().map(|s| {
+        aether_coord::forward::ForwardLayer::new(
+            s,
+            aether_coordinator::routing::routes,
+            tls.clone(),
+        )
+    });
     // Bus requests for a stream held by another bus node are forwarded to it.
-    let forward_bus = stream_holds
-        .clone()
-        .map(|h| aether_coord::forward::ForwardLayer::new(h, aether_bus::holders::routes));
+    let forward_bus = stream_holds.clone().map(|h| {
+        aether_coord::forward::ForwardLayer::new(h, aether_bus::holders::routes, tls.clone())
+    });
     // Authentication runs first, before forwarding: a forwarded request carries the caller's
     // own authorization header and is authenticated again by the holder.
     let auth_layer = AuthLayer::new(Arc::new(auth.authenticator));
-    tonic::transport::Server::builder()
+    server
         .tcp_nodelay(true)
+        // Outermost: refused calls are counted, and everything inside runs in the RPC's span.
+        .layer(rpc_telemetry::RpcTelemetryLayer::new())
         .layer(auth_layer)
         .layer(tower::util::option_layer(forward))
         .layer(tower::util::option_layer(forward_bus))

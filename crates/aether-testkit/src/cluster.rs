@@ -1,12 +1,15 @@
 //! A whole AetherFS deployment on real dependencies: etcd, moto S3, and `aetherd` processes for
 //! stores, buses and coordinators, each on its own loopback port.
 
+use std::net::SocketAddr;
+
 use anyhow::{bail, Context, Result};
 
 use crate::etcd::EtcdCluster;
 use crate::locate::aetherd_path;
 use crate::s3::S3Server;
 use crate::service::ServiceProcess;
+use crate::tls::{TestCa, TlsMode};
 
 /// How many of each part [`Cluster::start`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +20,11 @@ pub struct ClusterSpec {
     pub etcd_members: usize,
     /// `--lease-ttl-secs` of the coordinators and buses (their default when None).
     pub lease_ttl_secs: Option<u64>,
+    /// TLS between clients and services and between services, with a CA made for the test.
+    pub tls: TlsMode,
+    /// An OTLP/gRPC collector every process exports its spans and metrics to, with export
+    /// delays short enough for a test to wait on.
+    pub otlp_endpoint: Option<SocketAddr>,
 }
 
 impl Default for ClusterSpec {
@@ -28,6 +36,8 @@ impl Default for ClusterSpec {
             buses: 1,
             etcd_members: 1,
             lease_ttl_secs: None,
+            tls: TlsMode::Off,
+            otlp_endpoint: None,
         }
     }
 }
@@ -39,6 +49,9 @@ pub struct Cluster {
     pub stores: Vec<ServiceProcess>,
     pub buses: Vec<ServiceProcess>,
     pub coordinators: Vec<ServiceProcess>,
+    /// The test CA and certificates, unless `tls` is [`TlsMode::Off`]. Declared last: the
+    /// processes are killed before the files go.
+    pub tls: Option<TestCa>,
 }
 
 impl Cluster {
@@ -48,6 +61,9 @@ impl Cluster {
     /// - buses: `aetherd bus <s3 args> --etcd-endpoints <all>`
     /// - coordinators: `aetherd coordinator --etcd-endpoints <all> --store-endpoint <store i % n>
     ///   --bus-endpoint <bus i % n>`
+    ///
+    /// With TLS, every process also gets [`TestCa::aetherd_args`] and the endpoints are
+    /// `https://`.
     pub async fn start(spec: ClusterSpec) -> Result<Cluster> {
         if spec.coordinators > 0 && (spec.stores == 0 || spec.buses == 0) {
             bail!("coordinators need at least one store and one bus, got {spec:?}");
@@ -57,12 +73,31 @@ impl Cluster {
         let (etcd, s3) = tokio::join!(EtcdCluster::start(spec.etcd_members), S3Server::start());
         let (etcd, s3) = (etcd?, s3?);
         let etcd_endpoints = etcd.endpoints().join(",");
+        let tls = match spec.tls {
+            TlsMode::Off => None,
+            TlsMode::On | TlsMode::Mutual => Some(TestCa::generate()?),
+        };
+        let tls_args = tls
+            .as_ref()
+            .map(|ca| ca.aetherd_args(spec.tls == TlsMode::Mutual))
+            .unwrap_or_default();
+        let env: Vec<(String, String)> = match spec.otlp_endpoint {
+            Some(addr) => [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "200".into()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v))
+            .into(),
+            None => Vec::new(),
+        };
 
         let mut stores = Vec::with_capacity(spec.stores);
         for index in 0..spec.stores {
             let mut args = vec!["store".to_owned()];
             args.extend(s3.aetherd_args());
-            let store = ServiceProcess::start_with_binary(&aetherd, &args)
+            args.extend(tls_args.iter().cloned());
+            let store = ServiceProcess::start_with_env(&aetherd, &args, &env)
                 .await
                 .with_context(|| format!("cannot start store {index}"))?;
             stores.push(store);
@@ -76,7 +111,8 @@ impl Cluster {
             if let Some(ttl) = spec.lease_ttl_secs {
                 args.extend(["--lease-ttl-secs".to_owned(), ttl.to_string()]);
             }
-            let bus = ServiceProcess::start_with_binary(&aetherd, &args)
+            args.extend(tls_args.iter().cloned());
+            let bus = ServiceProcess::start_with_env(&aetherd, &args, &env)
                 .await
                 .with_context(|| format!("cannot start bus {index}"))?;
             buses.push(bus);
@@ -96,7 +132,8 @@ impl Cluster {
             if let Some(ttl) = spec.lease_ttl_secs {
                 args.extend(["--lease-ttl-secs".to_owned(), ttl.to_string()]);
             }
-            let coordinator = ServiceProcess::start_with_binary(&aetherd, &args)
+            args.extend(tls_args.iter().cloned());
+            let coordinator = ServiceProcess::start_with_env(&aetherd, &args, &env)
                 .await
                 .with_context(|| format!("cannot start coordinator {index}"))?;
             coordinators.push(coordinator);
@@ -108,6 +145,7 @@ impl Cluster {
             stores,
             buses,
             coordinators,
+            tls,
         })
     }
 

@@ -3,7 +3,8 @@
 //!
 //! - [`Etcd`] / [`EtcdCluster`]: etcd from PATH, one node or N members;
 //! - [`S3Server`]: moto with the bucket `aether-test`;
-//! - [`ServiceProcess`]: one `aetherd`; [`Cluster`]: all of the above wired together.
+//! - [`ServiceProcess`]: one `aetherd`; [`Cluster`]: all of the above wired together;
+//! - [`TestCa`]: throwaway certificates for TLS tests ([`ClusterSpec::tls`]).
 //!
 //! Promises:
 //! - nothing leaks: every process is SIGKILLed and reaped on drop (so on panic too) and dies
@@ -22,6 +23,7 @@ mod ports;
 mod proxy;
 mod s3;
 mod service;
+mod tls;
 mod wait;
 
 pub use cluster::{Cluster, ClusterSpec};
@@ -31,3 +33,4 @@ pub use ports::free_port;
 pub use proxy::PartitionProxy;
 pub use s3::S3Server;
 pub use service::ServiceProcess;
+pub use tls::{TestCa, TlsMode};

@@ -37,6 +37,7 @@ pub struct ServiceProcess {
     process: ChildProcess,
     binary: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     service: String,
     addr: SocketAddr,
     logs: TempDir,
@@ -56,16 +57,28 @@ impl ServiceProcess {
         binary: impl Into<PathBuf>,
         args: &[String],
     ) -> Result<ServiceProcess> {
+        Self::start_with_env(binary, args, &[]).await
+    }
+
+    /// Like [`ServiceProcess::start_with_binary`], with extra environment variables (kept for
+    /// restarts too).
+    pub async fn start_with_env(
+        binary: impl Into<PathBuf>,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Result<ServiceProcess> {
         let binary = binary.into();
         let logs = tempfile::Builder::new()
             .prefix("aether-service-")
             .tempdir()
             .context("cannot create a temp dir for service logs")?;
-        let (process, service, addr) = launch(&binary, args, "127.0.0.1:0", logs.path()).await?;
+        let (process, service, addr) =
+            launch(&binary, args, env, "127.0.0.1:0", logs.path()).await?;
         Ok(ServiceProcess {
             process,
             binary,
             args: args.to_vec(),
+            env: env.to_vec(),
             service,
             addr,
             logs,
@@ -77,9 +90,14 @@ impl ServiceProcess {
         self.addr
     }
 
-    /// `http://ip:port`.
+    /// `http://ip:port`, or `https://ip:port` when it serves TLS (started with `--tls-cert`).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        let tls = self
+            .args
+            .iter()
+            .any(|a| a == "--tls-cert" || a.starts_with("--tls-cert="));
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The pid of the current process (it changes on [`ServiceProcess::restart`]).
@@ -152,8 +170,14 @@ impl ServiceProcess {
             writeln!(log, "--- aether-testkit: restarting on {} ---", self.addr)?;
         }
         let listen = self.addr.to_string();
-        let (process, service, addr) =
-            launch(&self.binary, &self.args, &listen, self.logs.path()).await?;
+        let (process, service, addr) = launch(
+            &self.binary,
+            &self.args,
+            &self.env,
+            &listen,
+            self.logs.path(),
+        )
+        .await?;
         self.process = process;
         if addr != self.addr {
             bail!(
@@ -182,6 +206,7 @@ fn is_auth_source_flag(arg: &str) -> bool {
 async fn launch(
     binary: &Path,
     args: &[String],
+    env: &[(String, String)],
     listen: &str,
     logs: &Path,
 ) -> Result<(ChildProcess, String, SocketAddr)> {
@@ -199,7 +224,8 @@ async fn launch(
         // aetherd exits when this pipe closes: no orphan outlives its test.
         .env("AETHER_EXIT_ON_STDIN_CLOSE", "true")
         .stdout(Stdio::piped())
-        .stderr(stderr);
+        .stderr(stderr)
+        .envs(env.iter().map(|(k, v)| (k, v)));
     // Cluster services refuse to start without an auth source; tests that configure none
     // run them open (anonymous). Tests that pass an auth source get exactly what they ask.
     if !args.iter().any(|a| is_auth_source_flag(a)) {

@@ -79,8 +79,10 @@ pub async fn segments(objects: &dyn ObjectStore, session_id: &str) -> Vec<u64> {
     let prefix = Path::from(format!("streams/{session_id}"));
     let mut firsts: Vec<u64> = objects
         .list(Some(&prefix))
+        .map(|meta| meta.unwrap())
+        // The stream's settings object sits beside its segments.
+        .filter(|meta| std::future::ready(meta.location.filename() != Some("stream.json")))
         .map(|meta| {
-            let meta = meta.unwrap();
             let name = meta.location.filename().unwrap().to_string();
             assert!(name.ends_with(".seg") && name.len() == 24, "{name}");
             name[..20].parse::<u64>().unwrap()
@@ -89,6 +91,11 @@ pub async fn segments(objects: &dyn ObjectStore, session_id: &str) -> Vec<u64> {
         .await;
     firsts.sort();
     firsts
+}
+
+/// The first and last offsets of a stream.
+pub fn offsets(info: aether_bus::StreamInfo) -> (u64, u64) {
+    (info.first_offset, info.last_offset)
 }
 
 /// An object store whose writes fail while `failing` is set.

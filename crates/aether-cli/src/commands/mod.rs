@@ -40,6 +40,7 @@ pub async fn run(context: &Context, command: Command) -> Result<(), Failure> {
         Command::Approval(command) => review::approval(context, command).await,
         Command::Publish(args) => bus::publish(context, args).await,
         Command::Watch(args) => bus::watch(context, args).await,
+        Command::Stream(args) => bus::stream(context, args).await,
         Command::Audit(args) => sessions::audit(context, args).await,
         Command::Mount(args) => crate::mount::run(context, args).await,
     }
