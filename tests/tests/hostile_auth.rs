@@ -1,5 +1,6 @@
 //! Hostile callers over real gRPC against `aetherd dev` with a token file: no token, bad
-//! tokens, and principals without a role on a session. Each case asserts the exact status and
+//! tokens, and principals without a role on a session; and with JWT keys (HS256, RS256):
+//! expired, forged, unsigned and wrong-algorithm tokens. Each case asserts the exact status and
 //! that nothing changed (head version, listing).
 
 mod common;
@@ -10,6 +11,7 @@ use aether_proto::session_service_client::SessionServiceClient;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
 use aether_testkit::ServiceProcess;
 use common::connect;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 use tonic_health::pb::health_client::HealthClient;
@@ -32,15 +34,19 @@ async fn start() -> Dev {
     let data = tempfile::tempdir().unwrap();
     let tokens = data.path().join("tokens");
     std::fs::write(&tokens, TOKENS).unwrap();
-    let server = ServiceProcess::start(&[
-        "dev".into(),
+    let auth = ["--auth-token-file".into(), tokens.display().to_string()];
+    start_with(data, &auth).await
+}
+
+/// `aetherd dev` with data in `data` and the given authentication flags.
+async fn start_with(data: tempfile::TempDir, auth: &[String]) -> Dev {
+    let mut args = vec![
+        "dev".to_string(),
         "--data".into(),
         data.path().join("d").display().to_string(),
-        "--auth-token-file".into(),
-        tokens.display().to_string(),
-    ])
-    .await
-    .unwrap();
+    ];
+    args.extend_from_slice(auth);
+    let server = ServiceProcess::start(&args).await.unwrap();
     let channel = connect(&server.endpoint()).await.unwrap();
     Dev {
         _data: data,
@@ -67,9 +73,13 @@ fn code<T>(result: Result<tonic::Response<T>, tonic::Status>) -> Code {
 }
 
 async fn head(dev: &Dev, id: &str) -> u64 {
+    head_as(dev, "tok-alice", id).await
+}
+
+async fn head_as(dev: &Dev, token: &str, id: &str) -> u64 {
     SessionServiceClient::new(dev.channel.clone())
         .get_session(with_token(
-            Some("tok-alice"),
+            Some(token),
             pb::GetSessionRequest {
                 session_id: id.into(),
             },
@@ -323,4 +333,259 @@ async fn hostile_wrong_principal_is_denied_and_changes_nothing() {
         .into_inner();
     let names: Vec<String> = tree.entries.iter().map(|e| e.path.clone()).collect();
     assert!(!names.iter().any(|n| n.contains("evil")), "{names:?}");
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A JWT with claims sub, groups and exp (seconds from now; negative is in the past).
+fn jwt(algorithm: Algorithm, key: &EncodingKey, sub: &str, groups: &[&str], exp: i64) -> String {
+    let claims = serde_json::json!({
+        "sub": sub,
+        "groups": groups,
+        "exp": now().saturating_add_signed(exp),
+    });
+    jsonwebtoken::encode(&Header::new(algorithm), &claims, key).unwrap()
+}
+
+/// `token` with its payload replaced by `other`'s: a signature over different claims.
+fn swap_payload(token: &str, other: &str) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let other: Vec<&str> = other.split('.').collect();
+    format!("{}.{}.{}", parts[0], other[1], parts[2])
+}
+
+/// `token`'s claims under `{"alg":"none","typ":"JWT"}`, without a signature.
+fn unsigned(token: &str) -> String {
+    let payload = token.split('.').nth(1).unwrap();
+    format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{payload}.")
+}
+
+/// Creates a session as `owner` (a bearer token) with `policy` and one directory in it.
+async fn session_with(dev: &Dev, owner: &str, policy: Option<pb::Policy>) -> pb::Session {
+    let session = SessionServiceClient::new(dev.channel.clone())
+        .create_session(with_token(
+            Some(owner),
+            pb::CreateSessionRequest {
+                policy,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("a valid JWT is accepted")
+        .into_inner()
+        .session
+        .unwrap();
+    WorkspaceServiceClient::new(dev.channel.clone())
+        .make_directory(with_token(Some(owner), mkdir(&session.id, "src")))
+        .await
+        .expect("the owner writes");
+    session
+}
+
+/// Each token in `bad` is UNAUTHENTICATED for creating a session, writing to `id` and
+/// reading it, and none of those attempts changed anything `owner` sees.
+async fn assert_refused(dev: &Dev, owner: &str, id: &str, bad: &[(&str, String)]) {
+    let before = (head_as(dev, owner, id).await, listed(dev, owner).await);
+    let mut sessions = SessionServiceClient::new(dev.channel.clone());
+    let mut workspace = WorkspaceServiceClient::new(dev.channel.clone());
+    for (case, token) in bad {
+        let create = sessions
+            .create_session(with_token(Some(token), pb::CreateSessionRequest::default()))
+            .await;
+        let status = create.expect_err(case);
+        assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
+        assert!(
+            status.message().contains("authorization: Bearer"),
+            "{case}: says what to send: {status:?}"
+        );
+        let write = workspace
+            .make_directory(with_token(Some(token), mkdir(id, "evil")))
+            .await;
+        assert_eq!(code(write), Code::Unauthenticated, "{case}: write");
+        let read = sessions
+            .get_session(with_token(
+                Some(token),
+                pb::GetSessionRequest {
+                    session_id: id.into(),
+                },
+            ))
+            .await;
+        assert_eq!(code(read), Code::Unauthenticated, "{case}: read");
+        let after = (head_as(dev, owner, id).await, listed(dev, owner).await);
+        assert_eq!(after, before, "{case} changed something");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_jwts_hs256_are_checked_and_groups_grant_roles() {
+    const SECRET: &[u8] = b"hostile-auth-test-secret-0123456789";
+    let data = tempfile::tempdir().unwrap();
+    let secret_file = data.path().join("jwt-secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let auth = [
+        "--auth-jwt-hs256-secret-file".into(),
+        secret_file.display().to_string(),
+    ];
+    let dev = start_with(data, &auth).await;
+    let key = EncodingKey::from_secret(SECRET);
+
+    // The principal is the token's sub.
+    let alice = jwt(Algorithm::HS256, &key, "alice", &[], 600);
+    let session = session_with(&dev, &alice, None).await;
+    assert_eq!(session.owner, "alice");
+    assert_eq!(listed(&dev, &alice).await, vec![session.id.clone()]);
+
+    // Every forged token claims alice: had one been let in, alice's view would change.
+    let other_key = EncodingKey::from_secret(b"another-secret-of-32-bytes-or-so");
+    let mallory = jwt(Algorithm::HS256, &key, "mallory", &[], 600);
+    let no_exp = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &serde_json::json!({ "sub": "alice" }),
+        &key,
+    )
+    .unwrap();
+    let bad = [
+        ("expired", jwt(Algorithm::HS256, &key, "alice", &[], -3600)),
+        (
+            "signed with another secret",
+            jwt(Algorithm::HS256, &other_key, "alice", &[], 600),
+        ),
+        (
+            "claims changed after signing",
+            swap_payload(&mallory, &alice),
+        ),
+        ("alg none", unsigned(&alice)),
+        (
+            "alg none with some signature",
+            unsigned(&alice).trim_end_matches('.').to_string() + ".x",
+        ),
+        ("no exp claim", no_exp),
+        ("not a JWT", "a.b.c".to_string()),
+    ];
+    assert_refused(&dev, &alice, &session.id, &bad).await;
+
+    // A group in the token's groups claim gets the role the policy binds to `group:NAME`.
+    let team = session_with(
+        &dev,
+        &alice,
+        Some(pb::Policy {
+            bindings: vec![pb::RoleBinding {
+                subject: "group:reviewers".into(),
+                role: pb::Role::Editor as i32,
+            }],
+            ..Default::default()
+        }),
+    )
+    .await;
+    let dave = jwt(Algorithm::HS256, &key, "dave", &["reviewers"], 600);
+    let dave_alone = jwt(Algorithm::HS256, &key, "dave", &[], 600);
+    let before = head_as(&dev, &alice, &team.id).await;
+    let mut workspace = WorkspaceServiceClient::new(dev.channel.clone());
+    let write = workspace
+        .make_directory(with_token(Some(&dave_alone), mkdir(&team.id, "solo")))
+        .await;
+    assert_eq!(
+        code(write),
+        Code::PermissionDenied,
+        "dave without the group has no role"
+    );
+    let read = SessionServiceClient::new(dev.channel.clone())
+        .get_session(with_token(
+            Some(&dave_alone),
+            pb::GetSessionRequest {
+                session_id: team.id.clone(),
+            },
+        ))
+        .await;
+    assert_eq!(code(read), Code::NotFound, "nor sees the session");
+    assert_eq!(head_as(&dev, &alice, &team.id).await, before);
+    workspace
+        .make_directory(with_token(Some(&dave), mkdir(&team.id, "docs")))
+        .await
+        .expect("an editor through group reviewers writes");
+    assert_eq!(head_as(&dev, &dave, &team.id).await, before + 1);
+    assert_eq!(listed(&dev, &dave).await, vec![team.id.clone()]);
+    assert!(listed(&dev, &dave_alone).await.is_empty());
+}
+
+/// A fresh RSA key pair (private PEM, public PEM) from the `openssl` command line: no crate in
+/// the workspace generates RSA keys (ring only signs with them).
+fn rsa_key_pair(dir: &std::path::Path) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join("rs256-private.pem");
+    let public = dir.join("rs256-public.pem");
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!("this test needs the `openssl` command to generate an RSA key: {e}")
+            });
+        assert!(status.success(), "openssl {args:?} failed: {status}");
+    };
+    let private_arg = private.display().to_string();
+    let public_arg = public.display().to_string();
+    run(&["genrsa", "-out", &private_arg, "2048"]);
+    run(&["rsa", "-in", &private_arg, "-pubout", "-out", &public_arg]);
+    (std::fs::read(&private).unwrap(), public)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_jwts_rs256_are_checked_and_other_algorithms_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let (private, public) = rsa_key_pair(data.path());
+    let public_pem = std::fs::read(&public).unwrap();
+    let auth = [
+        "--auth-jwt-rs256-public-key".into(),
+        public.display().to_string(),
+    ];
+    let dev = start_with(data, &auth).await;
+    let key = EncodingKey::from_rsa_pem(&private).unwrap();
+
+    let alice = jwt(Algorithm::RS256, &key, "alice", &[], 600);
+    let session = session_with(&dev, &alice, None).await;
+    assert_eq!(session.owner, "alice");
+
+    let mallory = jwt(Algorithm::RS256, &key, "mallory", &[], 600);
+    let bad = [
+        ("expired", jwt(Algorithm::RS256, &key, "alice", &[], -3600)),
+        (
+            "claims changed after signing",
+            swap_payload(&mallory, &alice),
+        ),
+        ("alg none", unsigned(&alice)),
+        (
+            // The classic confusion: HMAC keyed with the server's public key.
+            "HS256 keyed with the public key",
+            jwt(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(&public_pem),
+                "alice",
+                &[],
+                600,
+            ),
+        ),
+        (
+            "HS256 on an RS256-only server",
+            jwt(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(b"0123456789abcdef-secret"),
+                "alice",
+                &[],
+                600,
+            ),
+        ),
+    ];
+    assert_refused(&dev, &alice, &session.id, &bad).await;
+
+    // And the valid token still works after all that.
+    WorkspaceServiceClient::new(dev.channel.clone())
+        .make_directory(with_token(Some(&alice), mkdir(&session.id, "docs")))
+        .await
+        .expect("alice still writes");
 }

@@ -483,3 +483,148 @@ async fn hostile_bus_offsets_out_of_range_are_refused() {
         .into_inner();
     assert_eq!(info.last_offset, published.last_offset, "nothing changed");
 }
+
+/// A status and the limit its message must name.
+fn assert_exhausted(status: tonic::Status, limit: usize, case: &str) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{case}: {status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("the limit is: {limit} bytes")),
+        "{case}: the message names the limit: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_oversized_messages_are_resource_exhausted_and_change_nothing() {
+    // The servers' message limits: WorkspaceService's, tonic's default (the other coordinator
+    // services), and the bus's (aether_bus::MAX_GRPC_MESSAGE_BYTES).
+    const WORKSPACE_LIMIT: usize = 8 * 1024 * 1024;
+    const DEFAULT_LIMIT: usize = 4 * 1024 * 1024;
+    const BUS_LIMIT: usize = 4 * 1024 * 1024 + 64 * 1024;
+    const MIB: usize = 1024 * 1024;
+    let dev = start().await;
+    let id = create_session(&dev.channel).await.unwrap().id;
+    // tonic clients send any size by default; said here so the requests surely leave.
+    let mut workspace =
+        WorkspaceServiceClient::new(dev.channel.clone()).max_encoding_message_size(usize::MAX);
+    let mut sessions =
+        SessionServiceClient::new(dev.channel.clone()).max_encoding_message_size(usize::MAX);
+    let mut bus = aether_proto::bus_service_client::BusServiceClient::new(dev.channel.clone())
+        .max_encoding_message_size(usize::MAX);
+    workspace.make_directory(mkdir(&id, "src")).await.unwrap();
+    let before = snapshot(&dev, &id).await;
+
+    // WriteFile: a fine header, then one data message over the limit. The handler gets the
+    // error from its second `message()` and ends the call with it.
+    let messages = vec![
+        pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Header(pb::WriteFileHeader {
+                session_id: id.clone(),
+                path: "src/big.bin".into(),
+                ..Default::default()
+            })),
+        },
+        pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Data(
+                common::test_bytes(9 * MIB, 1).into(),
+            )),
+        },
+    ];
+    let status = workspace
+        .write_file(futures::stream::iter(messages))
+        .await
+        .expect_err("a 9 MiB WriteFile message");
+    assert_exhausted(status, WORKSPACE_LIMIT, "WriteFile data");
+    assert_eq!(snapshot(&dev, &id).await, before, "WriteFile changed it");
+
+    // ApplyChanges: nine inline writes of 1 MiB each, one unary request over the limit.
+    let changes = (0..9)
+        .map(|i| pb::Change {
+            op: Some(pb::change::Op::Write(pb::WriteOp {
+                path: format!("src/f{i}"),
+                content: common::test_bytes(MIB, i + 2).into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    let status = workspace
+        .apply_changes(pb::ApplyChangesRequest {
+            session_id: id.clone(),
+            changes,
+            expected_head_version: 0,
+        })
+        .await
+        .expect_err("a 9 MiB ApplyChanges");
+    assert_exhausted(status, WORKSPACE_LIMIT, "ApplyChanges");
+    assert_eq!(snapshot(&dev, &id).await, before, "ApplyChanges changed it");
+
+    // CreateSession under tonic's default limit: 5 MiB of metadata.
+    let count = sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .len();
+    let status = sessions
+        .create_session(pb::CreateSessionRequest {
+            metadata: [("k".to_string(), "v".repeat(5 * MIB))].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a 5 MiB CreateSession");
+    assert_exhausted(status, DEFAULT_LIMIT, "CreateSession");
+    let after = sessions
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .len();
+    assert_eq!(after, count, "no session was created");
+
+    // Bus Publish: five 1 MiB messages (each within the payload limit), the batch over the
+    // service's message limit. On a stream of its own: the coordinator publishes the session's
+    // events in the background, which would move its stream's offsets.
+    let stream = "hostile-oversize".to_string();
+    let publish = |messages: Vec<pb::OutgoingMessage>| pb::PublishRequest {
+        session_id: stream.clone(),
+        messages,
+        durability: pb::Durability::Persisted as i32,
+    };
+    let note = |payload: Vec<u8>| pb::OutgoingMessage {
+        subject: "agent.note".into(),
+        payload: payload.into(),
+        headers: Default::default(),
+    };
+    let last = bus
+        .publish(publish(vec![note(b"small".to_vec())]))
+        .await
+        .unwrap()
+        .into_inner()
+        .last_offset;
+    let big = (0..5)
+        .map(|i| note(common::test_bytes(MIB, i + 20)))
+        .collect();
+    let status = bus
+        .publish(publish(big))
+        .await
+        .expect_err("a 5 MiB Publish");
+    assert_exhausted(status, BUS_LIMIT, "Publish");
+    let info = bus
+        .get_stream_info(pb::GetStreamInfoRequest {
+            session_id: stream.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.last_offset, last, "nothing was published");
+
+    // The same calls within the limits still work: the refusals were for the sizes.
+    let written = common::write_file(&dev.channel, &id, "src/ok.bin", &[7; 1000])
+        .await
+        .unwrap();
+    assert_eq!(written.head_version, before.0 + 1);
+}

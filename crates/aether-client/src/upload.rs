@@ -597,7 +597,7 @@ mod tests {
 
     #[tokio::test]
     async fn streaming_cuts_match_the_store() {
-        let data = pseudo_random(11 * 1024 * 1024 + 17, 5);
+        let data = pseudo_random(37 * 1024 * 1024 + 17, 5);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big");
         std::fs::write(&path, &data).unwrap();

@@ -77,7 +77,7 @@ async fn uploads_send_only_what_the_store_lacks() {
     let (_server, _data, client) = start().await;
     let session = new_session(&client).await;
     let local = tempfile::tempdir().unwrap();
-    let big = test_bytes(6 * 1024 * 1024 + 321, 9);
+    let big = test_bytes(20 * 1024 * 1024 + 321, 9);
     write(local.path(), "data/big.bin", &big);
     write(local.path(), "src/main.rs", b"fn main() {}\n");
     write(local.path(), "src/copy.rs", b"fn main() {}\n");

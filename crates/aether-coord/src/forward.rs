@@ -96,14 +96,20 @@ pub fn field_one(mut buf: &[u8]) -> Option<&[u8]> {
     None
 }
 
-/// The session id in the first gRPC message of a body prefix, if the prefix holds it.
+/// Most bytes of a first message read to find its session id. Reading a whole message would
+/// buffer as much as the caller declares before any size limit applies; field 1 is the first
+/// field encoders write, so the id of a larger message is in its first bytes.
+const MAX_PEEK_BYTES: usize = 64 * 1024;
+
+/// The session id in the first gRPC message of a body prefix, if the prefix holds it: the whole
+/// message, or its first [`MAX_PEEK_BYTES`] when it is larger.
 fn session_id(shape: Shape, prefix: &[u8]) -> Option<String> {
     // gRPC framing: 1 byte compressed flag, 4 bytes big-endian length, then the message.
     if prefix.len() < 5 || prefix[0] != 0 {
         return None;
     }
     let len = u32::from_be_bytes(prefix[1..5].try_into().ok()?) as usize;
-    let message = prefix.get(5..5 + len)?;
+    let message = prefix.get(5..5 + len.min(MAX_PEEK_BYTES))?;
     let id = match shape {
         Shape::Unary => field_one(message)?,
         Shape::StreamHeader => field_one(field_one(message)?)?,
@@ -211,10 +217,12 @@ async fn peek(body: Body, enough: impl Fn(&[u8]) -> bool) -> (Bytes, Body) {
     (prefix, rebuilt)
 }
 
-fn first_message_complete(prefix: &[u8]) -> bool {
+/// Whether the prefix holds all [`session_id`] reads.
+fn enough_to_route(prefix: &[u8]) -> bool {
     prefix.len() >= 5
         && prefix.len()
-            >= 5 + u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
+            >= 5 + (u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize)
+                .min(MAX_PEEK_BYTES)
 }
 
 impl<S> tower::Service<http::Request<Body>> for Forward<S>
@@ -244,7 +252,7 @@ where
         let forwarded = request.headers().contains_key(FORWARDED_HEADER);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let (prefix, body) = peek(body, first_message_complete).await;
+            let (prefix, body) = peek(body, enough_to_route).await;
             let request = http::Request::from_parts(parts, body);
             let Some(id) = session_id(shape, &prefix) else {
                 return inner.call(request).await;
@@ -359,5 +367,44 @@ mod tests {
         let mut compressed = full.clone();
         compressed[0] = 1;
         assert_eq!(session_id(Shape::Unary, &compressed), None);
+    }
+
+    #[tokio::test]
+    async fn large_messages_are_routed_from_their_first_bytes() {
+        let request = aether_proto::ApplyChangesRequest {
+            session_id: "big".into(),
+            changes: (0..20_000)
+                .map(|i| aether_proto::Change {
+                    op: Some(aether_proto::change::Op::MakeDirectory(
+                        aether_proto::MakeDirectoryOp {
+                            path: format!("directory-{i}"),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                })
+                .collect(),
+            expected_head_version: 0,
+        };
+        let framed = frame(&request);
+        assert!(framed.len() > 4 * MAX_PEEK_BYTES);
+        // Sent in HTTP/2-sized frames: the peek stops soon after MAX_PEEK_BYTES.
+        let frames: Vec<Result<http_body::Frame<Bytes>, Status>> = framed
+            .chunks(16 * 1024)
+            .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let body = Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )));
+        let (prefix, body) = peek(body, enough_to_route).await;
+        assert!(
+            prefix.len() < MAX_PEEK_BYTES + 5 + 16 * 1024,
+            "{}",
+            prefix.len()
+        );
+        assert_eq!(session_id(Shape::Unary, &prefix).as_deref(), Some("big"));
+        // The body still replays the whole request.
+        let replayed = body.collect().await.unwrap().to_bytes();
+        assert_eq!(replayed, framed);
     }
 }

@@ -3,6 +3,7 @@
 //! start telemetry, build each service, serve it with health and reflection, shut down
 //! gracefully (stop accepting, drain, release leases).
 
+pub mod limit_status;
 pub mod rpc_telemetry;
 pub mod telemetry;
 
@@ -584,10 +585,27 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     // Authentication runs first, before forwarding: a forwarded request carries the caller's
     // own authorization header and is authenticated again by the holder.
     let auth_layer = AuthLayer::new(Arc::new(auth.authenticator));
+    // Metrics are labelled with these services' methods only: paths come from callers.
+    let mut known = served.clone();
+    known.extend([
+        tonic_health::pb::health_server::SERVICE_NAME,
+        tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    ]);
+    let known = rpc_telemetry::KnownMethods::from_descriptor_sets(
+        &known,
+        &[
+            aether_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
     server
         .tcp_nodelay(true)
         // Outermost: refused calls are counted, and everything inside runs in the RPC's span.
-        .layer(rpc_telemetry::RpcTelemetryLayer::new())
+        .layer(rpc_telemetry::RpcTelemetryLayer::new(known))
+        // Oversized messages are RESOURCE_EXHAUSTED on every service, as counted above.
+        .layer(limit_status::layer())
         .layer(auth_layer)
         .layer(tower::util::option_layer(forward))
         .layer(tower::util::option_layer(forward_bus))

@@ -13,17 +13,23 @@
 //! The status is read when the response headers are sent: from `grpc-status` in the headers
 //! (how a call that fails before answering ends), OK otherwise. So for server streams the
 //! duration is the time to open the stream, and an error in the trailers of a stream that
-//! already started answering counts as OK. Unknown method names come from callers and are
-//! unbounded: the SDK caps each metric's attribute sets (2000 by default).
+//! already started answering counts as OK.
+//!
+//! Paths come from callers: labels (and span names) use only the services and methods this
+//! process serves ([`KnownMethods`]), and "unknown" for anything else, so a caller sending
+//! made-up paths cannot grow the number of series.
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::KeyValue;
+use prost::Message as _;
 use tonic::Code;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -33,11 +39,74 @@ const DURATION_BOUNDARIES: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
+/// The label of a service or method that this process does not serve.
+const UNKNOWN: &str = "unknown";
+
+/// The gRPC services and methods a process serves: the only values of the `rpc.service` and
+/// `rpc.method` labels besides "unknown".
+#[derive(Clone, Debug, Default)]
+pub struct KnownMethods {
+    /// Service full name → its method names.
+    services: Arc<HashMap<String, HashSet<String>>>,
+}
+
+impl KnownMethods {
+    /// The methods of `services` (full names, `package.Service`) as declared in the encoded
+    /// file descriptor sets `sets`; an error names a service none of them declares.
+    pub fn from_descriptor_sets(services: &[&str], sets: &[&[u8]]) -> Result<Self, String> {
+        let mut declared = HashMap::new();
+        for set in sets {
+            let set = prost_types::FileDescriptorSet::decode(*set)
+                .map_err(|e| format!("a file descriptor set does not decode: {e}"))?;
+            for file in set.file {
+                let package = file.package();
+                for service in &file.service {
+                    let name = if package.is_empty() {
+                        service.name().to_string()
+                    } else {
+                        format!("{package}.{}", service.name())
+                    };
+                    let methods: HashSet<String> = service
+                        .method
+                        .iter()
+                        .map(|m| m.name().to_string())
+                        .collect();
+                    declared.insert(name, methods);
+                }
+            }
+        }
+        let mut known = HashMap::new();
+        for service in services {
+            let methods = declared
+                .remove(*service)
+                .ok_or_else(|| format!("no file descriptor declares the service {service}"))?;
+            known.insert(service.to_string(), methods);
+        }
+        Ok(Self {
+            services: Arc::new(known),
+        })
+    }
+
+    /// The service and method labels of a request path (`/package.Service/Method`).
+    fn labels(&self, path: &str) -> (String, String) {
+        let path = path.strip_prefix('/').unwrap_or(path);
+        let Some((service, method)) = path.split_once('/') else {
+            return (UNKNOWN.into(), UNKNOWN.into());
+        };
+        match self.services.get(service) {
+            Some(methods) if methods.contains(method) => (service.into(), method.into()),
+            Some(_) => (service.into(), UNKNOWN.into()),
+            None => (UNKNOWN.into(), UNKNOWN.into()),
+        }
+    }
+}
+
 /// The layer. Build it after `telemetry::init`: instruments come from the global meter
 /// provider as it is at that point.
 #[derive(Clone)]
 pub struct RpcTelemetryLayer {
     metrics: Metrics,
+    known: KnownMethods,
 }
 
 #[derive(Clone)]
@@ -48,7 +117,8 @@ struct Metrics {
 }
 
 impl RpcTelemetryLayer {
-    pub fn new() -> Self {
+    /// Labels calls of `known` methods by service and method, others as "unknown".
+    pub fn new(known: KnownMethods) -> Self {
         let meter = opentelemetry::global::meter("aetherd");
         let metrics = Metrics {
             requests: meter
@@ -66,13 +136,7 @@ impl RpcTelemetryLayer {
                 .with_boundaries(DURATION_BOUNDARIES.to_vec())
                 .build(),
         };
-        Self { metrics }
-    }
-}
-
-impl Default for RpcTelemetryLayer {
-    fn default() -> Self {
-        Self::new()
+        Self { metrics, known }
     }
 }
 
@@ -83,6 +147,7 @@ impl<S> tower::Layer<S> for RpcTelemetryLayer {
         RpcTelemetry {
             inner,
             metrics: self.metrics.clone(),
+            known: self.known.clone(),
         }
     }
 }
@@ -92,6 +157,7 @@ impl<S> tower::Layer<S> for RpcTelemetryLayer {
 pub struct RpcTelemetry<S> {
     inner: S,
     metrics: Metrics,
+    known: KnownMethods,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for RpcTelemetry<S>
@@ -109,12 +175,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().trim_start_matches('/').to_string();
-        let (service, method) = path.split_once('/').unwrap_or((&path, ""));
-        let (service, method) = (service.to_string(), method.to_string());
+        let (service, method) = self.known.labels(request.uri().path());
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %path,
+            otel.name = %format_args!("{service}/{method}"),
             otel.kind = "server",
             rpc.system = "grpc",
             rpc.service = %service,
@@ -221,6 +285,61 @@ impl Injector for HeaderInjector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_served_methods_are_labels() {
+        let known = KnownMethods::from_descriptor_sets(
+            &[
+                "aetherfs.v1.SessionService",
+                tonic_health::pb::health_server::SERVICE_NAME,
+            ],
+            &[
+                aether_proto::FILE_DESCRIPTOR_SET,
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+            ],
+        )
+        .unwrap();
+        let labels = |path: &str| {
+            let (service, method) = known.labels(path);
+            format!("{service}/{method}")
+        };
+        assert_eq!(
+            labels("/aetherfs.v1.SessionService/CreateSession"),
+            "aetherfs.v1.SessionService/CreateSession"
+        );
+        assert_eq!(
+            labels("/grpc.health.v1.Health/Check"),
+            "grpc.health.v1.Health/Check"
+        );
+        // A served service, a method it does not have.
+        assert_eq!(
+            labels("/aetherfs.v1.SessionService/DropEverything"),
+            "aetherfs.v1.SessionService/unknown"
+        );
+        // Declared, but not served by this process; made up; malformed.
+        for path in [
+            "/aetherfs.v1.BusService/Publish",
+            "/x1f3a9/y",
+            "/aetherfs.v1.SessionService",
+            "/",
+            "",
+            "/../../etc/passwd",
+        ] {
+            assert_eq!(labels(path), "unknown/unknown", "{path}");
+        }
+        // Random paths all land on one label set.
+        let distinct: HashSet<String> = (0..1000)
+            .map(|i| labels(&format!("/svc{i}.S/M{i}")))
+            .collect();
+        assert_eq!(distinct.len(), 1);
+
+        let missing = KnownMethods::from_descriptor_sets(
+            &["aetherfs.v1.NoSuchService"],
+            &[aether_proto::FILE_DESCRIPTOR_SET],
+        )
+        .unwrap_err();
+        assert!(missing.contains("aetherfs.v1.NoSuchService"), "{missing}");
+    }
 
     #[test]
     fn trailers_only_responses_carry_their_status() {

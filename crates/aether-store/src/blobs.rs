@@ -26,11 +26,12 @@ use crate::cache::ManifestCache;
 use crate::task::{self, Spawned};
 use crate::{Blobs, Limits, StoreError};
 
-/// FastCDC parameters. Chunks of ~1 MiB keep per-object overhead low on S3 while an edit in
-/// the middle of a large file still re-stores only about 1 MiB.
-pub const MIN_CHUNK: usize = 256 * 1024;
-pub const AVG_CHUNK: usize = 1024 * 1024;
-pub const MAX_CHUNK: usize = 4 * 1024 * 1024;
+/// FastCDC parameters. Chunks of ~2 MiB keep per-object overhead low on S3 (a 64 MiB file is
+/// ~30 objects, not hundreds) while an edit in the middle of a large file still re-stores only
+/// a few MiB. A blob of at most `MAX_CHUNK` bytes is one object.
+pub const MIN_CHUNK: usize = 1024 * 1024;
+pub const AVG_CHUNK: usize = 2 * 1024 * 1024;
+pub const MAX_CHUNK: usize = 8 * 1024 * 1024;
 
 /// How a blob is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,17 +69,22 @@ pub fn manifest_path(hash: &Hash) -> Path {
     Path::from(format!("manifests/{}/{}", &hex[..2], hex))
 }
 
-/// Cuts `data` into FastCDC chunks and returns their lengths. Unless `final_piece` says no
-/// more data follows, a cut is made only while more than MAX_CHUNK bytes remain: FastCDC never
-/// looks past MAX_CHUNK, so such a cut is the one the whole blob would get. Chunk boundaries
-/// therefore do not depend on how the data was split into messages, and a non-final cut always
-/// leaves bytes behind (a blob cut before its end has at least two chunks).
+/// Cuts `data` into FastCDC chunks and returns their lengths. A cut is made only while more
+/// than MAX_CHUNK bytes remain: FastCDC never looks past MAX_CHUNK, so such a cut is the one the
+/// whole blob would get, and chunk boundaries do not depend on how the data was split into
+/// messages. The last MAX_CHUNK bytes or fewer are one chunk, returned only when `final_piece`
+/// says no more data follows: so a blob of up to MAX_CHUNK bytes is a single object (one PUT,
+/// one GET), and an edit that shifts a large file's content still leaves its last chunk alone
+/// (the remainder is measured from the same content-defined cut).
 pub fn cut_points(data: &[u8], final_piece: bool) -> Vec<usize> {
     let mut lengths = Vec::new();
     let mut start = 0;
     while start < data.len() {
         let rest = &data[start..];
-        if !final_piece && rest.len() <= MAX_CHUNK {
+        if rest.len() <= MAX_CHUNK {
+            if final_piece {
+                lengths.push(rest.len());
+            }
             break;
         }
         let first = fastcdc::v2020::FastCDC::new(

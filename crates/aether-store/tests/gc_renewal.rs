@@ -60,7 +60,7 @@ async fn reused_content_is_renewed_and_untouched_garbage_is_swept() {
         .await
         .unwrap();
     let garbage = store
-        .put_bytes(Bytes::from(noise(6 << 20, 2)))
+        .put_bytes(Bytes::from(noise(12 << 20, 2)))
         .await
         .unwrap();
     age_everything(dir.path());
