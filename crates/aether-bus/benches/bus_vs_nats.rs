@@ -116,11 +116,11 @@ struct Targets {
 }
 
 async fn bus_client(addr: SocketAddr) -> Result<BusServiceClient<Channel>> {
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .context("connecting to the bus")?;
+    let channel =
+        aether_proto::transport::tune_endpoint(Endpoint::from_shared(format!("http://{addr}"))?)
+            .connect()
+            .await
+            .context("connecting to the bus")?;
     Ok(BusServiceClient::new(channel)
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES))
@@ -555,7 +555,7 @@ fn start_bus(data: PathBuf) -> Result<(Runtime, Bus, SocketAddr)> {
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
     runtime.spawn(
-        Server::builder()
+        aether_proto::transport::tune_server(Server::builder())
             .add_service(bus.grpc())
             .serve_with_incoming(TcpIncoming::from(listener).with_nodelay(Some(true))),
     );

@@ -12,4 +12,6 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("aetherfs_v1_descriptor");
 
+pub mod transport;
+
 pub use v1::*;

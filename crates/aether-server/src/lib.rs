@@ -380,7 +380,7 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     } else {
         "http"
     };
-    let mut server = tonic::transport::Server::builder();
+    let mut server = aether_proto::transport::tune_server(tonic::transport::Server::builder());
     if let Some(config) = server_tls {
         server = server
             .tls_config(config)

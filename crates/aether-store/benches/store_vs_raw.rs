@@ -121,7 +121,8 @@ async fn run(iterations: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A ContentService on 127.0.0.1 over `store`, as `aetherd store` serves it.
+/// A ContentService on 127.0.0.1 over `store`, as `aetherd store` serves it (same HTTP/2
+/// settings).
 async fn serve(store: BlobStore, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -129,8 +130,7 @@ async fn serve(store: BlobStore, shutdown: CancellationToken) -> anyhow::Result<
     // incoming type, and without it Nagle's algorithm stalls small messages.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tokio::spawn(
-        Server::builder()
-            .tcp_nodelay(true)
+        aether_proto::transport::tune_server(Server::builder())
             .add_service(ContentGrpc::new(store).into_server())
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()),
     );
@@ -142,10 +142,10 @@ async fn bench_backend(name: &str, backend: &BackendArgs, iterations: usize) -> 
     let store = BlobStore::new(objects.clone(), Limits::default());
     let shutdown = CancellationToken::new();
     let addr = serve(store.clone(), shutdown.clone()).await?;
-    let channel = Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let channel =
+        aether_proto::transport::tune_endpoint(Endpoint::from_shared(format!("http://{addr}"))?)
+            .connect()
+            .await?;
     let remote = RemoteBlobs::new(channel);
 
     println!("\n== backend: {name}");

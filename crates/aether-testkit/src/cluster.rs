@@ -1,5 +1,6 @@
-//! A whole AetherFS deployment on real dependencies: etcd, moto S3, and `aetherd` processes for
-//! stores, buses and coordinators, each on its own loopback port.
+//! A whole AetherFS deployment on real dependencies: etcd, an S3 server (moto unless
+//! [`ClusterSpec::s3`] says otherwise), and `aetherd` processes for stores, buses and
+//! coordinators, each on its own loopback port.
 
 use std::net::SocketAddr;
 
@@ -7,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::etcd::EtcdCluster;
 use crate::locate::aetherd_path;
-use crate::s3::S3Server;
+use crate::s3::{S3Kind, S3Server};
 use crate::service::ServiceProcess;
 use crate::tls::{TestCa, TlsMode};
 
@@ -25,6 +26,9 @@ pub struct ClusterSpec {
     /// An OTLP/gRPC collector every process exports its spans and metrics to, with export
     /// delays short enough for a test to wait on.
     pub otlp_endpoint: Option<SocketAddr>,
+    /// The S3 server: moto (the default, atomic conditional creates) for tests, s3s-fs for
+    /// benchmarks that should measure AetherFS rather than moto.
+    pub s3: S3Kind,
 }
 
 impl Default for ClusterSpec {
@@ -38,6 +42,7 @@ impl Default for ClusterSpec {
             lease_ttl_secs: None,
             tls: TlsMode::Off,
             otlp_endpoint: None,
+            s3: S3Kind::Moto,
         }
     }
 }
@@ -70,7 +75,10 @@ impl Cluster {
         }
         // Fail before starting anything if aetherd is not built.
         let aetherd = aetherd_path()?;
-        let (etcd, s3) = tokio::join!(EtcdCluster::start(spec.etcd_members), S3Server::start());
+        let (etcd, s3) = tokio::join!(
+            EtcdCluster::start(spec.etcd_members),
+            S3Server::start_with(spec.s3)
+        );
         let (etcd, s3) = (etcd?, s3?);
         let etcd_endpoints = etcd.endpoints().join(",");
         let tls = match spec.tls {

@@ -2,7 +2,7 @@
 //! and cleaned up however the test ends.
 //!
 //! - [`Etcd`] / [`EtcdCluster`]: etcd from PATH, one node or N members;
-//! - [`S3Server`]: moto with the bucket `aether-test`;
+//! - [`S3Server`]: moto (or, for benchmarks, s3s-fs: [`S3Kind`]) with the bucket `aether-test`;
 //! - [`ServiceProcess`]: one `aetherd`; [`Cluster`]: all of the above wired together;
 //! - [`TestCa`]: throwaway certificates for TLS tests ([`ClusterSpec::tls`]).
 //!
@@ -31,6 +31,6 @@ pub use etcd::{Etcd, EtcdCluster};
 pub use locate::{aether_cli_path, aetherd_path};
 pub use ports::free_port;
 pub use proxy::PartitionProxy;
-pub use s3::S3Server;
+pub use s3::{S3Kind, S3Server};
 pub use service::ServiceProcess;
 pub use tls::{TestCa, TlsMode};

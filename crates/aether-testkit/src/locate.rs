@@ -83,6 +83,35 @@ pub(crate) fn moto_server_path() -> Result<PathBuf> {
     })
 }
 
+/// `$AETHER_S3S_FS`, else `s3s-fs` on PATH, else `$CARGO_HOME/bin/s3s-fs` (default
+/// `~/.cargo/bin`), where `cargo install` puts it.
+pub(crate) fn s3s_fs_path() -> Result<PathBuf> {
+    const INSTALL: &str =
+        "run `cargo install s3s-fs@0.14.1 --locked --features binary` (or scripts/install-deps.sh)";
+    if let Some(path) = env::var_os("AETHER_S3S_FS") {
+        let path = PathBuf::from(path);
+        if is_executable(&path) {
+            return Ok(path);
+        }
+        bail!(
+            "s3s-fs not found: AETHER_S3S_FS is set, but {} is not an executable file; unset it and {INSTALL}",
+            path.display()
+        );
+    }
+    if let Some(path) = find_on_path("s3s-fs") {
+        return Ok(path);
+    }
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
+    if let Some(path) = cargo_home.map(|home| home.join("bin/s3s-fs")) {
+        if is_executable(&path) {
+            return Ok(path);
+        }
+    }
+    bail!("s3s-fs not found (not in $AETHER_S3S_FS, on PATH, or in $CARGO_HOME/bin): {INSTALL}")
+}
+
 /// The first executable file called `name` in a directory of `$PATH`.
 pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;

@@ -1,9 +1,11 @@
 //! Locating binaries and dependencies. One test in this file: it changes environment variables
-//! (AETHER_BIN_DIR, PATH, AETHER_MOTO_SERVER), which would race with other tests reading them.
+//! (AETHER_BIN_DIR, PATH, AETHER_MOTO_SERVER, AETHER_S3S_FS), which would race with other tests reading them.
 
 use std::os::unix::fs::PermissionsExt;
 
-use aether_testkit::{aether_cli_path, aetherd_path, free_port, Etcd, EtcdCluster, S3Server};
+use aether_testkit::{
+    aether_cli_path, aetherd_path, free_port, Etcd, EtcdCluster, S3Kind, S3Server,
+};
 
 #[tokio::test]
 async fn binaries_and_dependencies_are_found_or_explained() -> anyhow::Result<()> {
@@ -61,6 +63,19 @@ async fn binaries_and_dependencies_are_found_or_explained() -> anyhow::Result<()
     let message = moto.to_string();
     assert!(message.starts_with("moto_server not found"), "{message}");
     assert!(message.contains("scripts/install-deps.sh"), "{message}");
+
+    std::env::set_var("AETHER_S3S_FS", dir.path().join("s3s-fs"));
+    let s3s_fs = S3Server::start_with(S3Kind::S3sFs)
+        .await
+        .err()
+        .expect("AETHER_S3S_FS is wrong");
+    std::env::remove_var("AETHER_S3S_FS");
+    let message = s3s_fs.to_string();
+    assert!(message.starts_with("s3s-fs not found"), "{message}");
+    assert!(
+        message.contains("cargo install s3s-fs@0.14.1 --locked --features binary"),
+        "{message}"
+    );
 
     let ports: std::collections::HashSet<u16> = (0..50).map(|_| free_port()).collect();
     assert_eq!(ports.len(), 50, "free_port must not repeat itself");

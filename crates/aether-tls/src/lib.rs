@@ -134,8 +134,9 @@ pub fn endpoint(address: &str, tls: &ClientTls) -> Result<Endpoint, TlsError> {
             "it has no http:// or https:// scheme (https:// connects with TLS)".into(),
         ));
     };
-    let endpoint =
-        Endpoint::from_shared(address.to_string()).map_err(|e| invalid(error_chain(&e)))?;
+    let endpoint = aether_proto::transport::tune_endpoint(
+        Endpoint::from_shared(address.to_string()).map_err(|e| invalid(error_chain(&e)))?,
+    );
     if !https {
         return Ok(endpoint);
     }

@@ -209,30 +209,34 @@ impl Sessions {
         let mut editor = TreeEditor::open(&self.trees, &old_root).await?;
         // Store every write's content first, concurrently: a batch of many small files is
         // bound by round trips to the content store, not by work. Nothing references the
-        // content until the fenced commit below.
-        let changes: Vec<Change> = futures::stream::iter(changes)
-            .map(|change| async move {
-                let Change { step, precondition } = change;
-                let step = match step {
-                    Step::Write {
-                        path,
-                        content,
-                        mode,
-                    } => {
-                        let (hash, size) = self.store_content(content).await?;
+        // content until the fenced commit below. Unordered, so one slow upload does not hold
+        // the slots of those finished after it; the batch order is restored after.
+        let mut stored: Vec<(usize, Change)> =
+            futures::stream::iter(changes.into_iter().enumerate())
+                .map(|(index, change)| async move {
+                    let Change { step, precondition } = change;
+                    let step = match step {
                         Step::Write {
                             path,
-                            content: Content::Stored(hash, size),
+                            content,
                             mode,
+                        } => {
+                            let (hash, size) = self.store_content(content).await?;
+                            Step::Write {
+                                path,
+                                content: Content::Stored(hash, size),
+                                mode,
+                            }
                         }
-                    }
-                    other => other,
-                };
-                Ok::<_, Error>(Change { step, precondition })
-            })
-            .buffered(STORE_CONCURRENCY)
-            .try_collect()
-            .await?;
+                        other => other,
+                    };
+                    Ok::<_, Error>((index, Change { step, precondition }))
+                })
+                .buffer_unordered(STORE_CONCURRENCY)
+                .try_collect()
+                .await?;
+        stored.sort_unstable_by_key(|(index, _)| *index);
+        let changes = stored.into_iter().map(|(_, change)| change);
         for change in changes {
             if let Some(precondition) = &change.precondition {
                 check_precondition(&mut editor, change.step.target(), precondition).await?;
