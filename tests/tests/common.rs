@@ -12,6 +12,8 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use prost::Message;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 pub async fn connect(endpoint: &str) -> Result<Channel> {
     Endpoint::from_shared(endpoint.to_string())?
@@ -135,4 +137,48 @@ pub async fn await_file_changed(
     tokio::time::timeout(Duration::from_secs(30), wait)
         .await
         .context("no files-changed event within 30 s")?
+}
+
+/// Asserts `service` reports SERVING through grpc.health.v1.
+pub async fn assert_serving(channel: &Channel, service: &str) {
+    let status = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("health of {service}: {e}"))
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+        "{service}"
+    );
+}
+
+/// The services listed through gRPC server reflection.
+pub async fn reflected_services(channel: &Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let response = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(futures::stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .expect("a reflection answer");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
 }

@@ -6,53 +6,14 @@ mod common;
 use aether_proto as pb;
 use aether_testkit::{Cluster, ClusterSpec, ServiceProcess};
 use common::*;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 async fn assert_serving(endpoint: &str, service: &str) {
-    let channel = connect(endpoint).await.unwrap();
-    let status = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("health of {service} at {endpoint}: {e}"))
-        .into_inner()
-        .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
-        "{service}"
-    );
+    common::assert_serving(&connect(endpoint).await.unwrap(), service).await
 }
 
 /// The services a process lists through gRPC server reflection.
 async fn reflected_services(endpoint: &str) -> Vec<String> {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let channel = connect(endpoint).await.unwrap();
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = ServerReflectionClient::new(channel)
-        .server_reflection_info(futures::stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses
-        .message()
-        .await
-        .unwrap()
-        .expect("a reflection answer");
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+    common::reflected_services(&connect(endpoint).await.unwrap()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

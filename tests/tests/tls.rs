@@ -16,8 +16,6 @@ use anyhow::Context;
 use common::*;
 use tonic::transport::Channel;
 use tonic::Code;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 async fn start(tls: TlsMode, coordinators: usize) -> Cluster {
     Cluster::start(ClusterSpec {
@@ -76,49 +74,6 @@ async fn refused(endpoint: &str, tls: &ClientTls) -> String {
         "refused as a transport failure, not answered: {status:?}"
     );
     format!("{status:?}")
-}
-
-async fn assert_serving(channel: &Channel, service: &str) {
-    let status = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("health of {service}: {e}"))
-        .into_inner()
-        .status;
-    assert_eq!(
-        status,
-        tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
-        "{service}"
-    );
-}
-
-/// The services listed through gRPC server reflection.
-async fn reflected_services(channel: &Channel) -> Vec<String> {
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let response = ServerReflectionClient::new(channel.clone())
-        .server_reflection_info(futures::stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner()
-        .message()
-        .await
-        .unwrap()
-        .expect("a reflection answer");
-    match response.message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
