@@ -4,6 +4,8 @@
 # files, checks formatting and lints, starts scripts/local-cluster.sh once, and runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One build from scratch: incremental caches would more than double the target directory.
+export CARGO_INCREMENTAL=0
 
 scripts/install-deps.sh
 
@@ -19,11 +21,16 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# Everything the tests need, built once: `--tests` resolves dependency features as the test run
+# does, so the aetherd and aether binaries built here are the ones the tests start, and nextest
+# below compiles nothing again.
+echo "== cargo build (binaries and tests)"
+cargo build --workspace --locked --bins --tests
+
 # The local cluster with the debug binaries the tests use anyway (3 etcd members, S3, 2 stores,
 # 2 buses, 2 coordinators; each waits for grpc.health.v1): write through one coordinator, read
 # back through the other, stop it.
 echo "== scripts/local-cluster.sh smoke test (debug aetherd)"
-cargo build --locked -p aether-server -p aether-cli
 cluster_dir=target/local-cluster-smoke
 smoke() { # (set -e does not apply inside `if smoke`: every step returns on failure)
   AETHERD=target/debug/aetherd scripts/local-cluster.sh start -d --dir "$cluster_dir" --base-port 17600 || return 1

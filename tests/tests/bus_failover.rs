@@ -2,7 +2,7 @@
 //! forwards to it, and after kill -9 of the holder another node takes over; subscribers resume
 //! from their last offset without loss or duplicates.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

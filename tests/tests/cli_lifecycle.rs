@@ -2,7 +2,7 @@
 //! create with labels → put a tree → ls/tree/cat → checkpoint → change → diff → restore →
 //! commit → log → get the tree back → export/import → finalize → refused write → close.
 
-mod cli_support;
+use crate::cli_support;
 
 use cli_support::{make_tree, snapshot, Aether};
 

@@ -4,8 +4,8 @@
 //! SIGINT. Needs /dev/fuse and fusermount3 (`apt-get install -y fuse3`); fails, never skips,
 //! without them.
 
-mod cli_support;
-mod common;
+use crate::cli_support;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

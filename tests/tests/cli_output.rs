@@ -1,7 +1,7 @@
 //! The `aether` binary's contract with scripts: JSON output that parses, exit codes (2 usage,
 //! 3 not found, 1 server error), dedup on re-upload, help with examples, and the bus verbs.
 
-mod cli_support;
+use crate::cli_support;
 
 use cli_support::{make_tree, Aether};
 use serde_json::Value;

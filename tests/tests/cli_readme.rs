@@ -1,7 +1,7 @@
 //! The README's CLI walk-through, run as written: the shell block between the
 //! `cli-walkthrough` markers is executed by bash with `aether` on PATH, against `aetherd dev`.
 
-mod cli_support;
+use crate::cli_support;
 
 use std::path::Path;
 

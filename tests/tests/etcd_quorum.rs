@@ -1,7 +1,7 @@
 //! Coordination-store failures with a real 3-member etcd cluster: one member down changes
 //! nothing; no quorum makes writes fail UNAVAILABLE (retryable); quorum back, service back.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,7 @@
 //! Idle sessions expire after their TTL: the state becomes EXPIRED, writes are refused with
 //! FAILED_PRECONDITION, the audit trail stays readable; a session without TTL stays.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! forwarding to the holder, takeover after kill -9, fencing of a paused holder, and the
 //! immediate hand-over of a graceful shutdown.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

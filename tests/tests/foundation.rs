@@ -1,7 +1,7 @@
 //! The foundation, end to end: three separate service processes on real etcd and a real S3
 //! server, over real gRPC; and the same flow on the single-process embedded default.
 
-mod common;
+use crate::common;
 
 use aether_proto as pb;
 use aether_testkit::{Cluster, ClusterSpec, ServiceProcess};

@@ -3,7 +3,7 @@
 //! expired, forged, unsigned and wrong-algorithm tokens. Each case asserts the exact status and
 //! that nothing changed (head version, listing).
 
-mod common;
+use crate::common;
 
 use aether_proto as pb;
 use aether_proto::bus_service_client::BusServiceClient;

@@ -1,7 +1,7 @@
 //! Hostile input over real gRPC against `aetherd dev`: each case asserts the exact status and
 //! that nothing changed (head version and listing).
 
-mod common;
+use crate::common;
 
 use aether_proto as pb;
 use aether_proto::history_service_client::HistoryServiceClient;

@@ -2,7 +2,7 @@
 //! knowledge together, then restores in any order bring both back exactly; and the knowledge
 //! API's limits.
 
-mod lifecycle_support;
+use crate::lifecycle_support;
 
 use std::collections::BTreeMap;
 

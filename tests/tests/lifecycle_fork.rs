@@ -1,7 +1,7 @@
 //! Fork and review, over real gRPC on real etcd and S3: a session with files, knowledge and
 //! annotations is forked; the fork carries all three, and the two diverge independently.
 
-mod lifecycle_support;
+use crate::lifecycle_support;
 
 use aether_proto as pb;
 use lifecycle_support::*;

@@ -2,7 +2,7 @@
 //! approve or reject them, and the policy's approvals gate commits and exports. An approval is
 //! bound to the exact head it approved; a change after it invalidates it.
 
-mod lifecycle_support;
+use crate::lifecycle_support;
 
 use aether_proto as pb;
 use lifecycle_support::*;

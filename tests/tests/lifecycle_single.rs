@@ -3,7 +3,7 @@
 //! every source, inspect, change atomically, review the diff, save, export and import, hand
 //! over, finalize and close, with the audit trail readable at the end.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! filesystem and on a real S3 server: PutBlob / GetBlob (ranges) / HasBlobs / StatBlob,
 //! deduplication, and uploads that are abandoned midway.
 
-mod store_support;
+use crate::store_support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Promise 5 through real processes: objects damaged behind the store's back (on disk, and in
 //! S3 through raw HTTP) are reported as DATA_LOSS naming the object, never as wrong bytes.
 
-mod store_support;
+use crate::store_support;
 
 use anyhow::Result;
 use store_support::*;

@@ -1,7 +1,7 @@
 //! The store's limits over real gRPC: each is configurable by flag, enforced with the documented
 //! status, and named in the message; bad input is refused and changes nothing.
 
-mod store_support;
+use crate::store_support;
 
 use anyhow::Result;
 use store_support::*;

@@ -1,7 +1,7 @@
 //! The store on a real S3 server as a cluster runs it: an S3 outage is UNAVAILABLE within a
 //! bounded time and heals by itself; several stateless store processes share one bucket.
 
-mod store_support;
+use crate::store_support;
 
 use std::time::Duration;
 

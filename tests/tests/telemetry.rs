@@ -3,7 +3,7 @@
 //! is one trace across every service it reaches, forwarding between coordinators included, and
 //! every RPC is counted, failed ones as errors.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@
 //! other (forwarding to the holder of a session) over https:// too. Clients that speak
 //! plaintext, do not trust the CA, or (under mutual TLS) have no certificate are refused.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The bus's promises, in-process: total gap-free order, filters, start positions, lag,
 //! persistence across a crash, group commit, retention, store failures, eviction and fencing.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

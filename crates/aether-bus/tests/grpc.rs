@@ -1,7 +1,7 @@
 //! The bus over a real tonic server and client: status codes, principals, PublishStream
 //! acknowledgements, Lagged over the wire, and cleanup when a client goes away.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

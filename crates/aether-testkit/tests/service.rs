@@ -192,7 +192,7 @@ async fn children_die_with_the_test_process() -> anyhow::Result<()> {
     let mut helper = Command::new(std::env::current_exe()?)
         .args([
             "--exact",
-            "pdeathsig_helper",
+            "service::pdeathsig_helper",
             "--nocapture",
             "--test-threads=1",
         ])

@@ -1,0 +1,31 @@
+//! The end-to-end tests, one module per area, linked into one test binary (one link and one
+//! executable instead of one per file: the workspace's test build fits on a small CI disk).
+//! Run one area with `cargo nextest run -p aether-tests AREA::`, e.g. `failover::`.
+
+mod cli_support;
+mod common;
+mod lifecycle_support;
+mod store_support;
+
+mod bus_failover;
+mod cli_lifecycle;
+mod cli_mount;
+mod cli_output;
+mod cli_readme;
+mod etcd_quorum;
+mod expiry;
+mod failover;
+mod foundation;
+mod hostile_auth;
+mod hostile_input;
+mod lifecycle_checkpoints;
+mod lifecycle_fork;
+mod lifecycle_review;
+mod lifecycle_single;
+mod python_client;
+mod store_api;
+mod store_integrity;
+mod store_limits;
+mod store_s3;
+mod telemetry;
+mod tls;
