@@ -85,7 +85,15 @@ impl Trees {
         let cached = self.cache.lock().expect("tree cache").contains_key(&hash);
         if !cached {
             let stored = self.blobs.put(Bytes::from(encoded)).await?;
-            debug_assert_eq!(stored, hash, "trees are single-chunk blobs");
+            // A tree is named by the hash of its encoding, which is the store's name for it
+            // only while it is one chunk (8 MiB).
+            if stored != hash {
+                return Err(Error::ResourceExhausted(format!(
+                    "a directory listing is too large to store as one object ({} entries); \
+                     split directories with more than about 100,000 entries",
+                    tree.len()
+                )));
+            }
             self.remember(hash, Arc::new(tree));
         }
         Ok(hash)
@@ -505,47 +513,51 @@ impl TreeEditor {
         Ok(())
     }
 
-    /// Writes every changed tree, bottom-up, and returns the new root hash.
+    /// Writes every changed tree and returns the new root hash.
     pub async fn finish(self) -> Result<Hash> {
-        let trees = self.trees.clone();
-        Ok(write_dir(&trees, self.root).await?.0)
+        Ok(write_dir(&self.trees, self.root).await?.0)
     }
 }
 
-/// Writes a directory's edited children, then the directory itself: (hash, total size).
-fn write_dir(trees: &Trees, dir: Dir) -> BoxFuture<'_, Result<(Hash, u64)>> {
-    async move {
-        let Dir {
-            mut tree,
-            children,
-            mut dirty,
-        } = dir;
-        // Subdirectories are independent: write them concurrently (a batch touching many
-        // directories is bound by round trips to the store, not by work).
-        let written: Vec<(String, (Hash, u64))> = futures::stream::iter(children)
-            .map(|(name, child)| async move { write_dir(trees, child).await.map(|w| (name, w)) })
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .try_collect()
-            .await?;
-        for (name, (hash, size)) in written {
-            if let Some(entry) = tree.get(&name).cloned() {
-                if entry.hash != hash || entry.size != size {
-                    tree.insert(TreeEntry {
-                        hash,
-                        size,
-                        ..entry
-                    });
-                    dirty = true;
-                }
+/// Stores a directory and every edited tree below it: (hash, total size). A tree's name
+/// depends only on its children's names, so all are hashed first, bottom-up, and then stored
+/// in one round of concurrent writes rather than one round per level of depth.
+async fn write_dir(trees: &Trees, dir: Dir) -> Result<(Hash, u64)> {
+    let mut changed = Vec::new();
+    let named = hash_dir(dir, &mut changed);
+    futures::stream::iter(changed)
+        .map(|tree| trees.store(tree))
+        .buffer_unordered(WRITE_CONCURRENCY)
+        .try_collect::<Vec<Hash>>()
+        .await?;
+    Ok(named)
+}
+
+/// Names a directory after naming its edited children: (hash, total size). Collects every
+/// tree that changed, to be stored.
+fn hash_dir(dir: Dir, changed: &mut Vec<Tree>) -> (Hash, u64) {
+    let Dir {
+        mut tree,
+        children,
+        mut dirty,
+    } = dir;
+    for (name, child) in children {
+        let (hash, size) = hash_dir(child, changed);
+        if let Some(entry) = tree.get(&name).cloned() {
+            if entry.hash != hash || entry.size != size {
+                tree.insert(TreeEntry {
+                    hash,
+                    size,
+                    ..entry
+                });
+                dirty = true;
             }
         }
-        let size = tree.total_size();
-        let hash = if dirty {
-            trees.store(tree).await?
-        } else {
-            tree.hash()
-        };
-        Ok((hash, size))
     }
-    .boxed()
+    let size = tree.total_size();
+    let hash = tree.hash();
+    if dirty {
+        changed.push(tree);
+    }
+    (hash, size)
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use aether_auth::{AttachToken, AuthArgs, AuthLayer, Authenticator, Need, Principal};
 use aether_coord::{Coordination, EmbeddedCoordination, EtcdCoordination};
 use aether_coordinator::{CoordinatorArgs, EventSink};
-use aether_store::backend::BackendArgs;
+use aether_store::backend::{BackendArgs, LocalSync};
 use aether_store::{BlobStore, Blobs, Limits, RemoteBlobs};
 use aether_tls::{ClientTls, TlsArgs};
 use anyhow::{Context, Result};
@@ -110,6 +110,10 @@ pub struct DevCommand {
         default_value = "./aether-data"
     )]
     pub data: PathBuf,
+    /// How local writes are made durable: `group` (one syncfs shared by concurrent writes) or
+    /// `object` (an fsync per object; for a filesystem shared with heavy writers).
+    #[arg(long, env = "AETHER_LOCAL_SYNC", value_enum, default_value = "group")]
+    pub local_sync: LocalSync,
     #[command(flatten)]
     pub coordinator: CoordinatorArgs,
     #[command(flatten)]
@@ -504,7 +508,10 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         Service::Dev(cmd) => {
             std::fs::create_dir_all(&cmd.data)
                 .with_context(|| format!("cannot create data directory {}", cmd.data.display()))?;
-            let backend = BackendArgs::local(cmd.data.clone());
+            let backend = BackendArgs {
+                local_sync: cmd.local_sync,
+                ..BackendArgs::local(cmd.data.clone())
+            };
             let store = BlobStore::new(
                 backend.build("objects").map_err(anyhow::Error::msg)?,
                 Limits::default(),

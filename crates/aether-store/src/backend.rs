@@ -9,6 +9,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, RetryConfig};
 
+use crate::group_sync::{syncfs_of, GroupSynced};
+
 /// Default for `--s3-timeout-secs`: an outage turns into UNAVAILABLE within a few seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 5;
 
@@ -21,6 +23,16 @@ pub enum BackendKind {
     S3,
     /// Process memory (tests only: lost on exit).
     Memory,
+}
+
+/// How the local backend makes a write durable before acknowledging it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LocalSync {
+    /// Concurrent writes share one `syncfs` of the data directory's filesystem (group commit,
+    /// see [`crate::group_sync`]). Fastest; also flushes other programs' writes there.
+    Group,
+    /// Each object is fsynced on its own before it is linked into place.
+    Object,
 }
 
 /// Object store flags, shared by every service that keeps objects.
@@ -37,6 +49,10 @@ pub struct BackendArgs {
     /// Directory for the local backend.
     #[arg(long, env = "AETHER_DATA_DIR", default_value = "./aether-data")]
     pub data_dir: std::path::PathBuf,
+    /// How the local backend makes writes durable: `group` (one syncfs shared by concurrent
+    /// writes) or `object` (an fsync per object; for a filesystem shared with heavy writers).
+    #[arg(long, env = "AETHER_LOCAL_SYNC", value_enum, default_value = "group")]
+    pub local_sync: LocalSync,
     /// S3 endpoint, e.g. http://127.0.0.1:9000 (empty for AWS).
     #[arg(long, env = "AETHER_S3_ENDPOINT", default_value = "")]
     pub s3_endpoint: String,
@@ -72,6 +88,7 @@ impl BackendArgs {
         Self {
             store_backend: BackendKind::Local,
             data_dir: dir,
+            local_sync: LocalSync::Group,
             s3_endpoint: String::new(),
             s3_bucket: "aetherfs".into(),
             s3_region: "us-east-1".into(),
@@ -90,12 +107,17 @@ impl BackendArgs {
                 let dir = self.data_dir.join(subdir);
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-                Arc::new(
-                    LocalFileSystem::new_with_prefix(&dir)
-                        .map_err(|e| format!("cannot use {}: {e}", dir.display()))?
-                        // Acknowledged means durable (promise 1): survive power loss too.
-                        .with_fsync(true),
-                )
+                let local = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
+                // Acknowledged means durable (promise 1): survive power loss too.
+                match self.local_sync {
+                    LocalSync::Object => Arc::new(local.with_fsync(true)),
+                    LocalSync::Group => {
+                        let flush = syncfs_of(&dir)
+                            .map_err(|e| format!("cannot open {}: {e}", dir.display()))?;
+                        Arc::new(GroupSynced::new(local, flush))
+                    }
+                }
             }
             BackendKind::Memory => Arc::new(InMemory::new()),
             BackendKind::S3 => {

@@ -1,6 +1,7 @@
 //! The content store: every byte of AetherFS, as immutable blobs named by BLAKE3-256.
 //!
 //! - [`backend`] builds the `object_store` backend (local filesystem, S3-compatible, memory).
+//! - [`group_sync`] makes local writes durable by group commit (one `syncfs` per batch).
 //! - [`blobs`] is the store itself: FastCDC chunking, deduplication, verification on read.
 //! - [`limits`] bounds what one request may ask (flags `--store-*`, `AETHER_STORE_*`).
 //! - [`service`] is the `ContentService` gRPC adapter over it.
@@ -16,6 +17,7 @@ pub mod blobs;
 mod cache;
 pub mod error;
 pub mod gc;
+pub mod group_sync;
 pub mod limits;
 pub mod remote;
 pub mod service;

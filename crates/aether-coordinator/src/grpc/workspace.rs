@@ -6,6 +6,7 @@ use std::sync::Arc;
 use aether_core::{diff_trees, EntryChange, EntryKind, Hash, TreeEntry, WorkspacePath};
 use aether_proto as pb;
 use aether_proto::workspace_service_server::WorkspaceService;
+use aether_store::blobs::{blob_hash, MAX_CHUNK};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
@@ -156,6 +157,9 @@ fn parse_change(change: pb::Change) -> Result<Change> {
     })
 }
 
+/// Content named before it is stored, written with the new trees: (name, bytes).
+type Deferred = (Hash, Bytes);
+
 impl Sessions {
     /// Stores content named by a write: inline bytes are put; chunk lists are checked to be
     /// present and assembled into one blob.
@@ -207,21 +211,33 @@ impl Sessions {
         check_expected_version(&mutation.record, expected_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;
         let mut editor = TreeEditor::open(&self.trees, &old_root).await?;
-        // Store every write's content first, concurrently: a batch of many small files is
-        // bound by round trips to the content store, not by work. Nothing references the
-        // content until the fenced commit below. Unordered, so one slow upload does not hold
-        // the slots of those finished after it; the batch order is restored after.
-        let mut stored: Vec<(usize, Change)> =
+        // Name every write's content before editing. Content of up to one chunk is named
+        // here (its hash is the store's name for it) and written later, in the same round as
+        // the new trees: one round of concurrent writes, which the local store's group commit
+        // makes durable with one sync. Larger content and chunk lists go to the store now,
+        // concurrently: a batch of many files is bound by round trips, not by work. Nothing
+        // references the content until the fenced commit below. Unordered, so one slow upload
+        // does not hold the slots of those finished after it; the batch order is restored.
+        let mut named: Vec<(usize, Change, Option<Deferred>)> =
             futures::stream::iter(changes.into_iter().enumerate())
                 .map(|(index, change)| async move {
                     let Change { step, precondition } = change;
+                    let mut deferred = None;
                     let step = match step {
                         Step::Write {
                             path,
                             content,
                             mode,
                         } => {
-                            let (hash, size) = self.store_content(content).await?;
+                            let (hash, size) = match content {
+                                Content::Inline(bytes) if bytes.len() <= MAX_CHUNK => {
+                                    let hash = blob_hash(&bytes);
+                                    let size = bytes.len() as u64;
+                                    deferred = Some((hash, bytes));
+                                    (hash, size)
+                                }
+                                other => self.store_content(other).await?,
+                            };
                             Step::Write {
                                 path,
                                 content: Content::Stored(hash, size),
@@ -230,13 +246,20 @@ impl Sessions {
                         }
                         other => other,
                     };
-                    Ok::<_, Error>((index, Change { step, precondition }))
+                    Ok::<_, Error>((index, Change { step, precondition }, deferred))
                 })
                 .buffer_unordered(STORE_CONCURRENCY)
                 .try_collect()
                 .await?;
-        stored.sort_unstable_by_key(|(index, _)| *index);
-        let changes = stored.into_iter().map(|(_, change)| change);
+        named.sort_unstable_by_key(|(index, _, _)| *index);
+        let mut deferred: Vec<Deferred> = Vec::new();
+        let mut changes = Vec::with_capacity(named.len());
+        for (_, change, content) in named {
+            changes.push(change);
+            deferred.extend(content);
+        }
+        deferred.sort_unstable_by_key(|(hash, _)| *hash);
+        deferred.dedup_by_key(|(hash, _)| *hash);
         for change in changes {
             if let Some(precondition) = &change.precondition {
                 check_precondition(&mut editor, change.step.target(), precondition).await?;
@@ -269,7 +292,20 @@ impl Sessions {
             }
         }
         let touched: Vec<String> = editor.touched().to_vec();
-        let new_root = editor.finish().await?;
+        let blobs = self.trees.blobs();
+        let content = futures::stream::iter(deferred)
+            .map(|(hash, bytes)| async move {
+                let stored = blobs.put(bytes).await?;
+                if stored != hash {
+                    return Err(Error::Internal(format!(
+                        "the content store named content {stored}, expected {hash}"
+                    )));
+                }
+                Ok(())
+            })
+            .buffer_unordered(STORE_CONCURRENCY)
+            .try_collect::<Vec<()>>();
+        let (new_root, _) = futures::try_join!(editor.finish(), content)?;
         if new_root == old_root {
             return Ok(mutation.record);
         }
