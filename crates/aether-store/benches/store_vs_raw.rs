@@ -3,7 +3,8 @@
 //!
 //! - write and read throughput of 1 MiB blobs (one at a time), 64 MiB blobs (one at a time) and
 //!   4 KiB blobs (many, 16 in flight for both sides);
-//! - on the local filesystem, and on S3 when a moto server can be started (aether-testkit);
+//! - on the local filesystem, and on S3: moto (Python, in memory, one request at a time) and
+//!   s3s-fs (Rust) with its files on tmpfs, as aether-testkit starts them;
 //! - the service is the real `ContentService` on 127.0.0.1 with a real tonic client
 //!   ([`RemoteBlobs`]); raw is `put`/`get` of one object per blob on the same `ObjectStore`;
 //! - every iteration writes fresh content (no dedup help), raw and service interleaved, and
@@ -11,7 +12,7 @@
 //! - finally the content bytes sent when identical content is uploaded again after HasBlobs.
 //!
 //! `cargo bench -p aether-store --bench store_vs_raw`; env `AETHER_BENCH_ITERATIONS` (default 7)
-//! and `AETHER_BENCH_BACKENDS` (default `local,s3`).
+//! and `AETHER_BENCH_BACKENDS` (default `local,moto,s3s-fs-tmpfs`).
 //! Targets: service write ≥ 0.8× raw, read ≥ 0.9× raw.
 
 use std::future::Future;
@@ -24,6 +25,7 @@ use aether_store::blobs::{chunk_path, manifest_path, BlobStore};
 use aether_store::remote::RemoteBlobs;
 use aether_store::service::ContentGrpc;
 use aether_store::{Blobs, Hash, Limits};
+use aether_testkit::S3Kind;
 use bytes::Bytes;
 use clap::Parser;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -100,23 +102,27 @@ async fn run(iterations: usize) -> anyhow::Result<()> {
         "store_vs_raw: {iterations} iterations, {} CPUs, MB/s = 10^6 bytes/s, median [min..max]",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let backends = std::env::var("AETHER_BENCH_BACKENDS").unwrap_or("local,s3".into());
+    let backends =
+        std::env::var("AETHER_BENCH_BACKENDS").unwrap_or("local,moto,s3s-fs-tmpfs".into());
     if backends.contains("local") {
         let dir = tempfile::Builder::new().prefix("aether-bench-").tempdir()?;
         let local = BackendArgs::local(dir.path().to_path_buf());
         bench_backend("local", &local, iterations).await?;
     }
-    if !backends.contains("s3") {
-        return Ok(());
-    }
-    match aether_testkit::S3Server::start().await {
-        Ok(s3) => {
-            let flags = BackendFlags::try_parse_from(
-                std::iter::once("bench".to_string()).chain(s3.aetherd_args()),
-            )?;
-            bench_backend("s3 (moto)", &flags.backend, iterations).await?;
+    for (name, kind) in [("moto", S3Kind::Moto), ("s3s-fs-tmpfs", S3Kind::S3sFsTmpfs)] {
+        if !backends.split(',').any(|b| b == name) {
+            continue;
         }
-        Err(error) => println!("\nS3: skipped, no moto server could be started: {error:#}"),
+        match aether_testkit::S3Server::start_with(kind).await {
+            Ok(s3) => {
+                let flags = BackendFlags::try_parse_from(
+                    std::iter::once("bench".to_string()).chain(s3.aetherd_args()),
+                )?;
+                let label = format!("s3 ({})", kind.name());
+                bench_backend(&label, &flags.backend, iterations).await?;
+            }
+            Err(error) => println!("\n{name}: skipped, the server could not be started: {error:#}"),
+        }
     }
     Ok(())
 }
