@@ -226,7 +226,7 @@ struct Row {
     ceiling: Option<(String, Timing)>,
 }
 
-/// Every ingest run writes content no earlier run wrote, so no figure is helped by dedup.
+/// Every timed run writes content no earlier run wrote, so no figure is helped by dedup.
 static NEXT_ROUND: AtomicUsize = AtomicUsize::new(1_000_000);
 
 fn fresh_round() -> usize {
@@ -259,14 +259,15 @@ async fn workspace_figures(
         .await?;
 
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 1..=runs {
+    for run in 1..=runs {
+        let round = fresh_round();
         settle();
         let start = Instant::now();
         apply(channel, &session, 0..10, round).await?;
         history
             .create_checkpoint(pb::CreateCheckpointRequest {
                 session_id: session.clone(),
-                name: format!("r{round}"),
+                name: format!("r{run}"),
                 description: String::new(),
             })
             .await?;
