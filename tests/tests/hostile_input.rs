@@ -622,6 +622,47 @@ async fn hostile_oversized_messages_are_resource_exhausted_and_change_nothing() 
         .into_inner();
     assert_eq!(info.last_offset, last, "nothing was published");
 
+    // PublishStream: a small batch, then one over the limit. The first is acknowledged; the
+    // call then ends with the limit's status, after its response headers (in the trailers).
+    let batch = |batch_id: u64, messages: Vec<pb::OutgoingMessage>| pb::PublishStreamRequest {
+        session_id: stream.clone(),
+        messages,
+        durability: pb::Durability::Persisted as i32,
+        batch_id,
+    };
+    let big = (0..5)
+        .map(|i| note(common::test_bytes(MIB, i + 30)))
+        .collect();
+    let batches = vec![batch(1, vec![note(b"fits".to_vec())]), batch(2, big)];
+    let mut acks = bus
+        .publish_stream(futures::stream::iter(batches))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = acks
+        .message()
+        .await
+        .unwrap()
+        .expect("the first batch's ack");
+    assert_eq!((first.batch_id, first.first_offset), (1, last + 1));
+    let status = acks
+        .message()
+        .await
+        .expect_err("a 5 MiB PublishStream batch");
+    assert_exhausted(status, BUS_LIMIT, "PublishStream");
+    let info = bus
+        .get_stream_info(pb::GetStreamInfoRequest {
+            session_id: stream.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        info.last_offset,
+        last + 1,
+        "only the batch within the limit"
+    );
+
     // The same calls within the limits still work: the refusals were for the sizes.
     let written = common::write_file(&dev.channel, &id, "src/ok.bin", &[7; 1000])
         .await

@@ -232,8 +232,11 @@ impl BusService for BusGrpc {
                             }
                             // Half-close: acknowledge what is in flight, then end.
                             None => reading = false,
+                            // An undecodable or oversized batch ends the call too, with its
+                            // status, once the batches before it are acknowledged.
                             Some(Err(status)) => {
                                 tracing::debug!(%status, "PublishStream request stream failed");
+                                failure = Some(oversize_is_resource_exhausted(status));
                                 reading = false;
                             }
                         }
@@ -335,5 +338,20 @@ impl BusService for BusGrpc {
             last_offset: info.last_offset,
             archive_time: timestamp(info.archived_at),
         }))
+    }
+}
+
+/// tonic refuses a request message over the decoding limit with OUT_OF_RANGE ("... message
+/// length too large: found N bytes, the limit is: M bytes"); every exceeded limit is
+/// RESOURCE_EXHAUSTED (design §5), with the message kept so the limit stays named. The server
+/// layer rewrites it for calls that end before their response headers; a stream that already
+/// answered ends with the status in its trailers, so it is rewritten here.
+fn oversize_is_resource_exhausted(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        Status::resource_exhausted(status.message())
+    } else {
+        status
     }
 }
