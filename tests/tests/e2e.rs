@@ -16,6 +16,7 @@ mod etcd_quorum;
 mod expiry;
 mod failover;
 mod foundation;
+mod gc_process;
 mod hostile_auth;
 mod hostile_input;
 mod lifecycle_checkpoints;

@@ -12,18 +12,54 @@
 //! not by this walk. Shared subtrees are walked once.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use aether_coord::Coordination;
 use aether_core::{EntryKind, Hash};
+use aether_store::Blobs;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::error::{Error, Result};
 use crate::model::{self, AuditRecord, CheckpointRecord, SessionRecord, State};
+use crate::revisions::load_commit;
 use crate::sessions::Sessions;
+use crate::trees::Trees;
+
+/// What a collection reads: session records from coordination, trees and commits from the
+/// content store. A standalone collector (`aetherd gc`) needs nothing else: it holds no
+/// session, registers no node and serves nothing.
+#[derive(Clone)]
+pub struct Collector {
+    coord: Arc<dyn Coordination>,
+    trees: Trees,
+}
+
+impl Collector {
+    pub fn new(coord: Arc<dyn Coordination>, blobs: Arc<dyn Blobs>) -> Self {
+        Self {
+            coord,
+            trees: Trees::new(blobs),
+        }
+    }
+
+    /// A collector reading through a coordinator's own state (and caches).
+    pub fn of(sessions: &Sessions) -> Self {
+        Self {
+            coord: sessions.coord.clone(),
+            trees: sessions.trees.clone(),
+        }
+    }
+}
 
 /// The blob names reachable from every session, as of now.
 pub async fn mark(sessions: &Sessions) -> Result<HashSet<Hash>> {
+    mark_with(&Collector::of(sessions)).await
+}
+
+/// [`mark`], reading through `sessions`.
+pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
     let knowledge = crate::knowledge::Knowledge::new(sessions.trees.blobs().clone());
     let annotations = crate::review::Annotations::new(sessions.trees.blobs().clone());
     let mut live = HashSet::new();
@@ -47,7 +83,7 @@ pub async fn mark(sessions: &Sessions) -> Result<HashSet<Hash>> {
                 if !live.insert(hash) {
                     break; // the rest of this history is already marked
                 }
-                let object = sessions.load_commit(&id).await?;
+                let object = load_commit(&**sessions.trees.blobs(), &id).await?;
                 walk(sessions, parse(&object.root)?, &mut live).await?;
                 commit = object.parents.first().cloned();
             }
@@ -76,7 +112,7 @@ fn parse(value: &str) -> Result<Hash> {
 }
 
 fn walk<'a>(
-    sessions: &'a Sessions,
+    sessions: &'a Collector,
     tree: Hash,
     live: &'a mut HashSet<Hash>,
 ) -> BoxFuture<'a, Result<()>> {
@@ -98,7 +134,7 @@ fn walk<'a>(
     .boxed()
 }
 
-async fn checkpoints(sessions: &Sessions, id: &str) -> Result<Vec<CheckpointRecord>> {
+async fn checkpoints(sessions: &Collector, id: &str) -> Result<Vec<CheckpointRecord>> {
     let prefix = model::checkpoints_prefix(id);
     let mut out = Vec::new();
     let mut after: Option<String> = None;
@@ -117,7 +153,7 @@ async fn checkpoints(sessions: &Sessions, id: &str) -> Result<Vec<CheckpointReco
 }
 
 /// Archives written when the session was closed (recorded in its audit trail).
-async fn archives(sessions: &Sessions, record: &SessionRecord) -> Result<Vec<Hash>> {
+async fn archives(sessions: &Collector, record: &SessionRecord) -> Result<Vec<Hash>> {
     if record.state != State::Closed {
         return Ok(Vec::new());
     }
@@ -146,13 +182,22 @@ pub async fn collect(
     store: &aether_store::BlobStore,
     grace: Duration,
 ) -> Result<aether_store::gc::SweepReport> {
+    collect_with(&Collector::of(sessions), store, grace).await
+}
+
+/// [`collect`], reading through `sessions`.
+pub async fn collect_with(
+    sessions: &Collector,
+    store: &aether_store::BlobStore,
+    grace: Duration,
+) -> Result<aether_store::gc::SweepReport> {
     if !grace.is_zero() && grace < MIN_GRACE {
         return Err(Error::InvalidArgument(format!(
             "GC grace period {grace:?} is below the minimum {MIN_GRACE:?}"
         )));
     }
     let started = Instant::now();
-    let live = mark(sessions).await?;
+    let live = mark_with(sessions).await?;
     if !grace.is_zero() && started.elapsed() > grace / 4 {
         return Err(Error::Unavailable(format!(
             "marking took {:?}, more than a quarter of the grace period {grace:?}; sweep skipped",

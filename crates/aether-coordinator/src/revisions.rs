@@ -44,16 +44,7 @@ impl Sessions {
     }
 
     pub async fn load_commit(&self, id: &str) -> Result<CommitObject> {
-        let hash =
-            Hash::from_hex(id).map_err(|e| Error::InvalidArgument(format!("commit id: {e}")))?;
-        let bytes = match self.trees.blobs().get(&hash).await {
-            Ok(bytes) => bytes,
-            Err(aether_store::StoreError::NotFound(_)) => {
-                return Err(Error::NotFound(format!("commit {id} not found")))
-            }
-            Err(e) => return Err(e.into()),
-        };
-        serde_json::from_slice(&bytes).map_err(|_| Error::NotFound(format!("{id} is not a commit")))
+        load_commit(&**self.trees.blobs(), id).await
     }
 
     /// Whether `commit_id` is in the history of `record` (commits are only readable through a
@@ -105,4 +96,17 @@ impl Sessions {
         };
         Sessions::root(&root)
     }
+}
+
+/// Reads commit object `id` from the content store.
+pub(crate) async fn load_commit(blobs: &dyn aether_store::Blobs, id: &str) -> Result<CommitObject> {
+    let hash = Hash::from_hex(id).map_err(|e| Error::InvalidArgument(format!("commit id: {e}")))?;
+    let bytes = match blobs.get(&hash).await {
+        Ok(bytes) => bytes,
+        Err(aether_store::StoreError::NotFound(_)) => {
+            return Err(Error::NotFound(format!("commit {id} not found")))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    serde_json::from_slice(&bytes).map_err(|_| Error::NotFound(format!("{id} is not a commit")))
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use aether_auth::{AttachToken, AuthArgs, AuthLayer, Authenticator, Need, Principal};
 use aether_coord::{Coordination, EmbeddedCoordination, EtcdCoordination};
+use aether_coordinator::gc::Collector;
 use aether_coordinator::{CoordinatorArgs, EventSink};
 use aether_store::backend::{BackendArgs, LocalSync};
 use aether_store::{BlobStore, Blobs, Limits, RemoteBlobs};
@@ -154,7 +155,7 @@ pub struct GcArgs {
 
 /// Runs a collection every `interval` until `shutdown`.
 fn collect_periodically(
-    sessions: Arc<aether_coordinator::Sessions>,
+    collector: Collector,
     store: BlobStore,
     args: GcArgs,
     shutdown: CancellationToken,
@@ -170,7 +171,7 @@ fn collect_periodically(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            match aether_coordinator::gc::collect(&sessions, &store, grace).await {
+            match aether_coordinator::gc::collect_with(&collector, &store, grace).await {
                 Ok(report) => tracing::info!(?report, "garbage collection done"),
                 Err(e) => tracing::warn!(error = %e, "garbage collection failed"),
             }
@@ -188,27 +189,16 @@ async fn run_gc(cmd: GcCommand, shutdown: CancellationToken) -> Result<()> {
         cmd.backend.build("objects").map_err(anyhow::Error::msg)?,
         Limits::default(),
     );
-    let args = CoordinatorArgs {
-        lease_ttl_secs: 10,
-        idle_release_secs: 60,
-        expiry_interval_secs: 3600,
-        trust_principal_header: false,
-    };
-    let sessions = aether_coordinator::start(
-        coord,
-        Arc::new(store.clone()),
-        EventSink::disabled(),
-        String::new(),
-        &args,
-    )
-    .await?;
+    // Reads only: the collector holds no session and registers no node, so no coordinator
+    // ever routes a request to it and it never expires a session.
+    let collector = Collector::new(coord, Arc::new(store.clone()));
     let grace = std::time::Duration::from_secs(cmd.gc.gc_grace_secs);
     if cmd.once {
-        let report = aether_coordinator::gc::collect(&sessions, &store, grace).await?;
+        let report = aether_coordinator::gc::collect_with(&collector, &store, grace).await?;
         println!("{report:?}");
         return Ok(());
     }
-    collect_periodically(sessions, store, cmd.gc, shutdown.clone());
+    collect_periodically(collector, store, cmd.gc, shutdown.clone());
     shutdown.cancelled().await;
     Ok(())
 }
@@ -541,7 +531,7 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             .await?;
             aether_coordinator::register(&mut routes, &s);
             served.extend(coordinator_services);
-            collect_periodically(s.clone(), store, cmd.gc.clone(), shutdown.clone());
+            collect_periodically(Collector::of(&s), store, cmd.gc.clone(), shutdown.clone());
             sessions = Some(s);
         }
         Service::Gc(_) => unreachable!("handled above"),

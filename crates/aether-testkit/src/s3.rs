@@ -30,8 +30,9 @@ const CREATE_BUCKET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Which S3-compatible server [`S3Server::start_with`] runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum S3Kind {
-    /// moto (Python, in memory). Its conditional creates are atomic, so races through
-    /// `If-None-Match` behave as on AWS: what every test uses.
+    /// moto (Python, in memory). Its conditional creates are made atomic (see
+    /// `MOTO_WITH_ATOMIC_CREATES`), so races through `If-None-Match` behave as on AWS: what
+    /// every test uses.
     #[default]
     Moto,
     /// s3s-fs (Rust, file-backed, checks credentials): much faster than moto, for benchmarks.
@@ -276,10 +277,45 @@ impl S3Server {
     }
 }
 
+/// moto serves each request on a thread of its own and checks `If-None-Match: *` before it
+/// writes, so two racing conditional creates of one key could both succeed. AWS S3 lets only
+/// one win; so does moto run through this, which holds one lock around its PutObject handler.
+const MOTO_WITH_ATOMIC_CREATES: &str = "\
+import threading
+import moto.server
+from moto.s3.responses import S3Response
+put_object, lock = S3Response.put_object, threading.Lock()
+def serialised(self):
+    with lock:
+        return put_object(self)
+S3Response.put_object = serialised
+moto.server.main()
+";
+
+/// The Python interpreter a console script such as `moto_server` runs under (its `#!` line).
+fn python_of(script: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read(script).ok()?;
+    let first = text.split(|&b| b == b'\n').next()?;
+    let interpreter = std::str::from_utf8(first.strip_prefix(b"#!")?)
+        .ok()?
+        .split_whitespace()
+        .next()?;
+    let path = PathBuf::from(interpreter);
+    let name = path.file_name()?.to_str()?;
+    (name.starts_with("python") && path.is_file()).then_some(path)
+}
+
 fn spawn_moto(moto: &std::path::Path, port: u16, log: &std::path::Path) -> Result<ChildProcess> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-    let mut command = Command::new(moto);
+    let mut command = match python_of(moto) {
+        Some(python) => {
+            let mut command = Command::new(python);
+            command.args(["-c", MOTO_WITH_ATOMIC_CREATES]);
+            command
+        }
+        None => Command::new(moto),
+    };
     command
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         // Without this, Python buffers its log and a killed server leaves it empty.
