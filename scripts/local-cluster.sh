@@ -282,7 +282,7 @@ for c in "${coordinators[@]}"; do wait_for "$c" 60 ready "$c" aetherfs.v1.Sessio
 # Garbage collection: one collector for the cluster, reaching etcd and S3 directly. It serves
 # no port: it is ready once it has registered with etcd and reached the bucket.
 launch gc "$aetherd" gc --etcd-endpoints "$etcd_endpoints" "${s3_flags[@]}"
-wait_for gc 60 grep -q "coordinator registered" "$dir/logs/gc.log"
+wait_for gc 60 grep -q "garbage collector ready" "$dir/logs/gc.log"
 
 cat >"$dir/env" <<EOF
 # source this file to point the aether CLI (and the SDK's defaults) at the local cluster

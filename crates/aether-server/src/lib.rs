@@ -198,6 +198,12 @@ async fn run_gc(cmd: GcCommand, shutdown: CancellationToken) -> Result<()> {
         println!("{report:?}");
         return Ok(());
     }
+    // scripts/local-cluster.sh waits for this line.
+    tracing::info!(
+        interval_secs = cmd.gc.gc_interval_secs,
+        grace_secs = cmd.gc.gc_grace_secs,
+        "garbage collector ready"
+    );
     collect_periodically(collector, store, cmd.gc, shutdown.clone());
     shutdown.cancelled().await;
     Ok(())
