@@ -484,6 +484,20 @@ async fn hostile_bus_offsets_out_of_range_are_refused() {
     assert_eq!(info.last_offset, published.last_offset, "nothing changed");
 }
 
+/// The last offset of a bus stream.
+async fn last_offset(
+    bus: &mut aether_proto::bus_service_client::BusServiceClient<tonic::transport::Channel>,
+    stream: &str,
+) -> u64 {
+    bus.get_stream_info(pb::GetStreamInfoRequest {
+        session_id: stream.to_string(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .last_offset
+}
+
 /// A status and the limit its message must name.
 fn assert_exhausted(status: tonic::Status, limit: usize, case: &str) {
     assert_eq!(status.code(), Code::ResourceExhausted, "{case}: {status:?}");
@@ -613,14 +627,11 @@ async fn hostile_oversized_messages_are_resource_exhausted_and_change_nothing() 
         .await
         .expect_err("a 5 MiB Publish");
     assert_exhausted(status, BUS_LIMIT, "Publish");
-    let info = bus
-        .get_stream_info(pb::GetStreamInfoRequest {
-            session_id: stream.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(info.last_offset, last, "nothing was published");
+    assert_eq!(
+        last_offset(&mut bus, &stream).await,
+        last,
+        "nothing was published"
+    );
 
     // PublishStream: a small batch, then one over the limit. The first is acknowledged; the
     // call then ends with the limit's status, after its response headers (in the trailers).
@@ -650,15 +661,8 @@ async fn hostile_oversized_messages_are_resource_exhausted_and_change_nothing() 
         .await
         .expect_err("a 5 MiB PublishStream batch");
     assert_exhausted(status, BUS_LIMIT, "PublishStream");
-    let info = bus
-        .get_stream_info(pb::GetStreamInfoRequest {
-            session_id: stream.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        info.last_offset,
+        last_offset(&mut bus, &stream).await,
         last + 1,
         "only the batch within the limit"
     );

@@ -81,6 +81,11 @@ impl Trees {
     /// Stores a tree and returns its hash.
     pub async fn store(&self, tree: Tree) -> Result<Hash> {
         let encoded = tree.encode();
+        self.store_encoded(tree, encoded).await
+    }
+
+    /// [`Trees::store`] for a tree already encoded (`encoded` is `tree.encode()`).
+    async fn store_encoded(&self, tree: Tree, encoded: Vec<u8>) -> Result<Hash> {
         let hash = Hash::of(&encoded);
         let cached = self.cache.lock().expect("tree cache").contains_key(&hash);
         if !cached {
@@ -526,7 +531,7 @@ async fn write_dir(trees: &Trees, dir: Dir) -> Result<(Hash, u64)> {
     let mut changed = Vec::new();
     let named = hash_dir(dir, &mut changed);
     futures::stream::iter(changed)
-        .map(|tree| trees.store(tree))
+        .map(|(tree, encoded)| trees.store_encoded(tree, encoded))
         .buffer_unordered(WRITE_CONCURRENCY)
         .try_collect::<Vec<Hash>>()
         .await?;
@@ -534,8 +539,8 @@ async fn write_dir(trees: &Trees, dir: Dir) -> Result<(Hash, u64)> {
 }
 
 /// Names a directory after naming its edited children: (hash, total size). Collects every
-/// tree that changed, to be stored.
-fn hash_dir(dir: Dir, changed: &mut Vec<Tree>) -> (Hash, u64) {
+/// tree that changed, with its encoding, to be stored.
+fn hash_dir(dir: Dir, changed: &mut Vec<(Tree, Vec<u8>)>) -> (Hash, u64) {
     let Dir {
         mut tree,
         children,
@@ -555,9 +560,10 @@ fn hash_dir(dir: Dir, changed: &mut Vec<Tree>) -> (Hash, u64) {
         }
     }
     let size = tree.total_size();
-    let hash = tree.hash();
+    let encoded = tree.encode();
+    let hash = Hash::of(&encoded);
     if dirty {
-        changed.push(tree);
+        changed.push((tree, encoded));
     }
     (hash, size)
 }
