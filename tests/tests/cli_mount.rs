@@ -1,6 +1,7 @@
 //! `aether mount SESSION DIR` through real FUSE, as root: everyday tools (ls, cat, cp, mkdir,
 //! mv, rm, an editor's save-by-rename, git, tar) work in the mounted directory, every change is
-//! visible through the gRPC API, and the mount ends with exit 0 on `fusermount3 -u` and on
+//! visible through the gRPC API once fsynced (`sync DIR` commits everything the mount queued),
+//! and the mount ends with exit 0 on `fusermount3 -u` and on
 //! SIGINT. Needs /dev/fuse and fusermount3 (`apt-get install -y fuse3`); fails, never skips,
 //! without them.
 
@@ -19,7 +20,7 @@ use tonic::transport::Channel;
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Fails with how to get FUSE when this machine lacks it.
-fn require_fuse() {
+pub(crate) fn require_fuse() {
     assert!(
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing, so `aether mount` cannot be tested: load the module (`modprobe \
@@ -39,7 +40,7 @@ fn require_fuse() {
 }
 
 /// Whether `dir` is a mount point, from /proc/self/mountinfo.
-fn is_mounted(dir: &Path) -> bool {
+pub(crate) fn is_mounted(dir: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let dir = dir.display().to_string();
     info.lines()
@@ -47,19 +48,38 @@ fn is_mounted(dir: &Path) -> bool {
 }
 
 /// A running `aether mount`; unmounts and kills it if the test fails half-way.
-struct Mount {
+pub(crate) struct Mount {
     child: Option<Child>,
     dir: PathBuf,
     log: PathBuf,
 }
 
 impl Mount {
-    fn start(aether: &Aether, session: &str, dir: &Path, log_name: &str) -> Mount {
+    pub(crate) fn start(aether: &Aether, session: &str, dir: &Path, log_name: &str) -> Mount {
+        Mount::start_with(aether, session, dir, log_name, &[])
+    }
+
+    /// Starts `aether mount` with extra flags; content is cached in the test's directory.
+    pub(crate) fn start_with(
+        aether: &Aether,
+        session: &str,
+        dir: &Path,
+        log_name: &str,
+        flags: &[&str],
+    ) -> Mount {
         let log = aether.path(log_name);
         let stderr = std::fs::File::create(&log).unwrap();
+        let cache = aether.path("mount-cache").display().to_string();
         let child = aether
             .command()
-            .args(["mount", session, &dir.display().to_string()])
+            .args([
+                "mount",
+                session,
+                &dir.display().to_string(),
+                "--cache-dir",
+                &cache,
+            ])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -88,16 +108,16 @@ impl Mount {
         mount
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
 
     /// Waits for the mount process to end; returns its status.
-    fn wait(&mut self) -> ExitStatus {
+    pub(crate) fn wait(&mut self) -> ExitStatus {
         let start = Instant::now();
         let child = self.child.as_mut().unwrap();
         loop {
@@ -129,8 +149,14 @@ impl Drop for Mount {
     }
 }
 
+/// Commits everything the mount at `dir` has queued: fsync of the mount's root directory
+/// (coreutils `sync DIR`) returns once all of it is in the session.
+pub(crate) fn settle(dir: &Path) {
+    sh(dir, "sync", &["."]);
+}
+
 /// Runs a command in `dir`; it must succeed. Returns stdout.
-fn sh(dir: &Path, program: &str, args: &[&str]) -> String {
+pub(crate) fn sh(dir: &Path, program: &str, args: &[&str]) -> String {
     let output = Command::new(program)
         .args(args)
         .current_dir(dir)
@@ -149,7 +175,7 @@ fn sh(dir: &Path, program: &str, args: &[&str]) -> String {
 }
 
 /// The names directly in `path`, through ListTree.
-async fn names(channel: &Channel, session: &str, path: &str) -> Vec<String> {
+pub(crate) async fn names(channel: &Channel, session: &str, path: &str) -> Vec<String> {
     let response = WorkspaceServiceClient::new(channel.clone())
         .list_tree(pb::ListTreeRequest {
             session_id: session.to_string(),
@@ -172,7 +198,7 @@ async fn names(channel: &Channel, session: &str, path: &str) -> Vec<String> {
 }
 
 /// The entry `name` in directory `path`, through ListTree.
-async fn entry(channel: &Channel, session: &str, path: &str, name: &str) -> pb::Entry {
+pub(crate) async fn entry(channel: &Channel, session: &str, path: &str, name: &str) -> pb::Entry {
     let response = WorkspaceServiceClient::new(channel.clone())
         .list_tree(pb::ListTreeRequest {
             session_id: session.to_string(),
@@ -189,7 +215,7 @@ async fn entry(channel: &Channel, session: &str, path: &str, name: &str) -> pb::
         .unwrap_or_else(|| panic!("{path}/{name} is not listed"))
 }
 
-async fn read(channel: &Channel, session: &str, path: &str) -> Vec<u8> {
+pub(crate) async fn read(channel: &Channel, session: &str, path: &str) -> Vec<u8> {
     common::read_file(channel, session, path)
         .await
         .unwrap_or_else(|e| panic!("ReadFile {path:?}: {e:#}"))
@@ -227,19 +253,24 @@ async fn cli_mount_serves_everyday_tools_and_unmounts_cleanly() {
             "project/data.bin",
         ],
     );
+    settle(&dir);
     assert_eq!(read(&channel, &session, "project/data.bin").await, big);
     assert_eq!(std::fs::read(dir.join("project/data.bin")).unwrap(), big);
 
     // mkdir, mv, rm.
     sh(&dir, "mkdir", &["-p", "project/docs/drafts"]);
+    settle(&dir);
     assert_eq!(names(&channel, &session, "project/docs").await, ["drafts"]);
     sh(&dir, "mv", &["project/data.bin", "project/docs/data.bin"]);
+    settle(&dir);
     assert_eq!(read(&channel, &session, "project/docs/data.bin").await, big);
     let top = names(&channel, &session, "project").await;
     assert!(!top.contains(&"data.bin".to_string()), "{top:?}");
     sh(&dir, "rm", &["project/docs/data.bin"]);
+    settle(&dir);
     assert_eq!(names(&channel, &session, "project/docs").await, ["drafts"]);
     sh(&dir, "rmdir", &["project/docs/drafts"]);
+    settle(&dir);
     assert!(names(&channel, &session, "project/docs").await.is_empty());
 
     // An editor's save: write a temporary file, then rename it over the original.
@@ -247,6 +278,7 @@ async fn cli_mount_serves_everyday_tools_and_unmounts_cleanly() {
     let temp = dir.join("project/notes/.hello.txt.swp");
     std::fs::write(&temp, b"edited in place\n").unwrap();
     std::fs::rename(&temp, &note).unwrap();
+    settle(&dir);
     assert_eq!(
         read(&channel, &session, "project/notes/hello.txt").await,
         b"edited in place\n"
@@ -258,11 +290,13 @@ async fn cli_mount_serves_everyday_tools_and_unmounts_cleanly() {
     assert_eq!(std::fs::read(&note).unwrap(), b"edited in place\n");
     // Appending and truncating through the mount.
     sh(&dir, "sh", &["-c", "echo more >> project/notes/hello.txt"]);
+    settle(&dir);
     assert_eq!(
         read(&channel, &session, "project/notes/hello.txt").await,
         b"edited in place\nmore\n"
     );
     sh(&dir, "truncate", &["-s", "6", "project/notes/hello.txt"]);
+    settle(&dir);
     assert_eq!(
         read(&channel, &session, "project/notes/hello.txt").await,
         b"edited"
@@ -275,6 +309,7 @@ async fn cli_mount_serves_everyday_tools_and_unmounts_cleanly() {
     )
     .unwrap();
     sh(&dir, "chmod", &["+x", "project/run.sh"]);
+    settle(&dir);
     assert_eq!(
         sh(&dir.join("project"), "./run.sh", &[]),
         "ran from the mount\n"
@@ -302,6 +337,7 @@ async fn cli_mount_serves_everyday_tools_and_unmounts_cleanly() {
     git(&["commit", "-q", "-m", "through the mount"]);
     assert!(git(&["log", "--oneline"]).contains("through the mount"));
     assert_eq!(git(&["status", "--porcelain"]), "");
+    settle(&dir);
     assert_eq!(
         read(&channel, &session, "project/.git/HEAD").await,
         b"ref: refs/heads/main\n"
@@ -319,6 +355,7 @@ async fn cli_mount_serves_everyday_tools_and_unmounts_cleanly() {
     );
     sh(&dir, "mkdir", &["unpacked"]);
     sh(&dir, "tar", &["-xf", "project.tar", "-C", "unpacked"]);
+    settle(&dir);
     sh(
         &dir,
         "diff",

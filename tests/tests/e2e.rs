@@ -10,6 +10,7 @@ mod store_support;
 mod bus_failover;
 mod cli_lifecycle;
 mod cli_mount;
+mod cli_mount_posix;
 mod cli_output;
 mod cli_readme;
 mod etcd_quorum;

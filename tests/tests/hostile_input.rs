@@ -203,6 +203,43 @@ fn raw_tar(name: &[u8], kind: tar::EntryType, link: Option<&[u8]>, data: &[u8]) 
     out
 }
 
+/// A ~2 KiB tar of one regular entry whose header declares `declared` bytes (base-256 when
+/// large), optionally preceded by a PAX record `size=<pax_size>`.
+fn sized_tar(declared: u64, pax_size: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::new();
+    if let Some(value) = pax_size {
+        let mut body = b" size=".to_vec();
+        body.extend_from_slice(value);
+        body.push(b'\n');
+        // The record's length counts its own digits.
+        let length = (1..20)
+            .map(|digits| body.len() + digits)
+            .find(|length| length.to_string().len() + body.len() == *length)
+            .unwrap()
+            .to_string();
+        let mut record = length.into_bytes();
+        record.extend_from_slice(&body);
+        let mut pax = tar::Header::new_ustar();
+        pax.set_path("PaxHeaders/big.bin").unwrap();
+        pax.set_entry_type(tar::EntryType::XHeader);
+        pax.set_size(record.len() as u64);
+        pax.set_cksum();
+        out.extend_from_slice(pax.as_bytes());
+        out.extend_from_slice(&record);
+        out.resize(out.len().next_multiple_of(512), 0);
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_path("big.bin").unwrap();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(declared);
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&[7; 1024]);
+    out.extend_from_slice(&[0; 1024]);
+    out
+}
+
 async fn import(
     dev: &Dev,
     id: &str,
@@ -289,6 +326,21 @@ async fn hostile_archives_are_refused_whole_and_change_nothing() {
             "Char",
         ),
         ("truncated entry", truncated, ""),
+        (
+            "1 TiB declared in base-256",
+            sized_tar(1 << 40, None),
+            "declares 1099511627776 bytes",
+        ),
+        (
+            "2^63-1 declared in a PAX record",
+            sized_tar(16, Some(i64::MAX.to_string().as_bytes())),
+            "",
+        ),
+        (
+            "negative size in a PAX record",
+            sized_tar(16, Some(b"-5")),
+            "",
+        ),
         ("bad header checksum", bad_checksum, ""),
         ("not a tar at all", common::test_bytes(3000, 9), ""),
     ];

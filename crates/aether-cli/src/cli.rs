@@ -97,12 +97,12 @@ pub enum Command {
     Cat(ReadArgs),
     /// Download a file or a whole directory.
     #[command(
-        after_help = "SESSION:DIR downloads the directory's contents into LOCAL (created if missing), so\n`aether put ./src $S:src` then `aether get $S:src ./copy` makes ./copy equal ./src.\nA file goes to LOCAL, or into LOCAL when it is a directory; `-` writes to stdout.\n\nExamples:\n  aether get $S:src ./src-copy\n  aether get $S:notes/todo.txt .\n  aether get $S:src ./old --at ckpt:v1"
+        after_help = "SESSION:DIR downloads the directory's contents into LOCAL (created if missing), so\n`aether put ./src $S:src` then `aether get $S:src ./copy` makes ./copy equal ./src:\nfiles, directories and symlinks, with modes and modification times. Nothing is written\nthrough a symlink inside LOCAL: one already there where a directory or file goes is\nrefused, and the session's links are made last (their targets are kept as given).\nA file goes to LOCAL, or into LOCAL when it is a directory; `-` writes to stdout.\n\nExamples:\n  aether get $S:src ./src-copy\n  aether get $S:notes/todo.txt .\n  aether get $S:src ./old --at ckpt:v1"
     )]
     Get(GetArgs),
     /// Upload a file or a whole directory; only content the store lacks is sent.
     #[command(
-        after_help = "A directory's contents go into SESSION:DIR (created if missing). A file goes to\nSESSION:PATH, or into it when it is a directory or ends with '/'; `-` reads stdin.\nRe-uploading unchanged content sends no chunks (see --verbose or -o json).\n\nExamples:\n  aether put ./src $S:src\n  aether put notes.txt $S:docs/\n  echo hello | aether put - $S:hello.txt"
+        after_help = "A directory's contents go into SESSION:DIR (created if missing): files, directories\nand symlinks (stored as links, never followed), with modes and modification times;\nsockets, devices and FIFOs are skipped and named on stderr. A file goes to\nSESSION:PATH, or into it when it is a directory or ends with '/'; `-` reads stdin.\nRe-uploading unchanged content sends no chunks (see --verbose or -o json).\n\nExamples:\n  aether put ./src $S:src\n  aether put notes.txt $S:docs/\n  echo hello | aether put - $S:hello.txt"
     )]
     Put(PutArgs),
     /// Delete a file or directory.
@@ -117,9 +117,10 @@ pub enum Command {
     /// Create a directory.
     #[command(after_help = "Example:\n  aether mkdir -p $S:docs/design")]
     Mkdir(MkdirArgs),
-    /// List the files that differ between two revisions (default: base to head).
+    /// List the files, symlinks and directories that differ between two revisions (default:
+    /// base to head).
     #[command(
-        after_help = "Revisions: head, base, ckpt:NAME, commit:ID.\n\nExamples:\n  aether diff $S\n  aether diff $S --from ckpt:v1 --to head"
+        after_help = "Each modified path says what changed: content, target (a symlink's), kind (file,\ndirectory, symlink) or mode; a change of modification time alone is left out unless\n--include-time-only. Revisions: head, base, ckpt:NAME, commit:ID.\n\nExamples:\n  aether diff $S\n  aether diff $S --from ckpt:v1 --to head\n  aether diff $S --include-time-only -o json"
     )]
     Diff(DiffArgs),
     /// Name the current head as a checkpoint.
@@ -193,6 +194,21 @@ pub struct MountArgs {
     pub session: String,
     /// An existing local directory to mount it at.
     pub dir: PathBuf,
+    /// How often changes made through the mount are sent to the session, in milliseconds
+    /// (fsync sends them at once).
+    #[arg(long, default_value_t = 200)]
+    pub commit_interval_ms: u64,
+    /// Make close() wait until the file's changes are in the session (slower; fsync always
+    /// waits).
+    #[arg(long)]
+    pub sync_close: bool,
+    /// Where content is cached by hash and writes are staged [default: $XDG_CACHE_HOME/aether
+    /// or ~/.cache/aether].
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Let other users use the mount (as root, or with user_allow_other in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -397,6 +413,9 @@ pub struct DiffArgs {
     /// Only paths under this directory.
     #[arg(long, default_value = "")]
     pub path: String,
+    /// Also list paths whose only change is their modification time.
+    #[arg(long)]
+    pub include_time_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,10 @@ pub enum Error {
     /// A request the SDK refuses before sending it.
     #[error("{0}")]
     InvalidArgument(String),
+    /// A download would write through a symbolic link (or over something that is not a file
+    /// or directory) inside its destination; nothing is written there.
+    #[error("refusing to write {}: {reason}", path.display())]
+    UnsafeDestination { path: PathBuf, reason: String },
     /// A local file changed between hashing and uploading, so what was hashed is not what
     /// would be sent.
     #[error("{} changed while it was being uploaded; run the upload again", path.display())]
@@ -61,6 +65,7 @@ impl Error {
                 _ => Code::Unknown,
             },
             Error::ChangedDuringUpload { .. } => Code::Aborted,
+            Error::UnsafeDestination { .. } => Code::FailedPrecondition,
             Error::MissingField { .. } => Code::Internal,
         }
     }
@@ -75,7 +80,8 @@ impl Error {
         matches!(self, Error::Status { .. })
     }
 
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+    /// A local I/O failure on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
             source,

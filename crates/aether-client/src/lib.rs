@@ -39,8 +39,8 @@ pub use revision::Rev;
 pub use session::{DiffResult, SessionHandle};
 pub use subscription::Subscription;
 pub use upload::{
-    file_mode, UploadFile, UploadPlan, UploadReport, UploadSource, MAX_BATCH_BYTES,
-    MAX_BATCH_CHANGES, MAX_INLINE_BYTES,
+    file_mode, mtime_ns, UploadAttributes, UploadFile, UploadPlan, UploadReport, UploadSource,
+    UploadSymlink, MAX_BATCH_BYTES, MAX_BATCH_CHANGES, MAX_INLINE_BYTES,
 };
 
 /// Most hashes in one HasBlobs call (the store's limit).

@@ -16,6 +16,9 @@ use crate::revision::Rev;
 use crate::subscription::Subscription;
 use crate::DATA_MESSAGE_BYTES;
 
+/// Stat calls in flight at once when looking up symlink targets.
+const LOOKUP_CONCURRENCY: usize = 8;
+
 /// A session, addressed by id, on a [`Client`]. Cheap to clone.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -204,6 +207,35 @@ impl SessionHandle {
             .ok_or_else(|| Error::missing("Stat", "entry"))
     }
 
+    /// The targets of symlinks, each named with the revision to read it at, a few lookups at
+    /// a time; in order.
+    pub async fn symlink_targets(&self, links: &[(String, Rev)]) -> Result<Vec<String>> {
+        use futures::{StreamExt, TryStreamExt};
+        futures::stream::iter(links)
+            .map(|(path, at)| async move { Ok::<_, Error>(self.stat(path, at).await?.symlink_target) })
+            .buffered(LOOKUP_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    /// Fills in `symlink_target` of the symlinks among `entries` (ListTree leaves it empty),
+    /// reading them at `at`.
+    pub async fn fill_symlink_targets(&self, entries: &mut [pb::Entry], at: &Rev) -> Result<()> {
+        let links: Vec<(String, Rev)> = entries
+            .iter()
+            .filter(|e| e.kind == pb::EntryKind::Symlink as i32 && e.symlink_target.is_empty())
+            .map(|e| (e.path.clone(), at.clone()))
+            .collect();
+        let mut targets = self.symlink_targets(&links).await?.into_iter();
+        for entry in entries
+            .iter_mut()
+            .filter(|e| e.kind == pb::EntryKind::Symlink as i32 && e.symlink_target.is_empty())
+        {
+            entry.symlink_target = targets.next().unwrap_or_default();
+        }
+        Ok(())
+    }
+
     /// Lists a directory (one level, or every descendant when `recursive`), every page, all
     /// from one state of the tree: if the tree changes between pages the listing starts over.
     pub async fn list(&self, path: &str, recursive: bool, at: &Rev) -> Result<Vec<pb::Entry>> {
@@ -345,8 +377,21 @@ impl SessionHandle {
         Ok(out)
     }
 
-    /// Lists the files that differ between two revisions (under `path_prefix` when not empty).
+    /// Lists the files that differ between two revisions (under `path_prefix` when not empty),
+    /// leaving out changes of modification time alone.
     pub async fn diff(&self, from: &Rev, to: &Rev, path_prefix: &str) -> Result<DiffResult> {
+        self.diff_with(from, to, path_prefix, false).await
+    }
+
+    /// [`SessionHandle::diff`], with `include_time_only` to also list paths whose only change
+    /// is their modification time.
+    pub async fn diff_with(
+        &self,
+        from: &Rev,
+        to: &Rev,
+        path_prefix: &str,
+        include_time_only: bool,
+    ) -> Result<DiffResult> {
         let mut result = DiffResult::default();
         let mut token = String::new();
         loop {
@@ -357,6 +402,7 @@ impl SessionHandle {
                 to: Some(rev_explicit(to)),
                 path_prefix: path_prefix.to_string(),
                 page: Some(page(token)),
+                include_time_only,
             };
             let response = self
                 .client

@@ -6,9 +6,11 @@
 //! 3. Missing chunks are sent with `PutBlob` (each chunk once, however many files share it),
 //!    except that a small single-chunk file whose content is missing and shared with no other
 //!    file rides inline in the batch.
-//! 4. `ApplyChanges` writes the files by chunk reference, at most 10,000 changes and a few MiB
-//!    per batch. A plan that fits one batch is applied atomically; a larger one is applied
-//!    batch by batch (each atomic, in order).
+//! 4. `ApplyChanges` writes the directories, then the files by chunk reference, then the
+//!    symlinks, then the attributes of directories (mode and modification time, deepest first,
+//!    so that creating their children does not move their times again): at most 10,000 changes
+//!    and a few MiB per batch. A plan that fits one batch is applied atomically; a larger one
+//!    is applied batch by batch (each atomic, in order).
 //!
 //! Memory stays bounded: files are hashed one buffer at a time and chunks re-read from disk
 //! when they are sent, so a multi-GiB tree never sits in memory.
@@ -53,18 +55,48 @@ pub enum UploadSource {
 pub struct UploadFile {
     /// The path in the session.
     pub path: String,
-    /// Unix mode bits; 0 means 0644.
+    /// Unix mode bits (up to 0o7777); 0 means 0644.
     pub mode: u32,
+    /// Modification time in nanoseconds since the Unix epoch; 0 means the time of the write.
+    pub mtime_ns: i64,
     pub source: UploadSource,
 }
 
-/// Files and directories to write into a session.
+/// One symbolic link to create (or to replace a file or link with).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadSymlink {
+    /// The path in the session.
+    pub path: String,
+    /// The target, stored as given and never followed by the service.
+    pub target: String,
+    /// Modification time in nanoseconds since the Unix epoch; 0 means the time of the write.
+    pub mtime_ns: i64,
+}
+
+/// The mode and/or modification time to give an existing path once everything else is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UploadAttributes {
+    /// The path in the session (not the root).
+    pub path: String,
+    /// Permission bits (up to 0o7777); unchanged when None.
+    pub mode: Option<u32>,
+    /// Nanoseconds since the Unix epoch; unchanged when None.
+    pub mtime_ns: Option<i64>,
+}
+
+/// Files, directories and symlinks to write into a session.
 #[derive(Clone, Debug, Default)]
 pub struct UploadPlan {
     /// Directories to create (with parents; existing ones are fine), such as empty ones.
     pub directories: Vec<String>,
     pub files: Vec<UploadFile>,
-    /// Local entries left out (symbolic links, sockets, devices).
+    /// Written after the files.
+    pub symlinks: Vec<UploadSymlink>,
+    /// Applied last, in order, after every other change of the plan: a directory's entry
+    /// comes after those of everything below it, so that creating its children does not move
+    /// its modification time again.
+    pub attributes: Vec<UploadAttributes>,
+    /// Local entries left out (sockets, devices, FIFOs).
     pub skipped: Vec<PathBuf>,
 }
 
@@ -73,6 +105,8 @@ pub struct UploadPlan {
 pub struct UploadReport {
     /// Files written.
     pub files: u64,
+    /// Symlinks written.
+    pub symlinks: u64,
     /// Directories created or confirmed.
     pub directories: u64,
     /// Total bytes of the files.
@@ -120,9 +154,12 @@ enum Content {
 }
 
 impl UploadPlan {
-    /// Every file and directory below `local`, placed under `remote` (a session path; empty
-    /// for the root), in a stable order. Symbolic links and special files are skipped and
-    /// listed in `skipped`; names that are not UTF-8 are an error.
+    /// Every file, directory and symbolic link below `local`, placed under `remote` (a session
+    /// path; empty for the root), in a stable order, with their modes and modification times.
+    /// Symlinks are kept as links (their targets as read, never followed); special files
+    /// (sockets, devices, FIFOs) are skipped and listed in `skipped`; names and link targets
+    /// that are not UTF-8 are an error. The attributes of `local` itself go to `remote`
+    /// unless that is the session root, which has none.
     pub fn from_directory(local: &Path, remote: &str) -> Result<UploadPlan> {
         let remote = remote.trim_matches('/').to_string();
         let mut plan = UploadPlan::default();
@@ -130,9 +167,15 @@ impl UploadPlan {
             plan.directories.push(remote.clone());
         }
         plan.walk(local, &remote)?;
+        if !remote.is_empty() {
+            // `local` itself may be a symlink the caller named: its target's attributes count.
+            let meta = std::fs::metadata(local).map_err(|e| Error::io(local, e))?;
+            plan.attributes.push(directory_attributes(remote, &meta));
+        }
         Ok(plan)
     }
 
+    /// Adds what is below `dir`; a directory's attributes follow everything below it.
     fn walk(&mut self, dir: &Path, remote: &str) -> Result<()> {
         let mut entries: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
             .map_err(|e| Error::io(dir, e))?
@@ -149,20 +192,46 @@ impl UploadPlan {
             })?;
             let path = join(remote, &name);
             let meta = std::fs::symlink_metadata(&local).map_err(|e| Error::io(&local, e))?;
-            if meta.is_dir() {
+            let kind = meta.file_type();
+            if kind.is_dir() {
                 self.directories.push(path.clone());
                 self.walk(&local, &path)?;
-            } else if meta.is_file() {
+                self.attributes.push(directory_attributes(path, &meta));
+            } else if kind.is_file() {
                 self.files.push(UploadFile {
                     path,
                     mode: file_mode(&meta),
+                    mtime_ns: mtime_ns(&meta),
                     source: UploadSource::File(local),
+                });
+            } else if kind.is_symlink() {
+                let target = std::fs::read_link(&local).map_err(|e| Error::io(&local, e))?;
+                let target = target.into_os_string().into_string().map_err(|target| {
+                    Error::InvalidArgument(format!(
+                        "{}: the symlink target {target:?} is not UTF-8, which session symlinks must be",
+                        local.display()
+                    ))
+                })?;
+                self.symlinks.push(UploadSymlink {
+                    path,
+                    target,
+                    mtime_ns: mtime_ns(&meta),
                 });
             } else {
                 self.skipped.push(local);
             }
         }
         Ok(())
+    }
+}
+
+fn directory_attributes(path: String, meta: &std::fs::Metadata) -> UploadAttributes {
+    let mtime_ns = mtime_ns(meta);
+    UploadAttributes {
+        path,
+        mode: Some(file_mode(meta)),
+        // 0 is what the service stores for "unknown": leave such a time to the service.
+        mtime_ns: (mtime_ns != 0).then_some(mtime_ns),
     }
 }
 
@@ -175,10 +244,18 @@ pub(crate) fn join(remote: &str, name: &str) -> String {
     }
 }
 
-/// The permission bits of a local file.
+/// The permission bits of a local file or directory, with set-user-ID, set-group-ID and sticky.
 pub fn file_mode(meta: &std::fs::Metadata) -> u32 {
     use std::os::unix::fs::PermissionsExt;
-    meta.permissions().mode() & 0o777
+    meta.permissions().mode() & 0o7777
+}
+
+/// The modification time of local metadata (of a link itself for `symlink_metadata`) in
+/// nanoseconds since the Unix epoch, saturating at the ends of `i64` (years 1677 and 2262).
+pub fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    let ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+    i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX })
 }
 
 impl SessionHandle {
@@ -187,6 +264,7 @@ impl SessionHandle {
     pub async fn upload(&self, plan: UploadPlan, progress: &dyn Progress) -> Result<UploadReport> {
         let mut report = UploadReport {
             files: plan.files.len() as u64,
+            symlinks: plan.symlinks.len() as u64,
             directories: plan.directories.len() as u64,
             ..Default::default()
         };
@@ -295,6 +373,7 @@ impl SessionHandle {
             let mut write = pb::WriteOp {
                 path: file.path.clone(),
                 mode: file.mode,
+                mtime_ns: file.mtime_ns,
                 ..Default::default()
             };
             match content {
@@ -323,8 +402,72 @@ impl SessionHandle {
             };
             self.add_to_batch(&mut batch, change, &mut report).await?;
         }
+        for link in &plan.symlinks {
+            let change = pb::Change {
+                op: Some(pb::change::Op::Symlink(pb::SymlinkOp {
+                    path: link.path.clone(),
+                    target: link.target.clone(),
+                    mtime_ns: link.mtime_ns,
+                })),
+                precondition: None,
+            };
+            self.add_to_batch(&mut batch, change, &mut report).await?;
+        }
+        // Last, so that nothing written after them moves the directories' times again.
+        for attributes in &plan.attributes {
+            if attributes.mode.is_none() && attributes.mtime_ns.is_none() {
+                continue;
+            }
+            let change = pb::Change {
+                op: Some(pb::change::Op::SetAttributes(pb::SetAttributesOp {
+                    path: attributes.path.clone(),
+                    mode: attributes.mode,
+                    mtime_ns: attributes.mtime_ns,
+                })),
+                precondition: None,
+            };
+            self.add_to_batch(&mut batch, change, &mut report).await?;
+        }
         self.flush_batch(&mut batch, &mut report).await?;
         Ok(report)
+    }
+
+    /// Stores one file's content in the content store, sending only the chunks it lacks, and
+    /// returns the chunk list a WriteOp references. For writers that build their own batches
+    /// (the mount): nothing in the session changes until the batch is applied.
+    pub async fn store_chunks(&self, source: UploadSource) -> Result<Vec<pb::ChunkRef>> {
+        let hashed = hash_source(&source, &crate::NoProgress).await?;
+        let mut distinct: Vec<Chunk> = Vec::new();
+        let mut seen = HashSet::new();
+        for chunk in &hashed.chunks {
+            if seen.insert(chunk.hash) {
+                distinct.push(*chunk);
+            }
+        }
+        let asked: Vec<String> = distinct.iter().map(|c| c.hash.to_hex()).collect();
+        let missing: HashSet<String> = self
+            .client
+            .missing_blobs(&asked)
+            .await?
+            .into_iter()
+            .collect();
+        futures::stream::iter(
+            distinct
+                .iter()
+                .filter(|c| missing.contains(&c.hash.to_hex())),
+        )
+        .map(|chunk| self.send_chunk(&source, *chunk, &crate::NoProgress))
+        .buffer_unordered(CONCURRENCY)
+        .try_collect::<Vec<u64>>()
+        .await?;
+        Ok(hashed
+            .chunks
+            .iter()
+            .map(|c| pb::ChunkRef {
+                hash: c.hash.to_hex(),
+                size: c.len,
+            })
+            .collect())
     }
 
     /// Uploads one file held in memory.
@@ -333,6 +476,7 @@ impl SessionHandle {
             files: vec![UploadFile {
                 path: path.to_string(),
                 mode,
+                mtime_ns: 0,
                 source: UploadSource::Bytes(data),
             }],
             ..Default::default()
@@ -340,7 +484,8 @@ impl SessionHandle {
         self.upload(plan, &crate::NoProgress).await
     }
 
-    /// Uploads every file and directory below `local` into directory `remote`.
+    /// Uploads every file, directory and symlink below `local` into directory `remote`, with
+    /// modes and modification times ([`UploadPlan::from_directory`]).
     pub async fn upload_directory(
         &self,
         local: &Path,
@@ -646,17 +791,66 @@ mod tests {
 
     #[test]
     fn plans_a_directory_in_order() {
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("b/empty")).unwrap();
         std::fs::write(dir.path().join("b/x.txt"), "x").unwrap();
         std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+        std::fs::set_permissions(
+            dir.path().join("a.txt"),
+            std::fs::Permissions::from_mode(0o4755),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("a.txt", dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink("/nowhere/../x", dir.path().join("b/dangling")).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("sock")).unwrap();
         let plan = UploadPlan::from_directory(dir.path(), "/dest/").unwrap();
         assert_eq!(plan.directories, vec!["dest", "dest/b", "dest/b/empty"]);
         let files: Vec<&str> = plan.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(files, vec!["dest/a.txt", "dest/b/x.txt"]);
-        assert_eq!(plan.skipped.len(), 1);
+        assert_eq!(plan.files[0].mode, 0o4755, "set-user-ID is kept");
+        let meta = std::fs::metadata(dir.path().join("a.txt")).unwrap();
+        assert_eq!(plan.files[0].mtime_ns, mtime_ns(&meta));
+        assert!(plan.files[0].mtime_ns > 0);
+        let links: Vec<(&str, &str)> = plan
+            .symlinks
+            .iter()
+            .map(|l| (l.path.as_str(), l.target.as_str()))
+            .collect();
+        assert_eq!(
+            links,
+            vec![("dest/b/dangling", "/nowhere/../x"), ("dest/link", "a.txt")]
+        );
+        assert_eq!(plan.skipped, vec![dir.path().join("sock")]);
+        // Directories' attributes come after everything below them, the top one last.
+        let attributed: Vec<&str> = plan.attributes.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(attributed, vec!["dest/b/empty", "dest/b", "dest"]);
         let root = UploadPlan::from_directory(dir.path(), "").unwrap();
         assert_eq!(root.directories, vec!["b", "b/empty"]);
+        let attributed: Vec<&str> = root.attributes.iter().map(|a| a.path.as_str()).collect();
+        assert_eq!(
+            attributed,
+            vec!["b/empty", "b"],
+            "the session root has none"
+        );
+    }
+
+    #[test]
+    fn times_before_1970_and_with_nanoseconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::File::create(&path).unwrap();
+        let before = std::time::UNIX_EPOCH - std::time::Duration::new(10, 250);
+        file.set_modified(before).unwrap();
+        assert_eq!(
+            mtime_ns(&std::fs::metadata(&path).unwrap()),
+            -10_000_000_250
+        );
+        let after = std::time::UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 123_456_789);
+        file.set_modified(after).unwrap();
+        assert_eq!(
+            mtime_ns(&std::fs::metadata(&path).unwrap()),
+            1_700_000_000_123_456_789
+        );
     }
 }

@@ -257,6 +257,7 @@ async fn plans_past_ten_thousand_changes_go_in_several_batches() {
             .map(|i| UploadFile {
                 path: format!("many/{:02}/{i}.txt", i % 50),
                 mode: 0,
+                mtime_ns: 0,
                 source: UploadSource::Bytes(format!("file {i}\n").into()),
             })
             .collect(),

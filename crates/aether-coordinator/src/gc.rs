@@ -123,7 +123,8 @@ fn walk<'a>(
         let loaded = sessions.trees.load(&tree).await?;
         for entry in loaded.entries() {
             match entry.kind {
-                EntryKind::File => {
+                // A symlink's target is content like a file's.
+                EntryKind::File | EntryKind::Symlink => {
                     live.insert(entry.hash);
                 }
                 EntryKind::Directory => walk(sessions, entry.hash, live).await?,

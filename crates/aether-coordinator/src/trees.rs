@@ -118,6 +118,7 @@ impl Trees {
             kind: EntryKind::Directory,
             mode: DIR_MODE,
             size: 0,
+            mtime_ns: 0,
             hash: *root,
         };
         if path.is_root() {
@@ -147,7 +148,8 @@ impl Trees {
             let (mut files, mut dirs) = (0, 0);
             for entry in tree.entries() {
                 match entry.kind {
-                    EntryKind::File => files += 1,
+                    // A symlink counts as a file: one non-directory name.
+                    EntryKind::File | EntryKind::Symlink => files += 1,
                     EntryKind::Directory => {
                         let (f, d) = self.count(entry.hash).await?;
                         files += f;
@@ -200,6 +202,20 @@ struct Dir {
     /// Subdirectories loaded for editing; their entries in `tree` are stale until written.
     children: BTreeMap<String, Dir>,
     dirty: bool,
+    /// A name was added or removed here: its modification time becomes the batch's time,
+    /// as POSIX updates a directory's mtime (unless the batch sets it explicitly later).
+    names_changed: bool,
+}
+
+impl Dir {
+    fn new(tree: Tree) -> Dir {
+        Dir {
+            tree,
+            children: BTreeMap::new(),
+            dirty: false,
+            names_changed: false,
+        }
+    }
 }
 
 /// Applies path operations to a root in memory, then writes the changed trees.
@@ -208,6 +224,8 @@ pub struct TreeEditor {
     root: Dir,
     /// Paths touched, for change events.
     touched: Vec<String>,
+    /// The batch's time: the modification time of what it writes without one.
+    now_ns: i64,
 }
 
 impl TreeEditor {
@@ -215,13 +233,19 @@ impl TreeEditor {
         let tree = trees.load(root).await?.as_ref().clone();
         Ok(Self {
             trees: trees.clone(),
-            root: Dir {
-                tree,
-                children: BTreeMap::new(),
-                dirty: false,
-            },
+            root: Dir::new(tree),
             touched: Vec::new(),
+            now_ns: now_ns(),
         })
+    }
+
+    /// The modification time a change stores: the one given, or the batch's time for 0.
+    fn mtime(&self, mtime_ns: i64) -> i64 {
+        if mtime_ns == 0 {
+            self.now_ns
+        } else {
+            mtime_ns
+        }
     }
 
     pub fn touched(&self) -> &[String] {
@@ -231,7 +255,7 @@ impl TreeEditor {
     /// The directory at `path`, loading it for editing; with `create`, missing directories
     /// are made on the way.
     async fn dir_mut(&mut self, path: &WorkspacePath, create: bool) -> Result<&mut Dir> {
-        let trees = self.trees.clone();
+        let (trees, now_ns) = (self.trees.clone(), self.now_ns);
         let mut dir = &mut self.root;
         let mut walked = WorkspacePath::root();
         for name in path.components() {
@@ -241,10 +265,15 @@ impl TreeEditor {
                     Some(entry) if entry.kind == EntryKind::Directory => {
                         trees.load(&entry.hash).await?.as_ref().clone()
                     }
-                    Some(_) => {
+                    Some(entry) => {
+                        let what = if entry.kind == EntryKind::Symlink {
+                            "a symlink"
+                        } else {
+                            "a file"
+                        };
                         return Err(Error::FailedPrecondition(format!(
-                            "\"{walked}\" is a file, not a directory"
-                        )))
+                            "\"{walked}\" is {what}, not a directory"
+                        )));
                     }
                     None if create => {
                         dir.tree.insert(TreeEntry {
@@ -252,9 +281,11 @@ impl TreeEditor {
                             kind: EntryKind::Directory,
                             mode: DIR_MODE,
                             size: 0,
+                            mtime_ns: now_ns,
                             hash: empty_tree_hash(),
                         });
                         dir.dirty = true;
+                        dir.names_changed = true;
                         Tree::new()
                     }
                     None => {
@@ -263,14 +294,7 @@ impl TreeEditor {
                         )))
                     }
                 };
-                dir.children.insert(
-                    name.to_string(),
-                    Dir {
-                        tree,
-                        children: BTreeMap::new(),
-                        dirty: false,
-                    },
-                );
+                dir.children.insert(name.to_string(), Dir::new(tree));
             }
             dir = dir.children.get_mut(name).expect("just inserted");
         }
@@ -285,6 +309,7 @@ impl TreeEditor {
                 kind: EntryKind::Directory,
                 mode: DIR_MODE,
                 size: 0,
+                mtime_ns: 0,
                 hash: Hash([0; 32]),
             }));
         };
@@ -305,34 +330,114 @@ impl TreeEditor {
         Ok(())
     }
 
-    /// Puts a file entry at `path`, creating parent directories.
+    /// Puts a file entry at `path`, creating parent directories. `mtime_ns` 0 is the batch's
+    /// time.
     pub async fn write_file(
         &mut self,
         path: &WorkspacePath,
         hash: Hash,
         size: u64,
         mode: u32,
+        mtime_ns: i64,
     ) -> Result<()> {
-        Self::require_not_root(path, "write")?;
+        let entry = TreeEntry {
+            name: String::new(),
+            kind: EntryKind::File,
+            mode: if mode == 0 { FILE_MODE } else { mode & 0o7777 },
+            size,
+            mtime_ns: self.mtime(mtime_ns),
+            hash,
+        };
+        self.put_leaf(path, entry, "write a file").await
+    }
+
+    /// Creates or replaces a symlink at `path` whose target is the content `hash` (`size`
+    /// bytes), creating parent directories.
+    pub async fn symlink(
+        &mut self,
+        path: &WorkspacePath,
+        hash: Hash,
+        size: u64,
+        mtime_ns: i64,
+    ) -> Result<()> {
+        let entry = TreeEntry {
+            name: String::new(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            size,
+            mtime_ns: self.mtime(mtime_ns),
+            hash,
+        };
+        self.put_leaf(path, entry, "create a symlink").await
+    }
+
+    /// Puts a file or symlink entry at `path`, replacing a file or symlink but not a directory.
+    async fn put_leaf(
+        &mut self,
+        path: &WorkspacePath,
+        mut entry: TreeEntry,
+        what: &str,
+    ) -> Result<()> {
+        Self::require_not_root(path, what)?;
         let name = path.file_name().expect("non-root").to_string();
         let dir = self
             .dir_mut(&path.parent().expect("non-root"), true)
             .await?;
-        if let Some(existing) = dir.tree.get(&name) {
-            if existing.kind == EntryKind::Directory {
+        match dir.tree.get(&name) {
+            Some(existing) if existing.kind == EntryKind::Directory => {
                 return Err(Error::FailedPrecondition(format!(
-                    "\"{path}\" is a directory; delete it first to write a file there"
+                    "\"{path}\" is a directory; delete it first to {what} there"
                 )));
             }
+            Some(_) => {}
+            None => dir.names_changed = true,
         }
         dir.children.remove(&name);
-        dir.tree.insert(TreeEntry {
-            name,
-            kind: EntryKind::File,
-            mode: if mode == 0 { FILE_MODE } else { mode & 0o7777 },
-            size,
-            hash,
-        });
+        entry.name = name;
+        dir.tree.insert(entry);
+        dir.dirty = true;
+        self.touched.push(path.to_string());
+        Ok(())
+    }
+
+    /// Sets the mode and/or modification time of an existing path, keeping its content.
+    pub async fn set_attributes(
+        &mut self,
+        path: &WorkspacePath,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
+    ) -> Result<()> {
+        Self::require_not_root(path, "change the attributes of")?;
+        if let Some(mode) = mode.filter(|m| *m > 0o7777) {
+            return Err(Error::InvalidArgument(format!(
+                "mode {mode:o} has bits beyond 07777; pass permission bits only"
+            )));
+        }
+        let name = path.file_name().expect("non-root").to_string();
+        let dir = match self.dir_mut(&path.parent().expect("non-root"), false).await {
+            Ok(dir) => dir,
+            Err(Error::NotFound(_)) | Err(Error::FailedPrecondition(_)) => {
+                return Err(Error::NotFound(format!("\"{path}\" does not exist")))
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(mut entry) = dir.tree.get(&name).cloned() else {
+            return Err(Error::NotFound(format!("\"{path}\" does not exist")));
+        };
+        if let Some(mode) = mode {
+            // A symlink's permission bits mean nothing on Linux; they stay 0777.
+            if entry.kind != EntryKind::Symlink {
+                entry.mode = mode;
+            }
+        }
+        if let Some(mtime_ns) = mtime_ns {
+            entry.mtime_ns = mtime_ns;
+            // An explicit time wins over the implicit update of names changed earlier.
+            if let Some(child) = dir.children.get_mut(&name) {
+                child.names_changed = false;
+            }
+        }
+        dir.tree.insert(entry);
         dir.dirty = true;
         self.touched.push(path.to_string());
         Ok(())
@@ -341,6 +446,7 @@ impl TreeEditor {
     /// Creates a directory; with `parents`, creates missing parents and accepts an existing one.
     pub async fn make_directory(&mut self, path: &WorkspacePath, parents: bool) -> Result<()> {
         Self::require_not_root(path, "create")?;
+        let now_ns = self.now_ns;
         let name = path.file_name().expect("non-root").to_string();
         let dir = self
             .dir_mut(&path.parent().expect("non-root"), parents)
@@ -355,9 +461,11 @@ impl TreeEditor {
             kind: EntryKind::Directory,
             mode: DIR_MODE,
             size: 0,
+            mtime_ns: now_ns,
             hash: empty_tree_hash(),
         });
         dir.dirty = true;
+        dir.names_changed = true;
         self.touched.push(path.to_string());
         Ok(())
     }
@@ -380,8 +488,11 @@ impl TreeEditor {
         if entry.kind == EntryKind::Directory {
             // An edited subdirectory must be written first so the entry we hand back is current.
             if let Some(child) = dir.children.remove(&name) {
-                let trees = self.trees.clone();
-                let (hash, size) = write_dir(&trees, child).await?;
+                let (trees, now_ns) = (self.trees.clone(), self.now_ns);
+                if child.names_changed {
+                    entry.mtime_ns = now_ns;
+                }
+                let (hash, size) = write_dir(&trees, child, now_ns).await?;
                 entry.hash = hash;
                 entry.size = size;
             }
@@ -394,6 +505,7 @@ impl TreeEditor {
         let dir = self.dir_mut(&parent, false).await?;
         dir.tree.remove(&name);
         dir.dirty = true;
+        dir.names_changed = true;
         self.touched.push(path.to_string());
         Ok(entry)
     }
@@ -421,6 +533,8 @@ impl TreeEditor {
                     "\"{path}\" exists and one side is a directory; delete it first"
                 )));
             }
+        } else {
+            dir.names_changed = true;
         }
         dir.children.remove(&name);
         entry.name = name;
@@ -464,16 +578,21 @@ impl TreeEditor {
             // Write pending edits below the source so the copy sees them.
             let parent = from.parent().expect("non-root");
             let name = from.file_name().expect("non-root").to_string();
-            let trees = self.trees.clone();
+            let (trees, now_ns) = (self.trees.clone(), self.now_ns);
             let dir = self.dir_mut(&parent, false).await?;
             if let Some(child) = dir.children.remove(&name) {
-                let (hash, size) = write_dir(&trees, child).await?;
+                let names_changed = child.names_changed;
+                let (hash, size) = write_dir(&trees, child, now_ns).await?;
                 entry.hash = hash;
                 entry.size = size;
+                if names_changed {
+                    entry.mtime_ns = now_ns;
+                }
                 if let Some(current) = dir.tree.get(&name).cloned() {
                     dir.tree.insert(TreeEntry {
                         hash,
                         size,
+                        mtime_ns: entry.mtime_ns,
                         ..current
                     });
                 }
@@ -520,16 +639,16 @@ impl TreeEditor {
 
     /// Writes every changed tree and returns the new root hash.
     pub async fn finish(self) -> Result<Hash> {
-        Ok(write_dir(&self.trees, self.root).await?.0)
+        Ok(write_dir(&self.trees, self.root, self.now_ns).await?.0)
     }
 }
 
 /// Stores a directory and every edited tree below it: (hash, total size). A tree's name
 /// depends only on its children's names, so all are hashed first, bottom-up, and then stored
 /// in one round of concurrent writes rather than one round per level of depth.
-async fn write_dir(trees: &Trees, dir: Dir) -> Result<(Hash, u64)> {
+async fn write_dir(trees: &Trees, dir: Dir, now_ns: i64) -> Result<(Hash, u64)> {
     let mut changed = Vec::new();
-    let named = hash_dir(dir, &mut changed);
+    let named = hash_dir(dir, now_ns, &mut changed);
     futures::stream::iter(changed)
         .map(|(tree, encoded)| trees.store_encoded(tree, encoded))
         .buffer_unordered(WRITE_CONCURRENCY)
@@ -540,19 +659,27 @@ async fn write_dir(trees: &Trees, dir: Dir) -> Result<(Hash, u64)> {
 
 /// Names a directory after naming its edited children: (hash, total size). Collects every
 /// tree that changed, with its encoding, to be stored.
-fn hash_dir(dir: Dir, changed: &mut Vec<(Tree, Vec<u8>)>) -> (Hash, u64) {
+fn hash_dir(dir: Dir, now_ns: i64, changed: &mut Vec<(Tree, Vec<u8>)>) -> (Hash, u64) {
     let Dir {
         mut tree,
         children,
         mut dirty,
+        names_changed: _,
     } = dir;
     for (name, child) in children {
-        let (hash, size) = hash_dir(child, changed);
+        let names_changed = child.names_changed;
+        let (hash, size) = hash_dir(child, now_ns, changed);
         if let Some(entry) = tree.get(&name).cloned() {
-            if entry.hash != hash || entry.size != size {
+            let mtime_ns = if names_changed {
+                now_ns
+            } else {
+                entry.mtime_ns
+            };
+            if entry.hash != hash || entry.size != size || entry.mtime_ns != mtime_ns {
                 tree.insert(TreeEntry {
                     hash,
                     size,
+                    mtime_ns,
                     ..entry
                 });
                 dirty = true;
@@ -566,4 +693,12 @@ fn hash_dir(dir: Dir, changed: &mut Vec<(Tree, Vec<u8>)>) -> (Hash, u64) {
         changed.push((tree, encoded));
     }
     (hash, size)
+}
+
+/// The wall clock in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

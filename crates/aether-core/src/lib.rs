@@ -17,7 +17,10 @@ pub use hash::Hash;
 pub use labels::{validate_labels, validate_metadata, LabelError, LabelSelector};
 pub use manifest::{ChunkManifest, ManifestError};
 pub use path::{PathError, WorkspacePath};
-pub use tree::{diff_trees, EntryChange, EntryKind, Tree, TreeEntry, TreeError};
+pub use tree::{
+    diff_trees, Changed, EntryChange, EntryKind, Tree, TreeEntry, TreeError,
+    MAX_SYMLINK_TARGET_BYTES,
+};
 
 /// Renders user input for an error message: at most `max_chars` characters (then "..."), with
 /// control characters escaped so a message never carries raw NULs or terminal escapes.

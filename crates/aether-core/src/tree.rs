@@ -6,19 +6,34 @@
 //! skip every shared subtree. [`Tree::decode`] is strict: it accepts only what
 //! [`Tree::encode`] produces, so one directory has exactly one encoding and one name.
 //!
-//! Encoding: magic `b"AFT1"`, `u32` LE entry count, then per entry: `u8` kind (1 file,
-//! 2 directory), `u32` LE mode, `u64` LE size, 32-byte hash, `u16` LE name length, name bytes.
+//! Two encodings, and exactly one fits a given directory:
+//! - `AFT1` (trees written before symlinks and times existed, and any directory of files and
+//!   directories whose times are all zero): magic `b"AFT1"`, `u32` LE entry count, then per
+//!   entry: `u8` kind (1 file, 2 directory), `u32` LE mode, `u64` LE size, 32-byte hash,
+//!   `u16` LE name length, name bytes.
+//! - `AFT2` (everything else): the same with kind 3 (symlink) allowed and an `i64` LE
+//!   modification time in nanoseconds since the Unix epoch after the size.
+//!
+//! Choosing `AFT1` whenever it can express a directory keeps the names of old trees: a tree
+//! read, left unchanged and hashed again keeps its hash, so old sessions, checkpoints and
+//! commits still read and share subtrees with new ones.
 
 use std::cmp::Ordering;
 
 use crate::hash::Hash;
 use crate::path::{validate_name, PathError};
 
-const MAGIC: &[u8; 4] = b"AFT1";
-/// Bytes of an entry before its name: kind, mode, size, hash, name length.
+const MAGIC_V1: &[u8; 4] = b"AFT1";
+const MAGIC_V2: &[u8; 4] = b"AFT2";
+/// Bytes of an `AFT1` entry before its name: kind, mode, size, hash, name length.
 const ENTRY_HEADER_BYTES: usize = 1 + 4 + 8 + 32 + 2;
+/// `AFT2` adds the modification time.
+const ENTRY_HEADER_BYTES_V2: usize = ENTRY_HEADER_BYTES + 8;
 const KIND_FILE: u8 = 1;
 const KIND_DIRECTORY: u8 = 2;
+const KIND_SYMLINK: u8 = 3;
+/// Longest symlink target, as Linux's PATH_MAX (the target is the entry's content).
+pub const MAX_SYMLINK_TARGET_BYTES: usize = 4095;
 
 /// What an entry names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,6 +42,9 @@ pub enum EntryKind {
     File,
     /// A directory; its hash names its [`Tree`].
     Directory,
+    /// A symbolic link; its content (named by its hash, `size` bytes) is the target path,
+    /// stored as given and never followed by the service.
+    Symlink,
 }
 
 /// One name in a directory.
@@ -38,9 +56,13 @@ pub struct TreeEntry {
     pub kind: EntryKind,
     /// Unix permission bits.
     pub mode: u32,
-    /// File size in bytes; for a directory, the total file bytes of its subtree.
+    /// File size in bytes; for a directory, the total file bytes of its subtree; for a
+    /// symlink, the length of its target.
     pub size: u64,
-    /// The content hash (file) or tree hash (directory).
+    /// Modification time in nanoseconds since the Unix epoch; 0 when unknown (trees written
+    /// before times were kept).
+    pub mtime_ns: i64,
+    /// The content hash (file, symlink target) or tree hash (directory).
     pub hash: Hash,
 }
 
@@ -63,9 +85,12 @@ pub enum TreeError {
     /// An entry name is not a valid path component.
     #[error("invalid entry name: {0}")]
     InvalidName(#[source] PathError),
-    /// The encoding does not start with `AFT1`.
-    #[error("not a tree encoding: expected magic \"AFT1\" in the first 4 bytes")]
+    /// The encoding does not start with `AFT1` or `AFT2`.
+    #[error("not a tree encoding: expected magic \"AFT1\" or \"AFT2\" in the first 4 bytes")]
     BadMagic,
+    /// An `AFT2` encoding of a directory that `AFT1` expresses: not the canonical bytes.
+    #[error("tree encoding is AFT2 but holds only files and directories without times: the canonical encoding is AFT1")]
+    NotCanonical,
     /// The encoding ends early.
     #[error("tree encoding is truncated: {what} needs {needed} bytes at offset {offset}, but the input is {len} bytes")]
     Truncated {
@@ -88,8 +113,8 @@ pub enum TreeError {
         /// The smallest possible entry.
         min: usize,
     },
-    /// An entry's kind byte is neither 1 (file) nor 2 (directory).
-    #[error("tree entry {index} has unknown kind {kind}: expected 1 (file) or 2 (directory)")]
+    /// An entry's kind byte is not 1 (file), 2 (directory) or, in `AFT2`, 3 (symlink).
+    #[error("tree entry {index} has unknown kind {kind}: expected 1 (file), 2 (directory) or 3 (symlink, AFT2 only)")]
     UnknownKind {
         /// The entry's position.
         index: usize,
@@ -190,20 +215,37 @@ impl Tree {
             .fold(0u64, |sum, entry| sum.saturating_add(entry.size))
     }
 
+    /// Whether `AFT1` can express this directory (see the module docs).
+    fn fits_v1(&self) -> bool {
+        self.entries
+            .iter()
+            .all(|e| e.kind != EntryKind::Symlink && e.mtime_ns == 0)
+    }
+
     /// The canonical binary encoding (see the module docs).
     pub fn encode(&self) -> Vec<u8> {
+        let v1 = self.fits_v1();
         let names: usize = self.entries.iter().map(|e| e.name.len()).sum();
-        let mut out = Vec::with_capacity(8 + self.entries.len() * ENTRY_HEADER_BYTES + names);
-        out.extend_from_slice(MAGIC);
+        let per_entry = if v1 {
+            ENTRY_HEADER_BYTES
+        } else {
+            ENTRY_HEADER_BYTES_V2
+        };
+        let mut out = Vec::with_capacity(8 + self.entries.len() * per_entry + names);
+        out.extend_from_slice(if v1 { MAGIC_V1 } else { MAGIC_V2 });
         let count = u32::try_from(self.entries.len()).expect("a tree has at most u32::MAX entries");
         out.extend_from_slice(&count.to_le_bytes());
         for entry in &self.entries {
             out.push(match entry.kind {
                 EntryKind::File => KIND_FILE,
                 EntryKind::Directory => KIND_DIRECTORY,
+                EntryKind::Symlink => KIND_SYMLINK,
             });
             out.extend_from_slice(&entry.mode.to_le_bytes());
             out.extend_from_slice(&entry.size.to_le_bytes());
+            if !v1 {
+                out.extend_from_slice(&entry.mtime_ns.to_le_bytes());
+            }
             out.extend_from_slice(entry.hash.as_bytes());
             // Valid names are at most MAX_NAME_BYTES (255) long, so this never truncates.
             out.extend_from_slice(&(entry.name.len() as u16).to_le_bytes());
@@ -216,13 +258,19 @@ impl Tree {
     /// Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Tree, TreeError> {
         let mut reader = Reader { bytes, offset: 0 };
-        if reader.take(4, "magic").ok() != Some(MAGIC.as_slice()) {
-            return Err(TreeError::BadMagic);
-        }
+        let v1 = match reader.take(4, "magic").ok() {
+            Some(magic) if magic == MAGIC_V1.as_slice() => true,
+            Some(magic) if magic == MAGIC_V2.as_slice() => false,
+            _ => return Err(TreeError::BadMagic),
+        };
         let count = u32::from_le_bytes(reader.array("entry count")?);
         // Every entry has a header and a name of at least one byte; checking this first
         // bounds the allocation below by the input size.
-        let min = ENTRY_HEADER_BYTES + 1;
+        let min = if v1 {
+            ENTRY_HEADER_BYTES
+        } else {
+            ENTRY_HEADER_BYTES_V2
+        } + 1;
         let remaining = bytes.len() - reader.offset;
         if count as usize > remaining / min {
             return Err(TreeError::CountTooLarge {
@@ -236,10 +284,16 @@ impl Tree {
             let kind = match reader.array::<1>("entry kind")?[0] {
                 KIND_FILE => EntryKind::File,
                 KIND_DIRECTORY => EntryKind::Directory,
+                KIND_SYMLINK if !v1 => EntryKind::Symlink,
                 kind => return Err(TreeError::UnknownKind { index, kind }),
             };
             let mode = u32::from_le_bytes(reader.array("entry mode")?);
             let size = u64::from_le_bytes(reader.array("entry size")?);
+            let mtime_ns = if v1 {
+                0
+            } else {
+                i64::from_le_bytes(reader.array("entry modification time")?)
+            };
             let hash = Hash(reader.array("entry hash")?);
             let name_len = u16::from_le_bytes(reader.array("entry name length")?);
             let name = reader.take(name_len as usize, "entry name")?;
@@ -266,6 +320,7 @@ impl Tree {
                 kind,
                 mode,
                 size,
+                mtime_ns,
                 hash,
             });
         }
@@ -273,7 +328,11 @@ impl Tree {
         if trailing != 0 {
             return Err(TreeError::TrailingBytes { count: trailing });
         }
-        Ok(Tree { entries })
+        let tree = Tree { entries };
+        if !v1 && tree.fits_v1() {
+            return Err(TreeError::NotCanonical);
+        }
+        Ok(tree)
     }
 
     /// The tree's name: the hash of its encoding.
@@ -299,7 +358,7 @@ pub enum EntryChange {
     Added(TreeEntry),
     /// The name exists only in the old tree.
     Deleted(TreeEntry),
-    /// The name exists in both with a different kind, mode or hash.
+    /// The name exists in both with a different kind, mode, modification time or hash.
     Modified {
         /// The entry in the old tree.
         old: TreeEntry,
@@ -308,7 +367,8 @@ pub enum EntryChange {
     },
 }
 
-/// One-level diff of two trees in name order, skipping entries with equal (kind, mode, hash).
+/// One-level diff of two trees in name order, skipping entries with equal (kind, mode, hash,
+/// modification time). [`EntryChange::what`] tells a content change from a time-only one.
 /// Callers recurse into directories that differ, so shared subtrees are never visited.
 pub fn diff_trees(old: &Tree, new: &Tree) -> Vec<EntryChange> {
     let mut changes = Vec::new();
@@ -326,7 +386,7 @@ pub fn diff_trees(old: &Tree, new: &Tree) -> Vec<EntryChange> {
             Ordering::Greater => changes.extend(news.next().cloned().map(EntryChange::Added)),
             Ordering::Equal => {
                 let (o, n) = (olds.next().unwrap(), news.next().unwrap());
-                if (o.kind, o.mode, o.hash) != (n.kind, n.mode, n.hash) {
+                if (o.kind, o.mode, o.hash, o.mtime_ns) != (n.kind, n.mode, n.hash, n.mtime_ns) {
                     changes.push(EntryChange::Modified {
                         old: o.clone(),
                         new: n.clone(),
@@ -336,6 +396,36 @@ pub fn diff_trees(old: &Tree, new: &Tree) -> Vec<EntryChange> {
         }
     }
     changes
+}
+
+/// Which attributes of an entry differ between two versions of it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// The content (file bytes, symlink target or subtree) differs.
+    pub content: bool,
+    /// The permission bits differ.
+    pub mode: bool,
+    /// File, directory and symlink are different kinds.
+    pub kind: bool,
+    /// The modification time differs.
+    pub mtime: bool,
+}
+
+impl Changed {
+    /// Compares two versions of one entry.
+    pub fn between(old: &TreeEntry, new: &TreeEntry) -> Changed {
+        Changed {
+            content: old.hash != new.hash,
+            mode: old.mode != new.mode,
+            kind: old.kind != new.kind,
+            mtime: old.mtime_ns != new.mtime_ns,
+        }
+    }
+
+    /// Only the modification time differs.
+    pub fn mtime_only(&self) -> bool {
+        self.mtime && !self.content && !self.mode && !self.kind
+    }
 }
 
 /// A bounds-checked cursor over the input of [`Tree::decode`].
@@ -376,6 +466,7 @@ mod tests {
             kind: EntryKind::File,
             mode: 0o644,
             size: content.len() as u64,
+            mtime_ns: 0,
             hash: Hash::of(content),
         }
     }
@@ -386,6 +477,7 @@ mod tests {
             kind: EntryKind::Directory,
             mode: 0o755,
             size: tree.total_size(),
+            mtime_ns: 0,
             hash: tree.hash(),
         }
     }
@@ -497,7 +589,8 @@ mod tests {
     #[test]
     fn decode_rejects_garbage() {
         assert_eq!(Tree::decode(b""), Err(TreeError::BadMagic));
-        assert_eq!(Tree::decode(b"AFT2\0\0\0\0"), Err(TreeError::BadMagic));
+        assert_eq!(Tree::decode(b"AFT3\0\0\0\0"), Err(TreeError::BadMagic));
+        assert_eq!(Tree::decode(b"AFT2\0\0\0\0"), Err(TreeError::NotCanonical));
         assert!(matches!(
             Tree::decode(b"AFT1\xff\xff\xff\xff"),
             Err(TreeError::CountTooLarge {
@@ -639,13 +732,84 @@ mod tests {
     fn error_messages_are_precise() {
         assert_eq!(
             TreeError::UnknownKind { index: 2, kind: 7 }.to_string(),
-            "tree entry 2 has unknown kind 7: expected 1 (file) or 2 (directory)"
+            "tree entry 2 has unknown kind 7: expected 1 (file), 2 (directory) or 3 (symlink, AFT2 only)"
         );
         let err = Tree::from_entries(vec![file("..", b"")]).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("invalid entry name: path \"..\""),
             "{err}"
+        );
+    }
+
+    fn symlink(name: &str, target: &str, mtime_ns: i64) -> TreeEntry {
+        TreeEntry {
+            name: name.into(),
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            size: target.len() as u64,
+            mtime_ns,
+            hash: Hash::of(target.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn times_and_symlinks_use_aft2_and_round_trip() {
+        let timed = Tree::from_entries(vec![TreeEntry {
+            mtime_ns: 1_700_000_000_123_456_789,
+            ..file("a", b"x")
+        }])
+        .unwrap();
+        let bytes = timed.encode();
+        assert_eq!(&bytes[..4], b"AFT2");
+        assert_eq!(Tree::decode(&bytes), Ok(timed.clone()));
+        let linked = Tree::from_entries(vec![symlink("l", "../t", 0), file("f", b"")]).unwrap();
+        let bytes = linked.encode();
+        assert_eq!(&bytes[..4], b"AFT2");
+        assert_eq!(Tree::decode(&bytes), Ok(linked));
+        // Negative times (before 1970) are kept.
+        let old = Tree::from_entries(vec![symlink("l", "t", -5)]).unwrap();
+        assert_eq!(Tree::decode(&old.encode()), Ok(old));
+    }
+
+    #[test]
+    fn old_trees_keep_their_names() {
+        // A tree without times or symlinks encodes exactly as before AFT2 existed.
+        assert_eq!(&sample().encode()[..4], b"AFT1");
+        let mut v2 = sample().encode();
+        v2[..4].copy_from_slice(b"AFT2");
+        assert!(Tree::decode(&v2).is_err());
+    }
+
+    #[test]
+    fn symlinks_are_refused_in_aft1() {
+        assert_eq!(
+            Tree::decode(&raw_tree(&[raw_entry(3, b"a")])),
+            Err(TreeError::UnknownKind { index: 0, kind: 3 })
+        );
+    }
+
+    #[test]
+    fn changed_tells_time_only_changes_apart() {
+        let old = file("a", b"x");
+        let touched = TreeEntry {
+            mtime_ns: 5,
+            ..old.clone()
+        };
+        assert!(Changed::between(&old, &touched).mtime_only());
+        let edited = TreeEntry {
+            mtime_ns: 5,
+            ..file("a", b"y")
+        };
+        let changed = Changed::between(&old, &edited);
+        assert!(changed.content && changed.mtime && !changed.mtime_only());
+        assert_eq!(
+            diff_trees(
+                &Tree::from_entries(vec![old]).unwrap(),
+                &Tree::from_entries(vec![touched]).unwrap()
+            )
+            .len(),
+            1
         );
     }
 }

@@ -20,19 +20,21 @@ fn name() -> impl Strategy<Value = String> {
 fn entry(name: impl Strategy<Value = String>) -> impl Strategy<Value = TreeEntry> {
     (
         name,
-        any::<bool>(),
+        0u8..3,
         prop::sample::select(vec![0o644u32, 0o755, 0o600]),
         0u8..8,
+        prop::sample::select(vec![0i64, 1, -1_000_000_007, 1_700_000_000_123_456_789]),
     )
-        .prop_map(|(name, is_dir, mode, content)| TreeEntry {
+        .prop_map(|(name, kind, mode, content, mtime_ns)| TreeEntry {
             name,
-            kind: if is_dir {
-                EntryKind::Directory
-            } else {
-                EntryKind::File
+            kind: match kind {
+                0 => EntryKind::File,
+                1 => EntryKind::Directory,
+                _ => EntryKind::Symlink,
             },
             mode,
             size: u64::from(content) * 1000,
+            mtime_ns,
             hash: Hash::of(&[content]),
         })
 }

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use aether_client::{file_mode, NoProgress, UploadFile, UploadPlan, UploadReport, UploadSource};
+use aether_client::{
+    file_mode, mtime_ns, NoProgress, UploadFile, UploadPlan, UploadReport, UploadSource,
+};
 use serde_json::json;
 
 use crate::cli::{ExportArgs, GetArgs, ImportArgs, PutArgs};
@@ -34,7 +36,7 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), Failure> {
             let plan = plan_directory(&args.source, &dest.path).await?;
             for skipped in &plan.skipped {
                 eprintln!(
-                    "aether: skipped {} (not a regular file or directory)",
+                    "aether: skipped {} (not a regular file, directory or symlink)",
                     skipped.display()
                 );
             }
@@ -64,6 +66,7 @@ pub async fn put(context: &Context, args: PutArgs) -> Result<(), Failure> {
                 files: vec![UploadFile {
                     path: path.clone(),
                     mode: file_mode(&meta),
+                    mtime_ns: mtime_ns(&meta),
                     source: UploadSource::File(args.source.clone()),
                 }],
                 ..Default::default()
@@ -96,8 +99,9 @@ fn print_upload(context: &Context, report: &UploadReport, what: &str) -> Result<
         return output::json(&output::upload_json(report));
     }
     output::line(format!(
-        "uploaded {what}: {}, {}; sent {} ({} of {} chunks already stored)",
+        "uploaded {what}: {}{}, {}; sent {} ({} of {} chunks already stored)",
         output::plural(report.files, "file"),
+        symlinks(report.symlinks),
         output::size(report.bytes),
         output::size(report.bytes_uploaded + report.inline_bytes),
         report.chunks_present,
@@ -124,11 +128,12 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), Failure> {
             return output::json(&output::download_json(&report));
         }
         return output::line(format!(
-            "downloaded {} to {}: {}, {}, {}",
+            "downloaded {} to {}: {}, {}{}, {}",
             args.source,
             args.destination.display(),
             output::plural(report.files, "file"),
             output::plural(report.directories, "directory"),
+            symlinks(report.symlinks),
             output::size(report.bytes)
         ));
     }
@@ -155,8 +160,22 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), Failure> {
         .download_file(&args.source.path, &args.at, &target, &bar)
         .await?;
     bar.finish();
+    let link = entry.kind == aether_client::proto::EntryKind::Symlink as i32;
     if context.json() {
-        return output::json(&json!({"files": 1, "directories": 0, "bytes": entry.size}));
+        return output::json(&json!({
+            "files": u64::from(!link),
+            "directories": 0,
+            "symlinks": u64::from(link),
+            "bytes": if link { 0 } else { entry.size },
+        }));
+    }
+    if link {
+        return output::line(format!(
+            "downloaded {} to {} (symlink to {})",
+            args.source,
+            target.display(),
+            entry.symlink_target
+        ));
     }
     output::line(format!(
         "downloaded {} to {} ({})",
@@ -164,6 +183,15 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), Failure> {
         target.display(),
         output::size(entry.size)
     ))
+}
+
+/// `, 2 symlinks` for a summary line; nothing when there are none.
+fn symlinks(count: u64) -> String {
+    if count == 0 {
+        String::new()
+    } else {
+        format!(", {}", output::plural(count, "symlink"))
+    }
 }
 
 pub async fn export(context: &Context, args: ExportArgs) -> Result<(), Failure> {

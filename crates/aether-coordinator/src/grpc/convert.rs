@@ -25,16 +25,23 @@ pub fn duration_ms(duration: &Option<Duration>) -> Result<u64, String> {
     }
 }
 
+pub fn kind(kind: EntryKind) -> pb::EntryKind {
+    match kind {
+        EntryKind::File => pb::EntryKind::File,
+        EntryKind::Directory => pb::EntryKind::Directory,
+        EntryKind::Symlink => pb::EntryKind::Symlink,
+    }
+}
+
 pub fn entry(path: &WorkspacePath, entry: &TreeEntry) -> pb::Entry {
     pb::Entry {
         path: path.to_string(),
-        kind: match entry.kind {
-            EntryKind::File => pb::EntryKind::File,
-            EntryKind::Directory => pb::EntryKind::Directory,
-        } as i32,
+        kind: kind(entry.kind) as i32,
         size: entry.size,
         mode: entry.mode,
         hash: entry.hash.to_hex(),
+        mtime_ns: entry.mtime_ns,
+        symlink_target: String::new(),
     }
 }
 

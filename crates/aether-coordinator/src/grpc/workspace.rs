@@ -3,7 +3,10 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use aether_core::{diff_trees, EntryChange, EntryKind, Hash, TreeEntry, WorkspacePath};
+use aether_core::{
+    diff_trees, Changed, EntryChange, EntryKind, Hash, TreeEntry, WorkspacePath,
+    MAX_SYMLINK_TARGET_BYTES,
+};
 use aether_proto as pb;
 use aether_proto::workspace_service_server::WorkspaceService;
 use aether_store::blobs::{blob_hash, MAX_CHUNK};
@@ -54,6 +57,17 @@ enum Step {
         path: WorkspacePath,
         content: Content,
         mode: u32,
+        mtime_ns: i64,
+    },
+    Symlink {
+        path: WorkspacePath,
+        target: Bytes,
+        mtime_ns: i64,
+    },
+    SetAttributes {
+        path: WorkspacePath,
+        mode: Option<u32>,
+        mtime_ns: Option<i64>,
     },
     Delete {
         path: WorkspacePath,
@@ -90,6 +104,8 @@ impl Step {
     fn target(&self) -> &WorkspacePath {
         match self {
             Step::Write { path, .. }
+            | Step::Symlink { path, .. }
+            | Step::SetAttributes { path, .. }
             | Step::Delete { path, .. }
             | Step::MakeDirectory { path, .. } => path,
             Step::Move { from, .. } | Step::Copy { from, .. } => from,
@@ -125,6 +141,25 @@ fn parse_change(change: pb::Change) -> Result<Change> {
                 path: path(&w.path)?,
                 content,
                 mode: w.mode,
+                mtime_ns: w.mtime_ns,
+            }
+        }
+        Some(Op::Symlink(l)) => Step::Symlink {
+            path: path(&l.path)?,
+            target: symlink_target(&l.target)?,
+            mtime_ns: l.mtime_ns,
+        },
+        Some(Op::SetAttributes(a)) => {
+            if a.mode.is_none() && a.mtime_ns.is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "set_attributes of \"{}\" sets nothing: give a mode, an mtime_ns or both",
+                    a.path
+                )));
+            }
+            Step::SetAttributes {
+                path: path(&a.path)?,
+                mode: a.mode,
+                mtime_ns: a.mtime_ns,
             }
         }
         Some(Op::Delete(d)) => Step::Delete {
@@ -155,6 +190,43 @@ fn parse_change(change: pb::Change) -> Result<Change> {
         step,
         precondition: change.precondition,
     })
+}
+
+impl Sessions {
+    /// A symlink's target, from its content (hex hash as in [`pb::Entry`]).
+    async fn symlink_target(&self, hash: &str) -> Result<String> {
+        let hash = Hash::from_hex(hash).map_err(|e| Error::Internal(e.to_string()))?;
+        let bytes = self.trees.blobs().get(&hash).await?;
+        if bytes.len() > MAX_SYMLINK_TARGET_BYTES {
+            return Err(Error::DataLoss(format!(
+                "symlink target {hash} is {} bytes, more than a target can be",
+                bytes.len()
+            )));
+        }
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| Error::DataLoss(format!("symlink target {hash} is not UTF-8")))
+    }
+}
+
+/// Checks a symlink target: what Linux accepts in symlink(2).
+fn symlink_target(target: &str) -> Result<Bytes> {
+    if target.is_empty() {
+        return Err(Error::InvalidArgument(
+            "a symlink target cannot be empty".into(),
+        ));
+    }
+    if target.len() > MAX_SYMLINK_TARGET_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "symlink target of {} bytes exceeds {MAX_SYMLINK_TARGET_BYTES}",
+            target.len()
+        )));
+    }
+    if target.contains('\0') {
+        return Err(Error::InvalidArgument(
+            "a symlink target cannot contain NUL".into(),
+        ));
+    }
+    Ok(Bytes::copy_from_slice(target.as_bytes()))
 }
 
 /// Content named before it is stored, written with the new trees: (name, bytes).
@@ -228,6 +300,7 @@ impl Sessions {
                             path,
                             content,
                             mode,
+                            mtime_ns,
                         } => {
                             let (hash, size) = match content {
                                 Content::Inline(bytes) if bytes.len() <= MAX_CHUNK => {
@@ -242,6 +315,20 @@ impl Sessions {
                                 path,
                                 content: Content::Stored(hash, size),
                                 mode,
+                                mtime_ns,
+                            }
+                        }
+                        Step::Symlink {
+                            path,
+                            target,
+                            mtime_ns,
+                        } => {
+                            let hash = blob_hash(&target);
+                            deferred = Some((hash, target.clone()));
+                            Step::Symlink {
+                                path,
+                                target,
+                                mtime_ns,
                             }
                         }
                         other => other,
@@ -269,10 +356,26 @@ impl Sessions {
                     path,
                     content,
                     mode,
+                    mtime_ns,
                 } => {
                     let (hash, size) = self.store_content(content).await?;
-                    editor.write_file(&path, hash, size, mode).await?;
+                    editor.write_file(&path, hash, size, mode, mtime_ns).await?;
                 }
+                Step::Symlink {
+                    path,
+                    target,
+                    mtime_ns,
+                } => {
+                    let size = target.len() as u64;
+                    editor
+                        .symlink(&path, blob_hash(&target), size, mtime_ns)
+                        .await?;
+                }
+                Step::SetAttributes {
+                    path,
+                    mode,
+                    mtime_ns,
+                } => editor.set_attributes(&path, mode, mtime_ns).await?,
                 Step::Delete { path, recursive } => {
                     editor.delete(&path, recursive).await?;
                 }
@@ -383,7 +486,7 @@ async fn check_precondition(
         },
         Some(Condition::ContentHash(expected)) => match current {
             Some(entry)
-                if entry.kind == EntryKind::File
+                if entry.kind != EntryKind::Directory
                     && entry.hash.to_hex() == expected.to_ascii_lowercase() =>
             {
                 Ok(())
@@ -399,12 +502,15 @@ async fn check_precondition(
     }
 }
 
-/// The files that differ between two trees, walking only subtrees whose hashes differ.
+/// The files and symlinks that differ between two trees (and directories whose mode
+/// changed), walking only subtrees whose hashes differ. Changes of modification time alone
+/// are left out unless `include_time_only`.
 fn diff_walk<'a>(
     trees: &'a Trees,
     old: Option<Hash>,
     new: Option<Hash>,
     prefix: WorkspacePath,
+    include_time_only: bool,
     out: &'a mut Vec<pb::DiffEntry>,
 ) -> BoxFuture<'a, Result<()>> {
     async move {
@@ -429,38 +535,65 @@ fn diff_walk<'a>(
                 .name
                 .clone();
             let path = prefix.join(&name)?;
-            let old_file = old_entry.as_ref().filter(|e| e.kind == EntryKind::File);
-            let new_file = new_entry.as_ref().filter(|e| e.kind == EntryKind::File);
-            let old_dir = old_entry
-                .as_ref()
-                .filter(|e| e.kind == EntryKind::Directory)
-                .map(|e| e.hash);
-            let new_dir = new_entry
-                .as_ref()
-                .filter(|e| e.kind == EntryKind::Directory)
-                .map(|e| e.hash);
-            if old_file.is_some() || new_file.is_some() {
-                let kind = match (old_file, new_file) {
-                    (Some(_), Some(_)) => pb::DiffKind::Modified,
-                    (None, Some(_)) => pb::DiffKind::Added,
-                    _ => pb::DiffKind::Deleted,
-                };
-                out.push(pb::DiffEntry {
-                    path: path.to_string(),
-                    kind: kind as i32,
-                    old_size: old_file.map(|e| e.size).unwrap_or(0),
-                    new_size: new_file.map(|e| e.size).unwrap_or(0),
-                    old_hash: old_file.map(|e| e.hash.to_hex()).unwrap_or_default(),
-                    new_hash: new_file.map(|e| e.hash.to_hex()).unwrap_or_default(),
-                });
+            let is_dir = |e: &&TreeEntry| e.kind == EntryKind::Directory;
+            let old_leaf = old_entry.as_ref().filter(|e| !is_dir(e));
+            let new_leaf = new_entry.as_ref().filter(|e| !is_dir(e));
+            let old_dir = old_entry.as_ref().filter(is_dir);
+            let new_dir = new_entry.as_ref().filter(is_dir);
+            if old_leaf.is_some() || new_leaf.is_some() {
+                if let Some(entry) = diff_entry(&path, old_leaf, new_leaf, include_time_only) {
+                    out.push(entry);
+                }
+            } else if let (Some(o), Some(n)) = (old_dir, new_dir) {
+                // A directory is reported only for its own attributes; its files follow.
+                let changed = Changed::between(o, n);
+                if changed.mode || (changed.mtime && include_time_only) {
+                    out.extend(diff_entry(&path, Some(o), Some(n), true));
+                }
             }
+            let (old_dir, new_dir) = (old_dir.map(|e| e.hash), new_dir.map(|e| e.hash));
             if old_dir.is_some() || new_dir.is_some() {
-                diff_walk(trees, old_dir, new_dir, path, out).await?;
+                diff_walk(trees, old_dir, new_dir, path, include_time_only, out).await?;
             }
         }
         Ok(())
     }
     .boxed()
+}
+
+/// One path's difference, or None for a change of time alone when those are left out.
+fn diff_entry(
+    path: &WorkspacePath,
+    old: Option<&TreeEntry>,
+    new: Option<&TreeEntry>,
+    include_time_only: bool,
+) -> Option<pb::DiffEntry> {
+    let (kind, changed) = match (old, new) {
+        (Some(o), Some(n)) => (pb::DiffKind::Modified, Changed::between(o, n)),
+        (None, _) => (pb::DiffKind::Added, Changed::default()),
+        (Some(_), None) => (pb::DiffKind::Deleted, Changed::default()),
+    };
+    if changed.mtime_only() && !include_time_only {
+        return None;
+    }
+    Some(pb::DiffEntry {
+        path: path.to_string(),
+        kind: kind as i32,
+        old_size: old.map(|e| e.size).unwrap_or(0),
+        new_size: new.map(|e| e.size).unwrap_or(0),
+        old_hash: old.map(|e| e.hash.to_hex()).unwrap_or_default(),
+        new_hash: new.map(|e| e.hash.to_hex()).unwrap_or_default(),
+        old_kind: old.map(|e| convert::kind(e.kind) as i32).unwrap_or(0),
+        new_kind: new.map(|e| convert::kind(e.kind) as i32).unwrap_or(0),
+        old_mode: old.map(|e| e.mode).unwrap_or(0),
+        new_mode: new.map(|e| e.mode).unwrap_or(0),
+        old_mtime_ns: old.map(|e| e.mtime_ns).unwrap_or(0),
+        new_mtime_ns: new.map(|e| e.mtime_ns).unwrap_or(0),
+        content_changed: changed.content,
+        mode_changed: changed.mode,
+        kind_changed: changed.kind,
+        mtime_changed: changed.mtime,
+    })
 }
 
 /// Splits a byte stream into messages of at most MESSAGE_BYTES.
@@ -496,9 +629,11 @@ impl WorkspaceService for WorkspaceGrpc {
                     record.id
                 ))
             })?;
-        Ok(Response::new(pb::StatResponse {
-            entry: Some(convert::entry(&path, &entry)),
-        }))
+        let mut entry = convert::entry(&path, &entry);
+        if entry.kind == pb::EntryKind::Symlink as i32 {
+            entry.symlink_target = self.sessions.symlink_target(&entry.hash).await?;
+        }
+        Ok(Response::new(pb::StatResponse { entry: Some(entry) }))
     }
 
     async fn list_tree(
@@ -576,7 +711,7 @@ impl WorkspaceService for WorkspaceGrpc {
                     record.id
                 ))
             })?;
-        if entry.kind != EntryKind::File {
+        if entry.kind == EntryKind::Directory {
             return Err(Error::FailedPrecondition(format!(
                 "\"{path}\" is a directory; use ListTree"
             ))
@@ -685,6 +820,7 @@ impl WorkspaceService for WorkspaceGrpc {
                 path: file.clone(),
                 content: Content::Stored(hash, size),
                 mode: header.mode,
+                mtime_ns: header.mtime_ns,
             },
             precondition: header.precondition,
         };
@@ -884,6 +1020,7 @@ impl WorkspaceService for WorkspaceGrpc {
             subtree(from).await?,
             subtree(to).await?,
             prefix.clone(),
+            request.include_time_only,
             &mut out,
         )
         .await?;

@@ -1,0 +1,100 @@
+//! Where file bytes live on the mounting machine.
+//!
+//! - The *staging* directory holds one file per inode written through the mount, until its
+//!   content is in the session (and after, as the local copy). It is this mount's own and is
+//!   removed when the mount ends.
+//! - The *cache* holds session content by hash. Content is immutable, so a cached file is
+//!   always valid and is shared by every mount on the machine that uses the same directory.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aether_client::{Rev, SessionHandle};
+
+/// The two local stores.
+pub struct LocalContent {
+    staging: PathBuf,
+    cache: PathBuf,
+}
+
+impl LocalContent {
+    /// Creates (or reuses) the directories.
+    pub fn open(staging: PathBuf, cache: PathBuf) -> std::io::Result<LocalContent> {
+        std::fs::create_dir_all(&staging)?;
+        std::fs::create_dir_all(&cache)?;
+        Ok(LocalContent { staging, cache })
+    }
+
+    pub fn staging_path(&self, ino: u64) -> PathBuf {
+        self.staging.join(ino.to_string())
+    }
+
+    /// The cached file of `hash`, if present. Hashes come from the session: only lower-case
+    /// hex is used as a file name.
+    pub fn cached(&self, hash: &str) -> Option<PathBuf> {
+        if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let path = self.cache.join(hash);
+        path.exists().then_some(path)
+    }
+
+    /// Reads the file at `path` of the session head into the cache; returns the hash the
+    /// session reported (which names the cached file) and the file's size.
+    pub async fn fetch(
+        &self,
+        session: &SessionHandle,
+        path: &str,
+    ) -> aether_client::Result<(String, u64)> {
+        let mut stream = session.open_read(path, &Rev::Head, 0, 0).await?;
+        let temp = tempfile::NamedTempFile::new_in(&self.cache)
+            .map_err(|e| aether_client::Error::io(&self.cache, e))?;
+        let mut file = temp
+            .reopen()
+            .map_err(|e| aether_client::Error::io(temp.path(), e))?;
+        let mut entry = None;
+        let mut size = 0u64;
+        while let Some(message) = stream.message().await? {
+            if entry.is_none() {
+                entry = message.entry;
+            }
+            file.write_all(&message.data)
+                .map_err(|e| aether_client::Error::io(temp.path(), e))?;
+            size += message.data.len() as u64;
+        }
+        let Some(entry) = entry else {
+            return Err(aether_client::Error::Status {
+                code: tonic::Code::Internal,
+                message: format!("ReadFile of \"{path}\" sent no entry"),
+            });
+        };
+        if !entry.hash.bytes().all(|b| b.is_ascii_hexdigit()) || entry.hash.is_empty() {
+            return Err(aether_client::Error::Status {
+                code: tonic::Code::Internal,
+                message: format!("ReadFile of \"{path}\" named content {:?}", entry.hash),
+            });
+        }
+        let target = self.cache.join(&entry.hash);
+        temp.persist(&target)
+            .map_err(|e| aether_client::Error::io(&target, e.error))?;
+        Ok((entry.hash, size))
+    }
+
+    /// Removes this mount's staging directory.
+    pub fn remove_staging(&self) {
+        let _ = std::fs::remove_dir_all(&self.staging);
+    }
+}
+
+/// Opens a file for reading and writing without following symlinks.
+pub fn open_rw(path: &Path, create: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}

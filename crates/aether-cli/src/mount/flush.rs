@@ -1,0 +1,350 @@
+//! Sending the mount's changes to the session in batches, and hearing about everyone else's.
+//!
+//! The flusher wakes every commit interval (or when asked by fsync, or when much content is
+//! staged), takes every queued change and sends them as one ApplyChanges (more only past
+//! the coordinator's limits), so a `cp -r` of thousands of files costs a handful of RPCs.
+//! Each batch is atomic, so a `kill -9` of the mount leaves the session at a batch boundary,
+//! never half a batch.
+//!
+//! A batch the session refuses outright (a path changed behind our back, say) is applied
+//! again one change at a time, so one conflict does not lose the others; what still fails is
+//! logged and the view is refreshed from the session. A batch that fails for a transient
+//! reason (UNAVAILABLE, a deadline) is retried; fsync waiting on it gets EIO meanwhile.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use aether_client::proto as pb;
+use aether_client::UploadSource;
+use fuser::Errno;
+use prost::Message;
+
+use super::fs::AetherFs;
+use super::state::Op;
+
+/// Content sent inline in a WriteOp up to this size (the coordinator's limit); larger files
+/// go to the store as chunks first.
+const MAX_INLINE_BYTES: u64 = 1024 * 1024;
+/// Most changes in one ApplyChanges (the coordinator's limit).
+const MAX_BATCH_CHANGES: usize = 10_000;
+/// Encoded bytes at which a batch is cut, under the coordinator's message limit.
+const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
+/// Staged bytes that start a flush before the interval ends.
+pub const EARLY_FLUSH_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Requests and completions of flushes, for fsync.
+#[derive(Default)]
+pub struct FlushState {
+    requested: u64,
+    completed: u64,
+    /// The last flush that could not send everything, and why.
+    failed: Option<(u64, Errno)>,
+    pub stop: bool,
+}
+
+/// The flusher's synchronisation.
+#[derive(Default)]
+pub struct Flusher {
+    state: Mutex<FlushState>,
+    wake: Condvar,
+    done: Condvar,
+}
+
+impl Flusher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks for a flush without waiting.
+    pub fn nudge(&self) {
+        let mut state = self.lock();
+        state.requested += 1;
+        self.wake.notify_all();
+    }
+
+    /// Asks for a flush of everything changed so far and waits for it.
+    pub fn flush_and_wait(&self) -> Result<(), Errno> {
+        let mut state = self.lock();
+        state.requested += 1;
+        let mine = state.requested;
+        self.wake.notify_all();
+        while state.completed < mine && !state.stop {
+            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        match state.failed {
+            Some((at, errno)) if at >= mine => Err(errno),
+            _ if state.completed < mine => Err(Errno::EIO),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_all();
+        self.done.notify_all();
+    }
+}
+
+/// The flusher thread: runs until [`Flusher::stop`], then sends what is left.
+pub fn run(fs: Arc<AetherFs>, interval: Duration) {
+    let flusher = fs.flusher.clone();
+    let mut next = Instant::now() + interval;
+    loop {
+        let (target, stopping) = {
+            let mut state = flusher.lock();
+            loop {
+                if state.stop || state.requested > state.completed {
+                    break;
+                }
+                let now = Instant::now();
+                if now >= next {
+                    break;
+                }
+                state = flusher
+                    .wake
+                    .wait_timeout(state, next - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            (state.requested, state.stop)
+        };
+        next = Instant::now() + interval;
+        let result = flush_once(&fs);
+        let mut state = flusher.lock();
+        if let Err(errno) = result {
+            state.failed = Some((target, errno));
+        }
+        state.completed = state.completed.max(target);
+        flusher.done.notify_all();
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Takes the queue and sends it; on a transient failure the changes go back to the front of
+/// the queue for the next round.
+fn flush_once(fs: &AetherFs) -> Result<(), Errno> {
+    let (ops, generation) = fs.state().take_ops();
+    if ops.is_empty() {
+        let mut state = fs.state();
+        state.acknowledged = state.acknowledged.max(generation);
+        return Ok(());
+    }
+    let changes = match build_changes(fs, &ops) {
+        Ok(changes) => changes,
+        Err(error) => {
+            eprintln!("aether mount: cannot read staged content, will retry: {error}");
+            fs.state().requeue(ops);
+            return Err(Errno::EIO);
+        }
+    };
+    match send(fs, changes.clone()) {
+        Ok(()) => {
+            fs.state().acknowledged = generation;
+            Ok(())
+        }
+        Err(error) if is_transient(&error) => {
+            eprintln!("aether mount: commit failed, will retry: {error}");
+            fs.state().requeue(ops);
+            Err(Errno::EIO)
+        }
+        Err(error) => {
+            eprintln!("aether mount: the session refused a batch ({error}); applying its changes one by one");
+            let mut failed = false;
+            for change in changes {
+                let described = describe(&change);
+                if let Err(error) = apply(fs, vec![change]) {
+                    eprintln!("aether mount: could not apply {described}: {error}");
+                    failed = true;
+                }
+            }
+            fs.state().acknowledged = generation;
+            // Our view may now differ from the session: list everything again.
+            fs.mark_all_stale();
+            if failed {
+                Err(Errno::EIO)
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+fn is_transient(error: &aether_client::Error) -> bool {
+    use tonic::Code;
+    matches!(
+        error.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal | Code::Aborted
+    ) || matches!(error, aether_client::Error::Io { .. })
+}
+
+/// Sends changes in as few batches as the coordinator's limits allow, in order.
+fn send(fs: &AetherFs, changes: Vec<pb::Change>) -> aether_client::Result<()> {
+    let mut batch: Vec<pb::Change> = Vec::new();
+    let mut bytes = 0;
+    for change in changes {
+        let size = change.encoded_len() + 8;
+        if !batch.is_empty() && (batch.len() >= MAX_BATCH_CHANGES || bytes + size > MAX_BATCH_BYTES)
+        {
+            apply(fs, std::mem::take(&mut batch))?;
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(change);
+    }
+    if !batch.is_empty() {
+        apply(fs, batch)?;
+    }
+    Ok(())
+}
+
+fn apply(fs: &AetherFs, batch: Vec<pb::Change>) -> aether_client::Result<()> {
+    let response = fs.runtime.block_on(fs.session.apply_changes(batch, 0))?;
+    fs.note_own_version(response.head_version);
+    Ok(())
+}
+
+/// The changes for a batch: namespace changes as queued, file contents read now.
+fn build_changes(fs: &AetherFs, ops: &[Op]) -> aether_client::Result<Vec<pb::Change>> {
+    let mut changes = Vec::with_capacity(ops.len());
+    for op in ops {
+        use pb::change::Op as C;
+        let change = match op {
+            Op::Create { ino, path } => C::Write(create_op(fs, *ino, path)),
+            Op::Write { ino, path } => C::Write(write_op(fs, *ino, path)?),
+            Op::Symlink {
+                path,
+                target,
+                mtime_ns,
+            } => C::Symlink(pb::SymlinkOp {
+                path: path.clone(),
+                target: target.clone(),
+                mtime_ns: *mtime_ns,
+            }),
+            Op::Mkdir { path } => C::MakeDirectory(pb::MakeDirectoryOp {
+                path: path.clone(),
+                parents: true,
+            }),
+            Op::Delete { path, recursive } => C::Delete(pb::DeleteOp {
+                path: path.clone(),
+                recursive: *recursive,
+            }),
+            Op::Move { from, to } => C::Move(pb::MoveOp {
+                from: from.clone(),
+                to: to.clone(),
+                overwrite: true,
+            }),
+            Op::SetAttributes {
+                path,
+                mode,
+                mtime_ns,
+            } => C::SetAttributes(pb::SetAttributesOp {
+                path: path.clone(),
+                mode: *mode,
+                mtime_ns: *mtime_ns,
+            }),
+        };
+        changes.push(pb::Change {
+            op: Some(change),
+            precondition: None,
+        });
+    }
+    Ok(changes)
+}
+
+/// A new file, empty: its content comes in a later write, once closed or fsynced.
+fn create_op(fs: &AetherFs, ino: u64, path: &str) -> pb::WriteOp {
+    let state = fs.state();
+    let (mode, mtime_ns) = state
+        .node(ino)
+        .map(|n| (n.mode, n.mtime_ns))
+        .unwrap_or((0o644, 0));
+    pb::WriteOp {
+        path: path.to_string(),
+        mode,
+        mtime_ns,
+        ..Default::default()
+    }
+}
+
+/// A file's write: its current staged content, mode and time. A file unlinked since is
+/// written empty, so the changes queued after it (its delete) still apply.
+fn write_op(fs: &AetherFs, ino: u64, path: &str) -> aether_client::Result<pb::WriteOp> {
+    let (staged, size, mode, mtime_ns) = {
+        let state = fs.state();
+        match state.node(ino) {
+            Some(node) => (node.staged, node.size, node.mode, node.mtime_ns),
+            None => (false, 0, 0o644, 0),
+        }
+    };
+    let mut write = pb::WriteOp {
+        path: path.to_string(),
+        mode,
+        mtime_ns,
+        ..Default::default()
+    };
+    if !staged || size == 0 {
+        return Ok(write);
+    }
+    let staging = fs.content.staging_path(ino);
+    if size <= MAX_INLINE_BYTES {
+        let data = std::fs::read(&staging).map_err(|e| aether_client::Error::io(&staging, e))?;
+        write.content = data.into();
+    } else {
+        write.chunks = fs
+            .runtime
+            .block_on(fs.session.store_chunks(UploadSource::File(staging)))?;
+    }
+    Ok(write)
+}
+
+fn describe(change: &pb::Change) -> String {
+    use pb::change::Op as C;
+    match &change.op {
+        Some(C::Write(w)) => format!("write of \"{}\"", w.path),
+        Some(C::Delete(d)) => format!("delete of \"{}\"", d.path),
+        Some(C::MakeDirectory(m)) => format!("mkdir of \"{}\"", m.path),
+        Some(C::Move(m)) => format!("move of \"{}\" to \"{}\"", m.from, m.to),
+        Some(C::Copy(c)) => format!("copy of \"{}\"", c.from),
+        Some(C::Symlink(l)) => format!("symlink \"{}\"", l.path),
+        Some(C::SetAttributes(a)) => format!("attributes of \"{}\"", a.path),
+        None => "an empty change".to_string(),
+    }
+}
+
+/// Follows the session's events and marks what others changed, so it is listed again.
+pub async fn follow_events(fs: Arc<AetherFs>) {
+    let mut subscription = fs.session.subscribe(
+        pb::StartPosition {
+            position: Some(pb::start_position::Position::Latest(true)),
+        },
+        "",
+    );
+    loop {
+        let message = match subscription.next().await {
+            Ok(Some(message)) => message,
+            Ok(None) => return,
+            Err(error) => {
+                // Without events, fall back to the kernel's 1 s attribute timeout and a full
+                // refresh now; try again shortly.
+                eprintln!("aether mount: session events unavailable ({error}); retrying");
+                fs.mark_all_stale();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Ok(event) = pb::SessionEvent::decode(message.payload.as_ref()) else {
+            continue;
+        };
+        if fs.is_own_version(event.head_version) {
+            continue;
+        }
+        use pb::session_event::Event;
+        match event.event {
+            Some(Event::FilesChanged(changed)) => fs.mark_changed(&changed.paths),
+            Some(Event::CheckpointRestored(_)) => fs.mark_all_stale(),
+            _ => {}
+        }
+    }
+}

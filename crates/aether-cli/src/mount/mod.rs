@@ -1,0 +1,193 @@
+//! `aether mount SESSION DIR`: the session's head as a local directory, through FUSE.
+//!
+//! The mount keeps its own view of the session (`state`), answers the kernel from it and from
+//! local files (`content`: staged writes by inode, session content cached by hash), and sends
+//! its changes in batches (`flush`): a real tool's thousands of small operations cost a few
+//! RPCs, not one each (design promise 11). Changes made elsewhere reach the mount through the
+//! session's bus events and show within a second.
+//!
+//! Durability: `fsync` (of any file or directory in the mount) returns once every change made
+//! through the mount before it is in the session. `close` returns at once; its changes are
+//! sent within the commit interval (`--commit-interval-ms`, default 200), or before `close`
+//! returns with `--sync-close`. Batches are atomic, so a killed mount loses at most the
+//! changes of the last interval that were not fsynced, and never leaves half a batch.
+//!
+//! The mount ends cleanly on SIGINT or SIGTERM (the handler unmounts) and when someone runs
+//! `fusermount3 -u DIR` (the session loop returns); either way queued changes are sent and
+//! the command exits 0.
+
+mod content;
+mod flush;
+mod fs;
+mod state;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+use tokio::runtime::Handle;
+
+use aether_client::Rev;
+
+use crate::cli::MountArgs;
+use crate::{Context, Failure};
+
+use content::LocalContent;
+use fs::{AetherFs, Mounted};
+
+/// Runs `aether mount`: mounts, serves until unmounted, unmounts on SIGINT/SIGTERM.
+pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(Failure::Other(
+            "/dev/fuse is missing: load the FUSE module (`modprobe fuse`), or run the container \
+             with `--device /dev/fuse --cap-add SYS_ADMIN`, and install fusermount3 \
+             (`apt-get install -y fuse3`)"
+                .to_string(),
+        ));
+    }
+    let meta = std::fs::metadata(&args.dir).map_err(|e| Failure::local(&args.dir, e))?;
+    if !meta.is_dir() {
+        return Err(Failure::Usage(format!(
+            "{} is not a directory",
+            args.dir.display()
+        )));
+    }
+    let session = context.client.session(args.session.clone());
+    // Fails early (exit 3) when the session does not exist.
+    session.stat("", &Rev::Head).await?;
+
+    let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let staging = cache.join(format!("staging-{}-{}", args.session, std::process::id()));
+    let content = LocalContent::open(staging, cache.join("content")).map_err(|e| {
+        Failure::Other(format!(
+            "cannot create the mount's cache in {}: {e}; pass --cache-dir",
+            cache.display()
+        ))
+    })?;
+    let fs = Arc::new(AetherFs::new(
+        session,
+        Handle::current(),
+        content,
+        (meta.uid(), meta.gid()),
+        args.sync_close,
+    ));
+    let interval = Duration::from_millis(args.commit_interval_ms.max(1));
+    let flusher = {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name("aether-flush".to_string())
+            .spawn(move || flush::run(fs, interval))
+            .map_err(|e| Failure::Other(format!("cannot start the flusher: {e}")))?
+    };
+    let events = tokio::spawn(flush::follow_events(fs.clone()));
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("aether:{}", args.session)),
+        MountOption::Subtype("aether".to_string()),
+        MountOption::RW,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        // The kernel checks permissions against the modes and owners the mount reports.
+        MountOption::DefaultPermissions,
+    ];
+    if args.allow_other {
+        config.acl = SessionACL::All;
+    }
+    // Several requests in flight: a fetch or a flush wait does not stall every other tool.
+    config.n_threads = Some(4);
+    let dir = args.dir.clone();
+    let mounted = Mounted(fs.clone());
+    let mut fuse = tokio::task::spawn_blocking(move || fuser::Session::new(mounted, &dir, &config))
+        .await
+        .map_err(|e| Failure::Other(format!("mount task failed: {e}")))?
+        .map_err(|e| Failure::Other(format!("cannot mount {}: {e}", args.dir.display())))?;
+    let mut unmounter = fuse.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("aether-fuse".to_string())
+        .spawn(move || {
+            let _ = done_tx.send(fuse.run());
+        })
+        .map_err(|e| Failure::Other(format!("cannot start the FUSE thread: {e}")))?;
+    eprintln!(
+        "aether: mounted session {} at {} (Ctrl-C or `fusermount3 -u {}` to unmount)",
+        args.session,
+        args.dir.display(),
+        args.dir.display()
+    );
+
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())
+        .map_err(|e| Failure::Other(format!("cannot handle SIGINT: {e}")))?;
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| Failure::Other(format!("cannot handle SIGTERM: {e}")))?;
+    let mut done_rx = done_rx;
+    let result = tokio::select! {
+        result = &mut done_rx => result,
+        _ = interrupt.recv() => {
+            unmount(&mut unmounter, &args.dir).await?;
+            done_rx.await
+        }
+        _ = terminate.recv() => {
+            unmount(&mut unmounter, &args.dir).await?;
+            done_rx.await
+        }
+    };
+    // Send what is queued, then stop following events.
+    fs.flusher.stop();
+    let _ = tokio::task::spawn_blocking(move || flusher.join()).await;
+    events.abort();
+    fs.content.remove_staging();
+    match result {
+        Ok(Ok(())) => {
+            eprintln!("aether: unmounted {}", args.dir.display());
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Failure::Other(format!(
+            "the FUSE session of {} ended with an error: {e}",
+            args.dir.display()
+        ))),
+        Err(_) => Err(Failure::Other(
+            "the FUSE thread ended abnormally".to_string(),
+        )),
+    }
+}
+
+async fn unmount(unmounter: &mut fuser::SessionUnmounter, dir: &Path) -> Result<(), Failure> {
+    // The unmount waits for the kernel, which may be waiting for this process: off the runtime.
+    let Err(error) = tokio::task::block_in_place(|| unmounter.unmount()) else {
+        return Ok(());
+    };
+    // Busy (a shell has its cwd inside). The unmounter is spent after a failure, so detach
+    // the mount instead (lazy unmount): the session loop ends at once and the kernel finishes
+    // when the last user leaves.
+    eprintln!(
+        "aether: {error}; detaching {} (lazy unmount)",
+        dir.display()
+    );
+    let status = tokio::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(dir)
+        .status()
+        .await;
+    match status {
+        Ok(status) if status.success() => Ok(()),
+        _ => Err(Failure::Other(format!(
+            "cannot unmount {}: {error}",
+            dir.display()
+        ))),
+    }
+}
+
+/// `$XDG_CACHE_HOME/aether` or `~/.cache/aether`, else a directory under the temp dir.
+fn default_cache_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&dir).join("aether");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&home).join(".cache").join("aether");
+    }
+    std::env::temp_dir().join("aether-cache")
+}

@@ -1,0 +1,435 @@
+//! The mount as a local disk to real tools (design promise 11): make rebuilds what an edit
+//! made stale, git clones, commits and checks out a repository with symlinks, an editor's
+//! save (write temp, fsync, rename) lands whole, modes, times and symlinks reach the session,
+//! changes made through the API show in the mount within a second, hostile sizes get EFBIG
+//! and leave the mount serving, and a `kill -9` of the mount mid-copy leaves the session
+//! with whole files only (and everything fsynced before it).
+
+use crate::cli_mount::{entry, names, read, require_fuse, settle, sh, Mount};
+use crate::cli_support::Aether;
+use crate::common;
+
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aether_proto as pb;
+use aether_proto::workspace_service_client::WorkspaceServiceClient;
+
+/// Runs a command in `dir`; returns (success, stderr).
+fn try_sh(dir: &Path, program: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {program} {args:?}: {e}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let mut all = vec![
+        "-c",
+        "user.name=Mount Test",
+        "-c",
+        "user.email=mount@example.com",
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "advice.detachedHead=false",
+    ];
+    all.extend_from_slice(args);
+    sh(dir, "git", &all)
+}
+
+async fn stat(channel: &tonic::transport::Channel, session: &str, path: &str) -> pb::Entry {
+    WorkspaceServiceClient::new(channel.clone())
+        .stat(pb::StatRequest {
+            session_id: session.to_string(),
+            path: path.to_string(),
+            at: None,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("Stat {path:?}: {e}"))
+        .into_inner()
+        .entry
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_make_rebuilds_after_an_edit_and_keeps_modes_times_and_symlinks() {
+    require_fuse();
+    let aether = Aether::start().await;
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().canonicalize().unwrap();
+    let _mount = Mount::start(&aether, &session, &dir, "mount.log");
+
+    // make: build, edit one source, exactly its target is rebuilt.
+    sh(&dir, "mkdir", &["-p", "build/src"]);
+    let project = dir.join("build");
+    for name in ["a", "b", "c"] {
+        std::fs::write(project.join(format!("src/{name}.txt")), format!("{name}\n")).unwrap();
+    }
+    std::fs::write(
+        project.join("Makefile"),
+        "SRCS := $(wildcard src/*.txt)\nall: $(SRCS:src/%.txt=out/%.sum)\nout/%.sum: src/%.txt\n\t@mkdir -p out && cksum $< > $@ && echo built $@\n",
+    )
+    .unwrap();
+    let first = sh(&project, "make", &[]);
+    assert_eq!(first.matches("built").count(), 3, "{first}");
+    assert_eq!(
+        sh(&project, "make", &["-q"]),
+        "",
+        "everything is up to date"
+    );
+    std::fs::write(project.join("src/b.txt"), "b, edited\n").unwrap();
+    let second = sh(&project, "make", &[]);
+    assert_eq!(
+        second.trim(),
+        "built out/b.sum",
+        "only b is rebuilt: {second}"
+    );
+    assert!(std::fs::read_to_string(project.join("out/b.sum"))
+        .unwrap()
+        .contains(' '));
+
+    // Symlinks: created, read, listed, kept in the session with their target.
+    sh(&project, "ln", &["-s", "src/a.txt", "link-to-a"]);
+    sh(&project, "ln", &["-s", "../nowhere", "dangling"]);
+    assert_eq!(
+        std::fs::read_link(project.join("link-to-a")).unwrap(),
+        Path::new("src/a.txt")
+    );
+    assert_eq!(
+        std::fs::read_to_string(project.join("link-to-a")).unwrap(),
+        "a\n"
+    );
+    assert!(std::fs::symlink_metadata(project.join("dangling"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    // Times and modes, files and directories.
+    sh(
+        &project,
+        "touch",
+        &["-m", "-d", "2001-02-03 04:05:06.123456789 UTC", "src/c.txt"],
+    );
+    sh(&project, "chmod", &["700", "src"]);
+    sh(&project, "chmod", &["640", "src/a.txt"]);
+    let c = std::fs::metadata(project.join("src/c.txt")).unwrap();
+    assert_eq!((c.mtime(), c.mtime_nsec()), (981_173_106, 123_456_789));
+
+    settle(&dir);
+    let link = stat(&channel, &session, "build/link-to-a").await;
+    assert_eq!(link.kind(), pb::EntryKind::Symlink);
+    assert_eq!(link.symlink_target, "src/a.txt");
+    assert_eq!(
+        stat(&channel, &session, "build/dangling")
+            .await
+            .symlink_target,
+        "../nowhere"
+    );
+    assert_eq!(
+        stat(&channel, &session, "build/src/c.txt").await.mtime_ns,
+        981_173_106_123_456_789
+    );
+    assert_eq!(entry(&channel, &session, "build", "src").await.mode, 0o700);
+    assert_eq!(
+        entry(&channel, &session, "build/src", "a.txt").await.mode,
+        0o640
+    );
+    assert_eq!(
+        read(&channel, &session, "build/src/b.txt").await,
+        b"b, edited\n"
+    );
+
+    // What the model does not hold fails with "not supported here".
+    let (ok, err) = try_sh(&project, "ln", &["src/a.txt", "hard"]);
+    assert!(!ok && err.contains("not permitted"), "hard link: {err}");
+    let (ok, err) = try_sh(&project, "mkfifo", &["fifo"]);
+    assert!(!ok && err.contains("not permitted"), "fifo: {err}");
+
+    // O_EXCL on an existing name, O_APPEND at the end.
+    let exclusive = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(project.join("src/a.txt"));
+    assert_eq!(
+        exclusive.unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    {
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(project.join("src/a.txt"))
+            .unwrap();
+        log.write_all(b"appended\n").unwrap();
+        log.sync_all().unwrap();
+    }
+    assert_eq!(
+        read(&channel, &session, "build/src/a.txt").await,
+        b"a\nappended\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_survives_hostile_sizes_with_efbig() {
+    require_fuse();
+    let aether = Aether::start().await;
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().canonicalize().unwrap();
+    let _mount = Mount::start(&aether, &session, &dir, "mount.log");
+
+    std::fs::write(dir.join("f"), b"small").unwrap();
+    let (ok, err) = try_sh(&dir, "truncate", &["-s", "1152921504606846976", "f"]);
+    assert!(!ok && err.contains("too large"), "truncate to 2^60: {err}");
+    let (ok, err) = try_sh(&dir, "truncate", &["-s", "999999999999999", "f"]);
+    assert!(!ok && err.contains("too large"), "truncate to ~1 PB: {err}");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("f"))
+        .unwrap();
+    let error = file.write_at(b"x", 1 << 50).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc_efbig()), "{error}");
+    // A sparse file within the limit costs no memory or disk for its holes.
+    file.set_len(1 << 30).unwrap();
+    assert_eq!(std::fs::metadata(dir.join("f")).unwrap().len(), 1 << 30);
+    file.set_len(5).unwrap();
+    drop(file);
+
+    // The mount still serves, and the file is whole.
+    assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"small");
+    settle(&dir);
+    assert_eq!(read(&channel, &session, "f").await, b"small");
+    assert_eq!(names(&channel, &session, "").await, ["f"]);
+}
+
+fn libc_efbig() -> i32 {
+    27 // EFBIG on Linux
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_git_clone_commit_checkout_with_symlinks() {
+    require_fuse();
+    let aether = Aether::start().await;
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+
+    // A repository with symlinks and an executable, on local disk, with two branches.
+    let origin = aether.path("origin");
+    std::fs::create_dir_all(origin.join("bin")).unwrap();
+    git(&origin, &["init", "-q"]);
+    std::fs::write(origin.join("tool.sh"), "#!/bin/sh\necho tool\n").unwrap();
+    std::fs::set_permissions(
+        origin.join("tool.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../tool.sh", origin.join("bin/tool")).unwrap();
+    std::fs::write(origin.join("README"), "v1\n").unwrap();
+    git(&origin, &["add", "-A"]);
+    git(&origin, &["commit", "-q", "-m", "v1"]);
+    git(&origin, &["checkout", "-q", "-b", "next"]);
+    std::fs::remove_file(origin.join("bin/tool")).unwrap();
+    std::os::unix::fs::symlink("../README", origin.join("bin/tool")).unwrap();
+    std::os::unix::fs::symlink("README", origin.join("LATEST")).unwrap();
+    std::fs::write(origin.join("README"), "v2\n").unwrap();
+    git(&origin, &["add", "-A"]);
+    git(&origin, &["commit", "-q", "-m", "v2"]);
+    git(&origin, &["checkout", "-q", "main"]);
+
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().canonicalize().unwrap();
+    let _mount = Mount::start(&aether, &session, &dir, "mount.log");
+    git(
+        &dir,
+        &["clone", "-q", &origin.display().to_string(), "checkout"],
+    );
+    let repo = dir.join("checkout");
+    assert_eq!(sh(&repo, "bin/tool", &[]), "tool\n");
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    git(&repo, &["checkout", "-q", "next"]);
+    assert_eq!(
+        std::fs::read_link(repo.join("bin/tool")).unwrap(),
+        Path::new("../README")
+    );
+    assert_eq!(
+        std::fs::read_to_string(repo.join("LATEST")).unwrap(),
+        "v2\n"
+    );
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+    git(&repo, &["checkout", "-q", "main"]);
+    assert!(!repo.join("LATEST").exists());
+    std::fs::write(repo.join("README"), "v1, edited in the mount\n").unwrap();
+    git(&repo, &["commit", "-q", "-am", "edit in the mount"]);
+    git(&repo, &["fsck", "--strict"]);
+    assert_eq!(git(&repo, &["status", "--porcelain"]), "");
+
+    settle(&dir);
+    let link = stat(&channel, &session, "checkout/bin/tool").await;
+    assert_eq!(link.kind(), pb::EntryKind::Symlink);
+    assert_eq!(link.symlink_target, "../tool.sh");
+    assert_eq!(
+        entry(&channel, &session, "checkout", "tool.sh").await.mode,
+        0o755
+    );
+    assert_eq!(
+        read(&channel, &session, "checkout/README").await,
+        b"v1, edited in the mount\n"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_shows_api_changes_within_a_second_and_saves_editors_whole() {
+    require_fuse();
+    let aether = Aether::start().await;
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+    aether.write("seed/notes.txt", b"from the API\n");
+    aether.ok(&["put", "seed", &format!("{session}:docs")]);
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().canonicalize().unwrap();
+    let _mount = Mount::start(&aether, &session, &dir, "mount.log");
+    assert_eq!(
+        std::fs::read(dir.join("docs/notes.txt")).unwrap(),
+        b"from the API\n"
+    );
+
+    // An editor's save: temp file, fsync, rename over the original.
+    let temp = dir.join("docs/.notes.txt.tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temp).unwrap();
+        file.write_all(b"saved by an editor\n").unwrap();
+        file.sync_all().unwrap();
+    }
+    std::fs::rename(&temp, dir.join("docs/notes.txt")).unwrap();
+    settle(&dir);
+    assert_eq!(
+        read(&channel, &session, "docs/notes.txt").await,
+        b"saved by an editor\n"
+    );
+    assert_eq!(names(&channel, &session, "docs").await, ["notes.txt"]);
+
+    // Another writer changes the session; the mount shows it within a second.
+    aether.write("other.txt", b"changed elsewhere\n");
+    let changed_at = Instant::now();
+    aether.ok(&[
+        "put",
+        &aether.path("other.txt").display().to_string(),
+        &format!("{session}:docs/notes.txt"),
+    ]);
+    aether.ok(&[
+        "put",
+        &aether.path("other.txt").display().to_string(),
+        &format!("{session}:docs/new.txt"),
+    ]);
+    let deadline = Duration::from_millis(1500);
+    loop {
+        let content = std::fs::read(dir.join("docs/notes.txt")).unwrap_or_default();
+        let listed = std::fs::read_dir(dir.join("docs"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name() == "new.txt");
+        if content == b"changed elsewhere\n" && listed {
+            break;
+        }
+        assert!(
+            changed_at.elapsed() < deadline,
+            "the mount still shows {:?} (new.txt listed: {listed}) {:?} after the change",
+            String::from_utf8_lossy(&content),
+            changed_at.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_killed_mid_copy_leaves_whole_files_and_keeps_what_was_fsynced() {
+    require_fuse();
+    let aether = Aether::start().await;
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+    // 400 files of distinct content to copy.
+    let source = aether.path("source");
+    std::fs::create_dir_all(&source).unwrap();
+    for i in 0..400 {
+        std::fs::write(
+            source.join(format!("f{i:03}")),
+            common::test_bytes(2000 + i * 37, i as u64),
+        )
+        .unwrap();
+    }
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().canonicalize().unwrap();
+    let mut mount = Mount::start_with(
+        &aether,
+        &session,
+        &dir,
+        "mount.log",
+        &["--commit-interval-ms", "20"],
+    );
+    std::fs::write(dir.join("kept.txt"), b"fsynced before the kill\n").unwrap();
+    sh(&dir, "sync", &["kept.txt"]);
+
+    let mut copy = Command::new("cp")
+        .args(["-r", &source.display().to_string(), "copy"])
+        .current_dir(&dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill the mount once some of the copy has been committed.
+    let started = Instant::now();
+    loop {
+        let committed = WorkspaceServiceClient::new(channel.clone())
+            .list_tree(pb::ListTreeRequest {
+                session_id: session.clone(),
+                path: "copy".into(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().entries.len())
+            .unwrap_or(0);
+        if committed > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing of the copy was committed:\n{}",
+            mount.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sh(&dir, "kill", &["-9", &mount.pid().to_string()]);
+    mount.wait();
+    let _ = copy.wait();
+    let _ = Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(&dir)
+        .status();
+
+    assert_eq!(
+        read(&channel, &session, "kept.txt").await,
+        b"fsynced before the kill\n"
+    );
+    // Whatever reached the session is whole: every file equals its source.
+    let copied = names(&channel, &session, "copy").await;
+    assert!(!copied.is_empty());
+    for name in &copied {
+        assert_eq!(
+            read(&channel, &session, &format!("copy/{name}")).await,
+            std::fs::read(source.join(name)).unwrap(),
+            "copy/{name} is not whole"
+        );
+    }
+}
