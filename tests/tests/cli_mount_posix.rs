@@ -422,14 +422,64 @@ async fn mount_killed_mid_copy_leaves_whole_files_and_keeps_what_was_fsynced() {
         read(&channel, &session, "kept.txt").await,
         b"fsynced before the kill\n"
     );
-    // Whatever reached the session is whole: every file equals its source.
+    // Whatever reached the session is whole: every file equals its source, except the one
+    // cp had open at the kill, which was never closed and so exists empty.
     let copied = names(&channel, &session, "copy").await;
     assert!(!copied.is_empty());
+    let mut in_flight = Vec::new();
     for name in &copied {
-        assert_eq!(
-            read(&channel, &session, &format!("copy/{name}")).await,
-            std::fs::read(source.join(name)).unwrap(),
-            "copy/{name} is not whole"
+        let content = read(&channel, &session, &format!("copy/{name}")).await;
+        if content.is_empty() {
+            in_flight.push(name.clone());
+            continue;
+        }
+        assert!(
+            content == std::fs::read(source.join(name)).unwrap(),
+            "copy/{name} is not whole ({} bytes)",
+            content.len()
         );
     }
+    assert!(in_flight.len() <= 1, "files left empty: {in_flight:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_passes_pjdfstest_for_what_the_model_holds() {
+    require_fuse();
+    let aether = Aether::start().await;
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().canonicalize().unwrap();
+    // pjdfstest switches to other users for permission checks: they must reach the mount.
+    let _mount = Mount::start_with(&aether, &session, &dir, "mount.log", &["--allow-other"]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pjdfstest.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/pjdfstest.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "pjdfstest failed on the mount (install it with scripts/install-deps.sh; exclusions \
+         with reasons are in scripts/pjdfstest-excluded.txt):\n{stdout}\n{stderr}"
+    );
+    let summary = stdout
+        .lines()
+        .chain(stderr.lines())
+        .find(|l| l.starts_with("pjdfstest: "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(summary.contains(" 0 failed"), "{summary}");
+    let passed: usize = summary
+        .trim_start_matches("pjdfstest: ")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        passed >= 150,
+        "only {passed} pjdfstest tests passed: {summary}"
+    );
 }

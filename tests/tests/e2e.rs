@@ -8,6 +8,7 @@ mod lifecycle_support;
 mod store_support;
 
 mod bus_failover;
+mod cli_attributes;
 mod cli_lifecycle;
 mod cli_mount;
 mod cli_mount_posix;

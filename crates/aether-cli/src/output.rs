@@ -96,6 +96,27 @@ pub fn time(timestamp: &Option<prost_types::Timestamp>) -> Option<String> {
     ))
 }
 
+/// UTC RFC 3339 of a time in nanoseconds since the Unix epoch, with a nanosecond fraction when
+/// it has one; None for 0, which the service stores for "unknown".
+pub fn time_ns(ns: i64) -> Option<String> {
+    if ns == 0 {
+        return None;
+    }
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let whole = time(&Some(prost_types::Timestamp {
+        seconds: ns.div_euclid(1_000_000_000),
+        nanos: 0,
+    }))?;
+    if nanos == 0 {
+        return Some(whole);
+    }
+    Some(format!("{}.{nanos:09}Z", whole.trim_end_matches('Z')))
+}
+
+fn time_ns_json(ns: i64) -> Value {
+    time_ns(ns).map(Value::String).unwrap_or(Value::Null)
+}
+
 fn or_dash(text: String) -> String {
     if text.is_empty() {
         "-".into()
@@ -400,11 +421,30 @@ pub fn entry_json(e: &pb::Entry) -> Value {
         "size": e.size,
         "mode": format!("{:04o}", e.mode),
         "hash": e.hash,
+        "mtime_ns": e.mtime_ns,
+        "mtime": time_ns_json(e.mtime_ns),
+        "symlink_target": if is_symlink(e) { json!(e.symlink_target) } else { Value::Null },
     })
 }
 
 pub fn is_dir(e: &pb::Entry) -> bool {
     e.kind == pb::EntryKind::Directory as i32
+}
+
+pub fn is_symlink(e: &pb::Entry) -> bool {
+    e.kind == pb::EntryKind::Symlink as i32
+}
+
+/// An entry's name as listings show it: `dir/`, `link -> target`, `file`.
+fn display_name(e: &pb::Entry) -> String {
+    let mut name = base_name(&e.path).to_string();
+    if is_dir(e) {
+        name.push('/');
+    } else if is_symlink(e) && !e.symlink_target.is_empty() {
+        name.push_str(" -> ");
+        name.push_str(&e.symlink_target);
+    }
+    name
 }
 
 /// The last component of an entry's path.
@@ -416,26 +456,42 @@ pub fn entry_rows(entries: &[pb::Entry]) -> String {
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            let mut name = base_name(&e.path).to_string();
-            if is_dir(e) {
-                name.push('/');
-            }
-            vec![kind(e.kind), format!("{:04o}", e.mode), size(e.size), name]
+            let modified = time_ns(e.mtime_ns)
+                .map(|t| {
+                    t.split('.')
+                        .next()
+                        .unwrap_or(&t)
+                        .trim_end_matches('Z')
+                        .replace('T', " ")
+                })
+                .unwrap_or_else(|| "-".into());
+            vec![
+                kind(e.kind),
+                format!("{:04o}", e.mode),
+                size(e.size),
+                modified,
+                display_name(e),
+            ]
         })
         .collect();
-    table(&["KIND", "MODE", "SIZE", "NAME"], &rows)
+    table(&["KIND", "MODE", "SIZE", "MODIFIED (UTC)", "NAME"], &rows)
 }
 
 pub fn entry_text(e: &pb::Entry) -> String {
     let path = if e.path.is_empty() { "/" } else { &e.path };
-    format!(
-        "path: {path}\nkind: {}\nsize: {} ({} bytes)\nmode: {:04o}\nhash: {}\n",
+    let mut out = format!(
+        "path: {path}\nkind: {}\nsize: {} ({} bytes)\nmode: {:04o}\nhash: {}\nmodified: {}\n",
         kind(e.kind),
         size(e.size),
         e.size,
         e.mode,
-        e.hash
-    )
+        e.hash,
+        time_ns(e.mtime_ns).unwrap_or_else(|| "-".into()),
+    );
+    if is_symlink(e) {
+        out.push_str(&format!("target: {}\n", e.symlink_target));
+    }
+    out
 }
 
 /// Draws entries (from a recursive listing of `root`) as a tree.
@@ -454,6 +510,7 @@ pub fn tree_text(label: &str, root: &str, entries: &[pb::Entry]) -> String {
     }
     let mut out = format!("{label}\n");
     let (mut dirs, mut files) = (0u64, 0u64);
+    let links = entries.iter().filter(|e| is_symlink(e)).count() as u64;
     fn walk(
         children: &BTreeMap<&str, Vec<&pb::Entry>>,
         dir: &str,
@@ -473,6 +530,8 @@ pub fn tree_text(label: &str, root: &str, entries: &[pb::Entry]) -> String {
                 out.push_str(&format!("{prefix}{branch}{}/\n", base_name(&e.path)));
                 let deeper = format!("{prefix}{}", if last { "    " } else { "│   " });
                 walk(children, &e.path, &deeper, out, (&mut *dirs, &mut *files));
+            } else if is_symlink(e) {
+                out.push_str(&format!("{prefix}{branch}{}\n", display_name(e)));
             } else {
                 *files += 1;
                 out.push_str(&format!(
@@ -484,46 +543,180 @@ pub fn tree_text(label: &str, root: &str, entries: &[pb::Entry]) -> String {
         }
     }
     walk(&children, root, "", &mut out, (&mut dirs, &mut files));
+    let links = if links == 0 {
+        String::new()
+    } else {
+        format!(", {}", plural(links, "symlink"))
+    };
     out.push_str(&format!(
-        "\n{}, {}\n",
+        "\n{}, {}{links}\n",
         plural(dirs, "directory"),
         plural(files, "file")
     ));
     out
 }
 
-pub fn diff_json(d: &aether_client::DiffResult) -> Value {
+/// The symlink targets of a diff's entries, by position: (in "from", in "to"); None where a
+/// side is not a symlink or was not looked up.
+pub type DiffTargets = Vec<(Option<String>, Option<String>)>;
+
+/// An entry kind as a word, or None when unspecified (the side where the path is absent).
+fn kind_json(value: i32) -> Value {
+    if value == pb::EntryKind::Unspecified as i32 {
+        Value::Null
+    } else {
+        Value::String(kind(value))
+    }
+}
+
+/// What changed in a modified path, as words: content (target for symlinks), kind, mode, mtime.
+/// A directory's content is its subtree, whose changes are listed path by path, so a
+/// directory is reported for its own mode and time only.
+fn diff_changes(e: &pb::DiffEntry) -> Vec<&'static str> {
+    let link = e.old_kind == pb::EntryKind::Symlink as i32;
+    let directory = e.old_kind == pb::EntryKind::Directory as i32;
+    let mut changes = Vec::new();
+    if e.kind_changed {
+        changes.push("kind");
+    } else if e.content_changed && !directory {
+        changes.push(if link { "target" } else { "content" });
+    }
+    if e.mode_changed && !e.kind_changed {
+        changes.push("mode");
+    }
+    if e.mtime_changed {
+        changes.push("mtime");
+    }
+    changes
+}
+
+pub fn diff_json(d: &aether_client::DiffResult, targets: &DiffTargets) -> Value {
+    let entries: Vec<Value> = d
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let (old_target, new_target) = targets.get(i).cloned().unwrap_or_default();
+            let present = |kind: i32| kind != pb::EntryKind::Unspecified as i32;
+            let mode = |kind: i32, mode: u32| {
+                if present(kind) {
+                    json!(format!("{mode:04o}"))
+                } else {
+                    Value::Null
+                }
+            };
+            json!({
+                "path": e.path,
+                "kind": diff_kind(e.kind),
+                "old_size": e.old_size,
+                "new_size": e.new_size,
+                "old_hash": e.old_hash,
+                "new_hash": e.new_hash,
+                "old_kind": kind_json(e.old_kind),
+                "new_kind": kind_json(e.new_kind),
+                "old_mode": mode(e.old_kind, e.old_mode),
+                "new_mode": mode(e.new_kind, e.new_mode),
+                "old_mtime_ns": e.old_mtime_ns,
+                "new_mtime_ns": e.new_mtime_ns,
+                "old_mtime": time_ns_json(e.old_mtime_ns),
+                "new_mtime": time_ns_json(e.new_mtime_ns),
+                "old_symlink_target": old_target,
+                "new_symlink_target": new_target,
+                "content_changed": e.content_changed,
+                "mode_changed": e.mode_changed,
+                "kind_changed": e.kind_changed,
+                "mtime_changed": e.mtime_changed,
+                "changes": diff_changes(e),
+            })
+        })
+        .collect();
     json!({
         "from_root": d.from_root,
         "to_root": d.to_root,
-        "entries": d.entries.iter().map(|e| json!({
-            "path": e.path,
-            "kind": diff_kind(e.kind),
-            "old_size": e.old_size,
-            "new_size": e.new_size,
-            "old_hash": e.old_hash,
-            "new_hash": e.new_hash,
-        })).collect::<Vec<_>>(),
+        "entries": entries,
     })
 }
 
-pub fn diff_text(d: &aether_client::DiffResult) -> String {
+/// One side of a diff entry: `file (12 B)`, `symlink -> ../x`, `directory`.
+fn diff_side(kind_value: i32, bytes: u64, target: &Option<String>) -> String {
+    match pb::EntryKind::try_from(kind_value) {
+        Ok(pb::EntryKind::Symlink) => match target {
+            Some(target) => format!("symlink -> {target}"),
+            None => "symlink".into(),
+        },
+        Ok(pb::EntryKind::Directory) => "directory".into(),
+        _ => format!("{} ({})", kind(kind_value), size(bytes)),
+    }
+}
+
+pub fn diff_text(d: &aether_client::DiffResult, targets: &DiffTargets) -> String {
     let mut out = String::new();
-    for e in &d.entries {
+    for (i, e) in d.entries.iter().enumerate() {
+        let (old_target, new_target) = targets.get(i).cloned().unwrap_or_default();
+        let mut path = e.path.clone();
+        if e.new_kind == pb::EntryKind::Directory as i32
+            || e.old_kind == pb::EntryKind::Directory as i32
+        {
+            path.push('/');
+        }
         let line = match pb::DiffKind::try_from(e.kind) {
-            Ok(pb::DiffKind::Added) => format!("A  {}  ({})", e.path, size(e.new_size)),
-            Ok(pb::DiffKind::Deleted) => format!("D  {}  ({})", e.path, size(e.old_size)),
+            Ok(pb::DiffKind::Added) => match &new_target {
+                Some(target) => format!("A  {path} -> {target}"),
+                None => format!("A  {path}  ({})", size(e.new_size)),
+            },
+            Ok(pb::DiffKind::Deleted) => match &old_target {
+                Some(target) => format!("D  {path} -> {target}"),
+                None => format!("D  {path}  ({})", size(e.old_size)),
+            },
             _ => format!(
-                "M  {}  ({} -> {})",
-                e.path,
-                size(e.old_size),
-                size(e.new_size)
+                "M  {path}  {}",
+                diff_modification(e, &old_target, &new_target)
             ),
         };
         out.push_str(&line);
         out.push('\n');
     }
     out
+}
+
+/// What a modified path's line says changed.
+fn diff_modification(
+    e: &pb::DiffEntry,
+    old_target: &Option<String>,
+    new_target: &Option<String>,
+) -> String {
+    let mut parts = Vec::new();
+    for change in diff_changes(e) {
+        match change {
+            "kind" => parts.push(format!(
+                "kind {} => {}",
+                diff_side(e.old_kind, e.old_size, old_target),
+                diff_side(e.new_kind, e.new_size, new_target)
+            )),
+            "target" => parts.push(match (old_target, new_target) {
+                (Some(old), Some(new)) => format!("target {old} -> {new}"),
+                _ => "target".into(),
+            }),
+            "content" => parts.push(format!(
+                "content ({} -> {})",
+                size(e.old_size),
+                size(e.new_size)
+            )),
+            "mode" => parts.push(format!("mode {:04o} -> {:04o}", e.old_mode, e.new_mode)),
+            // A time is worth a mention only when it is all that changed.
+            "mtime" if parts.is_empty() => parts.push(format!(
+                "mtime {} -> {}",
+                time_ns(e.old_mtime_ns).unwrap_or_else(|| "-".into()),
+                time_ns(e.new_mtime_ns).unwrap_or_else(|| "-".into())
+            )),
+            _ => {}
+        }
+    }
+    if parts.is_empty() {
+        // A server that does not say what changed.
+        return format!("({} -> {})", size(e.old_size), size(e.new_size));
+    }
+    parts.join(", ")
 }
 
 // ---- history -------------------------------------------------------------------------------
@@ -785,6 +978,7 @@ pub fn bus_text(m: &pb::BusMessage) -> String {
 pub fn upload_json(r: &aether_client::UploadReport) -> Value {
     json!({
         "files": r.files,
+        "symlinks": r.symlinks,
         "directories": r.directories,
         "bytes": r.bytes,
         "chunks": r.chunks,
@@ -824,7 +1018,12 @@ pub fn plural(n: u64, noun: &str) -> String {
 }
 
 pub fn download_json(r: &aether_client::DownloadReport) -> Value {
-    json!({"files": r.files, "directories": r.directories, "bytes": r.bytes})
+    json!({
+        "files": r.files,
+        "directories": r.directories,
+        "symlinks": r.symlinks,
+        "bytes": r.bytes,
+    })
 }
 
 #[cfg(test)]
@@ -863,7 +1062,7 @@ mod tests {
             },
             size: 1,
             mode: 0o644,
-            hash: String::new(),
+            ..Default::default()
         };
         let entries = vec![
             entry("a", true),
@@ -874,6 +1073,164 @@ mod tests {
         assert_eq!(
             text,
             "S:\n├── a/\n│   └── b.txt (1 B)\n└── a.txt (1 B)\n\n1 directory, 2 files\n"
+        );
+        let link = pb::Entry {
+            path: "a/l".into(),
+            kind: pb::EntryKind::Symlink as i32,
+            symlink_target: "../a.txt".into(),
+            ..Default::default()
+        };
+        let text = tree_text("S:", "", &[entries, vec![link]].concat());
+        assert!(text.contains("l -> ../a.txt\n"), "{text}");
+        assert!(
+            text.ends_with("1 directory, 2 files, 1 symlink\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn times_with_nanoseconds() {
+        assert_eq!(time_ns(0), None);
+        assert_eq!(
+            time_ns(1_700_000_000_000_000_000).unwrap(),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            time_ns(1_700_000_000_123_456_789).unwrap(),
+            "2023-11-14T22:13:20.123456789Z"
+        );
+        assert_eq!(time_ns(-1).unwrap(), "1969-12-31T23:59:59.999999999Z");
+    }
+
+    #[test]
+    fn entries_show_links_and_times() {
+        let link = pb::Entry {
+            path: "d/l".into(),
+            kind: pb::EntryKind::Symlink as i32,
+            mode: 0o777,
+            size: 6,
+            mtime_ns: 1_700_000_000_500_000_000,
+            symlink_target: "../x/y".into(),
+            ..Default::default()
+        };
+        let rows = entry_rows(std::slice::from_ref(&link));
+        assert!(
+            rows.contains("symlink  0777  6 B   2023-11-14 22:13:20  l -> ../x/y"),
+            "{rows}"
+        );
+        let text = entry_text(&link);
+        assert!(text.contains("target: ../x/y\n"), "{text}");
+        assert!(
+            text.contains("modified: 2023-11-14T22:13:20.500000000Z\n"),
+            "{text}"
+        );
+        let json = entry_json(&link);
+        assert_eq!(json["symlink_target"], "../x/y");
+        assert_eq!(json["mtime_ns"], 1_700_000_000_500_000_000i64);
+        let file = pb::Entry {
+            kind: pb::EntryKind::File as i32,
+            ..link
+        };
+        assert!(entry_json(&file)["symlink_target"].is_null());
+        assert!(!entry_text(&file).contains("target:"));
+    }
+
+    #[test]
+    fn diffs_say_what_changed() {
+        let file = pb::EntryKind::File as i32;
+        let link = pb::EntryKind::Symlink as i32;
+        let modified = |old_kind: i32, new_kind: i32| pb::DiffEntry {
+            path: "p".into(),
+            kind: pb::DiffKind::Modified as i32,
+            old_size: 3,
+            new_size: 5,
+            old_kind,
+            new_kind,
+            old_mode: 0o644,
+            new_mode: 0o644,
+            old_mtime_ns: 1_000_000_000,
+            new_mtime_ns: 2_000_000_000,
+            mtime_changed: true,
+            ..Default::default()
+        };
+        let result = aether_client::DiffResult {
+            entries: vec![
+                pb::DiffEntry {
+                    content_changed: true,
+                    ..modified(file, file)
+                },
+                pb::DiffEntry {
+                    mode_changed: true,
+                    new_mode: 0o755,
+                    ..modified(file, file)
+                },
+                pb::DiffEntry {
+                    kind_changed: true,
+                    content_changed: true,
+                    mode_changed: true,
+                    ..modified(file, link)
+                },
+                pb::DiffEntry {
+                    content_changed: true,
+                    ..modified(link, link)
+                },
+                modified(file, file),
+                pb::DiffEntry {
+                    kind: pb::DiffKind::Added as i32,
+                    old_kind: 0,
+                    new_kind: link,
+                    ..modified(file, link)
+                },
+                pb::DiffEntry {
+                    content_changed: true,
+                    ..modified(
+                        pb::EntryKind::Directory as i32,
+                        pb::EntryKind::Directory as i32,
+                    )
+                },
+            ],
+            ..Default::default()
+        };
+        let targets: DiffTargets = vec![
+            (None, None),
+            (None, None),
+            (None, Some("../t".into())),
+            (Some("a".into()), Some("b".into())),
+            (None, None),
+            (None, Some("x".into())),
+            (None, None),
+        ];
+        let text = diff_text(&result, &targets);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            vec![
+                "M  p  content (3 B -> 5 B)",
+                "M  p  mode 0644 -> 0755",
+                "M  p  kind file (3 B) => symlink -> ../t",
+                "M  p  target a -> b",
+                "M  p  mtime 1970-01-01T00:00:01Z -> 1970-01-01T00:00:02Z",
+                "A  p -> x",
+                "M  p/  mtime 1970-01-01T00:00:01Z -> 1970-01-01T00:00:02Z",
+            ]
+        );
+        let json = diff_json(&result, &targets);
+        let entries = json["entries"].as_array().unwrap();
+        assert_eq!(entries[0]["changes"], json!(["content", "mtime"]));
+        assert_eq!(entries[1]["changes"], json!(["mode", "mtime"]));
+        assert_eq!(entries[1]["new_mode"], "0755");
+        assert_eq!(entries[2]["changes"], json!(["kind", "mtime"]));
+        assert_eq!(entries[2]["new_kind"], "symlink");
+        assert_eq!(entries[2]["new_symlink_target"], "../t");
+        assert_eq!(entries[3]["changes"], json!(["target", "mtime"]));
+        assert_eq!(entries[5]["old_kind"], Value::Null);
+        assert_eq!(entries[5]["old_mode"], Value::Null);
+        assert_eq!(entries[4]["new_mtime_ns"], 2_000_000_000);
+        assert_eq!(entries[4]["new_mtime"], "1970-01-01T00:00:02Z");
+        assert_eq!(
+            entries[6]["changes"],
+            json!(["mtime"]),
+            "a subtree is not content"
         );
     }
 }

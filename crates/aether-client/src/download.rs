@@ -12,6 +12,8 @@
 //!   `openat(O_NOFOLLOW)`, so no symbolic link inside it is ever followed, whether it was there
 //!   before or this download made it; one standing where a directory or file is to be written
 //!   is refused ([`Error::UnsafeDestination`]) before anything is written through it;
+//! - a file is written as a new inode (one already there is removed first), so nothing is
+//!   written through a hard link either;
 //! - links are made after every file and directory, and their times are set without following
 //!   them. A link's target (absolute, or climbing with `..`) is stored as given: it is content.
 
@@ -232,33 +234,46 @@ impl LocalRoot {
         Ok((self.dir(parent, true)?, name))
     }
 
-    /// Creates or truncates the file at `relative` for writing; true when it is a regular file.
-    /// An existing symlink there is refused, not followed; so is anything but a regular file
-    /// unless `special` (a device the caller named, such as `/dev/null`).
+    /// Creates the file at `relative` for writing, as a new inode: a regular file already
+    /// there is replaced (removed first, so neither a read-only file nor another hard link to
+    /// it stands in the way or is written through); true when the result is a regular file.
+    /// An existing symlink there is refused, not followed; so is anything else unless
+    /// `special` (a device the caller named, such as `/dev/null`, written to as it is).
     fn create_file(&self, relative: &Path, special: bool) -> Result<(std::fs::File, bool)> {
         let (dir, name) = self.parent(relative)?;
-        // O_NONBLOCK: a FIFO planted there fails at once instead of blocking the open.
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_TRUNC
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_NONBLOCK
-            | OFlag::O_CLOEXEC;
-        let fd = match openat(&dir, name, flags, Mode::from_bits_truncate(0o666)) {
-            Ok(fd) => fd,
-            Err(Errno::ELOOP | Errno::EISDIR | Errno::ENXIO) => {
-                return Err(self.refusal(&dir, name, relative, "a regular file"))
+        let local = || self.local(relative);
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        // Bounded: one replacement, then the name must be free (unless another process keeps
+        // recreating it, which is reported).
+        for _ in 0..2 {
+            match openat(&dir, name, flags, Mode::from_bits_truncate(0o666)) {
+                Ok(fd) => return Ok((std::fs::File::from(fd), true)),
+                Err(Errno::EEXIST) => {}
+                Err(e) => return Err(Error::io(local(), e.into())),
             }
-            Err(e) => return Err(Error::io(self.local(relative), e.into())),
-        };
-        let file = std::fs::File::from(fd);
-        let meta = file
-            .metadata()
-            .map_err(|e| Error::io(self.local(relative), e))?;
-        if !meta.is_file() && !special {
-            return Err(self.refusal(&dir, name, relative, "a regular file"));
+            let stat = fstatat(&dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(|e| Error::io(local(), e.into()))?;
+            let kind = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+            if kind == SFlag::S_IFREG {
+                unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir)
+                    .map_err(|e| Error::io(local(), e.into()))?;
+            } else if special && kind != SFlag::S_IFLNK && kind != SFlag::S_IFDIR {
+                let existing = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+                let fd = openat(&dir, name, existing, Mode::empty())
+                    .map_err(|e| Error::io(local(), e.into()))?;
+                return Ok((std::fs::File::from(fd), false));
+            } else {
+                return Err(self.refusal(&dir, name, relative, "a regular file"));
+            }
         }
-        Ok((file, meta.is_file()))
+        Err(Error::io(
+            local(),
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "something keeps recreating this path while it is downloaded",
+            ),
+        ))
     }
 
     /// Creates the symlink `relative` → `target`, replacing a file or symlink there (never
@@ -570,5 +585,25 @@ mod tests {
             PathBuf::from("../../anywhere")
         );
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        // A file already there is replaced, not written through: a hard link to it elsewhere
+        // keeps its bytes, and a read-only file is no obstacle.
+        std::fs::write(outside.path().join("kept"), b"kept").unwrap();
+        std::fs::hard_link(outside.path().join("kept"), target.path().join("hard")).unwrap();
+        let (mut file, regular) = root.create_file(Path::new("hard"), false).unwrap();
+        assert!(regular);
+        std::io::Write::write_all(&mut file, b"new").unwrap();
+        assert_eq!(std::fs::read(outside.path().join("kept")).unwrap(), b"kept");
+        assert_eq!(std::fs::read(target.path().join("hard")).unwrap(), b"new");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let readonly = std::fs::Permissions::from_mode(0o400);
+            std::fs::set_permissions(target.path().join("hard"), readonly).unwrap();
+        }
+        root.create_file(Path::new("hard"), false).unwrap();
+        // Other kinds are refused unless the caller named the path.
+        let _socket = std::os::unix::net::UnixListener::bind(target.path().join("sock")).unwrap();
+        let err = root.create_file(Path::new("sock"), false).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }

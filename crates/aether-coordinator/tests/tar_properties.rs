@@ -80,7 +80,9 @@ fn build(entries: &[RawEntry]) -> Vec<u8> {
 fn check_accepted(items: &[ArchiveItem], under: &WorkspacePath) -> Result<(), TestCaseError> {
     for item in items {
         let path = match item {
-            ArchiveItem::File { path, .. } | ArchiveItem::Directory { path } => path,
+            ArchiveItem::File { path, .. }
+            | ArchiveItem::Directory { path, .. }
+            | ArchiveItem::Symlink { path, .. } => path,
         };
         // Clean: re-parsing the path gives the same path, and it sits under the import dir.
         prop_assert_eq!(&WorkspacePath::parse(path.as_str()).unwrap(), path);

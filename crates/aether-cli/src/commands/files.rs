@@ -7,11 +7,25 @@ use crate::cli::{MkdirArgs, MoveArgs, ReadArgs, RmArgs};
 use crate::output;
 use crate::{Context, Failure};
 
+/// Fills in the targets of the symlinks in a listing, up to [`super::MAX_TARGET_LOOKUPS`].
+async fn with_targets(
+    session: &aether_client::SessionHandle,
+    at: &aether_client::Rev,
+    mut entries: Vec<aether_client::proto::Entry>,
+) -> Result<Vec<aether_client::proto::Entry>, Failure> {
+    let links = entries.iter().filter(|e| output::is_symlink(e)).count();
+    if links > 0 && links <= super::MAX_TARGET_LOOKUPS {
+        session.fill_symlink_targets(&mut entries, at).await?;
+    }
+    Ok(entries)
+}
+
 pub async fn ls(context: &Context, args: ReadArgs) -> Result<(), Failure> {
     let session = context.client.session(&args.target.session);
     let entry = session.stat(&args.target.path, &args.at).await?;
     let entries = if output::is_dir(&entry) {
-        session.list(&args.target.path, false, &args.at).await?
+        let listed = session.list(&args.target.path, false, &args.at).await?;
+        with_targets(&session, &args.at, listed).await?
     } else {
         vec![entry]
     };
@@ -27,7 +41,8 @@ pub async fn ls(context: &Context, args: ReadArgs) -> Result<(), Failure> {
 
 pub async fn tree(context: &Context, args: ReadArgs) -> Result<(), Failure> {
     let session = context.client.session(&args.target.session);
-    let entries = session.list(&args.target.path, true, &args.at).await?;
+    let listed = session.list(&args.target.path, true, &args.at).await?;
+    let entries = with_targets(&session, &args.at, listed).await?;
     if context.json() {
         output::json(&json!(entries
             .iter()

@@ -7,16 +7,48 @@ use crate::output;
 use crate::{Context, Failure};
 
 pub async fn diff(context: &Context, args: DiffArgs) -> Result<(), Failure> {
-    let result = context
-        .client
-        .session(&args.session)
-        .diff(&args.from, &args.to, &args.path)
+    let session = context.client.session(&args.session);
+    let result = session
+        .diff_with(&args.from, &args.to, &args.path, args.include_time_only)
         .await?;
+    let targets = diff_targets(&session, &args, &result).await?;
     if context.json() {
-        output::json(&output::diff_json(&result))
+        output::json(&output::diff_json(&result, &targets))
     } else {
-        output::emit(&output::diff_text(&result))
+        output::emit(&output::diff_text(&result, &targets))
     }
+}
+
+/// The symlink targets on each side of a diff, looked up when there are at most
+/// [`super::MAX_TARGET_LOOKUPS`].
+async fn diff_targets(
+    session: &aether_client::SessionHandle,
+    args: &DiffArgs,
+    result: &aether_client::DiffResult,
+) -> Result<output::DiffTargets, Failure> {
+    let link = aether_client::proto::EntryKind::Symlink as i32;
+    let mut lookups = Vec::new();
+    for e in &result.entries {
+        if e.old_kind == link {
+            lookups.push((e.path.clone(), args.from.clone()));
+        }
+        if e.new_kind == link {
+            lookups.push((e.path.clone(), args.to.clone()));
+        }
+    }
+    if lookups.is_empty() || lookups.len() > super::MAX_TARGET_LOOKUPS {
+        return Ok(vec![(None, None); result.entries.len()]);
+    }
+    let mut found = session.symlink_targets(&lookups).await?.into_iter();
+    Ok(result
+        .entries
+        .iter()
+        .map(|e| {
+            let old = (e.old_kind == link).then(|| found.next()).flatten();
+            let new = (e.new_kind == link).then(|| found.next()).flatten();
+            (old, new)
+        })
+        .collect())
 }
 
 pub async fn checkpoint(context: &Context, args: CheckpointArgs) -> Result<(), Failure> {

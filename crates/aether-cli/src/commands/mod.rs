@@ -46,6 +46,10 @@ pub async fn run(context: &Context, command: Command) -> Result<(), Failure> {
     }
 }
 
+/// Most symlink targets one listing or diff looks up (one Stat each); past this, links are
+/// shown without their targets.
+pub(crate) const MAX_TARGET_LOOKUPS: usize = 1000;
+
 /// Reads all of stdin.
 pub(crate) async fn read_stdin() -> Result<Vec<u8>, Failure> {
     use tokio::io::AsyncReadExt;

@@ -19,7 +19,7 @@ use aether_client::UploadSource;
 use fuser::Errno;
 use prost::Message;
 
-use super::fs::AetherFs;
+use super::fs::{AetherFs, Changed};
 use super::state::Op;
 
 /// Content sent inline in a WriteOp up to this size (the coordinator's limit); larger files
@@ -200,19 +200,38 @@ fn send(fs: &AetherFs, changes: Vec<pb::Change>) -> aether_client::Result<()> {
 }
 
 fn apply(fs: &AetherFs, batch: Vec<pb::Change>) -> aether_client::Result<()> {
-    let response = fs.runtime.block_on(fs.session.apply_changes(batch, 0))?;
-    fs.note_own_version(response.head_version);
-    Ok(())
+    fs.batch_in_flight(true);
+    let result = fs.runtime.block_on(fs.session.apply_changes(batch, 0));
+    if let Ok(response) = &result {
+        fs.note_own_version(response.head_version);
+    }
+    fs.batch_in_flight(false);
+    result.map(|_| ())
 }
 
-/// The changes for a batch: namespace changes as queued, file contents read now.
+/// The changes for a batch: namespace changes as queued, file contents read now. A file's
+/// content goes with its first Create or Write in the batch (later ones would repeat it:
+/// moves carry it along); a file still being written goes as it was at its last close, i.e.
+/// a new one is created empty and its content follows once it is closed or fsynced.
 fn build_changes(fs: &AetherFs, ops: &[Op]) -> aether_client::Result<Vec<pb::Change>> {
     let mut changes = Vec::with_capacity(ops.len());
+    let mut sent = std::collections::HashSet::new();
     for op in ops {
         use pb::change::Op as C;
         let change = match op {
-            Op::Create { ino, path } => C::Write(create_op(fs, *ino, path)),
-            Op::Write { ino, path } => C::Write(write_op(fs, *ino, path)?),
+            Op::Create { ino, path } => {
+                if fs.state().written.contains(ino) || !sent.insert(*ino) {
+                    C::Write(create_op(fs, *ino, path))
+                } else {
+                    C::Write(write_op(fs, *ino, path)?)
+                }
+            }
+            Op::Write { ino, path } => {
+                if fs.state().written.contains(ino) || !sent.insert(*ino) {
+                    continue;
+                }
+                C::Write(write_op(fs, *ino, path)?)
+            }
             Op::Symlink {
                 path,
                 target,
@@ -337,14 +356,12 @@ pub async fn follow_events(fs: Arc<AetherFs>) {
         let Ok(event) = pb::SessionEvent::decode(message.payload.as_ref()) else {
             continue;
         };
-        if fs.is_own_version(event.head_version) {
-            continue;
-        }
         use pb::session_event::Event;
-        match event.event {
-            Some(Event::FilesChanged(changed)) => fs.mark_changed(&changed.paths),
-            Some(Event::CheckpointRestored(_)) => fs.mark_all_stale(),
-            _ => {}
-        }
+        let changed = match event.event {
+            Some(Event::FilesChanged(changed)) => Changed::Paths(changed.paths),
+            Some(Event::CheckpointRestored(_)) => Changed::Everything,
+            _ => continue,
+        };
+        fs.on_event(event.head_version, changed);
     }
 }

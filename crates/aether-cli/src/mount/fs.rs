@@ -64,6 +64,21 @@ pub struct AetherFs {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Head versions this mount produced (their events are not news).
     own_versions: Mutex<std::collections::VecDeque<u64>>,
+    /// Events that arrived while a batch was in flight: whether they are ours is known only
+    /// once its response (and head version) is.
+    events: Mutex<EventGate>,
+}
+
+/// What another writer changed.
+pub enum Changed {
+    Paths(Vec<String>),
+    Everything,
+}
+
+#[derive(Default)]
+struct EventGate {
+    in_flight: bool,
+    deferred: Vec<(u64, Changed)>,
 }
 
 type Fallible<T> = Result<T, Errno>;
@@ -144,6 +159,7 @@ impl AetherFs {
             next_fh: AtomicU64::new(1),
             files: Mutex::new(HashMap::new()),
             own_versions: Mutex::new(std::collections::VecDeque::new()),
+            events: Mutex::new(EventGate::default()),
         }
     }
 
@@ -166,6 +182,43 @@ impl AetherFs {
     pub fn is_own_version(&self, version: u64) -> bool {
         let own = self.own_versions.lock().unwrap_or_else(|e| e.into_inner());
         own.contains(&version)
+    }
+
+    /// A session event: applied now, or after the batch in flight (it may be that batch's).
+    pub fn on_event(&self, version: u64, changed: Changed) {
+        {
+            let mut gate = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            if gate.in_flight {
+                gate.deferred.push((version, changed));
+                return;
+            }
+        }
+        self.apply_event(version, changed);
+    }
+
+    fn apply_event(&self, version: u64, changed: Changed) {
+        if self.is_own_version(version) {
+            return;
+        }
+        match changed {
+            Changed::Paths(paths) => self.mark_changed(&paths),
+            Changed::Everything => self.mark_all_stale(),
+        }
+    }
+
+    /// Called by the flusher around each batch it sends.
+    pub fn batch_in_flight(&self, in_flight: bool) {
+        let deferred = {
+            let mut gate = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            gate.in_flight = in_flight;
+            if in_flight {
+                return;
+            }
+            std::mem::take(&mut gate.deferred)
+        };
+        for (version, changed) in deferred {
+            self.apply_event(version, changed);
+        }
     }
 
     /// Marks every listed directory to be listed again.
@@ -276,6 +329,7 @@ impl AetherFs {
             Err(e) => return Err(errno(&e)),
         };
         self.state().merge_listing(dir, entries, self.owner);
+        self.remove_orphans();
         Ok(())
     }
 
@@ -310,6 +364,7 @@ impl AetherFs {
             linked: true,
             changed: 0,
             open: 0,
+            content_changed: false,
         }
     }
 
@@ -439,7 +494,7 @@ impl AetherFs {
     #[allow(clippy::too_many_arguments)]
     fn do_setattr(
         &self,
-        req: &Request,
+        _req: &Request,
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -452,14 +507,10 @@ impl AetherFs {
         {
             let state = self.state();
             let node = state.node(ino).ok_or(Errno::ENOENT)?;
-            // Ownership is not in the model: keeping the owner is fine, giving it away is not.
+            // Ownership is not in the model: keeping the owner is fine, changing it is EPERM
+            // (also for root), as on a filesystem without owners.
             if uid.is_some_and(|u| u != node.uid) || gid.is_some_and(|g| g != node.gid) {
-                let root = req.uid() == 0;
-                let own_group =
-                    gid.is_none_or(|g| g == node.gid || (req.uid() == node.uid && g == req.gid()));
-                if !(root || (uid.is_none_or(|u| u == node.uid) && own_group)) {
-                    return Err(Errno::EPERM);
-                }
+                return Err(Errno::EPERM);
             }
         }
         if let Some(size) = size {
@@ -626,12 +677,17 @@ impl AetherFs {
             path,
             recursive: false,
         });
-        let gone = state.node(ino).is_none();
         drop(state);
-        if gone {
+        self.remove_orphans();
+        Ok(())
+    }
+
+    /// Deletes the staging files of nodes the state has forgotten.
+    fn remove_orphans(&self) {
+        let orphans = std::mem::take(&mut self.state().orphans);
+        for ino in orphans {
             self.forget_staging(ino);
         }
-        Ok(())
     }
 
     fn forget_staging(&self, ino: u64) {
@@ -773,14 +829,8 @@ impl AetherFs {
         Self::touch_dir(&mut state, parent, now);
         Self::touch_dir(&mut state, new_parent, now);
         state.touch(&[parent, new_parent, ino]);
-        let gone: Vec<u64> = target
-            .filter(|t| !exchange && state.node(*t).is_none())
-            .into_iter()
-            .collect();
         drop(state);
-        for ino in gone {
-            self.forget_staging(ino);
-        }
+        self.remove_orphans();
         Ok(())
     }
 
@@ -807,14 +857,23 @@ impl AetherFs {
             state.touch(&[ino]);
             state.written.insert(ino);
         }
-        if let Some(node) = self.state().node_mut(ino) {
-            node.open += 1;
-        }
+        let keep_cache = match self.state().node_mut(ino) {
+            Some(node) => {
+                node.open += 1;
+                !std::mem::take(&mut node.content_changed)
+            }
+            None => return Err(Errno::ENOENT),
+        };
         let append = flags.0 & libc::O_APPEND != 0;
         let fh = self.new_fh(Open::File { ino, append });
-        // Content never changes under a hash, so the kernel's page cache stays valid until
-        // someone writes; with writes all through here, it is kept.
-        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
+        // Writes all come through here, so the kernel's page cache of a file stays valid
+        // until the session changes it elsewhere (then it is dropped at this open).
+        let flags = if keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        Ok((fh, flags))
     }
 
     fn do_read(&self, ino: u64, offset: u64, size: u32) -> Fallible<Vec<u8>> {
@@ -892,14 +951,14 @@ impl AetherFs {
         }
         if gone {
             // The last handle of an unlinked file: its staged content is no longer needed
-            // once the queued write (if any) is sent; an empty write suffices then.
-            if let Some(node) = state.node_mut(ino) {
-                node.staged = false;
-                node.size = 0;
-            }
+            // (a write still queued for it sends an empty file, which its delete removes).
+            let staged = state.node(ino).is_some_and(|n| n.staged);
             state.nodes.remove(&ino);
+            state.written.remove(&ino);
             drop(state);
-            self.forget_staging(ino);
+            if staged {
+                self.forget_staging(ino);
+            }
         }
     }
 

@@ -55,6 +55,9 @@ pub struct Node {
     pub changed: u64,
     /// Open file handles on this node.
     pub open: u32,
+    /// The session changed this file's content since it was last opened: the kernel's page
+    /// cache of it must be dropped at the next open.
+    pub content_changed: bool,
 }
 
 impl Node {
@@ -115,6 +118,8 @@ pub struct State {
     pub acknowledged: u64,
     /// Bytes of staged content queued, to flush early past a threshold.
     pub pending_bytes: u64,
+    /// Staged inodes forgotten (unlinked and closed): their staging files can go.
+    pub orphans: Vec<u64>,
     /// Files written since their content was last queued: their content is queued when they
     /// are closed or fsynced, so a batch never carries a file half-written.
     pub written: std::collections::HashSet<u64>,
@@ -144,6 +149,7 @@ impl State {
                 linked: true,
                 changed: 0,
                 open: 0,
+                content_changed: false,
             },
         );
         State {
@@ -155,6 +161,7 @@ impl State {
             acknowledged: 0,
             pending_bytes: 0,
             written: std::collections::HashSet::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -248,8 +255,12 @@ impl State {
             self.drop_subtree(child);
         }
         let node = &self.nodes[&ino];
-        if node.open == 0 && !node.linked && !node.staged {
+        if node.open == 0 && !node.linked {
+            if node.staged {
+                self.orphans.push(ino);
+            }
             self.nodes.remove(&ino);
+            self.written.remove(&ino);
         }
     }
 
@@ -428,6 +439,7 @@ pub fn node_from(name: &str, entry: &pb::Entry, (uid, gid): (u32, u32)) -> Node 
         linked: true,
         changed: 0,
         open: 0,
+        content_changed: false,
     };
     update_from(&mut node, entry);
     node
@@ -451,6 +463,7 @@ fn update_from(node: &mut Node, entry: &pb::Entry) {
             node.stale = node.children.is_some();
         } else {
             node.target = None;
+            node.content_changed = true;
         }
         node.hash = Some(entry.hash.clone());
     }
