@@ -209,6 +209,10 @@ pub struct MountArgs {
     /// Let other users use the mount (as root, or with user_allow_other in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
+    /// Request loops serving the kernel: 1 is fastest for small operations; more let other
+    /// requests proceed while one fetches content from the session (1 to 64).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Subcommand)]

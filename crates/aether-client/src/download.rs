@@ -383,7 +383,8 @@ impl SessionHandle {
     }
 
     /// Writes the file `path` to `relative` below `root`, then sets its mode and time. With
-    /// `named` (a path the caller chose) a device there is written to, and left as it is.
+    /// `named` (one file, to a path the caller chose) its size is announced to `progress`, and
+    /// a device there (such as `/dev/null`) is written to and left as it is.
     async fn download_into(
         &self,
         root: &Arc<LocalRoot>,
@@ -435,36 +436,16 @@ impl SessionHandle {
             }
             Some(entry)
         };
-        let entries = self.list(remote, true, at).await?;
-        let mut report = DownloadReport::default();
-        let (mut directories, mut files, mut links) = (Vec::new(), Vec::new(), Vec::new());
-        for entry in entries {
-            let relative = relative(remote, &entry.path)?;
-            if is_kind(&entry, pb::EntryKind::Directory) {
-                directories.push((relative, entry));
-            } else if is_kind(&entry, pb::EntryKind::Symlink) {
-                links.push((relative, entry));
-            } else if is_kind(&entry, pb::EntryKind::File) {
-                report.bytes += entry.size;
-                files.push((relative, entry));
-            } else {
-                return Err(Error::InvalidArgument(format!(
-                    "the server listed {:?} with an unknown kind {}; is the client older than the server?",
-                    entry.path, entry.kind
-                )));
-            }
-        }
-        report.directories = directories.len() as u64;
-        report.files = files.len() as u64;
-        report.symlinks = links.len() as u64;
+        let listing = Listing::split(remote, self.list(remote, true, at).await?)?;
+        let report = listing.report();
 
         // 1. Directories, parents first (a listing is in path order; `dir` makes missing
         // parents anyway).
-        let local_path = local.to_path_buf();
-        let made: Vec<PathBuf> = directories.iter().map(|(r, _)| r.clone()).collect();
+        let local = local.to_path_buf();
+        let made: Vec<PathBuf> = listing.directories.iter().map(|(r, _)| r.clone()).collect();
         let root = Arc::new(
             blocking(move || {
-                let root = LocalRoot::create(&local_path)?;
+                let root = LocalRoot::create(&local)?;
                 for relative in &made {
                     root.dir(relative, true)?;
                 }
@@ -472,10 +453,9 @@ impl SessionHandle {
             })
             .await?,
         );
-
         // 2. Files.
         progress.phase("downloading", Some(report.bytes));
-        futures::stream::iter(files)
+        futures::stream::iter(listing.files)
             .map(|(relative, entry)| {
                 let root = root.clone();
                 async move {
@@ -486,8 +466,33 @@ impl SessionHandle {
             .buffer_unordered(CONCURRENCY)
             .try_collect::<Vec<_>>()
             .await?;
-
         // 3. Symlinks, after every file: nothing is written through them.
+        self.download_links(&root, listing.links, at).await?;
+        // 4. Directories' modes and times, deepest first, `local` itself last.
+        let mut attributes: Vec<(PathBuf, u32, i64)> = listing
+            .directories
+            .into_iter()
+            .map(|(relative, entry)| (relative, entry.mode, entry.mtime_ns))
+            .collect();
+        attributes.sort_by_key(|(relative, _, _)| std::cmp::Reverse(relative.components().count()));
+        attributes.extend(top.map(|top| (PathBuf::new(), top.mode, top.mtime_ns)));
+        blocking(move || {
+            for (relative, mode, mtime_ns) in &attributes {
+                root.set_directory_attributes(relative, *mode, *mtime_ns)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(report)
+    }
+
+    /// Reads the targets of `links` (a few at a time), then makes the links below `root`.
+    async fn download_links(
+        &self,
+        root: &Arc<LocalRoot>,
+        links: Vec<(PathBuf, pb::Entry)>,
+        at: &Rev,
+    ) -> Result<()> {
         let targets: Vec<(PathBuf, Vec<u8>, i64)> = futures::stream::iter(links)
             .map(|(relative, entry)| async move {
                 let target = self.read(&entry.path, at).await?;
@@ -497,32 +502,55 @@ impl SessionHandle {
             .buffered(CONCURRENCY)
             .try_collect()
             .await?;
-        let linker = root.clone();
+        let root = root.clone();
         blocking(move || {
             for (relative, target, mtime_ns) in &targets {
-                linker.symlink(relative, target, *mtime_ns)?;
+                root.symlink(relative, target, *mtime_ns)?;
             }
             Ok(())
         })
-        .await?;
+        .await
+    }
+}
 
-        // 4. Directories' modes and times, deepest first, `local` itself last.
-        let mut attributes: Vec<(PathBuf, u32, i64)> = directories
-            .into_iter()
-            .map(|(relative, entry)| (relative, entry.mode, entry.mtime_ns))
-            .collect();
-        attributes.sort_by_key(|(relative, _, _)| std::cmp::Reverse(relative.components().count()));
-        if let Some(top) = top {
-            attributes.push((PathBuf::new(), top.mode, top.mtime_ns));
+/// A recursive listing split by kind, each entry with its local path relative to the target.
+#[derive(Default)]
+struct Listing {
+    directories: Vec<(PathBuf, pb::Entry)>,
+    files: Vec<(PathBuf, pb::Entry)>,
+    links: Vec<(PathBuf, pb::Entry)>,
+}
+
+impl Listing {
+    /// Splits the listing of `remote`, checking every path stays below it.
+    fn split(remote: &str, entries: Vec<pb::Entry>) -> Result<Listing> {
+        let mut listing = Listing::default();
+        for entry in entries {
+            let relative = relative(remote, &entry.path)?;
+            let into = if is_kind(&entry, pb::EntryKind::Directory) {
+                &mut listing.directories
+            } else if is_kind(&entry, pb::EntryKind::Symlink) {
+                &mut listing.links
+            } else if is_kind(&entry, pb::EntryKind::File) {
+                &mut listing.files
+            } else {
+                return Err(Error::InvalidArgument(format!(
+                    "the server listed {:?} with an unknown kind {}; is the client older than the server?",
+                    entry.path, entry.kind
+                )));
+            };
+            into.push((relative, entry));
         }
-        blocking(move || {
-            for (relative, mode, mtime_ns) in &attributes {
-                root.set_directory_attributes(relative, *mode, *mtime_ns)?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(report)
+        Ok(listing)
+    }
+
+    fn report(&self) -> DownloadReport {
+        DownloadReport {
+            files: self.files.len() as u64,
+            directories: self.directories.len() as u64,
+            symlinks: self.links.len() as u64,
+            bytes: self.files.iter().map(|(_, e)| e.size).sum(),
+        }
     }
 }
 

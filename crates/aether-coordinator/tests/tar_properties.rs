@@ -135,7 +135,8 @@ proptest! {
         let under = WorkspacePath::parse("in").unwrap();
         let hostile = entries.iter().any(|(name, kind, _, _)| {
             let name = String::from_utf8_lossy(name);
-            let links_or_devices = matches!(kind, b'1' | b'2' | b'3' | b'4' | b'6');
+            // Hard links, devices and FIFOs; symlinks ('2') are accepted as data.
+            let links_or_devices = matches!(kind, b'1' | b'3' | b'4' | b'6');
             let escapes = name.starts_with('/') || name.split('/').any(|c| c == "..");
             links_or_devices || escapes
         });

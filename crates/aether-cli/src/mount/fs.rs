@@ -614,8 +614,11 @@ impl AetherFs {
         let ino = state.insert(parent, node);
         if kind == Kind::File {
             drop(state);
-            let staging = self.content.staging_path(ino);
-            std::fs::File::create(&staging).map_err(io_errno)?;
+            let file = open_rw(&self.content.staging_path(ino), true).map_err(io_errno)?;
+            self.files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(ino, Arc::new(file));
             state = self.state();
         }
         Self::touch_dir(&mut state, parent, now);
@@ -945,9 +948,18 @@ impl AetherFs {
             state.queue_write(ino);
         }
         let mut gone = false;
+        let mut last = false;
         if let Some(node) = state.node_mut(ino) {
             node.open = node.open.saturating_sub(1);
-            gone = node.open == 0 && !node.linked;
+            last = node.open == 0;
+            gone = last && !node.linked;
+        }
+        if last && !gone {
+            // Keep no descriptor per closed file (a copy of 100k files would run out).
+            self.files
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ino);
         }
         if gone {
             // The last handle of an unlinked file: its staged content is no longer needed
@@ -1223,12 +1235,12 @@ impl Filesystem for Mounted {
     ) {
         let result = self
             .do_create(req, parent.0, name, Kind::File, mode & !umask, None)
-            .and_then(|(ino, attr)| {
+            .map(|(ino, attr)| {
                 if let Some(node) = self.state().node_mut(ino) {
                     node.open += 1;
                 }
                 let append = flags & libc::O_APPEND != 0;
-                Ok((self.new_fh(Open::File { ino, append }), attr))
+                (self.new_fh(Open::File { ino, append }), attr)
             });
         match result {
             Ok((fh, attr)) => reply.created(

@@ -95,8 +95,11 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
     if args.allow_other {
         config.acl = SessionACL::All;
     }
-    // Several requests in flight: a fetch or a flush wait does not stall every other tool.
-    config.n_threads = Some(4);
+    // One request loop is fastest for the small operations tools make (measured: cp -r of
+    // 582 files 0.30 s with 1 thread, 0.40 s with 2, 0.70 s with 4 on 2 cores); more let
+    // other requests proceed while one waits on the session (fetching uncached content).
+    config.n_threads = Some(args.threads.clamp(1, 64));
+    config.clone_fd = args.threads > 1;
     let dir = args.dir.clone();
     let mounted = Mounted(fs.clone());
     let mut fuse = tokio::task::spawn_blocking(move || fuser::Session::new(mounted, &dir, &config))
