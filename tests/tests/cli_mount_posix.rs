@@ -156,6 +156,31 @@ async fn mount_make_rebuilds_after_an_edit_and_keeps_modes_times_and_symlinks() 
     let (ok, err) = try_sh(&project, "mkfifo", &["fifo"]);
     assert!(!ok && err.contains("not permitted"), "fifo: {err}");
 
+    // rename(2) flags: RENAME_NOREPLACE refuses an existing target, RENAME_EXCHANGE swaps.
+    std::fs::write(project.join("left"), b"L").unwrap();
+    std::fs::write(project.join("right"), b"R").unwrap();
+    assert_eq!(
+        renameat2(
+            &project.join("left"),
+            &project.join("right"),
+            libc::RENAME_NOREPLACE
+        ),
+        Err(libc::EEXIST)
+    );
+    assert_eq!(
+        renameat2(
+            &project.join("left"),
+            &project.join("right"),
+            libc::RENAME_EXCHANGE
+        ),
+        Ok(())
+    );
+    assert_eq!(std::fs::read(project.join("left")).unwrap(), b"R");
+    assert_eq!(std::fs::read(project.join("right")).unwrap(), b"L");
+    settle(&dir);
+    assert_eq!(read(&channel, &session, "build/left").await, b"R");
+    assert_eq!(read(&channel, &session, "build/right").await, b"L");
+
     // O_EXCL on an existing name, O_APPEND at the end.
     let exclusive = std::fs::OpenOptions::new()
         .write(true)
@@ -215,7 +240,20 @@ async fn mount_survives_hostile_sizes_with_efbig() {
 }
 
 fn libc_efbig() -> i32 {
-    27 // EFBIG on Linux
+    libc::EFBIG
+}
+
+/// renameat2(2) with flags; Err(errno) on failure.
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> Result<(), i32> {
+    use nix::fcntl::{RenameFlags, AT_FDCWD};
+    nix::fcntl::renameat2(
+        AT_FDCWD,
+        from,
+        AT_FDCWD,
+        to,
+        RenameFlags::from_bits_truncate(flags),
+    )
+    .map_err(|e| e as i32)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
