@@ -19,6 +19,9 @@ case "$what" in all | cluster) ;; *) echo "usage: $0 [all|cluster]" >&2; exit 2 
 need_apt=()
 command -v etcd >/dev/null 2>&1 || need_apt+=(etcd-server etcd-client)
 command -v fusermount3 >/dev/null 2>&1 || need_apt+=(fuse3)
+# Real tools the mount tests run in the mount (git and GNU make, tar, coreutils).
+command -v git >/dev/null 2>&1 || need_apt+=(git)
+command -v make >/dev/null 2>&1 || need_apt+=(make)
 { command -v protoc >/dev/null 2>&1 && [ -f /usr/include/google/protobuf/descriptor.proto ]; } || need_apt+=(protobuf-compiler libprotobuf-dev)
 { command -v nats-server || [ -x /usr/sbin/nats-server ]; } >/dev/null 2>&1 || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then

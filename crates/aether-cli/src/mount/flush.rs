@@ -340,19 +340,28 @@ pub async fn follow_events(fs: Arc<AetherFs>) {
         },
         "",
     );
+    let mut last_error = String::new();
     loop {
         let message = match subscription.next().await {
             Ok(Some(message)) => message,
             Ok(None) => return,
             Err(error) => {
-                // Without events, fall back to the kernel's 1 s attribute timeout and a full
-                // refresh now; try again shortly.
-                eprintln!("aether mount: session events unavailable ({error}); retrying");
+                // Without events, poll: everything is listed again after a second, so changes
+                // made elsewhere still show within about a second (at one ListTree per
+                // directory in use per second). Said once per distinct error.
+                let text = error.to_string();
+                if text != last_error {
+                    eprintln!(
+                        "aether mount: session events unavailable ({text}); listing again every second instead"
+                    );
+                    last_error = text;
+                }
                 fs.mark_all_stale();
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
+        last_error.clear();
         let Ok(event) = pb::SessionEvent::decode(message.payload.as_ref()) else {
             continue;
         };

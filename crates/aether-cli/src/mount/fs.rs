@@ -287,11 +287,19 @@ impl AetherFs {
     }
 
     /// Attributes of `ino`, with the state locked by the caller; a directory's link count
-    /// is 2 plus its subdirectories, as on ext4.
+    /// is 2 plus its subdirectories, as on ext4 (1, "not counted", as btrfs reports, for a
+    /// directory too large to count on every stat).
     fn attr_locked(&self, state: &State, ino: u64) -> Fallible<FileAttr> {
+        const MAX_COUNTED_CHILDREN: usize = 4096;
         let node = state.node(ino).ok_or(Errno::ENOENT)?;
         let mut attr = self.attr(ino, node);
-        if let Some(children) = &node.children {
+        let counted = node
+            .children
+            .as_ref()
+            .filter(|c| c.len() <= MAX_COUNTED_CHILDREN);
+        if node.children.is_some() && counted.is_none() {
+            attr.nlink = 1;
+        } else if let Some(children) = counted {
             let subdirs = children
                 .values()
                 .filter(|i| state.node(**i).is_some_and(|n| n.is_dir()))

@@ -59,6 +59,21 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
     session.stat("", &Rev::Head).await?;
 
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    // The mount would wait on itself to stage or cache content inside itself.
+    let inside = |path: &Path| {
+        let (Ok(path), Ok(dir)) = (path.canonicalize(), args.dir.canonicalize()) else {
+            return false;
+        };
+        path.starts_with(dir)
+    };
+    if inside(&cache) || cache.ancestors().any(|a| a.exists() && inside(a)) {
+        return Err(Failure::Usage(format!(
+            "the cache directory {} is inside the mount point {}: pass --cache-dir elsewhere",
+            cache.display(),
+            args.dir.display()
+        )));
+    }
+    remove_dead_staging(&cache);
     let staging = cache.join(format!("staging-{}-{}", args.session, std::process::id()));
     let content = LocalContent::open(staging, cache.join("content")).map_err(|e| {
         Failure::Other(format!(
@@ -193,4 +208,26 @@ fn default_cache_dir() -> std::path::PathBuf {
         return Path::new(&home).join(".cache").join("aether");
     }
     std::env::temp_dir().join("aether-cache")
+}
+
+/// Removes the staging directories of mounts that are no longer running (killed before they
+/// could clean up): their changes either reached the session or were lost with the process.
+fn remove_dead_staging(cache: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("staging-"))
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
