@@ -7,6 +7,7 @@ mod common;
 mod lifecycle_support;
 mod store_support;
 
+mod bus_config;
 mod bus_failover;
 mod cli_attributes;
 mod cli_lifecycle;

@@ -74,6 +74,8 @@ pub struct BusCommand {
     /// Lease TTL of this node in seconds: how long a dead holder keeps its streams.
     #[arg(long, env = "AETHER_LEASE_TTL_SECS", default_value_t = 5)]
     pub lease_ttl_secs: u64,
+    #[command(flatten)]
+    pub bus: aether_bus::BusArgs,
 }
 
 /// `aetherd coordinator`.
@@ -119,6 +121,8 @@ pub struct DevCommand {
     pub coordinator: CoordinatorArgs,
     #[command(flatten)]
     pub gc: GcArgs,
+    #[command(flatten)]
+    pub bus: aether_bus::BusArgs,
 }
 
 /// `aetherd gc`: garbage collection for a cluster (design promise 7).
@@ -267,6 +271,9 @@ pub fn shutdown_signal(exit_on_stdin_close: bool) -> CancellationToken {
 /// Bus authorization from the coordinator's session records (the bus keeps none itself).
 struct PolicyFromRecords {
     coord: Arc<dyn Coordination>,
+    /// Check roles too; without auth (`--allow-anonymous`, `aetherd dev`) only existence is
+    /// checked, so a subscriber to a session that does not exist hears NOT_FOUND at once.
+    enforce: bool,
 }
 
 #[tonic::async_trait]
@@ -288,6 +295,9 @@ impl aether_bus::SessionAccess for PolicyFromRecords {
             .await
             .map_err(|e| tonic::Status::unavailable(format!("cannot read session policy: {e}")))?
             .ok_or_else(|| tonic::Status::not_found(format!("session {session_id} not found")))?;
+        if !self.enforce {
+            return Ok(());
+        }
         let record: aether_coordinator::model::SessionRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| tonic::Status::internal(format!("session record unreadable: {e}")))?;
         let bindings = record
@@ -417,12 +427,16 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
     let enforced = auth.enforced;
     let add_bus = |routes: &mut RoutesBuilder,
                    objects,
+                   config: aether_bus::BusConfig,
                    coord: Option<Arc<dyn Coordination>>,
                    served: &mut Vec<&'static str>| {
-        let b = aether_bus::Bus::new(objects, aether_bus::BusConfig::default());
-        match coord.filter(|_| enforced) {
+        let b = aether_bus::Bus::new(objects, config);
+        match coord {
             Some(coord) => {
-                routes.add_service(b.grpc_with_access(Arc::new(PolicyFromRecords { coord })));
+                routes.add_service(b.grpc_with_access(Arc::new(PolicyFromRecords {
+                    coord,
+                    enforce: enforced,
+                })));
             }
             None => {
                 if enforced {
@@ -459,7 +473,13 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                         .context("cannot reach etcd")?,
                 ))
             };
-            let b = add_bus(&mut routes, objects, coord.clone(), &mut served);
+            let b = add_bus(
+                &mut routes,
+                objects,
+                cmd.bus.config(),
+                coord.clone(),
+                &mut served,
+            );
             if let Some(coord) = coord {
                 let address = advertised(&cmd.advertise_addr)?;
                 // Unique per process start: pids and ports repeat across containers.
@@ -520,6 +540,7 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             bus = Some(add_bus(
                 &mut routes,
                 backend.build("bus").map_err(anyhow::Error::msg)?,
+                cmd.bus.config(),
                 Some(coord.clone()),
                 &mut served,
             ));
