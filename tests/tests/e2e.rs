@@ -22,6 +22,7 @@ mod foundation;
 mod gc_process;
 mod hostile_auth;
 mod hostile_input;
+mod hung_bus;
 mod lifecycle_checkpoints;
 mod lifecycle_fork;
 mod lifecycle_review;

@@ -1,9 +1,13 @@
 //! Publishes the session's own events on the bus, after the change they describe is durable.
 //!
 //! Events go through one bounded queue and one worker, so they reach the bus in the order the
-//! changes were committed. When the bus is unreachable the worker retries with backoff; a full
-//! queue makes mutations wait (back-pressure) rather than drop events. When a session closes
-//! or expires, its stream is archived through the same queue, after its last event.
+//! changes were committed. Every bus call has a deadline ([`BUS_CALL_TIMEOUT`]): a hung bus
+//! (stopped, partitioned) is retried with backoff like an unreachable one. A hung or slow bus
+//! never blocks file mutations: when the queue is full an event is dropped, logged and counted
+//! (`aether.events.dropped`) and the mutation completes; the change itself is durable, only its
+//! notification is lost, and subscribers that must not miss changes compare head versions (the
+//! mount does). When a session closes or expires, its stream is archived through the same
+//! queue, after its last event; an archive request waits for room rather than being dropped.
 //!
 //! Each queued item keeps the trace context of the call that queued it, so the worker's bus
 //! call joins that call's trace although it runs in another task.
@@ -22,8 +26,11 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// Queue depth before mutations wait for the bus.
-const QUEUE: usize = 10_000;
+/// Events held while the bus is slow or away, by default; past it events are dropped (and
+/// counted). `--event-queue-depth`.
+pub const DEFAULT_QUEUE: usize = 10_000;
+/// Deadline of each publish or archive call to the bus.
+pub const BUS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Pending {
     Event {
@@ -39,27 +46,42 @@ enum Pending {
 #[derive(Clone)]
 pub struct EventSink {
     queue: Option<mpsc::Sender<(Pending, opentelemetry::Context)>>,
+    dropped: opentelemetry::metrics::Counter<u64>,
+}
+
+fn dropped_counter() -> opentelemetry::metrics::Counter<u64> {
+    opentelemetry::global::meter("aetherd")
+        .u64_counter("aether.events.dropped")
+        .with_description("session events dropped because the bus queue was full")
+        .build()
 }
 
 impl EventSink {
     /// Events are dropped: for a coordinator configured without a bus.
     pub fn disabled() -> Self {
-        Self { queue: None }
+        Self {
+            queue: None,
+            dropped: dropped_counter(),
+        }
     }
 
     /// Publishes to a bus process over gRPC.
     pub fn bus(channel: Channel) -> Self {
-        Self::bus_with_token(channel, AttachToken::none())
+        Self::bus_with_token(channel, AttachToken::none(), DEFAULT_QUEUE)
     }
 
-    /// Publishes to a bus process over gRPC, authenticating with `token`.
-    pub fn bus_with_token(channel: Channel, token: AttachToken) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
+    /// Publishes to a bus process over gRPC, authenticating with `token`, holding at most
+    /// `depth` events while the bus is slow.
+    pub fn bus_with_token(channel: Channel, token: AttachToken, depth: usize) -> Self {
+        let (tx, rx) = mpsc::channel(depth.max(1));
         tokio::spawn(deliver(
             BusServiceClient::with_interceptor(channel, token),
             rx,
         ));
-        Self { queue: Some(tx) }
+        Self {
+            queue: Some(tx),
+            dropped: dropped_counter(),
+        }
     }
 
     pub async fn publish(&self, session_id: &str, subject: &'static str, event: SessionEvent) {
@@ -80,11 +102,35 @@ impl EventSink {
     }
 
     async fn enqueue(&self, pending: Pending) {
-        if let Some(queue) = &self.queue {
-            let trace = opentelemetry::Context::current();
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        let trace = opentelemetry::Context::current();
+        if matches!(pending, Pending::Archive { .. }) {
+            // Rare (one per session close) and must follow the last event: wait for room.
             if queue.send((pending, trace)).await.is_err() {
-                tracing::error!("event worker stopped; session event dropped");
+                tracing::error!("event worker stopped; stream archive request dropped");
             }
+            return;
+        }
+        match queue.try_send((pending, trace)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full((
+                Pending::Event {
+                    session_id,
+                    subject,
+                    ..
+                },
+                _,
+            ))) => {
+                self.dropped.add(1, &[]);
+                tracing::error!(
+                    session = %session_id,
+                    subject,
+                    "the bus is not keeping up (its event queue is full); this session event is dropped, the change itself is committed"
+                );
+            }
+            Err(_) => tracing::error!("event worker stopped; session event dropped"),
         }
     }
 }
@@ -149,7 +195,14 @@ async fn with_retries<F, Fut>(
 {
     let mut backoff = Duration::from_millis(50);
     loop {
-        let Err(status) = call().with_context(trace.clone()).await else {
+        let result = tokio::time::timeout(BUS_CALL_TIMEOUT, call().with_context(trace.clone()))
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(format!(
+                    "the bus did not answer within {BUS_CALL_TIMEOUT:?}"
+                )))
+            });
+        let Err(status) = result else {
             return;
         };
         let retryable = matches!(

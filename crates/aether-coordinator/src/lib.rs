@@ -47,6 +47,10 @@ pub struct CoordinatorArgs {
     /// How often to look for sessions idle past their TTL, in seconds.
     #[arg(long, env = "AETHER_EXPIRY_INTERVAL_SECS", default_value_t = 30)]
     pub expiry_interval_secs: u64,
+    /// Session events held while the bus is slow or away; past it new events are dropped
+    /// (logged, counted in `aether.events.dropped`) so mutations never wait on the bus.
+    #[arg(long, env = "AETHER_EVENT_QUEUE_DEPTH", default_value_t = events::DEFAULT_QUEUE)]
+    pub event_queue_depth: usize,
     /// INSECURE, tests and development only: take the caller's principal from the
     /// `x-aether-principal` request header, so anyone can act as anyone.
     #[arg(long, env = "AETHER_TRUST_PRINCIPAL_HEADER")]

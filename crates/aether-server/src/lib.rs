@@ -369,10 +369,16 @@ fn configure_auth(args: &AuthArgs, dev: bool) -> Result<Auth> {
     })
 }
 
+/// A channel to another service: connects on first use, and HTTP/2 keepalive finds a peer
+/// that stopped answering (stopped, partitioned) within a few seconds, failing its calls
+/// instead of leaving them hanging.
 fn lazy_channel(endpoint: &str, tls: &ClientTls) -> Result<Channel> {
     Ok(aether_tls::endpoint(endpoint, tls)?
         .connect_timeout(std::time::Duration::from_secs(3))
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(std::time::Duration::from_secs(2))
+        .keep_alive_timeout(std::time::Duration::from_secs(3))
+        .keep_alive_while_idle(true)
         .connect_lazy())
 }
 
@@ -509,9 +515,11 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                 auth.outgoing.clone(),
             ));
             let events = match &cmd.bus_endpoint {
-                Some(endpoint) => {
-                    EventSink::bus_with_token(lazy_channel(endpoint, &tls)?, auth.outgoing.clone())
-                }
+                Some(endpoint) => EventSink::bus_with_token(
+                    lazy_channel(endpoint, &tls)?,
+                    auth.outgoing.clone(),
+                    cmd.coordinator.event_queue_depth,
+                ),
                 None => EventSink::disabled(),
             };
             let address = advertised(&cmd.advertise_addr)?;
@@ -546,8 +554,11 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             ));
             // The coordinator reaches the store in-process and the bus through this listener.
             let blobs: Arc<dyn Blobs> = Arc::new(store.clone());
-            let events =
-                EventSink::bus_with_token(lazy_channel(&own_endpoint, &tls)?, auth.outgoing);
+            let events = EventSink::bus_with_token(
+                lazy_channel(&own_endpoint, &tls)?,
+                auth.outgoing,
+                cmd.coordinator.event_queue_depth,
+            );
             let s = aether_coordinator::start(
                 coord,
                 blobs,
