@@ -29,6 +29,8 @@ const MAX_INLINE_BYTES: u64 = 1024 * 1024;
 const MAX_BATCH_CHANGES: usize = 10_000;
 /// Encoded bytes at which a batch is cut, under the coordinator's message limit.
 const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
+/// How often the session's head version is compared with what the mount knows.
+const HEAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Staged bytes that start a flush before the interval ends.
 pub const EARLY_FLUSH_BYTES: u64 = 64 * 1024 * 1024;
 
@@ -341,8 +343,27 @@ pub async fn follow_events(fs: Arc<AetherFs>) {
         "",
     );
     let mut last_error = String::new();
+    // A safety net under the events: the bus drops events it cannot keep up with, so the head
+    // version is compared now and then, and an unexplained change refreshes everything.
+    let mut check = tokio::time::interval(HEAD_CHECK_INTERVAL);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let Ok(info) = fs.session.info().await {
+        fs.note_known_version(info.head_version);
+    }
     loop {
-        let message = match subscription.next().await {
+        let next = tokio::select! {
+            next = subscription.next() => next,
+            _ = check.tick() => {
+                if let Ok(info) = fs.session.info().await {
+                    if info.head_version > fs.known_version() && !fs.batch_is_in_flight() {
+                        fs.note_known_version(info.head_version);
+                        fs.mark_all_stale();
+                    }
+                }
+                continue;
+            }
+        };
+        let message = match next {
             Ok(Some(message)) => message,
             Ok(None) => return,
             Err(error) => {
@@ -369,7 +390,11 @@ pub async fn follow_events(fs: Arc<AetherFs>) {
         let changed = match event.event {
             Some(Event::FilesChanged(changed)) => Changed::Paths(changed.paths),
             Some(Event::CheckpointRestored(_)) => Changed::Everything,
-            _ => continue,
+            // Checkpoints, commits, reviews: the files are as they were.
+            _ => {
+                fs.note_known_version(event.head_version);
+                continue;
+            }
         };
         fs.on_event(event.head_version, changed);
     }

@@ -64,6 +64,8 @@ pub struct AetherFs {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Head versions this mount produced (their events are not news).
     own_versions: Mutex<std::collections::VecDeque<u64>>,
+    /// The newest head version this mount knows the changes of (its own batches, events).
+    known_version: AtomicU64,
     /// Events that arrived while a batch was in flight: whether they are ours is known only
     /// once its response (and head version) is.
     events: Mutex<EventGate>,
@@ -160,6 +162,7 @@ impl AetherFs {
             files: Mutex::new(HashMap::new()),
             own_versions: Mutex::new(std::collections::VecDeque::new()),
             events: Mutex::new(EventGate::default()),
+            known_version: AtomicU64::new(0),
         }
     }
 
@@ -171,7 +174,17 @@ impl AetherFs {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records that the changes up to `version` are known here.
+    pub fn note_known_version(&self, version: u64) {
+        self.known_version.fetch_max(version, Ordering::Relaxed);
+    }
+
+    pub fn known_version(&self) -> u64 {
+        self.known_version.load(Ordering::Relaxed)
+    }
+
     pub fn note_own_version(&self, version: u64) {
+        self.note_known_version(version);
         let mut own = self.own_versions.lock().unwrap_or_else(|e| e.into_inner());
         own.push_back(version);
         while own.len() > 4096 {
@@ -197,6 +210,7 @@ impl AetherFs {
     }
 
     fn apply_event(&self, version: u64, changed: Changed) {
+        self.note_known_version(version);
         if self.is_own_version(version) {
             return;
         }
@@ -204,6 +218,14 @@ impl AetherFs {
             Changed::Paths(paths) => self.mark_changed(&paths),
             Changed::Everything => self.mark_all_stale(),
         }
+    }
+
+    /// Whether a batch is being sent (its version is not known yet).
+    pub fn batch_is_in_flight(&self) -> bool {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .in_flight
     }
 
     /// Called by the flusher around each batch it sends.
