@@ -70,6 +70,8 @@ pub enum Format {
     Json,
 }
 
+// Parsed once per run: the size of the `dev` variant (every aetherd flag) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole system in one process on embedded defaults.
