@@ -370,32 +370,11 @@ impl AetherFs {
     }
 
     fn new_node(&self, req: &Request, name: &str, kind: Kind, mode: u32) -> Node {
-        let now = now_ns();
-        Node {
-            parent: ROOT,
-            name: name.to_string(),
-            kind,
-            mode,
-            size: 0,
-            mtime_ns: now,
-            atime_ns: now,
-            ctime_ns: now,
-            uid: req.uid(),
-            gid: req.gid(),
-            hash: None,
-            staged: false,
-            target: None,
-            children: if kind == Kind::Dir {
-                Some(BTreeMap::new())
-            } else {
-                None
-            },
-            stale: false,
-            linked: true,
-            changed: 0,
-            open: 0,
-            content_changed: false,
+        let mut node = Node::new(name, kind, mode, (req.uid(), req.gid()), now_ns());
+        if kind == Kind::Dir {
+            node.children = Some(BTreeMap::new());
         }
+        node
     }
 
     /// Records a change of a directory's names: its times, and its dirtiness.
@@ -760,33 +739,15 @@ impl AetherFs {
         let to = join(&to_parent, new_name);
         let source_dir = state.node(ino).is_some_and(|n| n.is_dir());
         // A directory cannot move into itself or below.
-        if source_dir {
-            let mut at = new_parent;
-            for _ in 0..4096 {
-                if at == ino {
-                    return Err(Errno::EINVAL);
-                }
-                if at == ROOT {
-                    break;
-                }
-                at = state.node(at).map(|n| n.parent).ok_or(Errno::ENOENT)?;
-            }
+        if source_dir && state.is_within(new_parent, ino) {
+            return Err(Errno::EINVAL);
         }
         let now = now_ns();
         if exchange {
             let other = target.expect("checked above");
             let other_dir = state.node(other).is_some_and(|n| n.is_dir());
-            if other_dir {
-                let mut at = parent;
-                for _ in 0..4096 {
-                    if at == other {
-                        return Err(Errno::EINVAL);
-                    }
-                    if at == ROOT {
-                        break;
-                    }
-                    at = state.node(at).map(|n| n.parent).ok_or(Errno::ENOENT)?;
-                }
+            if other_dir && state.is_within(parent, other) {
+                return Err(Errno::EINVAL);
             }
             let temp = format!("{to}.aether-exchange-{ino}");
             state.queue(Op::Move {

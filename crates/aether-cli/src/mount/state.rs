@@ -61,6 +61,31 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node changed now (`now_ns`), not yet linked anywhere.
+    pub fn new(name: &str, kind: Kind, mode: u32, (uid, gid): (u32, u32), now_ns: i64) -> Node {
+        Node {
+            parent: ROOT,
+            name: name.to_string(),
+            kind,
+            mode,
+            size: 0,
+            mtime_ns: now_ns,
+            atime_ns: now_ns,
+            ctime_ns: now_ns,
+            uid,
+            gid,
+            hash: None,
+            staged: false,
+            target: None,
+            children: None,
+            stale: false,
+            linked: true,
+            changed: 0,
+            open: 0,
+            content_changed: false,
+        }
+    }
+
     pub fn is_dir(&self) -> bool {
         self.kind == Kind::Dir
     }
@@ -128,30 +153,7 @@ pub struct State {
 impl State {
     pub fn new(uid: u32, gid: u32, now_ns: i64) -> State {
         let mut nodes = HashMap::new();
-        nodes.insert(
-            ROOT,
-            Node {
-                parent: ROOT,
-                name: String::new(),
-                kind: Kind::Dir,
-                mode: 0o755,
-                size: 0,
-                mtime_ns: now_ns,
-                atime_ns: now_ns,
-                ctime_ns: now_ns,
-                uid,
-                gid,
-                hash: None,
-                staged: false,
-                target: None,
-                children: None,
-                stale: false,
-                linked: true,
-                changed: 0,
-                open: 0,
-                content_changed: false,
-            },
-        );
+        nodes.insert(ROOT, Node::new("", Kind::Dir, 0o755, (uid, gid), now_ns));
         State {
             nodes,
             next_ino: ROOT + 1,
@@ -262,6 +264,25 @@ impl State {
             self.nodes.remove(&ino);
             self.written.remove(&ino);
         }
+    }
+
+    /// Whether `ino` is `ancestor` or lies below it.
+    pub fn is_within(&self, ino: u64, ancestor: u64) -> bool {
+        let mut at = ino;
+        // Bounded by the depth a path can have.
+        for _ in 0..4096 {
+            if at == ancestor {
+                return true;
+            }
+            if at == ROOT {
+                return false;
+            }
+            match self.nodes.get(&at) {
+                Some(node) => at = node.parent,
+                None => return false,
+            }
+        }
+        false
     }
 
     /// Moves `ino` to `name` under `parent` (the caller has removed any target).
@@ -418,29 +439,8 @@ pub fn kind_of(entry: &pb::Entry) -> Kind {
 }
 
 /// A clean node for a session entry.
-pub fn node_from(name: &str, entry: &pb::Entry, (uid, gid): (u32, u32)) -> Node {
-    let kind = kind_of(entry);
-    let mut node = Node {
-        parent: ROOT,
-        name: name.to_string(),
-        kind,
-        mode: 0,
-        size: 0,
-        mtime_ns: 0,
-        atime_ns: 0,
-        ctime_ns: 0,
-        uid,
-        gid,
-        hash: None,
-        staged: false,
-        target: None,
-        children: None,
-        stale: false,
-        linked: true,
-        changed: 0,
-        open: 0,
-        content_changed: false,
-    };
+pub fn node_from(name: &str, entry: &pb::Entry, owner: (u32, u32)) -> Node {
+    let mut node = Node::new(name, kind_of(entry), 0, owner, 0);
     update_from(&mut node, entry);
     node
 }
