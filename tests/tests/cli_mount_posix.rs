@@ -17,6 +17,21 @@ use std::time::{Duration, Instant};
 use aether_proto as pb;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
 
+/// `aether dev`, a gRPC channel to it and a new session.
+async fn start() -> (Aether, tonic::transport::Channel, String) {
+    let aether = Aether::start().await;
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+    (aether, channel, session)
+}
+
+/// An empty directory to mount on (removed with the guard), and its canonical path.
+fn mount_point() -> (tempfile::TempDir, std::path::PathBuf) {
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().canonicalize().unwrap();
+    (mountpoint, dir)
+}
+
 /// Runs a command in `dir`; returns (success, stderr).
 fn try_sh(dir: &Path, program: &str, args: &[&str]) -> (bool, String) {
     let output = Command::new(program)
@@ -63,11 +78,8 @@ async fn stat(channel: &tonic::transport::Channel, session: &str, path: &str) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_make_rebuilds_after_an_edit_and_keeps_modes_times_and_symlinks() {
     require_fuse();
-    let aether = Aether::start().await;
-    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
-    let session = aether.ok(&["session", "create"]).trim().to_string();
-    let mountpoint = tempfile::tempdir().unwrap();
-    let dir = mountpoint.path().canonicalize().unwrap();
+    let (aether, channel, session) = start().await;
+    let (_mountpoint, dir) = mount_point();
     let _mount = Mount::start(&aether, &session, &dir, "mount.log");
 
     // make: build, edit one source, exactly its target is rebuilt.
@@ -208,11 +220,8 @@ async fn mount_make_rebuilds_after_an_edit_and_keeps_modes_times_and_symlinks() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_survives_hostile_sizes_with_efbig() {
     require_fuse();
-    let aether = Aether::start().await;
-    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
-    let session = aether.ok(&["session", "create"]).trim().to_string();
-    let mountpoint = tempfile::tempdir().unwrap();
-    let dir = mountpoint.path().canonicalize().unwrap();
+    let (aether, channel, session) = start().await;
+    let (_mountpoint, dir) = mount_point();
     let _mount = Mount::start(&aether, &session, &dir, "mount.log");
 
     std::fs::write(dir.join("f"), b"small").unwrap();
@@ -259,9 +268,7 @@ fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> Result<(), i32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_git_clone_commit_checkout_with_symlinks() {
     require_fuse();
-    let aether = Aether::start().await;
-    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
-    let session = aether.ok(&["session", "create"]).trim().to_string();
+    let (aether, channel, session) = start().await;
 
     // A repository with symlinks and an executable, on local disk, with two branches.
     let origin = aether.path("origin");
@@ -286,8 +293,7 @@ async fn mount_git_clone_commit_checkout_with_symlinks() {
     git(&origin, &["commit", "-q", "-m", "v2"]);
     git(&origin, &["checkout", "-q", "main"]);
 
-    let mountpoint = tempfile::tempdir().unwrap();
-    let dir = mountpoint.path().canonicalize().unwrap();
+    let (_mountpoint, dir) = mount_point();
     let _mount = Mount::start(&aether, &session, &dir, "mount.log");
     git(
         &dir,
@@ -330,13 +336,10 @@ async fn mount_git_clone_commit_checkout_with_symlinks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_shows_api_changes_within_a_second_and_saves_editors_whole() {
     require_fuse();
-    let aether = Aether::start().await;
-    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
-    let session = aether.ok(&["session", "create"]).trim().to_string();
+    let (aether, channel, session) = start().await;
     aether.write("seed/notes.txt", b"from the API\n");
     aether.ok(&["put", "seed", &format!("{session}:docs")]);
-    let mountpoint = tempfile::tempdir().unwrap();
-    let dir = mountpoint.path().canonicalize().unwrap();
+    let (_mountpoint, dir) = mount_point();
     let _mount = Mount::start(&aether, &session, &dir, "mount.log");
     assert_eq!(
         std::fs::read(dir.join("docs/notes.txt")).unwrap(),
@@ -395,9 +398,7 @@ async fn mount_shows_api_changes_within_a_second_and_saves_editors_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_killed_mid_copy_leaves_whole_files_and_keeps_what_was_fsynced() {
     require_fuse();
-    let aether = Aether::start().await;
-    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
-    let session = aether.ok(&["session", "create"]).trim().to_string();
+    let (aether, channel, session) = start().await;
     // 400 files of distinct content to copy.
     let source = aether.path("source");
     std::fs::create_dir_all(&source).unwrap();
@@ -408,8 +409,7 @@ async fn mount_killed_mid_copy_leaves_whole_files_and_keeps_what_was_fsynced() {
         )
         .unwrap();
     }
-    let mountpoint = tempfile::tempdir().unwrap();
-    let dir = mountpoint.path().canonicalize().unwrap();
+    let (_mountpoint, dir) = mount_point();
     let mut mount = Mount::start_with(
         &aether,
         &session,
@@ -483,10 +483,8 @@ async fn mount_killed_mid_copy_leaves_whole_files_and_keeps_what_was_fsynced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_passes_pjdfstest_for_what_the_model_holds() {
     require_fuse();
-    let aether = Aether::start().await;
-    let session = aether.ok(&["session", "create"]).trim().to_string();
-    let mountpoint = tempfile::tempdir().unwrap();
-    let dir = mountpoint.path().canonicalize().unwrap();
+    let (aether, _, session) = start().await;
+    let (_mountpoint, dir) = mount_point();
     // pjdfstest switches to other users for permission checks: they must reach the mount.
     let _mount = Mount::start_with(&aether, &session, &dir, "mount.log", &["--allow-other"]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pjdfstest.sh");
