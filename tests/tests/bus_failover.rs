@@ -6,6 +6,7 @@ use crate::common;
 
 use std::time::{Duration, Instant};
 
+use aether_coord::Coordination;
 use aether_proto as pb;
 use aether_proto::bus_service_client::BusServiceClient;
 use aether_proto::session_service_client::SessionServiceClient;
@@ -87,6 +88,20 @@ async fn stream_holder_failover_loses_and_duplicates_nothing() {
     let first = connect(&cluster.buses[0].endpoint()).await.unwrap();
     let second = connect(&cluster.buses[1].endpoint()).await.unwrap();
     let session = "bus-failover";
+    // The bus serves the streams of sessions that exist: record one as the coordinator would.
+    aether_coord::EtcdCoordination::connect(&cluster.etcd.endpoints())
+        .await
+        .unwrap()
+        .txn(
+            vec![],
+            vec![aether_coord::Op::Put {
+                key: "/aether/v1/sessions/bus-failover".into(),
+                value: b"{}".to_vec(),
+                lease: None,
+            }],
+        )
+        .await
+        .unwrap();
 
     // The first node takes the stream; the second forwards publishes and subscriptions to it.
     assert_eq!(publish(&first, session, 1, 30).await.unwrap(), (1, 30));

@@ -278,6 +278,10 @@ struct PolicyFromRecords {
 
 #[tonic::async_trait]
 impl aether_bus::SessionAccess for PolicyFromRecords {
+    fn enforces_roles(&self) -> bool {
+        self.enforce
+    }
+
     async fn check(
         &self,
         principal: &Principal,
