@@ -7,6 +7,7 @@ mod common;
 mod lifecycle_support;
 mod store_support;
 
+mod bounded_memory;
 mod bus_config;
 mod bus_failover;
 mod cli_attributes;
@@ -28,6 +29,7 @@ mod lifecycle_fork;
 mod lifecycle_review;
 mod lifecycle_single;
 mod python_client;
+mod retries_once;
 mod store_api;
 mod store_integrity;
 mod store_limits;

@@ -240,6 +240,27 @@ fn sized_tar(declared: u64, pax_size: Option<&[u8]>) -> Vec<u8> {
     out
 }
 
+/// A tar whose first record is an extension of `kind` (GNU long name, PAX records) declaring
+/// `declared` bytes and holding `body`, followed by `rest` (whole blocks).
+fn extension_tar(kind: tar::EntryType, declared: u64, body: &[u8], rest: &[u8]) -> Vec<u8> {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("././@LongLink").unwrap();
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    header.set_size(declared);
+    header.set_cksum();
+    let mut out = header.as_bytes().to_vec();
+    out.extend_from_slice(body);
+    out.resize(out.len().next_multiple_of(512), 0);
+    out.extend_from_slice(rest);
+    out
+}
+
+/// A PAX header and its `size` record, as `sized_tar` writes them.
+fn pax_size_record(value: &[u8]) -> Vec<u8> {
+    sized_tar(0, Some(value))[..1024].to_vec()
+}
+
 async fn import(
     dev: &Dev,
     id: &str,
@@ -279,6 +300,26 @@ async fn hostile_archives_are_refused_whole_and_change_nothing() {
     truncated.truncate(512 + 1000);
     let mut bad_checksum = raw_tar(b"ok.txt", regular, None, b"hello");
     bad_checksum[0] = b'X';
+    // GNU base-256 with the sign bit set: a negative size.
+    let mut negative_size = raw_tar(b"neg.bin", regular, None, b"x");
+    negative_size[124..136].fill(0xff);
+    let mut header = tar::Header::from_byte_slice(&negative_size[..512]).clone();
+    header.set_cksum();
+    negative_size[..512].copy_from_slice(header.as_bytes());
+    // A header declares 1024 bytes of content; a PAX record says 0, and by it the next
+    // header is the one hidden in that content. Readers that disagree see two archives: this
+    // one reads the PAX size, finds the hidden entry and refuses its name.
+    let hidden = raw_tar(b"../hidden.txt", regular, None, b"");
+    let mut carrier = raw_tar(b"carrier.bin", regular, None, &[0; 1024]);
+    carrier.truncate(512);
+    let smuggled = [
+        pax_size_record(b"0"),
+        carrier,
+        hidden[..512].to_vec(),
+        vec![0; 512],
+        vec![0; 1024],
+    ]
+    .concat();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "invalid UTF-8 name",
@@ -333,6 +374,56 @@ async fn hostile_archives_are_refused_whole_and_change_nothing() {
         ),
         ("bad header checksum", bad_checksum, ""),
         ("not a tar at all", common::test_bytes(3000, 9), ""),
+        (
+            "negative size in base-256",
+            negative_size,
+            "declares 18446744073709551615 bytes",
+        ),
+        (
+            "a PAX size larger than the header's, past the end",
+            sized_tar(16, Some(b"4096")),
+            "truncated",
+        ),
+        (
+            "a PAX size of 0 that reveals a header hidden in the declared content",
+            smuggled,
+            "..",
+        ),
+        (
+            "a GNU long name of 5000 bytes",
+            extension_tar(
+                tar::EntryType::GNULongName,
+                5001,
+                &[b"n".repeat(5000), vec![0]].concat(),
+                &raw_tar(b"x", regular, None, b"x"),
+            ),
+            "GNU long name of 5001 bytes exceeds the limit of 4100 bytes",
+        ),
+        (
+            "a GNU long name declaring 1 TiB",
+            extension_tar(tar::EntryType::GNULongName, 1 << 40, b"n", &[0; 1024]),
+            "declares 1099511627776 bytes",
+        ),
+        (
+            "PAX records declaring 2 MiB",
+            extension_tar(tar::EntryType::XHeader, 2 << 20, b"10 path=x\n", &[0; 1024]),
+            "PAX records of 2097152 bytes exceeds the limit",
+        ),
+        (
+            "two long names for one entry",
+            [
+                extension_tar(tar::EntryType::GNULongName, 2, b"a\0", &[]),
+                extension_tar(tar::EntryType::GNULongName, 2, b"b\0", &[]),
+                raw_tar(b"x", regular, None, b"x"),
+            ]
+            .concat(),
+            "two extension records",
+        ),
+        (
+            "a long name that describes no entry",
+            extension_tar(tar::EntryType::GNULongName, 2, b"a\0", &[0; 1024]),
+            "no future member",
+        ),
     ];
     for (case, tar, mentions) in cases {
         let status = import(&dev, &id, tar).await.expect_err(case);
@@ -669,9 +760,10 @@ async fn hostile_oversized_messages_are_resource_exhausted_and_change_nothing() 
     assert_eq!(after, count, "no session was created");
 
     // Bus Publish: five 1 MiB messages (each within the payload limit), the batch over the
-    // service's message limit. On a stream of its own: the coordinator publishes the session's
-    // events in the background, which would move its stream's offsets.
-    let stream = "hostile-oversize".to_string();
+    // service's message limit. On the stream of a session of its own, which nothing changes:
+    // the coordinator publishes a session's events in the background, which would move its
+    // stream's offsets (and the bus refuses streams of sessions that do not exist).
+    let stream = create_session(&dev.channel).await.unwrap().id;
     let publish = |messages: Vec<pb::OutgoingMessage>| pb::PublishRequest {
         session_id: stream.clone(),
         messages,

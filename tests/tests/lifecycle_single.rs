@@ -388,6 +388,7 @@ async fn single_session_lifecycle() {
                 part: Some(pb::put_blob_request::Part::Header(pb::PutBlobHeader {
                     size: tar.len() as u64,
                     expected_hash: String::new(),
+                    size_unknown: false,
                 })),
             },
             pb::PutBlobRequest {

@@ -258,6 +258,63 @@ async fn client_channel(store: &Store) -> Result<tonic::transport::Channel> {
     )
 }
 
+/// A streamed upload (`Blobs::put_stream`: PutBlob with `size_unknown`) through a real store:
+/// any split of the bytes gets the name a whole upload gets; a source that fails midway
+/// leaves nothing visible.
+#[tokio::test]
+async fn store_streamed_upload_on_local_filesystem() -> Result<()> {
+    use aether_store::Blobs;
+    use futures::StreamExt;
+    let objects = Objects::local()?;
+    let store = Store::start(&objects, &[]).await?;
+    let client = store.client();
+    let remote = RemoteBlobs::new(client_channel(&store).await?);
+    for len in [0, 1, MAX_CHUNK, MAX_CHUNK + 1, 20 * MIB] {
+        let data = Bytes::from(test_bytes(len, len as u64 + 60));
+        let sizes = [1, 7919, MIB + 1, 3 * MIB + 3, 13];
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for size in sizes.iter().cycle() {
+            if start == len {
+                break;
+            }
+            let end = (start + size).min(len);
+            pieces.push(Ok(data.slice(start..end)));
+            start = end;
+        }
+        let (hash, size) = remote
+            .put_stream(futures::stream::iter(pieces).boxed())
+            .await?;
+        assert_eq!((hash, size), (blob_hash(&data), len as u64), "{len} bytes");
+        assert_eq!(
+            get(&client, &hash.to_hex(), 0, 0).await?,
+            data,
+            "{len} bytes"
+        );
+    }
+
+    let data = Bytes::from(test_bytes(20 * MIB, 61));
+    let hash = blob_hash(&data).to_hex().to_string();
+    let pieces = vec![
+        Ok(data.slice(..12 * MIB)),
+        Err(aether_store::StoreError::Unavailable(
+            "the source went away".into(),
+        )),
+    ];
+    let error = remote
+        .put_stream(futures::stream::iter(pieces).boxed())
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("the source went away"),
+        "{error}"
+    );
+    // Neither the blob nor the part sent before the failure: the call was reset, not ended.
+    let part = blob_hash(&data[..12 * MIB]).to_hex().to_string();
+    assert_eq!(missing(&client, &[&hash, &part]).await?, [hash, part]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn store_abandoned_upload_on_local_filesystem() -> Result<()> {
     let objects = Objects::local()?;

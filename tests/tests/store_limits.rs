@@ -3,6 +3,7 @@
 
 use crate::store_support;
 
+use aether_proto as pb;
 use anyhow::Result;
 use store_support::*;
 use tonic::Code;
@@ -33,6 +34,33 @@ async fn store_limits_are_enforced_and_named() -> Result<()> {
     );
     let at_limit = test_bytes(10 * MIB, 1);
     assert_eq!(put(&client, &at_limit).await?.size, 10 * MIB as u64);
+
+    // Blob size without a header size (`size_unknown`): enforced as the bytes arrive.
+    let streamed_put = |data: &[u8]| -> Vec<_> {
+        std::iter::once(unsized_header())
+            .chain(data.chunks(MIB).map(data_message))
+            .collect()
+    };
+    let over = test_bytes(10 * MIB + 1, 7);
+    assert_status(
+        put_messages(&client, streamed_put(&over)).await,
+        Code::ResourceExhausted,
+        &["limit of 10485760 bytes"],
+    );
+    let over_hash = aether_store::blobs::blob_hash(&over).to_hex().to_string();
+    assert_eq!(missing(&client, &[&over_hash]).await?, [over_hash]);
+    let streamed = put_messages(&client, streamed_put(&at_limit)).await?;
+    assert_eq!(streamed.size, 10 * MIB as u64);
+    let mut both = streamed_put(b"abc");
+    both[0] = header(3, "");
+    if let Some(pb::put_blob_request::Part::Header(h)) = &mut both[0].part {
+        h.size_unknown = true;
+    }
+    assert_status(
+        put_messages(&client, both).await,
+        Code::InvalidArgument,
+        &["size_unknown and a size (3)"],
+    );
 
     // Message size: one data message over the limit, and a unary request over it.
     let messages = put_request(5 * MIB as u64, "", &test_bytes(5 * MIB, 2), 5 * MIB);

@@ -2,10 +2,15 @@
 //! context to every call, per-call deadlines, and retries with exponential backoff for statuses
 //! that say "try again".
 //!
-//! What is retried: UNAVAILABLE always (the server or a dependency is down, or this coordinator
-//! lost the session's lease: nothing was applied); DEADLINE_EXCEEDED only for idempotent calls
-//! (reads, and uploads of content-addressed chunks), since a write that timed out may have been
-//! applied.
+//! What is retried (design promise 9, "retries apply once"), on UNAVAILABLE, DEADLINE_EXCEEDED,
+//! and a connection that broke during the call (UNKNOWN with a transport error):
+//! - reads, and uploads of content-addressed chunks;
+//! - changes of the coordinator ([`Idempotence::Mutating`]): each logical call gets a fresh
+//!   request id ([`REQUEST_ID_HEADER`], a UUID) sent with every attempt, so the coordinator
+//!   applies it at most once and answers a retry with the first outcome. Retried whatever
+//!   the [`OUTCOME_HEADER`] says: "not-applied" and "unknown" are both safe with the same id;
+//! - changes the server cannot recognise again (bus publishes): only on UNAVAILABLE that says
+//!   `not-applied`, since a retry of one that may have applied could apply twice.
 
 use std::future::Future;
 use std::time::Duration;
@@ -26,6 +31,22 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::error::{Error, Result};
 use crate::session::SessionHandle;
+
+/// The metadata header naming a change; every attempt of one call sends the same value.
+pub const REQUEST_ID_HEADER: &str = "x-aether-request-id";
+/// The metadata entry of a server error saying whether the change was applied: `not-applied`
+/// or `unknown` (absent: unknown).
+pub const OUTCOME_HEADER: &str = "x-aether-outcome";
+/// Set to "true" on the answer to a retry: the outcome recorded by an earlier attempt.
+pub const REPLAYED_HEADER: &str = "x-aether-replayed";
+
+/// A fresh request id for one logical change.
+pub(crate) fn new_request_id() -> MetadataValue<Ascii> {
+    uuid::Uuid::new_v4()
+        .to_string()
+        .parse()
+        .expect("a UUID is a valid header value")
+}
 
 /// Largest message the SDK accepts or sends: above every server's limit, so the server's own
 /// RESOURCE_EXHAUSTED (with its message) is what a caller sees.
@@ -89,13 +110,17 @@ impl tonic::service::Interceptor for Auth {
 /// A channel with the token interceptor.
 pub type AuthChannel = InterceptedService<Channel, Auth>;
 
-/// Whether a call may be repeated after a timeout.
+/// Whether, and how, a call may be repeated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Idempotence {
     /// Reads, and writes of content-addressed data: repeating changes nothing.
     Idempotent,
-    /// Changes: repeated only when the server said it did not apply them (UNAVAILABLE).
+    /// Changes of the coordinator: sent with one request id for all attempts, so a repeat
+    /// returns the first outcome instead of applying again.
     Mutating,
+    /// Changes the server cannot recognise again: repeated only when the server says they
+    /// were not applied.
+    Unrepeatable,
 }
 
 /// A connection to AetherFS. Cheap to clone; clones share the connections.
@@ -268,6 +293,7 @@ impl Client {
         let header = pb::PutBlobHeader {
             size: data.len() as u64,
             expected_hash: expected_hash.unwrap_or_default(),
+            size_unknown: false,
         };
         let mut messages = vec![pb::PutBlobRequest {
             part: Some(pb::put_blob_request::Part::Header(header)),
@@ -339,9 +365,13 @@ impl Client {
         Fut: Future<Output = std::result::Result<Response<R>, Status>>,
     {
         let timeout = self.options.timeout;
+        let request_id = (idempotence == Idempotence::Mutating).then(new_request_id);
         self.with_retries(idempotence, || {
             let mut request = Request::new(message.clone());
             request.set_timeout(timeout);
+            if let Some(id) = &request_id {
+                request.metadata_mut().insert(REQUEST_ID_HEADER, id.clone());
+            }
             let attempt = call(self.clone(), request);
             async move { deadline(timeout, attempt).await.map(Response::into_inner) }
         })
@@ -362,8 +392,13 @@ impl Client {
         Fut: Future<Output = std::result::Result<Response<tonic::Streaming<R>>, Status>>,
     {
         let timeout = self.options.timeout;
+        let request_id = (idempotence == Idempotence::Mutating).then(new_request_id);
         self.with_retries(idempotence, || {
-            let attempt = call(self.clone(), Request::new(message.clone()));
+            let mut request = Request::new(message.clone());
+            if let Some(id) = &request_id {
+                request.metadata_mut().insert(REQUEST_ID_HEADER, id.clone());
+            }
+            let attempt = call(self.clone(), request);
             async move { deadline(timeout, attempt).await.map(Response::into_inner) }
         })
         .await
@@ -420,12 +455,28 @@ pub(crate) async fn deadline<T>(
     }
 }
 
+/// Whether a failed attempt is tried again (see the module comment).
 pub(crate) fn retryable(status: &Status, idempotence: Idempotence) -> bool {
-    match status.code() {
-        Code::Unavailable => true,
-        Code::DeadlineExceeded => idempotence == Idempotence::Idempotent,
+    let transient = match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => true,
+        // The connection broke mid-call (the server died): the status comes from the transport.
+        Code::Unknown => std::error::Error::source(status).is_some(),
         _ => false,
+    };
+    match idempotence {
+        Idempotence::Idempotent | Idempotence::Mutating => transient,
+        Idempotence::Unrepeatable => {
+            status.code() == Code::Unavailable && outcome(status) == Some("not-applied")
+        }
     }
+}
+
+/// What the server said of a failed change: `not-applied`, `unknown`, or nothing.
+pub(crate) fn outcome(status: &Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(OUTCOME_HEADER)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// `base · 2^tries`, at most 5 s, plus up to a quarter of jitter so that clients that failed
@@ -536,17 +587,46 @@ mod tests {
     }
 
     #[test]
-    fn only_unavailable_retries_writes() {
+    fn changes_with_an_id_retry_any_outcome_others_only_not_applied() {
         let unavailable = Status::unavailable("down");
         let timeout = Status::deadline_exceeded("slow");
-        assert!(retryable(&unavailable, Idempotence::Mutating));
-        assert!(retryable(&unavailable, Idempotence::Idempotent));
-        assert!(retryable(&timeout, Idempotence::Idempotent));
-        assert!(!retryable(&timeout, Idempotence::Mutating));
-        assert!(!retryable(
-            &Status::failed_precondition("finalized"),
-            Idempotence::Idempotent
-        ));
+        let mut not_applied = Status::unavailable("fenced");
+        not_applied
+            .metadata_mut()
+            .insert(OUTCOME_HEADER, "not-applied".parse().unwrap());
+        let mut unknown = Status::unavailable("etcd timed out");
+        unknown
+            .metadata_mut()
+            .insert(OUTCOME_HEADER, "unknown".parse().unwrap());
+        for status in [&unavailable, &timeout, &not_applied, &unknown] {
+            assert!(retryable(status, Idempotence::Idempotent), "{status:?}");
+            assert!(retryable(status, Idempotence::Mutating), "{status:?}");
+        }
+        assert!(retryable(&not_applied, Idempotence::Unrepeatable));
+        for status in [&unavailable, &timeout, &unknown] {
+            assert!(!retryable(status, Idempotence::Unrepeatable), "{status:?}");
+        }
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::BrokenPipe,
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(retryable(&broken, Idempotence::Mutating));
+        assert!(!retryable(&broken, Idempotence::Unrepeatable));
+        for idempotence in [
+            Idempotence::Idempotent,
+            Idempotence::Mutating,
+            Idempotence::Unrepeatable,
+        ] {
+            assert!(!retryable(
+                &Status::unknown("a handler's error"),
+                idempotence
+            ));
+            assert!(!retryable(
+                &Status::failed_precondition("finalized"),
+                idempotence
+            ));
+            assert!(!retryable(&Status::aborted("lost a race"), idempotence));
+        }
     }
 
     #[tokio::test]

@@ -1,7 +1,9 @@
 //! The Rust SDK for AetherFS.
 //!
 //! [`Client::connect`] opens a connection with a bearer token, per-call deadlines and retries
-//! (UNAVAILABLE always; DEADLINE_EXCEEDED for idempotent calls), with exponential backoff.
+//! with exponential backoff: reads on UNAVAILABLE and DEADLINE_EXCEEDED; changes with one
+//! request id per call ([`REQUEST_ID_HEADER`]) for all attempts, so the coordinator applies a
+//! change at most once and answers a retry with its first outcome.
 //! [`Client::session`] gives a [`SessionHandle`] with a typed method for every session-scoped
 //! RPC: sessions, workspace, history, review, knowledge and bus. Uploads
 //! ([`SessionHandle::upload`]) cut files with the store's own FastCDC parameters, ask `HasBlobs`
@@ -31,7 +33,10 @@ mod upload;
 pub use aether_proto as proto;
 /// TLS settings of [`Options::tls`].
 pub use aether_tls::ClientTls;
-pub use client::{Auth, AuthChannel, Client, NewSession, Options, SessionSource};
+pub use client::{
+    Auth, AuthChannel, Client, NewSession, Options, SessionSource, OUTCOME_HEADER, REPLAYED_HEADER,
+    REQUEST_ID_HEADER,
+};
 pub use download::DownloadReport;
 pub use error::{code_name, Error, Result};
 pub use progress::{NoProgress, Progress};

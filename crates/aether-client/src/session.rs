@@ -504,10 +504,14 @@ impl SessionHandle {
             });
             offset = end;
         }
+        let request_id = crate::client::new_request_id();
         self.client
             .with_retries(Idempotence::Mutating, || {
                 let mut workspace = self.client.workspace.clone();
-                let request = futures::stream::iter(messages.clone());
+                let mut request = tonic::Request::new(futures::stream::iter(messages.clone()));
+                request
+                    .metadata_mut()
+                    .insert(crate::client::REQUEST_ID_HEADER, request_id.clone());
                 async move { workspace.write_file(request).await.map(|r| r.into_inner()) }
             })
             .await
@@ -594,6 +598,12 @@ impl SessionHandle {
             receiver.recv().await.map(|message| (message, receiver))
         });
         let mut workspace = self.client.workspace.clone();
+        // Not retried (the reader cannot be read again), but named like every change.
+        let mut stream = tonic::Request::new(stream);
+        stream.metadata_mut().insert(
+            crate::client::REQUEST_ID_HEADER,
+            crate::client::new_request_id(),
+        );
         let call = async move { workspace.import_archive(stream).await };
         let header = pb::ImportArchiveHeader {
             session_id: self.sid(),
@@ -885,9 +895,8 @@ impl SessionHandle {
                 ..Default::default()
             }),
         };
-        // Replacing an entry with the same value is harmless, so a timeout may be retried.
         self.client
-            .unary(Idempotence::Idempotent, request, |mut c, r| async move {
+            .unary(Idempotence::Mutating, request, |mut c, r| async move {
                 c.knowledge.put_entry(r).await
             })
             .await?
@@ -959,9 +968,10 @@ impl SessionHandle {
             messages,
             durability: durability as i32,
         };
+        // The bus keeps no request ids: a publish is repeated only if it surely did not apply.
         let response = self
             .client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
+            .unary(Idempotence::Unrepeatable, request, |mut c, r| async move {
                 c.bus.publish(r).await
             })
             .await?;

@@ -198,3 +198,147 @@ async fn an_unreachable_server_is_unavailable() {
     let error = client.session("abc").info().await.unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error}");
 }
+
+/// A HistoryService whose Commit fails its first `failures` attempts with `first` and records
+/// the request id of every attempt.
+#[derive(Clone)]
+struct FlakyHistory {
+    failures: u32,
+    first: Status,
+    ids: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+#[tonic::async_trait]
+impl pb::history_service_server::HistoryService for FlakyHistory {
+    async fn create_checkpoint(
+        &self,
+        _: Request<pb::CreateCheckpointRequest>,
+    ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        _: Request<pb::ListCheckpointsRequest>,
+    ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn restore_checkpoint(
+        &self,
+        _: Request<pb::RestoreCheckpointRequest>,
+    ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitResponse>, Status> {
+        let id = request
+            .metadata()
+            .get(aether_client::REQUEST_ID_HEADER)
+            .map(|v| v.to_str().unwrap().to_string());
+        let attempt = {
+            let mut ids = self.ids.lock().unwrap();
+            ids.push(id);
+            ids.len() as u32
+        };
+        if attempt <= self.failures {
+            return Err(self.first.clone());
+        }
+        Ok(Response::new(pb::CommitResponse {
+            commit: Some(pb::CommitInfo {
+                id: "c1".into(),
+                message: request.into_inner().message,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    async fn list_commits(
+        &self,
+        _: Request<pb::ListCommitsRequest>,
+    ) -> Result<Response<pb::ListCommitsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn get_commit(
+        &self,
+        _: Request<pb::GetCommitRequest>,
+    ) -> Result<Response<pb::GetCommitResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+}
+
+async fn serve_history(service: FlakyHistory) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(pb::history_service_server::HistoryServiceServer::new(
+                service,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+fn outcome(mut status: Status, outcome: &'static str) -> Status {
+    status.metadata_mut().insert(
+        aether_client::OUTCOME_HEADER,
+        tonic::metadata::MetadataValue::from_static(outcome),
+    );
+    status
+}
+
+#[tokio::test]
+async fn a_change_is_retried_only_with_its_one_request_id() {
+    // Whether the failed attempt applied or not, the retry carries the same id (the server
+    // answers it with the first outcome); the next call has its own id.
+    for first in [
+        outcome(Status::unavailable("etcd timed out"), "unknown"),
+        outcome(Status::unavailable("fenced"), "not-applied"),
+        Status::deadline_exceeded("slow"),
+    ] {
+        let service = FlakyHistory {
+            failures: 2,
+            first: first.clone(),
+            ids: Arc::default(),
+        };
+        let endpoint = serve_history(service.clone()).await;
+        let client = Client::connect(endpoint, options(None, 3, Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let session = client.session("s1");
+        let info = session.commit("once").await.unwrap();
+        assert_eq!(info.message, "once");
+        session.commit("twice").await.unwrap();
+        let ids = service.ids.lock().unwrap().clone();
+        assert_eq!(ids.len(), 4, "{first:?}: three attempts, then one");
+        let first_id = ids[0].clone().expect("a change names itself");
+        assert!(!first_id.is_empty() && first_id.len() <= 128);
+        assert_eq!(ids[1].as_deref(), Some(first_id.as_str()), "{first:?}");
+        assert_eq!(ids[2].as_deref(), Some(first_id.as_str()), "{first:?}");
+        assert_ne!(
+            ids[3].as_deref(),
+            Some(first_id.as_str()),
+            "a new call, a new id"
+        );
+    }
+    // A refusal that is not transient is not retried.
+    let service = FlakyHistory {
+        failures: 1,
+        first: outcome(Status::aborted("expected head version 3"), "not-applied"),
+        ids: Arc::default(),
+    };
+    let endpoint = serve_history(service.clone()).await;
+    let client = Client::connect(endpoint, options(None, 3, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let error = client.session("s1").commit("once").await.unwrap_err();
+    assert_eq!(error.code(), Code::Aborted);
+    assert_eq!(service.ids.lock().unwrap().len(), 1);
+}

@@ -6,14 +6,24 @@
 //! the same tree. Imports refuse hard links, devices and fifos (a workspace cannot hold them),
 //! and paths that are absolute, contain "..", NUL or invalid UTF-8, with INVALID_ARGUMENT and
 //! nothing changed. Symlink targets are stored as given and never followed here; `aether get`
-//! refuses to write through one. Every declared size is checked against the bytes actually
-//! present before anything is read or allocated. Archives are held in memory, so their size is
-//! bounded by [`MAX_ARCHIVE_BYTES`].
+//! refuses to write through one.
+//!
+//! Both directions stream (promise 6, sizes are bounded: what a request costs in memory does
+//! not grow with its archive). An import reads the archive as it arrives ([`read_tar`]): every
+//! header is checked before its entry is read (its declared size against what the archive
+//! limit leaves, name records against the path limit, PAX records against
+//! [`MAX_PAX_BYTES`]), and each file's bytes go to the content store as they pass, so at most
+//! one piece of the request and a few chunks are held. An export ([`tar_stream`]) builds
+//! each entry's header when the reader asks for it and streams file contents from the store.
 
-use std::io::Read;
+use std::collections::VecDeque;
 
-use aether_core::{EntryKind, Hash, WorkspacePath, MAX_SYMLINK_TARGET_BYTES};
+use aether_core::path::MAX_PATH_BYTES;
+use aether_core::{EntryKind, Hash, TreeEntry, WorkspacePath, MAX_SYMLINK_TARGET_BYTES};
+use aether_store::Blobs;
 use bytes::Bytes;
+use futures::stream::{self, BoxStream};
+use futures::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::sessions::Sessions;
@@ -21,13 +31,31 @@ use crate::trees::{TreeEditor, Trees};
 
 /// Largest archive accepted for import or produced by export.
 pub const MAX_ARCHIVE_BYTES: u64 = 1024 * 1024 * 1024;
-/// Most entries in one imported archive.
+/// Most entries in one archive, imported or exported.
 pub const MAX_ARCHIVE_ENTRIES: usize = 1_000_000;
+/// Largest set of PAX records for one entry (`path`, `linkpath`, times, extended attributes).
+pub const MAX_PAX_BYTES: u64 = 1024 * 1024;
+/// Largest GNU long name or long link record: a path of [`MAX_PATH_BYTES`] with room for a
+/// "./" prefix, a trailing "/" and the terminating NUL.
+const MAX_NAME_RECORD_BYTES: u64 = MAX_PATH_BYTES as u64 + 4;
 
 const NANOS_PER_SECOND: i64 = 1_000_000_000;
+const BLOCK: usize = 512;
+static ZEROS: [u8; BLOCK] = [0; BLOCK];
 
-/// Writes the tree at `root` as a POSIX tar.
-pub async fn build_tar(trees: &Trees, root: &Hash) -> Result<Vec<u8>> {
+/// The zero bytes that pad an entry of `size` bytes to a whole block.
+fn padding(size: u64) -> u64 {
+    (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
+}
+
+// ---- Export -----------------------------------------------------------------------------
+
+/// The tree at `root` as a POSIX tar, streamed. The tree is walked and the archive's size
+/// checked against [`MAX_ARCHIVE_BYTES`] before the first byte; then each entry's header is
+/// built when the reader pulls it and file contents are read from the store piece by piece
+/// (back-pressure: nothing is read ahead of the reader but the store's own chunk read-ahead).
+/// Dropping the stream cancels the store reads in flight.
+pub async fn tar_stream(trees: &Trees, root: &Hash) -> Result<BoxStream<'static, Result<Bytes>>> {
     let mut entries = Vec::new();
     trees
         .walk(
@@ -38,10 +66,95 @@ pub async fn build_tar(trees: &Trees, root: &Hash) -> Result<Vec<u8>> {
             MAX_ARCHIVE_ENTRIES,
         )
         .await?;
-    let tar_error = |e: std::io::Error| Error::Internal(format!("tar: {e}"));
-    let mut builder = tar::Builder::new(Vec::new());
-    let mut total: u64 = 0;
-    for (path, entry) in entries {
+    let total = entries
+        .iter()
+        .filter(|(_, entry)| entry.kind == EntryKind::File)
+        .fold(0u64, |total, (_, entry)| total.saturating_add(entry.size));
+    if total > MAX_ARCHIVE_BYTES {
+        return Err(Error::ResourceExhausted(format!(
+            "archive would exceed {MAX_ARCHIVE_BYTES} bytes; export a subdirectory"
+        )));
+    }
+    let writer = TarWriter {
+        blobs: trees.blobs().clone(),
+        entries: entries.into(),
+        builder: Some(tar::Builder::new(Vec::new())),
+        body: None,
+    };
+    Ok(stream::try_unfold(writer, TarWriter::next).boxed())
+}
+
+/// The state of an export between two pieces.
+struct TarWriter {
+    blobs: std::sync::Arc<dyn Blobs>,
+    entries: VecDeque<(WorkspacePath, TreeEntry)>,
+    /// Writes headers (GNU long names and PAX records included) into its buffer, which is
+    /// taken after each entry; None once the end-of-archive blocks were sent.
+    builder: Option<tar::Builder<Vec<u8>>>,
+    /// The file whose content is being sent.
+    body: Option<Body>,
+}
+
+struct Body {
+    path: WorkspacePath,
+    hash: Hash,
+    pieces: BoxStream<'static, std::result::Result<Bytes, aether_store::StoreError>>,
+    /// Bytes the header promised and the store has not yet given.
+    left: u64,
+    padding: usize,
+}
+
+fn tar_error(e: std::io::Error) -> Error {
+    Error::Internal(format!("tar: {e}"))
+}
+
+impl TarWriter {
+    /// The next piece of the archive.
+    async fn next(mut self) -> Result<Option<(Bytes, Self)>> {
+        loop {
+            if let Some(body) = self.body.as_mut() {
+                match body.pieces.next().await {
+                    Some(piece) => {
+                        let piece = piece?;
+                        if piece.len() as u64 > body.left {
+                            return Err(body.wrong_size());
+                        }
+                        body.left -= piece.len() as u64;
+                        if !piece.is_empty() {
+                            return Ok(Some((piece, self)));
+                        }
+                    }
+                    None if body.left > 0 => return Err(body.wrong_size()),
+                    None => {
+                        let padding = body.padding;
+                        self.body = None;
+                        if padding > 0 {
+                            return Ok(Some((Bytes::from_static(&ZEROS[..padding]), self)));
+                        }
+                    }
+                }
+                continue;
+            }
+            if self.builder.is_none() {
+                return Ok(None);
+            }
+            let piece = match self.entries.pop_front() {
+                Some((path, entry)) => {
+                    self.append(path, entry).await?;
+                    std::mem::take(self.builder.as_mut().expect("builder").get_mut())
+                }
+                // The two zero blocks that end an archive.
+                None => (self.builder.take().expect("builder"))
+                    .into_inner()
+                    .map_err(tar_error)?,
+            };
+            return Ok(Some((Bytes::from(piece), self)));
+        }
+    }
+
+    /// Writes one entry's header records, and opens a file's content.
+    async fn append(&mut self, path: WorkspacePath, entry: TreeEntry) -> Result<()> {
+        let builder = self.builder.as_mut().expect("builder");
         let mut header = tar::Header::new_ustar();
         header.set_mode(entry.mode);
         let seconds = entry.mtime_ns.div_euclid(NANOS_PER_SECOND);
@@ -61,7 +174,7 @@ pub async fn build_tar(trees: &Trees, root: &Hash) -> Result<Vec<u8>> {
                     .map_err(tar_error)?;
             }
             EntryKind::Symlink => {
-                let target = trees.blobs().get(&entry.hash).await?;
+                let target = self.blobs.get(&entry.hash).await?;
                 let target = std::str::from_utf8(&target).map_err(|_| {
                     Error::DataLoss(format!("symlink \"{path}\" has a target that is not UTF-8"))
                 })?;
@@ -72,22 +185,33 @@ pub async fn build_tar(trees: &Trees, root: &Hash) -> Result<Vec<u8>> {
                     .map_err(tar_error)?;
             }
             EntryKind::File => {
-                total += entry.size;
-                if total > MAX_ARCHIVE_BYTES {
-                    return Err(Error::ResourceExhausted(format!(
-                        "archive would exceed {MAX_ARCHIVE_BYTES} bytes; export a subdirectory"
-                    )));
-                }
-                let data = trees.blobs().get(&entry.hash).await?;
                 header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(data.len() as u64);
+                header.set_size(entry.size);
+                // The header alone: the content follows from the store, then the padding.
                 builder
-                    .append_data(&mut header, path.as_str(), &data[..])
+                    .append_data(&mut header, path.as_str(), std::io::empty())
                     .map_err(tar_error)?;
+                let pieces = self.blobs.read(&entry.hash, 0, 0).await?;
+                self.body = Some(Body {
+                    path,
+                    hash: entry.hash,
+                    pieces,
+                    left: entry.size,
+                    padding: padding(entry.size) as usize,
+                });
             }
         }
+        Ok(())
     }
-    builder.into_inner().map_err(tar_error)
+}
+
+impl Body {
+    fn wrong_size(&self) -> Error {
+        Error::DataLoss(format!(
+            "content {} of \"{}\" does not have the size its tree entry records",
+            self.hash, self.path
+        ))
+    }
 }
 
 /// A PAX `mtime` value: seconds with a nine-digit fraction, negative before 1970.
@@ -124,11 +248,15 @@ fn parse_pax_time(value: &str) -> Option<i64> {
     Some(if negative { -total } else { total })
 }
 
-/// One entry read from an archive.
+// ---- Import -----------------------------------------------------------------------------
+
+/// One entry read from an archive; a file's content is already in the store.
+#[derive(Debug)]
 pub enum ArchiveItem {
     File {
         path: WorkspacePath,
-        data: Vec<u8>,
+        hash: Hash,
+        size: u64,
         mode: u32,
         mtime_ns: i64,
     },
@@ -144,140 +272,477 @@ pub enum ArchiveItem {
     },
 }
 
-/// Parses and validates a tar fully before anything is written.
-pub fn parse_tar(bytes: &[u8], under: &WorkspacePath) -> Result<Vec<ArchiveItem>> {
-    let bad = |what: String| Error::InvalidArgument(format!("archive rejected: {what}"));
-    let mut archive = tar::Archive::new(bytes);
+/// An archive's bytes as they arrive, read in order: at most one piece of the source is held,
+/// and every byte received counts against `limit` (RESOURCE_EXHAUSTED past it).
+struct ArchiveBytes<S> {
+    source: S,
+    /// The unread rest of the current piece.
+    piece: Bytes,
+    received: u64,
+    /// Offset of the next unread byte.
+    position: u64,
+    limit: u64,
+}
+
+impl<S, E> ArchiveBytes<S>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    /// Makes the current piece non-empty; false at the end of the archive.
+    async fn fill(&mut self) -> std::result::Result<bool, E> {
+        while self.piece.is_empty() {
+            let Some(piece) = self.source.next().await else {
+                return Ok(false);
+            };
+            let piece = piece?;
+            self.received += piece.len() as u64;
+            if self.received > self.limit {
+                return Err(Error::ResourceExhausted(format!(
+                    "archive exceeds the limit of {} bytes",
+                    self.limit
+                ))
+                .into());
+            }
+            self.piece = piece;
+        }
+        Ok(true)
+    }
+
+    /// The next at most `max` bytes (a slice of the current piece), or None at the end.
+    async fn take(&mut self, max: u64) -> std::result::Result<Option<Bytes>, E> {
+        if max == 0 || !self.fill().await? {
+            return Ok(None);
+        }
+        let n = (self.piece.len() as u64).min(max) as usize;
+        self.position += n as u64;
+        Ok(Some(self.piece.split_to(n)))
+    }
+
+    /// Fills `buffer` as far as the archive goes; returns the bytes read.
+    async fn read(&mut self, buffer: &mut [u8]) -> std::result::Result<usize, E> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let Some(piece) = self.take((buffer.len() - filled) as u64).await? else {
+                break;
+            };
+            buffer[filled..filled + piece.len()].copy_from_slice(&piece);
+            filled += piece.len();
+        }
+        Ok(filled)
+    }
+
+    /// Passes over `n` bytes; returns how many there were.
+    async fn skip(&mut self, n: u64) -> std::result::Result<u64, E> {
+        let mut skipped = 0;
+        while skipped < n {
+            let Some(piece) = self.take(n - skipped).await? else {
+                break;
+            };
+            skipped += piece.len() as u64;
+        }
+        Ok(skipped)
+    }
+
+    /// What the limit leaves for the rest of the archive.
+    fn room(&self) -> u64 {
+        self.limit.saturating_sub(self.position)
+    }
+}
+
+/// Records that describe the next entry (GNU long name and long link, PAX).
+#[derive(Default)]
+struct Extensions {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Pax>,
+}
+
+impl Extensions {
+    fn any(&self) -> bool {
+        self.long_name.is_some() || self.long_link.is_some() || self.pax.is_some()
+    }
+}
+
+/// The PAX records AetherFS reads (the first of each key counts, as in the `tar` crate).
+#[derive(Default)]
+struct Pax {
+    path: Option<Vec<u8>>,
+    linkpath: Option<Vec<u8>>,
+    size: Option<u64>,
+    mtime: Option<String>,
+}
+
+fn parse_pax(records: &[u8]) -> std::result::Result<Pax, String> {
+    let mut pax = Pax::default();
+    for record in tar::PaxExtensions::new(records) {
+        let record = record.map_err(|e| format!("malformed PAX record: {e}"))?;
+        match record.key_bytes() {
+            b"path" if pax.path.is_none() => pax.path = Some(record.value_bytes().to_vec()),
+            b"linkpath" if pax.linkpath.is_none() => {
+                pax.linkpath = Some(record.value_bytes().to_vec())
+            }
+            b"size" if pax.size.is_none() => {
+                let value = String::from_utf8_lossy(record.value_bytes());
+                pax.size = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("PAX size {value:?} is not a size in bytes"))?,
+                );
+            }
+            b"mtime" if pax.mtime.is_none() => {
+                let value = record
+                    .value()
+                    .map_err(|_| "PAX mtime is not UTF-8".to_string())?;
+                pax.mtime = Some(value.to_string());
+            }
+            _ => {}
+        }
+    }
+    Ok(pax)
+}
+
+/// A name record's bytes without their terminating NUL.
+fn trim_nul(mut bytes: Vec<u8>) -> Vec<u8> {
+    if bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    bytes
+}
+
+/// Reads and validates a tar as it arrives, storing each regular file's bytes through the
+/// content store's streaming put as they pass; returns the entries to apply. Any refusal is
+/// INVALID_ARGUMENT ("archive rejected: ...") or RESOURCE_EXHAUSTED, and the caller changes
+/// nothing: content stored by then is referenced by nothing, and garbage collection takes it.
+/// Errors of `source` are returned as they came.
+pub async fn read_tar<S, E>(
+    source: S,
+    under: &WorkspacePath,
+    trees: &Trees,
+) -> std::result::Result<Vec<ArchiveItem>, E>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    let mut input = ArchiveBytes {
+        source,
+        piece: Bytes::new(),
+        received: 0,
+        position: 0,
+        limit: MAX_ARCHIVE_BYTES,
+    };
     let mut items = Vec::new();
-    let entries = archive
-        .entries()
-        .map_err(|e| bad(format!("not a tar file: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("malformed tar: {e}")))?;
+    let mut pending = Extensions::default();
+    while let Some(header) = read_header(&mut input).await? {
+        // Refused before the entry is read (and a file's content stored).
         if items.len() >= MAX_ARCHIVE_ENTRIES {
             return Err(Error::ResourceExhausted(format!(
                 "archive has more than {MAX_ARCHIVE_ENTRIES} entries"
-            )));
-        }
-        let kind = entry.header().entry_type();
-        // A global PAX header (git archive writes one with the commit id) describes the
-        // archive, not a path.
-        if kind == tar::EntryType::XGlobalHeader {
-            continue;
-        }
-        let raw = entry.path_bytes().into_owned();
-        let name = std::str::from_utf8(&raw).map_err(|_| {
-            bad(format!(
-                "entry name {:?} is not valid UTF-8",
-                String::from_utf8_lossy(&raw)
             ))
-        })?;
-        let name = name.strip_prefix("./").unwrap_or(name);
-        let name = name.trim_end_matches('/');
-        if name.is_empty() || name == "." {
-            continue;
+            .into());
         }
-        let relative = WorkspacePath::parse(name).map_err(|e| bad(e.to_string()))?;
-        let mut path = under.clone();
-        for component in relative.components() {
-            path = path.join(component)?;
-        }
-        let mtime_ns =
-            entry_mtime(&mut entry).map_err(|e| bad(format!("entry \"{path}\": {e}")))?;
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o7777;
-        match kind {
-            tar::EntryType::Directory => items.push(ArchiveItem::Directory {
-                path,
-                mode,
-                mtime_ns,
-            }),
-            tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| bad(format!("symlink \"{path}\" has no target")))?;
-                let target = std::str::from_utf8(&target)
-                    .map_err(|_| bad(format!("symlink \"{path}\" has a target that is not UTF-8")))?;
-                if target.is_empty() || target.len() > MAX_SYMLINK_TARGET_BYTES || target.contains('\0') {
-                    return Err(bad(format!(
-                        "symlink \"{path}\" has a target that is empty, longer than {MAX_SYMLINK_TARGET_BYTES} bytes or contains NUL"
-                    )));
-                }
-                items.push(ArchiveItem::Symlink {
-                    path,
-                    target: target.to_string(),
-                    mtime_ns,
-                });
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let data = read_entry(&mut entry, bytes.len() as u64)
-                    .map_err(|e| bad(format!("entry \"{path}\" {e}")))?;
-                items.push(ArchiveItem::File {
-                    path,
-                    data,
-                    mode,
-                    mtime_ns,
-                });
-            }
-            // PAX/GNU metadata records are consumed by the tar crate; anything else left is a
-            // hard link, a device or a fifo, which a workspace cannot hold.
-            other => {
-                return Err(bad(format!(
-                    "entry \"{name}\" is a {other:?}; only regular files, directories and symlinks are accepted"
-                )))
-            }
+        if let Some(item) = read_entry(&mut input, header, &mut pending, under, trees).await? {
+            items.push(item);
         }
     }
+    if pending.any() {
+        return Err(rejected(
+            "malformed tar: members found describing a future member but no future member found",
+        )
+        .into());
+    }
+    // The end-of-archive blocks and any record padding: read, within the limit, and ignored.
+    while input.take(u64::MAX).await?.is_some() {}
     Ok(items)
 }
 
-/// An entry's modification time: the PAX `mtime` record when present, else the header's.
-fn entry_mtime(entry: &mut tar::Entry<'_, &[u8]>) -> std::result::Result<i64, String> {
-    if let Ok(Some(extensions)) = entry.pax_extensions() {
-        for extension in extensions {
-            let extension = extension.map_err(|e| format!("malformed PAX record: {e}"))?;
-            if extension.key() == Ok("mtime") {
-                let value = extension
-                    .value()
-                    .map_err(|_| "PAX mtime is not UTF-8".to_string())?;
-                return parse_pax_time(value)
-                    .ok_or_else(|| format!("PAX mtime {value:?} is not a time"));
-            }
+fn rejected(what: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("archive rejected: {what}"))
+}
+
+/// The next header, checksum verified; None at the end of the archive (its end, or a block
+/// of zeros).
+async fn read_header<S, E>(
+    input: &mut ArchiveBytes<S>,
+) -> std::result::Result<Option<tar::Header>, E>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    let mut header = tar::Header::new_old();
+    let read = input.read(header.as_mut_bytes()).await?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if read < BLOCK {
+        return Err(rejected(format!(
+            "malformed tar: the archive ends {read} bytes into a 512-byte header"
+        ))
+        .into());
+    }
+    if header.as_bytes().iter().all(|b| *b == 0) {
+        return Ok(None);
+    }
+    let bytes = header.as_bytes();
+    let sum = bytes[..148]
+        .iter()
+        .chain(&bytes[156..])
+        .fold(0u32, |sum, b| sum + u32::from(*b))
+        + 8 * 32;
+    let recorded = header
+        .cksum()
+        .map_err(|e| rejected(format!("malformed tar: {e}")))?;
+    if sum != recorded {
+        return Err(rejected("malformed tar: archive header checksum mismatch").into());
+    }
+    Ok(Some(header))
+}
+
+/// Handles the entry `header` starts: an extension record is kept in `pending` for the next
+/// entry; an entry AetherFS holds is returned, a file's content stored; everything else is
+/// refused or passed over. Every size is checked before a byte of the entry is read.
+async fn read_entry<S, E>(
+    input: &mut ArchiveBytes<S>,
+    header: tar::Header,
+    pending: &mut Extensions,
+    under: &WorkspacePath,
+    trees: &Trees,
+) -> std::result::Result<Option<ArchiveItem>, E>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    let kind = header.entry_type();
+    // As the `tar` crate reads them: extension records count only in ustar and GNU headers.
+    let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
+    let extension = recognized
+        && (kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions());
+    let mut size = header
+        .entry_size()
+        .map_err(|e| rejected(format!("malformed tar: {e}")))?;
+    if !extension && !kind.is_pax_global_extensions() {
+        // A PAX size overrides the header's (both ways: two readers must see one archive).
+        if let Some(pax_size) = pending.pax.as_ref().and_then(|pax| pax.size) {
+            size = pax_size;
         }
     }
-    let seconds = entry
-        .header()
+    let room = input.room();
+    if size > room {
+        let name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+        return Err(rejected(format!(
+            "entry \"{name}\" declares {size} bytes, more than the {room} bytes the archive limit of {MAX_ARCHIVE_BYTES} leaves"
+        ))
+        .into());
+    }
+    if extension {
+        let (bound, what) = if kind.is_pax_local_extensions() {
+            (MAX_PAX_BYTES, "PAX records")
+        } else if kind.is_gnu_longname() {
+            (MAX_NAME_RECORD_BYTES, "GNU long name")
+        } else {
+            (MAX_NAME_RECORD_BYTES, "GNU long link")
+        };
+        if size > bound {
+            return Err(rejected(format!(
+                "{what} of {size} bytes exceeds the limit of {bound} bytes"
+            ))
+            .into());
+        }
+        let record = read_record(input, size).await?;
+        let twice = || {
+            rejected("malformed tar: two extension records of one kind describe the same member")
+        };
+        if kind.is_gnu_longname() {
+            if pending.long_name.replace(trim_nul(record)).is_some() {
+                return Err(twice().into());
+            }
+        } else if kind.is_gnu_longlink() {
+            if pending.long_link.replace(trim_nul(record)).is_some() {
+                return Err(twice().into());
+            }
+        } else {
+            let pax = parse_pax(&record).map_err(rejected)?;
+            if pending.pax.replace(pax).is_some() {
+                return Err(twice().into());
+            }
+        }
+        return Ok(None);
+    }
+    let extensions = std::mem::take(pending);
+    // A global PAX header (git archive writes one with the commit id) describes the archive,
+    // not a path.
+    if kind == tar::EntryType::XGlobalHeader {
+        skip_entry(input, size).await?;
+        return Ok(None);
+    }
+    // As the `tar` crate names an entry: a GNU long name, else a PAX path, else the header's.
+    let raw = extensions
+        .long_name
+        .clone()
+        .or_else(|| extensions.pax.as_ref().and_then(|pax| pax.path.clone()))
+        .unwrap_or_else(|| header.path_bytes().into_owned());
+    let name = std::str::from_utf8(&raw).map_err(|_| {
+        rejected(format!(
+            "entry name {:?} is not valid UTF-8",
+            String::from_utf8_lossy(&raw)
+        ))
+    })?;
+    let name = name.strip_prefix("./").unwrap_or(name);
+    let name = name.trim_end_matches('/');
+    if name.is_empty() || name == "." {
+        skip_entry(input, size).await?;
+        return Ok(None);
+    }
+    let relative = WorkspacePath::parse(name).map_err(rejected)?;
+    let mut path = under.clone();
+    for component in relative.components() {
+        path = path.join(component).map_err(Error::from)?;
+    }
+    let mtime_ns = entry_mtime(&header, extensions.pax.as_ref())
+        .map_err(|e| rejected(format!("entry \"{path}\": {e}")))?;
+    let mode = header.mode().unwrap_or(0o644) & 0o7777;
+    let item = match kind {
+        tar::EntryType::Directory => ArchiveItem::Directory {
+            path,
+            mode,
+            mtime_ns,
+        },
+        tar::EntryType::Symlink => {
+            let target = extensions.long_link.clone()
+                .or_else(|| extensions.pax.as_ref().and_then(|pax| pax.linkpath.clone()))
+                .or_else(|| header.link_name_bytes().map(|target| target.into_owned()))
+                .ok_or_else(|| rejected(format!("symlink \"{path}\" has no target")))?;
+            let target = String::from_utf8(target).map_err(|_| {
+                rejected(format!("symlink \"{path}\" has a target that is not UTF-8"))
+            })?;
+            if target.is_empty()
+                || target.len() > MAX_SYMLINK_TARGET_BYTES
+                || target.contains('\0')
+            {
+                return Err(rejected(format!(
+                    "symlink \"{path}\" has a target that is empty, longer than {MAX_SYMLINK_TARGET_BYTES} bytes or contains NUL"
+                ))
+                .into());
+            }
+            ArchiveItem::Symlink {
+                path,
+                target,
+                mtime_ns,
+            }
+        }
+        tar::EntryType::Regular | tar::EntryType::Continuous => {
+            let (hash, stored) = store_file(input, size, &path, trees).await?;
+            debug_assert_eq!(stored, size);
+            skip_padding(input, size).await?;
+            return Ok(Some(ArchiveItem::File {
+                path,
+                hash,
+                size,
+                mode,
+                mtime_ns,
+            }));
+        }
+        // What is left is a hard link, a device, a fifo or a sparse file, which a workspace
+        // cannot hold.
+        other => {
+            return Err(rejected(format!(
+                "entry \"{name}\" is a {other:?}; only regular files, directories and symlinks are accepted"
+            ))
+            .into())
+        }
+    };
+    skip_entry(input, size).await?;
+    Ok(Some(item))
+}
+
+/// Streams a regular entry's `size` bytes into the store; an entry that ends early is
+/// refused.
+async fn store_file<S, E>(
+    input: &mut ArchiveBytes<S>,
+    size: u64,
+    path: &WorkspacePath,
+    trees: &Trees,
+) -> std::result::Result<(Hash, u64), E>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    let body = stream::try_unfold((input, 0u64), move |(input, read)| async move {
+        if read == size {
+            return Ok(None);
+        }
+        match input.take(size - read).await? {
+            Some(piece) => {
+                let read = read + piece.len() as u64;
+                Ok(Some((piece, (input, read))))
+            }
+            None => Err(E::from(rejected(format!(
+                "entry \"{path}\" is truncated: {size} bytes declared, {read} present"
+            )))),
+        }
+    });
+    trees.put_stream(Box::pin(body)).await
+}
+
+/// Reads a metadata record of `size` bytes (already checked against its bound) and its padding.
+async fn read_record<S, E>(
+    input: &mut ArchiveBytes<S>,
+    size: u64,
+) -> std::result::Result<Vec<u8>, E>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    let mut record = vec![0; size as usize];
+    let read = input.read(&mut record).await?;
+    if read as u64 != size {
+        return Err(rejected(format!(
+            "malformed tar: an extension record is truncated: {size} bytes declared, {read} present"
+        ))
+        .into());
+    }
+    skip_padding(input, size).await?;
+    Ok(record)
+}
+
+/// Passes over an entry's content and padding, which AetherFS does not keep.
+async fn skip_entry<S, E>(input: &mut ArchiveBytes<S>, size: u64) -> std::result::Result<(), E>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    let skipped = input.skip(size).await?;
+    if skipped != size {
+        return Err(rejected(format!(
+            "malformed tar: an entry is truncated: {size} bytes declared, {skipped} present"
+        ))
+        .into());
+    }
+    skip_padding(input, size).await
+}
+
+/// Passes over the padding after `size` bytes of content. An archive may end within it.
+async fn skip_padding<S, E>(input: &mut ArchiveBytes<S>, size: u64) -> std::result::Result<(), E>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    input.skip(padding(size)).await?;
+    Ok(())
+}
+
+/// An entry's modification time: the PAX `mtime` record when present, else the header's.
+fn entry_mtime(header: &tar::Header, pax: Option<&Pax>) -> std::result::Result<i64, String> {
+    if let Some(value) = pax.and_then(|pax| pax.mtime.as_deref()) {
+        return parse_pax_time(value).ok_or_else(|| format!("PAX mtime {value:?} is not a time"));
+    }
+    let seconds = header
         .mtime()
         .map_err(|e| format!("malformed mtime: {e}"))?;
     i64::try_from(seconds)
         .ok()
         .and_then(|s| s.checked_mul(NANOS_PER_SECOND))
         .ok_or_else(|| format!("mtime {seconds} is out of range"))
-}
-
-/// Reads a regular entry's bytes. The declared size is hostile until checked: an entry
-/// cannot hold more bytes than the archive, and nothing is allocated from the header.
-fn read_entry(
-    entry: &mut tar::Entry<'_, &[u8]>,
-    archive_bytes: u64,
-) -> std::result::Result<Vec<u8>, String> {
-    let declared = entry.size();
-    if declared > archive_bytes {
-        return Err(format!(
-            "declares {declared} bytes but the whole archive is {archive_bytes} bytes"
-        ));
-    }
-    let mut data = Vec::new();
-    entry
-        .take(declared)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("is truncated: {e}"))?;
-    if data.len() as u64 != declared {
-        return Err(format!(
-            "is truncated: {declared} bytes declared, {} present",
-            data.len()
-        ));
-    }
-    Ok(data)
 }
 
 /// Applies parsed archive items to an editor: (files, directories, bytes). Directory modes
@@ -302,12 +767,11 @@ pub async fn apply_items(
             }
             ArchiveItem::File {
                 path,
-                data,
+                hash,
+                size,
                 mode,
                 mtime_ns,
             } => {
-                let size = data.len() as u64;
-                let hash = trees.blobs().put(Bytes::from(data)).await?;
                 editor.write_file(&path, hash, size, mode, mtime_ns).await?;
                 files += 1;
                 bytes += size;
@@ -334,7 +798,8 @@ pub async fn apply_items(
     Ok((files, dirs, bytes))
 }
 
-/// Builds a root from a tar already uploaded to the content store (CreateSession from archive).
+/// Builds a root from a tar already uploaded to the content store (CreateSession from archive),
+/// reading it from the store as it is parsed.
 pub async fn import_blob(sessions: &Sessions, blob_hash: &str) -> Result<Hash> {
     let hash = Hash::from_hex(blob_hash)
         .map_err(|e| Error::InvalidArgument(format!("archive blob_hash: {e}")))?;
@@ -353,8 +818,12 @@ pub async fn import_blob(sessions: &Sessions, blob_hash: &str) -> Result<Hash> {
             "archive of {size} bytes exceeds the limit of {MAX_ARCHIVE_BYTES}"
         )));
     }
-    let bytes = trees.blobs().get(&hash).await?;
-    let items = parse_tar(&bytes, &WorkspacePath::root())?;
+    let pieces = trees
+        .blobs()
+        .read(&hash, 0, 0)
+        .await?
+        .map(|piece| piece.map_err(Error::from));
+    let items = read_tar(pieces, &WorkspacePath::root(), trees).await?;
     let empty = trees.ensure_empty().await?;
     let mut editor = TreeEditor::open(trees, &empty).await?;
     apply_items(trees, &mut editor, items).await?;

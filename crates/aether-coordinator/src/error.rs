@@ -1,8 +1,38 @@
 //! What can go wrong in the coordinator, and the gRPC status each becomes (one place).
+//!
+//! Every status made here says whether the change it failed was applied (promise 9), in the
+//! [`OUTCOME_HEADER`] metadata entry: `not-applied` (nothing changed: safe to retry, with or
+//! without the same request id) or `unknown` (the change may have been applied: retry only with
+//! the same request id, which then answers with the first outcome). A failure is `not-applied`
+//! until its request committed something ([`crate::grpc::caller::outcome_so_far`]), except
+//! [`Error::OutcomeUnknown`]: a commit the coordination store did not confirm.
 
 use aether_coord::CoordError;
 use aether_store::StoreError;
+use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
+
+/// The metadata entry of every coordinator error saying whether the change was applied.
+pub const OUTCOME_HEADER: &str = "x-aether-outcome";
+
+/// Whether a failed request changed anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was applied; retrying is safe.
+    NotApplied,
+    /// It may have been applied; retry only with the same request id.
+    Unknown,
+}
+
+impl Outcome {
+    /// The value of [`OUTCOME_HEADER`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotApplied => "not-applied",
+            Outcome::Unknown => "unknown",
+        }
+    }
+}
 
 /// Coordinator errors; messages tell the caller what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +60,14 @@ pub enum Error {
     Fenced(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The commit of a change was sent to the coordination store, which did not confirm it:
+    /// it may have been applied. A retry with the same request id finds out.
+    #[error("{0}; the change may or may not have been applied: retry with the same request id to get its outcome")]
+    OutcomeUnknown(String),
+    /// A retry of a change already applied: the request layer answers with the recorded
+    /// response instead ([`crate::grpc::caller::replay`]); never sent as an error.
+    #[error("request {0} was applied earlier")]
+    Replayed(String),
     #[error("{0}")]
     DataLoss(String),
     #[error("internal error: {0}")]
@@ -81,9 +119,26 @@ impl From<Error> for Status {
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Fenced(_) | Error::Unavailable(_) => Code::Unavailable,
+            Error::OutcomeUnknown(_) => Code::Unavailable,
+            Error::Replayed(_) => Code::AlreadyExists,
             Error::DataLoss(_) => Code::DataLoss,
             Error::Internal(_) => Code::Internal,
         };
-        Status::new(code, error.to_string())
+        let outcome = match &error {
+            Error::OutcomeUnknown(_) | Error::Replayed(_) => Outcome::Unknown,
+            _ => crate::grpc::caller::outcome_so_far(),
+        };
+        status(code, error.to_string(), Some(outcome))
     }
+}
+
+/// A status with its [`OUTCOME_HEADER`], when known.
+pub fn status(code: Code, message: impl Into<String>, outcome: Option<Outcome>) -> Status {
+    let mut status = Status::new(code, message);
+    if let Some(outcome) = outcome {
+        status
+            .metadata_mut()
+            .insert(OUTCOME_HEADER, MetadataValue::from_static(outcome.as_str()));
+    }
+    status
 }

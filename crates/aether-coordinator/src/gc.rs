@@ -6,7 +6,8 @@
 //! - of every session, closed ones included: the commit history (commit objects and their
 //!   trees) and archives exported at close;
 //! - trees reach their subtrees and file blobs (a multi-chunk file is named by its manifest;
-//!   the store's sweep keeps a live manifest's chunks).
+//!   the store's sweep keeps a live manifest's chunks);
+//! - the recorded answers of recent requests kept in the content store ([`crate::requests`]).
 //!
 //! Uploads in flight and changes not yet committed are protected by the sweep's grace period,
 //! not by this walk. Shared subtrees are walked once.
@@ -23,6 +24,7 @@ use futures::FutureExt;
 
 use crate::error::{Error, Result};
 use crate::model::{self, AuditRecord, CheckpointRecord, SessionRecord, State};
+use crate::requests::{Generation, StoredReply};
 use crate::revisions::load_commit;
 use crate::sessions::Sessions;
 use crate::trees::Trees;
@@ -103,7 +105,31 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
             }
         }
     }
+    live.extend(recorded_answers(sessions).await?);
     Ok(live)
+}
+
+/// Answers of recorded requests too large to keep inline, of every session.
+async fn recorded_answers(sessions: &Collector) -> Result<Vec<Hash>> {
+    let prefix = model::all_requests_prefix();
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let batch = sessions.coord.range(&prefix, after.as_deref(), 100).await?;
+        let Some(last) = batch.last() else {
+            return Ok(out);
+        };
+        after = Some(last.key.clone());
+        for kv in batch {
+            let generation: Generation = serde_json::from_slice(&kv.value)
+                .map_err(|e| Error::Internal(format!("{} unreadable, GC stopped: {e}", kv.key)))?;
+            for entry in generation.entries {
+                if let StoredReply::Blob(hash) = entry.reply {
+                    out.push(parse(&hash)?);
+                }
+            }
+        }
+    }
 }
 
 fn parse(value: &str) -> Result<Hash> {

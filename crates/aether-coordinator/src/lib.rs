@@ -1,6 +1,7 @@
 //! The session-coordinator: sessions, trees, history, review, knowledge and audit.
 //!
 //! - [`sessions`] owns records, holds and fenced mutations (promises 1, 2, 4);
+//! - [`requests`] records the outcomes of recent changes by request id (promise 9);
 //! - [`trees`] reads and edits content-addressed trees in the content store;
 //! - [`revisions`] resolves head/base/checkpoint/commit to roots;
 //! - [`archive`] imports and exports tar;
@@ -18,6 +19,7 @@ pub mod grpc;
 pub mod knowledge;
 pub mod model;
 pub mod paged_map;
+pub mod requests;
 pub mod review;
 pub mod revisions;
 pub mod routing;
@@ -55,6 +57,12 @@ pub struct CoordinatorArgs {
     /// `x-aether-principal` request header, so anyone can act as anyone.
     #[arg(long, env = "AETHER_TRUST_PRINCIPAL_HEADER")]
     pub trust_principal_header: bool,
+    /// TESTS ONLY, breaks the coordinator: after committing a change made by the RPC method
+    /// named here (e.g. `Commit`), never answer it (the request hangs until the process is
+    /// killed), so a test can kill a coordinator between applying a change and answering.
+    /// Never set this on a deployment.
+    #[arg(long, env = "AETHER_TEST_STALL_AFTER_COMMIT", value_name = "METHOD")]
+    pub test_stall_after_commit: Option<String>,
 }
 
 /// Registers this node, starts its lease and returns the shared session state.
@@ -66,6 +74,9 @@ pub async fn start(
     args: &CoordinatorArgs,
 ) -> Result<Arc<Sessions>, Error> {
     grpc::caller::trust_principal_header(args.trust_principal_header);
+    if let Some(method) = &args.test_stall_after_commit {
+        sessions::stall_after_commit(method);
+    }
     let lease = LeaseKeeper::start(
         coord.clone(),
         Duration::from_secs(args.lease_ttl_secs.max(1)),

@@ -38,6 +38,17 @@ pub fn approval_key(id: &str, sequence: u64) -> String {
 pub fn approvals_prefix(id: &str) -> String {
     format!("{ROOT}/approvals/{id}/")
 }
+/// One generation of a session's recent request outcomes (see [`crate::requests`]).
+pub fn requests_key(id: &str, generation: u64) -> String {
+    format!("{ROOT}/requests/{id}/{generation:02}")
+}
+pub fn requests_prefix(id: &str) -> String {
+    format!("{ROOT}/requests/{id}/")
+}
+/// Every session's request outcomes (the garbage collector reads the answers kept by hash).
+pub fn all_requests_prefix() -> String {
+    format!("{ROOT}/requests/")
+}
 pub fn node_key(node_id: &str) -> String {
     format!("{ROOT}/nodes/coordinator/{node_id}")
 }
@@ -125,6 +136,10 @@ pub struct SessionRecord {
     /// Sequence number of the last approval request (ids are `apr-N`).
     #[serde(default)]
     pub approval_sequence: u64,
+    /// How many changes named by a client request id were recorded (the next one's sequence in
+    /// [`crate::requests`]); changed only with the request outcomes, in the same transaction.
+    #[serde(default)]
+    pub request_count: u64,
 }
 
 impl SessionRecord {

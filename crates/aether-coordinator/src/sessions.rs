@@ -5,20 +5,28 @@
 //! with one fenced transaction that puts the new record, the audit event and any side records
 //! together (promises 1, 2 and 4): it applies only if this node still holds the session and the
 //! record is unchanged since it was read.
+//!
+//! A change made for a request that names itself with a request id also records its answer in
+//! that transaction, and a later attempt with the same id is answered from the record instead
+//! of applying again (promise 9, [`crate::requests`]): `begin` looks the id up under the
+//! session's lock, `commit` records it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aether_coord::holder::{self, Acquire, Fence, FencedOutcome, HolderRecord};
-use aether_coord::{Compare, Coordination, LeaseKeeper, Op};
+use aether_coord::{Compare, CoordError, Coordination, LeaseKeeper, Op};
 use aether_core::Hash;
 use aether_proto::SessionEvent;
+use bytes::Bytes;
 use tokio::sync::OwnedMutexGuard;
 
 use crate::error::{Error, Result};
 use crate::events::EventSink;
+use crate::grpc::caller;
 use crate::model::{self, AuditRecord, SessionRecord, State};
+use crate::requests::{self, Generation, RequestIndex, RequestKey, RequestRecord};
 use crate::trees::Trees;
 
 /// This coordinator's identity in the cluster.
@@ -31,9 +39,26 @@ pub struct Node {
 
 struct Hold {
     fence: Fence,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    lock: Arc<tokio::sync::Mutex<HoldState>>,
     /// When a mutation last used this hold; idle holds are released so load can spread.
     last_used: Mutex<Instant>,
+}
+
+/// What the session's lock guards besides the right to change the session.
+#[derive(Debug, Default)]
+pub struct HoldState {
+    /// The session's recorded requests, once read; checked against the record before use.
+    requests: Option<RequestIndex>,
+}
+
+impl Hold {
+    fn new(fence: Fence) -> Self {
+        Hold {
+            fence,
+            lock: Arc::new(tokio::sync::Mutex::new(HoldState::default())),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
 }
 
 /// Shared state of one coordinator process.
@@ -56,11 +81,92 @@ pub struct Mutation {
     pub record: SessionRecord,
     read_revision: i64,
     fence: Fence,
-    _guard: OwnedMutexGuard<()>,
+    state: OwnedMutexGuard<HoldState>,
     /// Side records to write in the same transaction.
     pub ops: Vec<Op>,
     /// Extra compares (for example: a checkpoint name must be free).
     pub compares: Vec<Compare>,
+    /// The encoded answer of the change, recorded with it for retries ([`Mutation::reply`]).
+    reply: Option<Bytes>,
+    /// Whether [`Mutation::stamp`] set the update time.
+    stamped: bool,
+}
+
+impl Mutation {
+    /// Sets the answer a retry of this change gets. A change made for a request that names
+    /// itself with a request id must have one before `commit`: build the response first.
+    pub fn reply(&mut self, response: &impl prost::Message) {
+        self.reply = Some(Bytes::from(response.encode_to_vec()));
+    }
+
+    /// Sets the record's update time now (rather than at commit), for answers that show it.
+    pub fn stamp(&mut self) -> &SessionRecord {
+        if !self.stamped {
+            self.record.updated_at_ms = model::now_ms();
+            self.stamped = true;
+        }
+        &self.record
+    }
+}
+
+/// A change made to a mutation's record, not yet committed (or no change at all): the
+/// record is the new head. [`Sessions::finish`] commits it with its answer.
+pub struct Prepared {
+    mutation: Mutation,
+    effect: Option<Effect>,
+}
+
+impl Prepared {
+    pub fn changed(mutation: Mutation, effect: Effect) -> Self {
+        Prepared {
+            mutation,
+            effect: Some(effect),
+        }
+    }
+
+    /// Nothing to commit: the answer is not recorded (a retry changes nothing either).
+    pub fn unchanged(mutation: Mutation) -> Self {
+        Prepared {
+            mutation,
+            effect: None,
+        }
+    }
+
+    pub fn record(&self) -> &SessionRecord {
+        &self.mutation.record
+    }
+}
+
+/// A request outcome being committed with a change.
+struct Recording {
+    key: RequestKey,
+    sequence: u64,
+    generation: Generation,
+}
+
+/// TESTS ONLY (`--test-stall-after-commit`): the RPC method (`Commit`) whose committed changes
+/// are never answered, so a test can kill the process between applying and answering.
+static STALL_AFTER_COMMIT: OnceLock<String> = OnceLock::new();
+
+/// Never returns when the current request's method is the one `--test-stall-after-commit`
+/// names (tests only).
+async fn stall_if_testing(id: &str) {
+    if let (Some(stall), Some(method)) = (STALL_AFTER_COMMIT.get(), caller::method()) {
+        if *stall == method {
+            tracing::warn!(session = %id, %method, "committed; stalling forever before answering (--test-stall-after-commit)");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Makes every change of RPC `method` hang forever once committed (tests only; see
+/// `CoordinatorArgs::test_stall_after_commit`).
+pub fn stall_after_commit(method: &str) {
+    tracing::warn!(
+        method,
+        "--test-stall-after-commit is on: committed {method} changes are never answered; never use this outside tests"
+    );
+    let _ = STALL_AFTER_COMMIT.set(method.to_string());
 }
 
 /// What a committed mutation records in the audit trail and publishes on the bus.
@@ -234,11 +340,7 @@ impl Sessions {
         };
         match holder::acquire(&*self.coord, &model::holder_key(id), &record, lease.id()).await? {
             Acquire::Held(fence) => {
-                let hold = Arc::new(Hold {
-                    fence,
-                    lock: Arc::new(tokio::sync::Mutex::new(())),
-                    last_used: Mutex::new(Instant::now()),
-                });
+                let hold = Arc::new(Hold::new(fence));
                 let mut holds = self.holds.lock().expect("holds");
                 Ok(holds.entry(id.to_string()).or_insert(hold).clone())
             }
@@ -253,20 +355,148 @@ impl Sessions {
         self.holds.lock().expect("holds").remove(id);
     }
 
-    /// Starts a mutation of an existing session.
+    /// Starts a mutation of an existing session. A retry of a change already recorded for
+    /// the session ends here: `Err(Replayed)`, and the recorded answer goes to the caller.
     pub async fn begin(&self, id: &str) -> Result<Mutation> {
         validate_session_id(id)?;
         let hold = self.hold(id).await?;
-        let guard = hold.lock.clone().lock_owned().await;
+        let mut state = hold.lock.clone().lock_owned().await;
         let (record, read_revision) = self.load(id).await?;
+        if let Some(key) = caller::request() {
+            let index = self.request_index(&mut state, &record).await?;
+            if let Some(sequence) = index.find(&key) {
+                if let Some(entry) = requests::fetch(&*self.coord, id, sequence, &key).await? {
+                    return Err(self.replay(id, entry).await);
+                }
+            }
+        }
         Ok(Mutation {
             record,
             read_revision,
             fence: hold.fence.clone(),
-            _guard: guard,
+            state,
             ops: Vec::new(),
             compares: Vec::new(),
+            reply: None,
+            stamped: false,
         })
+    }
+
+    /// [`Sessions::load`] for a change that does work before it begins (reading a body): a
+    /// retry of a change already applied is answered now, before its body is read.
+    pub async fn load_for_change(&self, id: &str) -> Result<(SessionRecord, i64)> {
+        if caller::request().is_none() {
+            return self.load(id).await;
+        }
+        let mutation = self.begin(id).await?;
+        Ok((mutation.record, mutation.read_revision))
+    }
+
+    /// The session's recorded requests as of `record`, read again when they may have changed.
+    async fn request_index<'a>(
+        &self,
+        state: &'a mut HoldState,
+        record: &SessionRecord,
+    ) -> Result<&'a mut RequestIndex> {
+        let index = match state.requests.take() {
+            Some(index) if index.count() == record.request_count => index,
+            _ => RequestIndex::load(&*self.coord, &record.id, record.request_count).await?,
+        };
+        Ok(state.requests.insert(index))
+    }
+
+    /// Hands a recorded answer to the request layer; the error ends the handler.
+    async fn replay(&self, id: &str, entry: RequestRecord) -> Error {
+        match requests::load_reply(self.trees.blobs().as_ref(), &entry.reply).await {
+            Ok(reply) => {
+                tracing::info!(
+                    session = %id,
+                    method = %entry.method,
+                    request_id = %entry.id,
+                    "answering a retry with the outcome recorded by its first attempt"
+                );
+                caller::replay(reply);
+                Error::Replayed(entry.id)
+            }
+            Err(e) => e,
+        }
+    }
+
+    /// The id of a session being created: derived from the request id when the request names
+    /// one (so every attempt names the same session), else random. A retry of a creation that
+    /// was applied ends here, answered with the recorded outcome.
+    pub async fn new_session_id(&self) -> Result<String> {
+        let Some(key) = caller::request() else {
+            return Ok(random_session_id());
+        };
+        let id = requests::creation_session_id(&key);
+        match requests::fetch(&*self.coord, &id, 0, &key).await? {
+            Some(entry) => Err(self.replay(&id, entry).await),
+            None => Ok(id),
+        }
+    }
+
+    /// Commits a prepared change with its answer (nothing when it changed nothing).
+    pub async fn finish(
+        &self,
+        prepared: Prepared,
+        reply: &impl prost::Message,
+    ) -> Result<SessionRecord> {
+        let Prepared {
+            mut mutation,
+            effect,
+        } = prepared;
+        match effect {
+            None => Ok(mutation.record),
+            Some(effect) => {
+                mutation.reply(reply);
+                self.commit(mutation, effect).await
+            }
+        }
+    }
+
+    /// The outcome of the current request, to commit with its change: the next request number
+    /// of the session (counted in the record) in its generation key.
+    async fn record_request(
+        &self,
+        mutation: &mut Mutation,
+        key: RequestKey,
+        only: bool,
+        now: i64,
+    ) -> Result<(Recording, Op)> {
+        let reply = mutation.reply.take().ok_or_else(|| {
+            Error::Internal(format!(
+                "{} changed session {} without setting the answer a retry gets",
+                key.method, mutation.record.id
+            ))
+        })?;
+        let reply = requests::store_reply(self.trees.blobs().as_ref(), reply).await?;
+        let id = mutation.record.id.clone();
+        let sequence = mutation.record.request_count;
+        let entry = RequestRecord {
+            sequence,
+            principal: key.principal.clone(),
+            method: key.method.clone(),
+            id: key.id.clone(),
+            time_ms: now,
+            reply,
+        };
+        let (op, generation) = if only {
+            requests::only(&id, entry)
+        } else {
+            self.request_index(&mut mutation.state, &mutation.record)
+                .await?
+                .next(&id, entry)
+        };
+        mutation.record.request_count += 1;
+        Ok((
+            Recording {
+                key,
+                sequence,
+                generation,
+            },
+            op,
+        ))
     }
 
     /// Starts a mutation that must find the session active (writable).
@@ -280,8 +510,29 @@ impl Sessions {
     pub async fn commit(&self, mut mutation: Mutation, effect: Effect) -> Result<SessionRecord> {
         let id = mutation.record.id.clone();
         let now = model::now_ms();
-        mutation.record.updated_at_ms = now;
+        if !mutation.stamped {
+            mutation.record.updated_at_ms = now;
+        }
         mutation.record.audit_sequence += 1;
+        // A closed session keeps only the outcome of the request that closed it.
+        let closing = matches!(mutation.record.state, State::Closed | State::Expired);
+        let mut ops = Vec::new();
+        let recording = match caller::request() {
+            Some(key) => {
+                let (recording, op) = self
+                    .record_request(&mut mutation, key, closing, now)
+                    .await?;
+                ops.push(op);
+                Some(recording)
+            }
+            None => None,
+        };
+        if closing {
+            let keep = recording
+                .as_ref()
+                .map(|r| requests::generation_of(r.sequence));
+            ops.extend(requests::delete_ops(&id, keep));
+        }
         let audit = AuditRecord {
             sequence: mutation.record.audit_sequence,
             principal: effect.principal.clone(),
@@ -291,28 +542,48 @@ impl Sessions {
             outcome: "ok".into(),
             details: effect.details.iter().cloned().collect(),
         };
-        let mut ops = vec![
-            Op::put(model::session_key(&id), to_json(&mutation.record)),
-            Op::put(model::audit_key(&id, audit.sequence), to_json(&audit)),
-        ];
+        ops.push(Op::put(model::session_key(&id), to_json(&mutation.record)));
+        ops.push(Op::put(
+            model::audit_key(&id, audit.sequence),
+            to_json(&audit),
+        ));
         ops.append(&mut mutation.ops);
         let mut compares = vec![Compare::ModRevision(
             model::session_key(&id),
             mutation.read_revision,
         )];
         compares.append(&mut mutation.compares);
-        match holder::fenced_txn(&*self.coord, &mutation.fence, compares, ops).await? {
-            FencedOutcome::Applied(_) => {}
-            FencedOutcome::Conflict => {
+        let outcome = holder::fenced_txn(&*self.coord, &mutation.fence, compares, ops).await;
+        match outcome.map_err(|e| unconfirmed(&id, e)) {
+            Err(e) => {
+                // What is recorded is unknown now: read it again next time.
+                mutation.state.requests = None;
+                return Err(e);
+            }
+            Ok(FencedOutcome::Applied(_)) => {}
+            Ok(FencedOutcome::Conflict) => {
                 return Err(Error::Aborted(format!(
                 "session {id} changed concurrently (or a name is already taken); re-read and retry"
             )))
             }
-            FencedOutcome::Fenced => {
+            Ok(FencedOutcome::Fenced) => {
                 self.drop_hold(&id);
                 return Err(Error::Fenced(id));
             }
         }
+        caller::note_applied();
+        if let Some(Recording {
+            key,
+            sequence,
+            generation,
+        }) = recording
+        {
+            match mutation.state.requests.as_mut() {
+                Some(index) if !closing => index.applied(key, sequence, generation),
+                _ => mutation.state.requests = None,
+            }
+        }
+        stall_if_testing(&id).await;
         if let Some((subject, mut event)) = effect.event {
             event.head_version = mutation.record.head_version;
             event.principal = effect.principal;
@@ -325,11 +596,33 @@ impl Sessions {
         Ok(mutation.record)
     }
 
-    /// Creates a new session record (and takes its hold) in one transaction.
-    pub async fn create(&self, mut record: SessionRecord, effect: Effect) -> Result<SessionRecord> {
+    /// Creates a new session record (and takes its hold) in one transaction, with `reply` as
+    /// the answer a retry gets. The id must come from [`Sessions::new_session_id`].
+    pub async fn create(
+        &self,
+        mut record: SessionRecord,
+        effect: Effect,
+        reply: &impl prost::Message,
+    ) -> Result<SessionRecord> {
         let id = record.id.clone();
         let lease = self.live_lease().await?;
         record.audit_sequence = 1;
+        // The creating request is the session's request 0.
+        let request = caller::request();
+        let mut recorded = None;
+        if let Some(key) = &request {
+            let reply = Bytes::from(reply.encode_to_vec());
+            let entry = RequestRecord {
+                sequence: 0,
+                principal: key.principal.clone(),
+                method: key.method.clone(),
+                id: key.id.clone(),
+                time_ms: record.created_at_ms,
+                reply: requests::store_reply(self.trees.blobs().as_ref(), reply).await?,
+            };
+            recorded = Some(requests::only(&id, entry).0);
+            record.request_count = 1;
+        }
         let audit = AuditRecord {
             sequence: 1,
             principal: effect.principal.clone(),
@@ -346,6 +639,16 @@ impl Sessions {
         // One transaction takes the hold and writes the record: a new session costs a single
         // durable write.
         let holder_key = model::holder_key(&id);
+        let mut ops = vec![
+            Op::Put {
+                key: holder_key.clone(),
+                value: to_json(&holder),
+                lease: Some(lease.id()),
+            },
+            Op::put(model::session_key(&id), to_json(&record)),
+            Op::put(model::audit_key(&id, 1), to_json(&audit)),
+        ];
+        ops.extend(recorded);
         let outcome = self
             .coord
             .txn(
@@ -353,28 +656,28 @@ impl Sessions {
                     Compare::Missing(holder_key.clone()),
                     Compare::Missing(model::session_key(&id)),
                 ],
-                vec![
-                    Op::Put {
-                        key: holder_key.clone(),
-                        value: to_json(&holder),
-                        lease: Some(lease.id()),
-                    },
-                    Op::put(model::session_key(&id), to_json(&record)),
-                    Op::put(model::audit_key(&id, 1), to_json(&audit)),
-                ],
+                ops,
             )
-            .await?;
+            .await
+            .map_err(|e| unconfirmed(&id, e))?;
         if !outcome.succeeded {
+            // Another attempt of the same request may have created it meanwhile.
+            if let Some(key) = &request {
+                if let Some(entry) = requests::fetch(&*self.coord, &id, 0, key).await? {
+                    return Err(self.replay(&id, entry).await);
+                }
+                return Err(Error::AlreadyExists(format!(
+                    "session {id} already exists: request id {} of {} already created it and its outcome is no longer kept; use a new request id",
+                    key.id, key.method
+                )));
+            }
             return Err(Error::AlreadyExists(format!("session {id} already exists")));
         }
-        let hold = Arc::new(Hold {
-            fence: Fence {
-                key: holder_key,
-                create_revision: outcome.revision,
-            },
-            lock: Arc::new(tokio::sync::Mutex::new(())),
-            last_used: Mutex::new(Instant::now()),
-        });
+        caller::note_applied();
+        let hold = Arc::new(Hold::new(Fence {
+            key: holder_key,
+            create_revision: outcome.revision,
+        }));
         self.holds.lock().expect("holds").insert(id, hold);
         Ok(record)
     }
@@ -423,6 +726,22 @@ pub async fn register_node(
         )
         .await?;
     Ok(())
+}
+
+/// The error of a transaction the coordination store did not answer: refused outright (too
+/// large: nothing applied), or sent without an answer (it may have applied).
+fn unconfirmed(id: &str, error: CoordError) -> Error {
+    match error {
+        CoordError::Rejected(message) => Error::ResourceExhausted(message),
+        other => Error::OutcomeUnknown(format!(
+            "the coordination store did not confirm the change to session {id} ({other})"
+        )),
+    }
+}
+
+/// A random session id (20 hex digits).
+pub fn random_session_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..20].to_string()
 }
 
 pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {

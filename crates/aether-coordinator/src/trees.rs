@@ -18,7 +18,7 @@ use aether_core::{EntryKind, Hash, Tree, TreeEntry, WorkspacePath};
 use aether_store::Blobs;
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 
 use crate::error::{Error, Result};
 
@@ -51,6 +51,40 @@ impl Trees {
 
     pub fn blobs(&self) -> &Arc<dyn Blobs> {
         &self.blobs
+    }
+
+    /// Stores the bytes `source` yields through the store's streaming put (memory bounded by
+    /// a few chunks, whatever their length) and returns their name and size. An error from the
+    /// source ends the upload and is returned exactly as it came, a gRPC status or a domain
+    /// error alike; the store's own errors come back as [`Error`]s.
+    pub fn put_stream<'a, S, E>(
+        &'a self,
+        source: S,
+    ) -> BoxFuture<'a, std::result::Result<(Hash, u64), E>>
+    where
+        S: Stream<Item = std::result::Result<Bytes, E>> + Send + 'a,
+        E: From<Error> + Send + 'a,
+    {
+        async move {
+            // The store speaks StoreError; the source's own error waits here meanwhile.
+            let failed: Mutex<Option<E>> = Mutex::new(None);
+            let data = source
+                .map(|piece| {
+                    piece.map_err(|e| {
+                        *failed.lock().expect("source error") = Some(e);
+                        aether_store::StoreError::Internal("the upload's source failed".into())
+                    })
+                })
+                .boxed();
+            let stored = self.blobs.put_stream(data).await;
+            let failed = failed.into_inner().expect("source error");
+            match (stored, failed) {
+                (_, Some(source_error)) => Err(source_error),
+                (Ok(stored), None) => Ok(stored),
+                (Err(store_error), None) => Err(Error::from(store_error).into()),
+            }
+        }
+        .boxed()
     }
 
     /// Loads and decodes a tree (verified by the store against its hash).

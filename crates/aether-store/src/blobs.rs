@@ -153,15 +153,25 @@ impl BlobStore {
                 self.limits.max_blob_bytes
             )));
         }
-        Ok(Upload {
+        Ok(self.start_upload(Some(size)))
+    }
+
+    /// Starts storing a blob whose size is not known in advance: whatever is pushed, up to the
+    /// blob limit, which is checked as the bytes arrive.
+    pub fn upload_unsized(&self) -> Upload {
+        self.start_upload(None)
+    }
+
+    fn start_upload(&self, declared: Option<u64>) -> Upload {
+        Upload {
             store: self.clone(),
-            declared: size,
+            declared,
             received: 0,
-            pending: BytesMut::new(),
+            chunker: Chunker::default(),
             writes: FuturesOrdered::new(),
             chunks: Vec::new(),
             stored_bytes: 0,
-        })
+        }
     }
 
     /// Stores a whole blob held in memory.
@@ -376,7 +386,94 @@ impl BlobStore {
     }
 }
 
-/// One blob being stored from a stream of pieces ([`BlobStore::upload`]).
+/// Cuts a blob arriving in pieces into exactly the chunks [`cut_points`] gives the whole blob:
+/// a cut is final once more than MAX_CHUNK bytes follow it, whatever size the pieces have.
+///
+/// Memory: at most MAX_CHUNK unread bytes are kept between pushes, in one buffer that is
+/// reused (its consumed front is reclaimed before it grows), so it stays under twice
+/// (MAX_CHUNK plus the largest piece). A chunk cut from that buffer is copied out to a buffer of
+/// its own size: a chunk waiting to be written never keeps a larger allocation alive.
+#[derive(Debug, Default)]
+pub struct Chunker {
+    /// Received bytes; those before `start` were already cut off.
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl Chunker {
+    /// Adds the next piece; returns the chunks it completes, in blob order.
+    pub fn push(&mut self, data: Bytes) -> Vec<Bytes> {
+        let mut chunks = Vec::new();
+        if self.start == self.buffer.len() {
+            // Nothing held back: chunks the piece completes by itself are sliced from it
+            // without a copy.
+            self.buffer.clear();
+            self.start = 0;
+            let mut data = data;
+            for length in cut_points(&data, false) {
+                chunks.push(data.split_to(length));
+            }
+            self.buffer.extend_from_slice(&data);
+        } else {
+            if self.buffer.len() + data.len() > self.buffer.capacity() {
+                // Reclaim what was cut before growing: the unread bytes move to the front.
+                self.buffer.drain(..self.start);
+                self.start = 0;
+            }
+            self.buffer.extend_from_slice(&data);
+            for length in cut_points(&self.buffer[self.start..], false) {
+                let end = self.start + length;
+                chunks.push(Bytes::copy_from_slice(&self.buffer[self.start..end]));
+                self.start = end;
+            }
+        }
+        debug_assert!(self.buffer.len() - self.start <= MAX_CHUNK);
+        chunks
+    }
+
+    /// The blob's last chunk, once no more data follows: at most MAX_CHUNK bytes, and empty
+    /// only when the whole blob is.
+    pub fn finish(self) -> Bytes {
+        if self.start == 0 {
+            // The common case of a blob that fits one chunk: the buffer becomes the chunk.
+            return Bytes::from(self.buffer);
+        }
+        Bytes::copy_from_slice(&self.buffer[self.start..])
+    }
+}
+
+/// Names a blob arriving in pieces as the store will name it ([`blob_hash`] of the whole),
+/// holding no more than a [`Chunker`] does.
+#[derive(Debug, Default)]
+pub struct BlobNamer {
+    chunker: Chunker,
+    chunks: Vec<(Hash, u64)>,
+    size: u64,
+}
+
+impl BlobNamer {
+    /// Adds the next piece.
+    pub fn push(&mut self, data: Bytes) {
+        self.size += data.len() as u64;
+        for chunk in self.chunker.push(data) {
+            self.chunks.push((Hash::of(&chunk), chunk.len() as u64));
+        }
+    }
+
+    /// The blob's name and size.
+    pub fn finish(self) -> (Hash, u64) {
+        let mut chunks = self.chunks;
+        let tail = self.chunker.finish();
+        if chunks.is_empty() {
+            return (Hash::of(&tail), self.size);
+        }
+        chunks.push((Hash::of(&tail), tail.len() as u64));
+        (ChunkManifest { chunks }.hash(), self.size)
+    }
+}
+
+/// One blob being stored from a stream of pieces ([`BlobStore::upload`],
+/// [`BlobStore::upload_unsized`]).
 ///
 /// Chunks are cut as data arrives and written while more is received, with at most
 /// `concurrency` writes in flight; a full pipeline makes [`Upload::push`] wait, which pushes
@@ -385,10 +482,10 @@ impl BlobStore {
 /// writes and leaves only unreferenced chunks behind.
 pub struct Upload {
     store: BlobStore,
-    declared: u64,
+    /// The size announced up front; None when the blob is whatever arrives (up to the limit).
+    declared: Option<u64>,
     received: u64,
-    /// Received bytes not yet cut into a chunk.
-    pending: BytesMut,
+    chunker: Chunker,
     writes: FuturesOrdered<Spawned<(Hash, u64, u64)>>,
     /// Written chunks in blob order: (hash, size).
     chunks: Vec<(Hash, u64)>,
@@ -399,25 +496,22 @@ impl Upload {
     /// Adds the next piece of the blob.
     pub async fn push(&mut self, data: Bytes) -> Result<(), StoreError> {
         self.received += data.len() as u64;
-        if self.received > self.declared {
-            return Err(StoreError::InvalidArgument(format!(
-                "received more than the {} bytes announced in the header",
-                self.declared
-            )));
+        match self.declared {
+            Some(declared) if self.received > declared => {
+                return Err(StoreError::InvalidArgument(format!(
+                    "received more than the {declared} bytes announced in the header"
+                )));
+            }
+            None if self.received > self.store.limits.max_blob_bytes => {
+                return Err(StoreError::TooLarge(format!(
+                    "blob exceeds the limit of {} bytes",
+                    self.store.limits.max_blob_bytes
+                )));
+            }
+            _ => {}
         }
-        if self.pending.is_empty() {
-            // Chunks the piece completes by itself are sliced from it without a copy.
-            let mut data = data;
-            for length in cut_points(&data, false) {
-                self.write(data.split_to(length)).await?;
-            }
-            self.pending.extend_from_slice(&data);
-        } else {
-            self.pending.extend_from_slice(&data);
-            for length in cut_points(&self.pending, false) {
-                let chunk = self.pending.split_to(length).freeze();
-                self.write(chunk).await?;
-            }
+        for chunk in self.chunker.push(data) {
+            self.write(chunk).await?;
         }
         Ok(())
     }
@@ -449,16 +543,17 @@ impl Upload {
     /// Completes the blob once all its bytes were pushed, and makes it visible. With
     /// `expected`, a blob whose name differs is refused before it becomes visible.
     pub async fn finish(mut self, expected: Option<Hash>) -> Result<PutOutcome, StoreError> {
-        if self.received != self.declared {
-            return Err(StoreError::InvalidArgument(format!(
-                "stream ended after {} of the {} bytes announced in the header",
-                self.received, self.declared
-            )));
+        if let Some(declared) = self.declared {
+            if self.received != declared {
+                return Err(StoreError::InvalidArgument(format!(
+                    "stream ended after {} of the {declared} bytes announced in the header",
+                    self.received
+                )));
+            }
         }
-        let tail = self.pending.split().freeze();
-        let lengths = cut_points(&tail, true);
-        let size = self.declared;
-        if self.chunks.is_empty() && self.writes.is_empty() && lengths.len() <= 1 {
+        let size = self.received;
+        let tail = std::mem::take(&mut self.chunker).finish();
+        if self.chunks.is_empty() && self.writes.is_empty() {
             // One chunk: the blob is that chunk, under its plain BLAKE3 name.
             let hash = Hash::of(&tail);
             check_expected(expected, hash)?;
@@ -470,11 +565,9 @@ impl Upload {
                 stored_bytes,
             });
         }
-        let mut start = 0;
-        for length in lengths {
-            self.write(tail.slice(start..start + length)).await?;
-            start += length;
-        }
+        // Chunks were cut, so more than MAX_CHUNK bytes came after the first cut: the tail
+        // holds at least one byte.
+        self.write(tail).await?;
         while !self.writes.is_empty() {
             self.collect_one().await?;
         }
@@ -545,6 +638,19 @@ fn verify(path: &Path, expected: &Hash, actual: Hash) -> Result<(), StoreError> 
 impl Blobs for BlobStore {
     async fn put(&self, data: Bytes) -> Result<Hash, StoreError> {
         Ok(self.put_bytes(data).await?.hash)
+    }
+
+    async fn put_stream(
+        &self,
+        mut data: BoxStream<'_, Result<Bytes, StoreError>>,
+    ) -> Result<(Hash, u64), StoreError> {
+        let mut upload = self.upload_unsized();
+        while let Some(piece) = data.next().await {
+            // An error drops the upload: its writes are aborted, nothing becomes visible.
+            upload.push(piece?).await?;
+        }
+        let outcome = upload.finish(None).await?;
+        Ok((outcome.hash, outcome.size))
     }
 
     async fn get(&self, hash: &Hash) -> Result<Bytes, StoreError> {
@@ -696,6 +802,72 @@ mod tests {
             assert_eq!(outcome.chunks, whole.chunks);
             assert_eq!(outcome.stored_bytes, 0, "identical content is stored once");
         }
+    }
+
+    /// `data` in pieces of odd sizes (1 byte, a prime, just over 1 MiB, just over 3 MiB, 13
+    /// bytes, cycling), so cuts fall inside pieces, across them and at their edges.
+    fn odd_pieces(data: &Bytes) -> Vec<Bytes> {
+        let sizes = [1, 7919, (1 << 20) + 1, (3 << 20) + 3, 13];
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        for size in sizes.iter().cycle() {
+            if start == data.len() {
+                break;
+            }
+            let end = (start + size).min(data.len());
+            pieces.push(data.slice(start..end));
+            start = end;
+        }
+        pieces
+    }
+
+    #[tokio::test]
+    async fn streamed_blobs_get_the_name_of_the_whole_bytes() {
+        let store = store();
+        for len in [0, 1, MAX_CHUNK, MAX_CHUNK + 1, 30 << 20] {
+            let data = bytes(len, len as u64 + 40);
+            let pieces = odd_pieces(&data);
+            let source = stream::iter(pieces.clone().into_iter().map(Ok)).boxed();
+            // Streamed first, so it is the streamed upload that writes the objects.
+            let streamed = store.put_stream(source).await.unwrap();
+            let whole = store.put_bytes(data.clone()).await.unwrap();
+            assert_eq!(streamed, (whole.hash, len as u64), "{len} bytes");
+            assert_eq!(whole.stored_bytes, 0, "{len} bytes: already stored");
+            assert_eq!(store.get_bytes(&streamed.0).await.unwrap(), data);
+            let mut namer = BlobNamer::default();
+            for piece in pieces {
+                namer.push(piece);
+            }
+            assert_eq!(namer.finish(), streamed, "{len} bytes: named locally");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_stream_stores_nothing_and_the_limit_holds_without_a_size() {
+        let store = store();
+        let data = bytes(20 << 20, 17);
+        let hash = blob_hash(&data);
+        let source = stream::iter([Ok(data.slice(..12 << 20)), Err(not_found(&hash))]).boxed();
+        let error = store.put_stream(source).await.unwrap_err();
+        assert!(matches!(error, StoreError::NotFound(_)), "{error}");
+        assert_eq!(store.missing_hashes(&[hash]).await.unwrap(), [hash]);
+
+        let limits = Limits {
+            max_blob_bytes: 100,
+            ..Limits::default()
+        };
+        let store = BlobStore::new(Arc::new(InMemory::new()), limits);
+        let pieces = [Ok(bytes(60, 1)), Ok(bytes(41, 2))];
+        let error = store
+            .put_stream(stream::iter(pieces).boxed())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, StoreError::TooLarge(m) if m.contains("limit of 100 bytes")),
+            "{error}"
+        );
+        let exact = stream::iter([Ok(bytes(100, 3))]).boxed();
+        assert_eq!(store.put_stream(exact).await.unwrap().1, 100);
     }
 
     #[tokio::test]

@@ -39,6 +39,17 @@ pub trait Blobs: Send + Sync + 'static {
     /// Stores a whole blob and returns its name.
     async fn put(&self, data: Bytes) -> Result<Hash, StoreError>;
 
+    /// Stores a blob whose bytes arrive as pieces of any size, its total not known in
+    /// advance, and returns its name and size. Memory stays bounded by a few chunks whatever
+    /// the blob's size (the pieces are pulled as the store takes them: back-pressure), and the
+    /// name is the one [`Blobs::put`] gives the same bytes. An `Err` from `data` abandons the
+    /// upload and is returned as it came; the blob is then not stored (chunks already
+    /// written are unreferenced garbage for GC).
+    async fn put_stream(
+        &self,
+        data: BoxStream<'_, Result<Bytes, StoreError>>,
+    ) -> Result<(Hash, u64), StoreError>;
+
     /// Reads a whole blob, verified.
     async fn get(&self, hash: &Hash) -> Result<Bytes, StoreError>;
 

@@ -3,6 +3,13 @@
 //! Uploads skip what the store already holds: the client names the blob itself (the same
 //! chunking and hashing as the store), asks HasBlobs, and sends content only when the blob is
 //! missing, with `expected_hash` so the store refuses bytes that were damaged on the way.
+//!
+//! Streamed uploads ([`Blobs::put_stream`]) cannot be named before they are sent: they go as
+//! one PutBlob with `size_unknown` (the store cuts and names them as it does every blob), the
+//! client names the same bytes as they pass and refuses a reply that names anything else.
+//! Back-pressure: at most [`STREAM_MESSAGES_IN_FLIGHT`] messages wait for the channel; the
+//! source is pulled only when one leaves. Cancellation: an error from the source resets the
+//! call before its stream ends, so the store never completes the blob.
 
 use aether_auth::AttachToken;
 use aether_core::Hash;
@@ -14,14 +21,18 @@ use aether_proto::{
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
-use crate::blobs::blob_hash;
+use crate::blobs::{blob_hash, BlobNamer};
 use crate::{Blobs, Limits, StoreError};
 
 /// Size of data messages this client sends (well under the store's message limit).
 pub const MESSAGE_BYTES: usize = 1024 * 1024;
+/// Data messages of a streamed upload queued for the channel: with [`MESSAGE_BYTES`], at most
+/// 4 MiB wait beside the HTTP/2 stream window.
+pub const STREAM_MESSAGES_IN_FLIGHT: usize = 4;
 /// Blobs at least this large are looked up with HasBlobs before their bytes are sent; for
 /// smaller ones the round trip costs about as much as the upload.
 pub const DEDUP_PROBE_BYTES: usize = 64 * 1024;
@@ -87,16 +98,11 @@ impl RemoteBlobs {
             part: Some(put_blob_request::Part::Header(PutBlobHeader {
                 size: size as u64,
                 expected_hash: expected.map(|h| h.to_hex()).unwrap_or_default(),
+                size_unknown: false,
             })),
         };
         // Slices of `data`, produced as the channel asks for them: no copy, no second buffer.
-        let messages = (0..size)
-            .step_by(MESSAGE_BYTES)
-            .map(move |start| PutBlobRequest {
-                part: Some(put_blob_request::Part::Data(
-                    data.slice(start..(start + MESSAGE_BYTES).min(size)),
-                )),
-            });
+        let messages = data_messages(data);
         let response = self
             .client
             .clone()
@@ -114,6 +120,26 @@ impl RemoteBlobs {
     }
 }
 
+/// Why a streamed upload stopped before the store answered: the source failed (its sender is
+/// kept until the call is dropped, so the stream is reset rather than ended cleanly), or the
+/// call failed.
+type Stopped = (
+    StoreError,
+    Option<tokio::sync::mpsc::Sender<PutBlobRequest>>,
+);
+
+/// A piece as data messages of at most [`MESSAGE_BYTES`] (slices, no copy).
+fn data_messages(piece: Bytes) -> impl Iterator<Item = PutBlobRequest> {
+    let size = piece.len();
+    (0..size)
+        .step_by(MESSAGE_BYTES)
+        .map(move |start| PutBlobRequest {
+            part: Some(put_blob_request::Part::Data(
+                piece.slice(start..(start + MESSAGE_BYTES).min(size)),
+            )),
+        })
+}
+
 fn parse(value: &str) -> Result<Hash, StoreError> {
     Hash::from_hex(value).map_err(|e| StoreError::Internal(format!("store returned {e}")))
 }
@@ -127,6 +153,66 @@ impl Blobs for RemoteBlobs {
             self.send(data, None).await?
         };
         Ok(uploaded.hash)
+    }
+
+    async fn put_stream(
+        &self,
+        mut data: BoxStream<'_, Result<Bytes, StoreError>>,
+    ) -> Result<(Hash, u64), StoreError> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(STREAM_MESSAGES_IN_FLIGHT);
+        let header = PutBlobRequest {
+            part: Some(put_blob_request::Part::Header(PutBlobHeader {
+                size: 0,
+                expected_hash: String::new(),
+                size_unknown: true,
+            })),
+        };
+        let mut client = self.client.clone();
+        let call = async move {
+            client
+                .put_blob(ReceiverStream::new(receiver))
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| -> Stopped { (status.into(), None) })
+        };
+        // Runs beside the call in this task (no spawn: `data` may borrow from the caller).
+        let feed = async move {
+            let mut namer = BlobNamer::default();
+            if sender.send(header).await.is_err() {
+                return Ok(None);
+            }
+            while let Some(piece) = data.next().await {
+                let piece = match piece {
+                    Ok(piece) => piece,
+                    Err(e) => return Err((e, Some(sender))),
+                };
+                namer.push(piece.clone());
+                for message in data_messages(piece) {
+                    if sender.send(message).await.is_err() {
+                        // The call ended early; its status says why.
+                        return Ok(None);
+                    }
+                }
+            }
+            // Dropping the sender ends the stream: the blob is complete.
+            drop(sender);
+            Ok::<_, Stopped>(Some(namer.finish()))
+        };
+        // On an error the call is dropped (reset) before the source's sender is.
+        let (response, named) = futures::try_join!(call, feed).map_err(|(e, _sender)| e)?;
+        let Some((expected, size)) = named else {
+            return Err(StoreError::Internal(
+                "the content store answered a streamed upload before its end".into(),
+            ));
+        };
+        let stored = parse(&response.hash)?;
+        if stored != expected || response.size != size {
+            return Err(StoreError::Internal(format!(
+                "the content store named a streamed blob {stored} ({} bytes), but the {size} bytes sent are {expected}; nothing references it, retry",
+                response.size
+            )));
+        }
+        Ok((stored, size))
     }
 
     async fn get(&self, hash: &Hash) -> Result<Bytes, StoreError> {

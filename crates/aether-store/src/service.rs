@@ -60,18 +60,26 @@ impl ContentService for ContentGrpc {
             Some(PutBlobRequest {
                 part: Some(put_blob_request::Part::Header(header)),
             }) => header,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first PutBlob message must be a header with the blob size",
-                ))
-            }
+            _ => return Err(Status::invalid_argument(
+                "the first PutBlob message must be a header with the blob size (or size_unknown)",
+            )),
         };
         let expected = if header.expected_hash.is_empty() {
             None
         } else {
             Some(parse_hash(&header.expected_hash, "expected_hash")?)
         };
-        let mut upload = self.store.upload(header.size)?;
+        let mut upload = if header.size_unknown {
+            if header.size != 0 {
+                return Err(Status::invalid_argument(format!(
+                    "the PutBlob header sets size_unknown and a size ({}); send one or the other",
+                    header.size
+                )));
+            }
+            self.store.upload_unsized()
+        } else {
+            self.store.upload(header.size)?
+        };
         while let Some(message) = stream.message().await? {
             match message.part {
                 Some(put_blob_request::Part::Data(data)) => upload.push(data).await?,

@@ -170,6 +170,18 @@ pub fn header(size: u64, expected_hash: &str) -> pb::PutBlobRequest {
         part: Some(pb::put_blob_request::Part::Header(pb::PutBlobHeader {
             size,
             expected_hash: expected_hash.to_owned(),
+            size_unknown: false,
+        })),
+    }
+}
+
+/// The header of a blob streamed without its size (`size_unknown`).
+pub fn unsized_header() -> pb::PutBlobRequest {
+    pb::PutBlobRequest {
+        part: Some(pb::put_blob_request::Part::Header(pb::PutBlobHeader {
+            size: 0,
+            expected_hash: String::new(),
+            size_unknown: true,
         })),
     }
 }

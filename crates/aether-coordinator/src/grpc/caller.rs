@@ -12,6 +12,12 @@
 //! and local development of multi-principal flows (reviews), is off by default, and must never
 //! be enabled on a reachable deployment.
 //!
+//! The same wrapper carries what makes a retry apply once (promise 9, [`crate::requests`]): a
+//! change's request id (from [`REQUEST_ID_HEADER`], checked here: a malformed one is
+//! INVALID_ARGUMENT), whether the request applied a change so far (which the error mapping
+//! reports as the outcome of a failure), and the recorded answer of an earlier attempt, which
+//! it sends in place of the handler's answer.
+//!
 //! Per-session policy (promise 6) is enforced when the process has an authentication source
 //! ([`enforce_policy`]); without one every caller is anonymous or self-named, checks would
 //! protect nothing, and the open behaviour stays (the anonymous owner of a session it created
@@ -19,10 +25,12 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use aether_auth::access::{self, Decision};
 use aether_auth::Need;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use tonic::body::Body;
 use tonic::codegen::{http, Service};
@@ -30,8 +38,9 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 use super::Principal;
-use crate::error::Error;
+use crate::error::{Error, Outcome};
 use crate::model::SessionRecord;
+use crate::requests::{self, RequestKey, REPLAYED_HEADER, REQUEST_ID_HEADER};
 
 /// The metadata header a trusted client names its principal with.
 pub const PRINCIPAL_HEADER: &str = "x-aether-principal";
@@ -48,6 +57,21 @@ struct Access {
     need: Need,
     /// Hide sessions the caller has no role in (NOT_FOUND rather than PERMISSION_DENIED).
     hide: bool,
+    /// The RPC's method name (`Commit`).
+    method: String,
+    /// The change this request makes, when it is one and names itself with a request id.
+    request: Option<RequestKey>,
+    /// What became of the request so far.
+    progress: Arc<Mutex<Progress>>,
+}
+
+/// What a request did so far, as its handler reports it.
+#[derive(Debug, Default)]
+struct Progress {
+    /// A change of this request was committed.
+    applied: bool,
+    /// The recorded answer of an earlier attempt, to send instead of the handler's.
+    replay: Option<Bytes>,
 }
 
 tokio::task_local! {
@@ -79,6 +103,37 @@ pub fn current() -> String {
     CALLER
         .try_with(|a| a.principal.name.clone())
         .unwrap_or_else(|_| aether_auth::ANONYMOUS.to_string())
+}
+
+/// The change the current request makes and its request id, if it names one.
+pub fn request() -> Option<RequestKey> {
+    CALLER.try_with(|a| a.request.clone()).ok().flatten()
+}
+
+/// The method name of the current request's RPC (`Commit`), if there is a request.
+pub fn method() -> Option<String> {
+    CALLER.try_with(|a| a.method.clone()).ok()
+}
+
+/// Notes that the current request committed a change: a failure after this point is no
+/// longer "not applied".
+pub fn note_applied() {
+    let _ = CALLER.try_with(|a| a.progress.lock().expect("progress").applied = true);
+}
+
+/// Answers the current request with `reply`, the encoded response an earlier attempt recorded,
+/// in place of what its handler returns.
+pub fn replay(reply: Bytes) {
+    let _ = CALLER.try_with(|a| a.progress.lock().expect("progress").replay = Some(reply));
+}
+
+/// The outcome of a request failing now: not applied while it committed nothing; unknown once
+/// it did, or outside a request (a stream failing after its handler returned).
+pub fn outcome_so_far() -> Outcome {
+    match CALLER.try_with(|a| a.progress.lock().expect("progress").applied) {
+        Ok(false) => Outcome::NotApplied,
+        Ok(true) | Err(_) => Outcome::Unknown,
+    }
 }
 
 /// What each coordinator RPC needs on the sessions it loads. Anything not listed reads.
@@ -212,17 +267,71 @@ where
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
         let path = request.uri().path();
+        let request_id = match request.headers().get(REQUEST_ID_HEADER) {
+            None => None,
+            Some(value) => match requests::parse_request_id(value.as_bytes()) {
+                Ok(id) => Some(id),
+                Err(message) => {
+                    let status = crate::error::status(
+                        tonic::Code::InvalidArgument,
+                        message,
+                        Some(Outcome::NotApplied),
+                    );
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            },
+        };
+        let progress = Arc::new(Mutex::new(Progress::default()));
         let access = Access {
             principal: principal.clone(),
             need: need_of(path),
             hide: path.ends_with("/GetSession"),
+            method: path.rsplit('/').next().unwrap_or_default().to_string(),
+            request: requests::change_of(path)
+                .zip(request_id)
+                .map(|(method, id)| RequestKey {
+                    principal: principal.name.clone(),
+                    method: method.to_string(),
+                    id,
+                }),
+            progress: progress.clone(),
         };
         request.extensions_mut().insert(principal);
         // Take the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(CALLER.scope(access, async move { inner.call(request).await }))
+        Box::pin(CALLER.scope(access, async move {
+            let response = inner.call(request).await?;
+            let replay = progress.lock().expect("progress").replay.take();
+            Ok(match replay {
+                Some(reply) => replayed(reply),
+                None => response,
+            })
+        }))
     }
+}
+
+/// A successful gRPC answer carrying `reply`, an encoded response message recorded earlier,
+/// marked with [`REPLAYED_HEADER`].
+fn replayed(reply: Bytes) -> http::Response<Body> {
+    let mut frame = BytesMut::with_capacity(5 + reply.len());
+    frame.put_u8(0);
+    frame.put_u32(reply.len() as u32);
+    frame.extend_from_slice(&reply);
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let frames = futures::stream::iter([
+        Ok::<_, Status>(http_body::Frame::data(frame.freeze())),
+        Ok(http_body::Frame::trailers(trailers)),
+    ]);
+    let mut response = http::Response::new(Body::new(http_body_util::StreamBody::new(frames)));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(REPLAYED_HEADER, http::HeaderValue::from_static("true"));
+    response
 }
 
 #[cfg(test)]

@@ -101,10 +101,12 @@ impl HistoryService for HistoryGrpc {
                 ..Default::default()
             },
         );
-        self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::CreateCheckpointResponse {
+        let response = pb::CreateCheckpointResponse {
             checkpoint: Some(convert::checkpoint(&checkpoint)),
-        }))
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn list_checkpoints(
@@ -172,11 +174,13 @@ impl HistoryService for HistoryGrpc {
                 ..Default::default()
             },
         );
-        let record = self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::RestoreCheckpointResponse {
-            head_version: record.head_version,
-            head_root: record.head_root,
-        }))
+        let response = pb::RestoreCheckpointResponse {
+            head_version: mutation.record.head_version,
+            head_root: mutation.record.head_root.clone(),
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn commit(
@@ -226,10 +230,12 @@ impl HistoryService for HistoryGrpc {
                     ..Default::default()
                 },
             );
-        self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::CommitResponse {
+        let response = pb::CommitResponse {
             commit: Some(commit_info(&id, &commit)),
-        }))
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn list_commits(

@@ -80,10 +80,12 @@ impl KnowledgeService for KnowledgeGrpc {
         let effect = Effect::new(&caller, "knowledge.put", put.key.clone())
             .detail("size", record.size.to_string())
             .detail("value", record.value.clone());
-        self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::PutEntryResponse {
+        let response = pb::PutEntryResponse {
             entry: Some(entry(put.key, &record, put.value)),
-        }))
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn get_entry(
@@ -165,6 +167,7 @@ impl KnowledgeService for KnowledgeGrpc {
             .ok_or_else(|| not_found(&request.key, &mutation.record.id))?;
         mutation.record.knowledge_root = root;
         let effect = Effect::new(&caller, "knowledge.delete", request.key.clone());
+        mutation.reply(&pb::DeleteEntryResponse {});
         self.sessions.commit(mutation, effect).await?;
         Ok(Response::new(pb::DeleteEntryResponse {}))
     }

@@ -162,10 +162,12 @@ impl ReviewService for ReviewGrpc {
         let effect = Effect::new(&caller, "review.annotation.add", id.clone())
             .detail("path", annotation.path.clone())
             .event("session.annotation", annotation_event(id, "added".into()));
-        self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::AddAnnotationResponse {
+        let response = pb::AddAnnotationResponse {
             annotation: Some(annotation_view(&annotation)),
-        }))
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn list_annotations(
@@ -264,10 +266,12 @@ impl ReviewService for ReviewGrpc {
             "session.annotation",
             annotation_event(id, "resolved".into()),
         );
-        self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::ResolveAnnotationResponse {
+        let response = pb::ResolveAnnotationResponse {
             annotation: Some(annotation_view(&annotation)),
-        }))
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn request_approval(
@@ -355,10 +359,12 @@ impl ReviewService for ReviewGrpc {
                     ..Default::default()
                 },
             );
-        let record = self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::RequestApprovalResponse {
-            approval: Some(approval_view(&approval, &record)),
-        }))
+        let response = pb::RequestApprovalResponse {
+            approval: Some(approval_view(&approval, &mutation.record)),
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn decide_approval(
@@ -466,10 +472,12 @@ impl ReviewService for ReviewGrpc {
                     ..Default::default()
                 },
             );
-        let record = self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::DecideApprovalResponse {
-            approval: Some(approval_view(&approval, &record)),
-        }))
+        let response = pb::DecideApprovalResponse {
+            approval: Some(approval_view(&approval, &mutation.record)),
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn list_approvals(

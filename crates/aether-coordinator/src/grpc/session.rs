@@ -38,10 +38,6 @@ fn metadata(map: &std::collections::HashMap<String, String>) -> Result<BTreeMap<
     Ok(meta)
 }
 
-pub fn new_session_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..20].to_string()
-}
-
 impl Sessions {
     /// The API view of a session, with counts of its head.
     pub async fn describe(&self, record: &SessionRecord) -> Result<pb::Session> {
@@ -142,10 +138,11 @@ impl SessionService for SessionGrpc {
         } else {
             request.owner.clone()
         };
+        let id = self.sessions.new_session_id().await?;
         let (source, root, knowledge_root) = self.sessions.source_root(&request.source).await?;
         let now = model::now_ms();
         let record = SessionRecord {
-            id: new_session_id(),
+            id,
             labels,
             metadata,
             owner,
@@ -166,12 +163,14 @@ impl SessionService for SessionGrpc {
             annotations_root: String::new(),
             annotation_sequence: 0,
             approval_sequence: 0,
+            request_count: 0,
         };
         let effect = Effect::new(&caller, "session.create", record.id.clone());
-        let record = self.sessions.create(record, effect).await?;
-        Ok(Response::new(pb::CreateSessionResponse {
+        let response = pb::CreateSessionResponse {
             session: Some(self.sessions.describe(&record).await?),
-        }))
+        };
+        self.sessions.create(record, effect, &response).await?;
+        Ok(Response::new(response))
     }
 
     async fn get_session(
@@ -289,10 +288,12 @@ impl SessionService for SessionGrpc {
         }
         let effect = Effect::new(&caller, "session.update", request.session_id.clone())
             .detail("fields", paths.join(","));
-        let record = self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::UpdateSessionResponse {
-            session: Some(self.sessions.describe(&record).await?),
-        }))
+        let response = pb::UpdateSessionResponse {
+            session: Some(self.sessions.describe(mutation.stamp()).await?),
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn fork_session(
@@ -301,6 +302,7 @@ impl SessionService for SessionGrpc {
     ) -> Result<Response<pb::ForkSessionResponse>, Status> {
         let caller = principal(&request);
         let request = request.into_inner();
+        let id = self.sessions.new_session_id().await?;
         let (parent, _) = self.sessions.load(&request.session_id).await?;
         require_open(&parent)?;
         let labels = labels(&request.labels)?;
@@ -313,7 +315,7 @@ impl SessionService for SessionGrpc {
         // O(1): the fork points at the parent's head root, knowledge and annotations (each one
         // hash); content is shared. Approvals stay with the parent: they approved its head.
         let record = SessionRecord {
-            id: new_session_id(),
+            id,
             labels,
             metadata,
             owner: caller.clone(),
@@ -336,13 +338,15 @@ impl SessionService for SessionGrpc {
             annotations_root: parent.annotations_root.clone(),
             annotation_sequence: parent.annotation_sequence,
             approval_sequence: 0,
+            request_count: 0,
         };
         let effect = Effect::new(&caller, "session.fork", record.id.clone())
             .detail("parent", parent.id.clone());
-        let record = self.sessions.create(record, effect).await?;
-        Ok(Response::new(pb::ForkSessionResponse {
+        let response = pb::ForkSessionResponse {
             session: Some(self.sessions.describe(&record).await?),
-        }))
+        };
+        self.sessions.create(record, effect, &response).await?;
+        Ok(Response::new(response))
     }
 
     async fn transfer_session(
@@ -381,10 +385,12 @@ impl SessionService for SessionGrpc {
                     ..Default::default()
                 },
             );
-        let record = self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::TransferSessionResponse {
-            session: Some(self.sessions.describe(&record).await?),
-        }))
+        let response = pb::TransferSessionResponse {
+            session: Some(self.sessions.describe(mutation.stamp()).await?),
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn finalize_session(
@@ -404,10 +410,12 @@ impl SessionService for SessionGrpc {
                 ..Default::default()
             },
         );
-        let record = self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::FinalizeSessionResponse {
-            session: Some(self.sessions.describe(&record).await?),
-        }))
+        let response = pb::FinalizeSessionResponse {
+            session: Some(self.sessions.describe(mutation.stamp()).await?),
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn close_session(
@@ -421,15 +429,10 @@ impl SessionService for SessionGrpc {
         let mut archive_blob_hash = String::new();
         if request.archive {
             let root = Sessions::root(&mutation.record.head_root)?;
-            let tar = crate::archive::build_tar(&self.sessions.trees, &root).await?;
-            archive_blob_hash = self
-                .sessions
-                .trees
-                .blobs()
-                .put(tar.into())
-                .await
-                .map_err(Error::from)?
-                .to_hex();
+            // Streamed from the tree into the store: the archive is never held whole.
+            let tar = crate::archive::tar_stream(&self.sessions.trees, &root).await?;
+            let (hash, _) = self.sessions.trees.put_stream(tar).await?;
+            archive_blob_hash = hash.to_hex();
         }
         mutation.record.state = State::Closed;
         let effect = Effect::new(&caller, "session.close", request.session_id.clone())
@@ -444,11 +447,13 @@ impl SessionService for SessionGrpc {
                     ..Default::default()
                 },
             );
-        let record = self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::CloseSessionResponse {
-            session: Some(self.sessions.describe(&record).await?),
+        let response = pb::CloseSessionResponse {
+            session: Some(self.sessions.describe(mutation.stamp()).await?),
             archive_blob_hash,
-        }))
+        };
+        mutation.reply(&response);
+        self.sessions.commit(mutation, effect).await?;
+        Ok(Response::new(response))
     }
 
     async fn list_audit_events(

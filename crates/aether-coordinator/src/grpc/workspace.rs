@@ -1,5 +1,6 @@
 //! `WorkspaceService`: read and change a session's files.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -12,6 +13,7 @@ use aether_proto::workspace_service_server::WorkspaceService;
 use aether_store::blobs::{blob_hash, MAX_CHUNK};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -19,13 +21,16 @@ use super::convert;
 use super::{page_size, page_token, principal};
 use crate::archive;
 use crate::error::{Error, Result};
-use crate::sessions::{check_expected_version, require_open, Effect, Sessions};
+use crate::sessions::{
+    check_expected_version, require_active, require_open, Effect, Prepared, Sessions,
+};
 use crate::trees::{TreeEditor, Trees};
 
 /// Largest file accepted inline in a WriteOp.
 pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
-/// Largest file accepted by WriteFile (held in memory while it is stored).
-pub const MAX_WRITE_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+/// Largest file accepted by WriteFile: the content store's default blob limit. The file is
+/// streamed into the store as it arrives, so memory does not depend on it.
+pub const MAX_WRITE_FILE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Most changes in one ApplyChanges batch.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
 /// Content uploads in flight while applying one batch.
@@ -234,7 +239,7 @@ type Deferred = (Hash, Bytes);
 
 impl Sessions {
     /// Stores content named by a write: inline bytes are put; chunk lists are checked to be
-    /// present and assembled into one blob.
+    /// present and streamed through the store into one blob.
     async fn store_content(&self, content: Content) -> Result<(Hash, u64)> {
         let blobs = self.trees.blobs();
         match content {
@@ -256,21 +261,27 @@ impl Sessions {
                     let size = blobs.size(&chunks[0].0).await?;
                     return Ok((chunks[0].0, size));
                 }
-                // The store names a multi-chunk blob by its manifest; assembling the content
-                // through it yields that name (chunking is deterministic, so no chunk is stored
-                // twice).
-                let mut buffer = BytesMut::new();
-                for (hash, _) in &chunks {
-                    buffer.extend_from_slice(&blobs.get(hash).await?);
-                }
-                let size = buffer.len() as u64;
-                Ok((blobs.put(buffer.freeze()).await?, size))
+                // The store names a multi-chunk blob by the manifest of its own cut; streaming
+                // the chunks through it, one read at a time, yields that name without holding
+                // the content (chunking is deterministic, so a list cut as the store cuts is
+                // not stored twice).
+                let blobs = blobs.clone();
+                let content = futures::stream::iter(chunks)
+                    .then(move |(hash, _)| {
+                        let blobs = blobs.clone();
+                        async move { blobs.read(&hash, 0, 0).await }
+                    })
+                    .try_flatten()
+                    .map_err(Error::from)
+                    .boxed();
+                self.trees.put_stream(content).await
             }
         }
     }
 
     /// Applies validated changes atomically to the head: one new root, one version, one
-    /// fenced commit; a failed step or precondition changes nothing.
+    /// fenced commit ([`Sessions::finish`], with the answer); a failed step or precondition
+    /// changes nothing.
     async fn apply(
         &self,
         session_id: &str,
@@ -278,7 +289,7 @@ impl Sessions {
         expected_version: u64,
         changes: Vec<Change>,
         operation: &'static str,
-    ) -> Result<crate::model::SessionRecord> {
+    ) -> Result<Prepared> {
         let mut mutation = self.begin_active(session_id).await?;
         check_expected_version(&mutation.record, expected_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;
@@ -410,7 +421,7 @@ impl Sessions {
             .try_collect::<Vec<()>>();
         let (new_root, _) = futures::try_join!(editor.finish(), content)?;
         if new_root == old_root {
-            return Ok(mutation.record);
+            return Ok(Prepared::unchanged(mutation));
         }
         mutation.record.head_root = new_root.to_hex();
         mutation.record.head_version += 1;
@@ -427,7 +438,7 @@ impl Sessions {
                     ..Default::default()
                 },
             );
-        self.commit(mutation, effect).await
+        Ok(Prepared::changed(mutation, effect))
     }
 }
 
@@ -440,7 +451,7 @@ impl Sessions {
         expected_version: u64,
         step: Step,
         operation: &'static str,
-    ) -> Result<crate::model::SessionRecord> {
+    ) -> Result<Prepared> {
         let change = Change {
             step,
             precondition: None,
@@ -605,6 +616,64 @@ fn split(piece: Bytes) -> Vec<Bytes> {
         .step_by(MESSAGE_BYTES)
         .map(|start| piece.slice(start..(start + MESSAGE_BYTES).min(piece.len())))
         .collect()
+}
+
+/// Cuts a stream of pieces into pieces of `size` bytes (the last may be shorter): large
+/// pieces are sliced without a copy, small ones (tar headers, padding, small files) gathered.
+fn regroup<E: Send + 'static>(
+    pieces: BoxStream<'static, std::result::Result<Bytes, E>>,
+    size: usize,
+) -> BoxStream<'static, std::result::Result<Bytes, E>> {
+    struct State<E> {
+        pieces: BoxStream<'static, std::result::Result<Bytes, E>>,
+        gathered: BytesMut,
+        ready: VecDeque<Bytes>,
+        ended: bool,
+    }
+    let state = State {
+        pieces,
+        gathered: BytesMut::new(),
+        ready: VecDeque::new(),
+        ended: false,
+    };
+    futures::stream::unfold(state, move |mut state| async move {
+        loop {
+            if let Some(piece) = state.ready.pop_front() {
+                return Some((Ok(piece), state));
+            }
+            if state.ended {
+                return None;
+            }
+            match state.pieces.next().await {
+                Some(Ok(mut piece)) => {
+                    if state.gathered.is_empty() {
+                        while piece.len() >= size {
+                            state.ready.push_back(piece.split_to(size));
+                        }
+                        state.gathered.extend_from_slice(&piece);
+                    } else {
+                        state.gathered.extend_from_slice(&piece);
+                        while state.gathered.len() >= size {
+                            state
+                                .ready
+                                .push_back(state.gathered.split_to(size).freeze());
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    state.ended = true;
+                    return Some((Err(e), state));
+                }
+                None => {
+                    state.ended = true;
+                    if !state.gathered.is_empty() {
+                        state.ready.push_back(state.gathered.split().freeze());
+                    }
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 #[tonic::async_trait]
@@ -786,35 +855,32 @@ impl WorkspaceService for WorkspaceGrpc {
             }
         };
         let file = path(&header.path)?;
-        let mut buffer = BytesMut::new();
-        while let Some(message) = stream.message().await? {
-            match message.part {
-                Some(pb::write_file_request::Part::Data(data)) => {
-                    if buffer.len() as u64 + data.len() as u64 > MAX_WRITE_FILE_BYTES {
-                        return Err(Error::ResourceExhausted(format!(
-                            "file exceeds the WriteFile limit of {MAX_WRITE_FILE_BYTES} bytes; upload chunks with PutBlob and use ApplyChanges"
-                        ))
-                        .into());
-                    }
-                    buffer.extend_from_slice(&data);
-                }
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "WriteFile takes one header, then only data messages",
+        // Refused before a byte of content is read: a caller that may not write (the load
+        // authorizes), a session that cannot change, a head already past the expected version.
+        let (record, _) = self.sessions.load_for_change(&header.session_id).await?;
+        require_active(&record)?;
+        check_expected_version(&record, header.expected_head_version)?;
+        // Stored as it arrives (a few chunks in memory), before the session lock is taken:
+        // uploads do not serialize writers. Back-pressure: the next message is read when the
+        // store has taken the last. Cancellation: a client that goes away ends the stream with
+        // an error, which abandons the upload.
+        let mut received = 0u64;
+        let body = stream.map(move |message| match message?.part {
+            Some(pb::write_file_request::Part::Data(data)) => {
+                received += data.len() as u64;
+                if received > MAX_WRITE_FILE_BYTES {
+                    return Err(Error::ResourceExhausted(format!(
+                        "file exceeds the WriteFile limit of {MAX_WRITE_FILE_BYTES} bytes; upload chunks with PutBlob and use ApplyChanges"
                     ))
+                    .into());
                 }
+                Ok(data)
             }
-        }
-        let data = buffer.freeze();
-        let size = data.len() as u64;
-        // Store the bytes before taking the session lock: uploads do not serialize writers.
-        let hash = self
-            .sessions
-            .trees
-            .blobs()
-            .put(data)
-            .await
-            .map_err(Error::from)?;
+            _ => Err(Status::invalid_argument(
+                "WriteFile takes one header, then only data messages",
+            )),
+        });
+        let (hash, size) = self.sessions.trees.put_stream(body).await?;
         let change = Change {
             step: Step::Write {
                 path: file.clone(),
@@ -824,7 +890,7 @@ impl WorkspaceService for WorkspaceGrpc {
             },
             precondition: header.precondition,
         };
-        let record = self
+        let prepared = self
             .sessions
             .apply(
                 &header.session_id,
@@ -834,6 +900,7 @@ impl WorkspaceService for WorkspaceGrpc {
                 "write",
             )
             .await?;
+        let record = prepared.record();
         let root = Sessions::root(&record.head_root)?;
         let entry = self
             .sessions
@@ -841,10 +908,12 @@ impl WorkspaceService for WorkspaceGrpc {
             .lookup(&root, &file)
             .await?
             .ok_or_else(|| Error::Internal("written file vanished".into()))?;
-        Ok(Response::new(pb::WriteFileResponse {
+        let response = pb::WriteFileResponse {
             entry: Some(convert::entry(&file, &entry)),
             head_version: record.head_version,
-        }))
+        };
+        self.sessions.finish(prepared, &response).await?;
+        Ok(Response::new(response))
     }
 
     async fn apply_changes(
@@ -870,7 +939,7 @@ impl WorkspaceService for WorkspaceGrpc {
             .into_iter()
             .map(parse_change)
             .collect::<Result<Vec<_>>>()?;
-        let record = self
+        let prepared = self
             .sessions
             .apply(
                 &request.session_id,
@@ -880,10 +949,12 @@ impl WorkspaceService for WorkspaceGrpc {
                 "batch",
             )
             .await?;
-        Ok(Response::new(pb::ApplyChangesResponse {
-            head_version: record.head_version,
-            head_root: record.head_root,
-        }))
+        let response = pb::ApplyChangesResponse {
+            head_version: prepared.record().head_version,
+            head_root: prepared.record().head_root.clone(),
+        };
+        self.sessions.finish(prepared, &response).await?;
+        Ok(Response::new(response))
     }
 
     async fn delete_path(
@@ -896,7 +967,7 @@ impl WorkspaceService for WorkspaceGrpc {
             path: path(&r.path)?,
             recursive: r.recursive,
         };
-        let record = self
+        let prepared = self
             .sessions
             .apply_step(
                 &r.session_id,
@@ -906,9 +977,11 @@ impl WorkspaceService for WorkspaceGrpc {
                 "delete",
             )
             .await?;
-        Ok(Response::new(pb::DeletePathResponse {
-            head_version: record.head_version,
-        }))
+        let response = pb::DeletePathResponse {
+            head_version: prepared.record().head_version,
+        };
+        self.sessions.finish(prepared, &response).await?;
+        Ok(Response::new(response))
     }
 
     async fn make_directory(
@@ -922,10 +995,11 @@ impl WorkspaceService for WorkspaceGrpc {
             path: dir.clone(),
             parents: r.parents,
         };
-        let record = self
+        let prepared = self
             .sessions
             .apply_step(&r.session_id, &caller, 0, step, "mkdir")
             .await?;
+        let record = prepared.record();
         let root = Sessions::root(&record.head_root)?;
         let entry = self
             .sessions
@@ -933,10 +1007,12 @@ impl WorkspaceService for WorkspaceGrpc {
             .lookup(&root, &dir)
             .await?
             .ok_or_else(|| Error::Internal("created directory vanished".into()))?;
-        Ok(Response::new(pb::MakeDirectoryResponse {
+        let response = pb::MakeDirectoryResponse {
             entry: Some(convert::entry(&dir, &entry)),
             head_version: record.head_version,
-        }))
+        };
+        self.sessions.finish(prepared, &response).await?;
+        Ok(Response::new(response))
     }
 
     async fn move_path(
@@ -950,7 +1026,7 @@ impl WorkspaceService for WorkspaceGrpc {
             to: path(&r.to)?,
             overwrite: r.overwrite,
         };
-        let record = self
+        let prepared = self
             .sessions
             .apply_step(
                 &r.session_id,
@@ -960,9 +1036,11 @@ impl WorkspaceService for WorkspaceGrpc {
                 "move",
             )
             .await?;
-        Ok(Response::new(pb::MovePathResponse {
-            head_version: record.head_version,
-        }))
+        let response = pb::MovePathResponse {
+            head_version: prepared.record().head_version,
+        };
+        self.sessions.finish(prepared, &response).await?;
+        Ok(Response::new(response))
     }
 
     async fn copy_path(
@@ -976,7 +1054,7 @@ impl WorkspaceService for WorkspaceGrpc {
             to: path(&r.to)?,
             overwrite: r.overwrite,
         };
-        let record = self
+        let prepared = self
             .sessions
             .apply_step(
                 &r.session_id,
@@ -986,9 +1064,11 @@ impl WorkspaceService for WorkspaceGrpc {
                 "copy",
             )
             .await?;
-        Ok(Response::new(pb::CopyPathResponse {
-            head_version: record.head_version,
-        }))
+        let response = pb::CopyPathResponse {
+            head_version: prepared.record().head_version,
+        };
+        self.sessions.finish(prepared, &response).await?;
+        Ok(Response::new(response))
     }
 
     async fn diff(
@@ -1071,12 +1151,14 @@ impl WorkspaceService for WorkspaceGrpc {
             }
             None => return Err(Error::NotFound(format!("\"{dir}\" does not exist")).into()),
         };
-        let tar = archive::build_tar(&self.sessions.trees, &subtree).await?;
-        let messages: Vec<Result<pb::ExportArchiveResponse, Status>> = split(Bytes::from(tar))
-            .into_iter()
-            .map(|data| Ok(pb::ExportArchiveResponse { data }))
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(messages))))
+        // Built as the client reads it: back-pressure from the HTTP/2 window, one piece of
+        // content in hand; a client that goes away drops the stream and its store reads.
+        let tar = archive::tar_stream(&self.sessions.trees, &subtree).await?;
+        let messages = regroup(tar, MESSAGE_BYTES).map(|piece| match piece {
+            Ok(data) => Ok(pb::ExportArchiveResponse { data }),
+            Err(e) => Err(Status::from(e)),
+        });
+        Ok(Response::new(Box::pin(messages)))
     }
 
     async fn import_archive(
@@ -1096,28 +1178,19 @@ impl WorkspaceService for WorkspaceGrpc {
             }
         };
         let under = path(&header.path)?;
-        let mut buffer = BytesMut::new();
-        while let Some(message) = stream.message().await? {
-            match message.part {
-                Some(pb::import_archive_request::Part::Data(data)) => {
-                    if buffer.len() as u64 + data.len() as u64 > archive::MAX_ARCHIVE_BYTES {
-                        return Err(Error::ResourceExhausted(format!(
-                            "archive exceeds {} bytes",
-                            archive::MAX_ARCHIVE_BYTES
-                        ))
-                        .into());
-                    }
-                    buffer.extend_from_slice(&data);
-                }
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "ImportArchive takes one header, then only data messages",
-                    ))
-                }
-            }
-        }
-        // Validate the whole archive before touching the session.
-        let items = archive::parse_tar(&buffer, &under)?;
+        // Refused before a byte of the archive is read, as in WriteFile.
+        let (record, _) = self.sessions.load_for_change(&header.session_id).await?;
+        require_active(&record)?;
+        check_expected_version(&record, header.expected_head_version)?;
+        let data = stream.map(|message| match message?.part {
+            Some(pb::import_archive_request::Part::Data(data)) => Ok(data),
+            _ => Err(Status::invalid_argument(
+                "ImportArchive takes one header, then only data messages",
+            )),
+        });
+        // The whole archive is read and validated, its files' content stored as it passes,
+        // before the session is touched: a refusal changes nothing.
+        let items = archive::read_tar(Box::pin(data), &under, &self.sessions.trees).await?;
         let mut mutation = self.sessions.begin_active(&header.session_id).await?;
         check_expected_version(&mutation.record, header.expected_head_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;
@@ -1141,13 +1214,15 @@ impl WorkspaceService for WorkspaceGrpc {
                         ..Default::default()
                     },
                 );
-            let record = self.sessions.commit(mutation, effect).await?;
-            return Ok(Response::new(pb::ImportArchiveResponse {
+            let response = pb::ImportArchiveResponse {
                 files,
                 directories,
                 bytes,
-                head_version: record.head_version,
-            }));
+                head_version: mutation.record.head_version,
+            };
+            mutation.reply(&response);
+            self.sessions.commit(mutation, effect).await?;
+            return Ok(Response::new(response));
         }
         Ok(Response::new(pb::ImportArchiveResponse {
             files,
