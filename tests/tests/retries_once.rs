@@ -424,3 +424,55 @@ async fn the_sdk_retries_a_commit_whose_coordinator_died_and_gets_one_commit() {
     assert_eq!(listed, applied);
     assert_eq!(info, listed[0]);
 }
+
+/// What the mount does after a batch failed with an unknown outcome: the same batch again under
+/// the same id (`SessionHandle::apply_changes_as`) applies once; a malformed id is refused
+/// before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_again_under_its_own_id_applies_once() {
+    let data = tempfile::tempdir().unwrap();
+    let server = ServiceProcess::start(&[
+        "dev".into(),
+        "--data".into(),
+        data.path().display().to_string(),
+    ])
+    .await
+    .unwrap();
+    let channel = connect(&server.endpoint()).await.unwrap();
+    let client = Client::connect(server.endpoint(), Options::default())
+        .await
+        .unwrap();
+    let session = crate::common::create_session(&channel).await.unwrap().id;
+    let handle = client.session(session.clone());
+    let batch = || {
+        write_one(&session, "moved-from.txt", "x")
+            .changes
+            .into_iter()
+            .chain([pb::Change {
+                op: Some(pb::change::Op::Move(pb::MoveOp {
+                    from: "moved-from.txt".into(),
+                    to: "moved-to.txt".into(),
+                    overwrite: true,
+                })),
+                precondition: None,
+            }])
+            .collect::<Vec<_>>()
+    };
+    let first = handle
+        .apply_changes_as("mount-batch-1-0", batch(), 0)
+        .await
+        .unwrap();
+    // Again: a plain resend would fail (the move's source is gone); the same id replays.
+    let again = handle
+        .apply_changes_as("mount-batch-1-0", batch(), 0)
+        .await
+        .unwrap();
+    assert_eq!(first, again);
+    assert_eq!(head_version(&channel, &session).await, first.head_version);
+    let error = handle
+        .apply_changes_as("not a valid id", batch(), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument, "{error}");
+    assert_eq!(head_version(&channel, &session).await, first.head_version);
+}

@@ -364,8 +364,25 @@ impl Client {
         F: Fn(Client, Request<T>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<R>, Status>>,
     {
-        let timeout = self.options.timeout;
         let request_id = (idempotence == Idempotence::Mutating).then(new_request_id);
+        self.unary_as(idempotence, request_id, message, call).await
+    }
+
+    /// [`Client::unary`] with the caller's own request id (a change the caller may send again
+    /// later, after this call's own retries are spent).
+    pub(crate) async fn unary_as<T, R, F, Fut>(
+        &self,
+        idempotence: Idempotence,
+        request_id: Option<MetadataValue<Ascii>>,
+        message: T,
+        call: F,
+    ) -> Result<R>
+    where
+        T: Clone,
+        F: Fn(Client, Request<T>) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<R>, Status>>,
+    {
+        let timeout = self.options.timeout;
         self.with_retries(idempotence, || {
             let mut request = Request::new(message.clone());
             request.set_timeout(timeout);

@@ -479,6 +479,43 @@ impl SessionHandle {
             .await
     }
 
+    /// [`Self::apply_changes`] under the caller's request id: sending the same batch again with
+    /// the same id (after an error whose outcome is unknown) applies it at most once. The id is
+    /// 1 to 128 visible ASCII characters.
+    pub async fn apply_changes_as(
+        &self,
+        request_id: &str,
+        changes: Vec<pb::Change>,
+        expected_head_version: u64,
+    ) -> Result<pb::ApplyChangesResponse> {
+        let id = request_id
+            .parse::<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>()
+            .ok()
+            .filter(|_| {
+                !request_id.is_empty()
+                    && request_id.len() <= 128
+                    && request_id.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!(
+                    "request id {request_id:?} must be 1 to 128 visible ASCII characters"
+                ))
+            })?;
+        let request = pb::ApplyChangesRequest {
+            session_id: self.sid(),
+            changes,
+            expected_head_version,
+        };
+        self.client
+            .unary_as(
+                Idempotence::Mutating,
+                Some(id),
+                request,
+                |mut c, r| async move { c.workspace.apply_changes(r).await },
+            )
+            .await
+    }
+
     /// Writes a whole file through the WriteFile stream (the server chunks and stores it).
     /// For many files, or content that may already be stored, prefer [`Self::upload`].
     pub async fn write_file(

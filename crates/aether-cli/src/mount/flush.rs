@@ -29,6 +29,8 @@ const MAX_INLINE_BYTES: u64 = 1024 * 1024;
 const MAX_BATCH_CHANGES: usize = 10_000;
 /// Encoded bytes at which a batch is cut, under the coordinator's message limit.
 const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
+/// Tries to send what is queued when the mount ends, a second apart.
+const STOP_ATTEMPTS: usize = 5;
 /// How often the session's head version is compared with what the mount knows.
 const HEAD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// Staged bytes that start a flush before the interval ends.
@@ -91,6 +93,7 @@ impl Flusher {
 pub fn run(fs: Arc<AetherFs>, interval: Duration) {
     let flusher = fs.flusher.clone();
     let mut next = Instant::now() + interval;
+    let mut retry = None;
     loop {
         let (target, stopping) = {
             let mut state = flusher.lock();
@@ -111,7 +114,18 @@ pub fn run(fs: Arc<AetherFs>, interval: Duration) {
             (state.requested, state.stop)
         };
         next = Instant::now() + interval;
-        let result = flush_once(&fs);
+        let mut result = flush_once(&fs, &mut retry);
+        // Unmounting: what is queued goes now; a session that is away gets a few tries.
+        for _ in 0..STOP_ATTEMPTS {
+            if !stopping || (result.is_ok() && retry.is_none()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            result = flush_once(&fs, &mut retry);
+        }
+        if stopping && (result.is_err() || retry.is_some()) {
+            eprintln!("aether mount: the session could not take the last changes; they are lost");
+        }
         let mut state = flusher.lock();
         if let Err(errno) = result {
             state.failed = Some((target, errno));
@@ -124,44 +138,69 @@ pub fn run(fs: Arc<AetherFs>, interval: Duration) {
     }
 }
 
-/// Takes the queue and sends it; on a transient failure the changes go back to the front of
-/// the queue for the next round.
-fn flush_once(fs: &AetherFs) -> Result<(), Errno> {
+/// A batch built and (maybe) sent: kept whole, with its request id, until the session has
+/// it. Sent again after a transient failure exactly as it was, so a batch whose first attempt
+/// did apply (its answer was lost) is recognised by the coordinator and applied once.
+pub struct Batch {
+    changes: Vec<pb::Change>,
+    generation: u64,
+    /// Each part of the batch (cut at the coordinator's limits) is `{id}-{index}`.
+    id: String,
+}
+
+/// Sends the batch that failed before (if any), then takes the queue and sends it.
+fn flush_once(fs: &AetherFs, retry: &mut Option<Batch>) -> Result<(), Errno> {
+    if let Some(batch) = retry.take() {
+        flush_batch(fs, batch, retry)?;
+    }
     let (ops, generation) = fs.state().take_ops();
     if ops.is_empty() {
         let mut state = fs.state();
         state.acknowledged = state.acknowledged.max(generation);
         return Ok(());
     }
-    let changes = match build_changes(fs, &ops) {
-        Ok(changes) => changes,
+    let batch = match build_changes(fs, &ops) {
+        Ok(changes) => Batch {
+            changes,
+            generation,
+            id: uuid::Uuid::new_v4().simple().to_string(),
+        },
         Err(error) => {
             eprintln!("aether mount: cannot read staged content, will retry: {error}");
             fs.state().requeue(ops);
             return Err(Errno::EIO);
         }
     };
-    match send(fs, changes.clone()) {
+    flush_batch(fs, batch, retry)
+}
+
+/// Sends one batch; keeps it in `retry` after a transient failure.
+fn flush_batch(fs: &AetherFs, batch: Batch, retry: &mut Option<Batch>) -> Result<(), Errno> {
+    match send(fs, &batch) {
         Ok(()) => {
-            fs.state().acknowledged = generation;
+            let mut state = fs.state();
+            state.acknowledged = state.acknowledged.max(batch.generation);
             Ok(())
         }
-        Err(error) if is_transient(&error) => {
-            eprintln!("aether mount: commit failed, will retry: {error}");
-            fs.state().requeue(ops);
+        Err((error, _)) if is_transient(&error) => {
+            eprintln!("aether mount: commit failed, will send the same batch again: {error}");
+            *retry = Some(batch);
             Err(Errno::EIO)
         }
-        Err(error) => {
+        Err((error, applied)) => {
             eprintln!("aether mount: the session refused a batch ({error}); applying its changes one by one");
             let mut failed = false;
-            for change in changes {
+            for (index, change) in batch.changes.into_iter().enumerate().skip(applied) {
                 let described = describe(&change);
-                if let Err(error) = apply(fs, vec![change]) {
+                let id = format!("{}-single-{index}", batch.id);
+                if let Err(error) = apply(fs, &id, vec![change]) {
                     eprintln!("aether mount: could not apply {described}: {error}");
                     failed = true;
                 }
             }
-            fs.state().acknowledged = generation;
+            let mut state = fs.state();
+            state.acknowledged = state.acknowledged.max(batch.generation);
+            drop(state);
             // Our view may now differ from the session: list everything again.
             fs.mark_all_stale();
             if failed {
@@ -181,29 +220,39 @@ fn is_transient(error: &aether_client::Error) -> bool {
     ) || matches!(error, aether_client::Error::Io { .. })
 }
 
-/// Sends changes in as few batches as the coordinator's limits allow, in order.
-fn send(fs: &AetherFs, changes: Vec<pb::Change>) -> aether_client::Result<()> {
-    let mut batch: Vec<pb::Change> = Vec::new();
-    let mut bytes = 0;
-    for change in changes {
+/// Sends a batch in as few ApplyChanges as the coordinator's limits allow, in order; on
+/// failure also says how many changes the parts before the failing one applied.
+fn send(fs: &AetherFs, batch: &Batch) -> Result<(), (aether_client::Error, usize)> {
+    let mut part: Vec<pb::Change> = Vec::new();
+    let (mut bytes, mut sent, mut index) = (0, 0, 0);
+    for change in &batch.changes {
         let size = change.encoded_len() + 8;
-        if !batch.is_empty() && (batch.len() >= MAX_BATCH_CHANGES || bytes + size > MAX_BATCH_BYTES)
-        {
-            apply(fs, std::mem::take(&mut batch))?;
+        if !part.is_empty() && (part.len() >= MAX_BATCH_CHANGES || bytes + size > MAX_BATCH_BYTES) {
+            let count = part.len();
+            apply(
+                fs,
+                &format!("{}-{index}", batch.id),
+                std::mem::take(&mut part),
+            )
+            .map_err(|e| (e, sent))?;
+            sent += count;
+            index += 1;
             bytes = 0;
         }
         bytes += size;
-        batch.push(change);
+        part.push(change.clone());
     }
-    if !batch.is_empty() {
-        apply(fs, batch)?;
+    if !part.is_empty() {
+        apply(fs, &format!("{}-{index}", batch.id), part).map_err(|e| (e, sent))?;
     }
     Ok(())
 }
 
-fn apply(fs: &AetherFs, batch: Vec<pb::Change>) -> aether_client::Result<()> {
+fn apply(fs: &AetherFs, id: &str, changes: Vec<pb::Change>) -> aether_client::Result<()> {
     fs.batch_in_flight(true);
-    let result = fs.runtime.block_on(fs.session.apply_changes(batch, 0));
+    let result = fs
+        .runtime
+        .block_on(fs.session.apply_changes_as(id, changes, 0));
     if let Ok(response) = &result {
         fs.note_own_version(response.head_version);
     }
