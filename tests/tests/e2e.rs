@@ -28,6 +28,7 @@ mod lifecycle_checkpoints;
 mod lifecycle_fork;
 mod lifecycle_review;
 mod lifecycle_single;
+mod paging;
 mod python_client;
 mod retries_once;
 mod store_api;

@@ -201,6 +201,48 @@ impl Trees {
         .boxed()
     }
 
+    /// One page of the entries below `dir` in depth-first path order: at most `limit` entries
+    /// after `after` (components relative to `dir`; empty for the first page). Seeks to the
+    /// token by binary search at each level instead of walking what precedes it, so a page
+    /// costs O(limit + depth × log(width)) whatever the page's position.
+    pub fn walk_page<'a>(
+        &'a self,
+        dir: Hash,
+        prefix: WorkspacePath,
+        recursive: bool,
+        after: &'a [String],
+        limit: usize,
+        out: &'a mut Vec<(WorkspacePath, TreeEntry)>,
+    ) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let tree = self.load(&dir).await?;
+            let entries = tree.entries();
+            // Entries named before the token's component precede it with their subtrees.
+            let start = match after.first() {
+                Some(name) => entries.partition_point(|e| e.name.as_str() < name.as_str()),
+                None => 0,
+            };
+            for (index, entry) in entries.iter().enumerate().skip(start) {
+                if out.len() >= limit {
+                    return Ok(());
+                }
+                let path = prefix.join(&entry.name)?;
+                let on_token = index == start && after.first() == Some(&entry.name);
+                // The token's own entry (and its ancestors) were sent on an earlier page.
+                if !on_token {
+                    out.push((path.clone(), entry.clone()));
+                }
+                if recursive && entry.kind == EntryKind::Directory {
+                    let rest: &[String] = if on_token { &after[1..] } else { &[] };
+                    self.walk_page(entry.hash, path, true, rest, limit, out)
+                        .await?;
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
     /// Every entry below `dir` (depth-first, in path order), with paths relative to the root.
     pub fn walk<'a>(
         &'a self,

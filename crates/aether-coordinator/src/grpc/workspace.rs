@@ -515,13 +515,18 @@ async fn check_precondition(
 
 /// The files and symlinks that differ between two trees (and directories whose mode
 /// changed), walking only subtrees whose hashes differ. Changes of modification time alone
-/// are left out unless `include_time_only`.
+/// are left out unless `include_time_only`. Pages: at most `limit` entries, after the path
+/// whose components (below `prefix`) are `after`, found by seeking, not by walking what
+/// precedes it.
+#[allow(clippy::too_many_arguments)]
 fn diff_walk<'a>(
     trees: &'a Trees,
     old: Option<Hash>,
     new: Option<Hash>,
     prefix: WorkspacePath,
     include_time_only: bool,
+    after: &'a [String],
+    limit: usize,
     out: &'a mut Vec<pb::DiffEntry>,
 ) -> BoxFuture<'a, Result<()>> {
     async move {
@@ -534,6 +539,9 @@ fn diff_walk<'a>(
             None => aether_core::Tree::new(),
         };
         for change in diff_trees(&old_tree, &new_tree) {
+            if out.len() >= limit {
+                return Ok(());
+            }
             let (old_entry, new_entry): (Option<TreeEntry>, Option<TreeEntry>) = match change {
                 EntryChange::Added(e) => (None, Some(e)),
                 EntryChange::Deleted(e) => (Some(e), None),
@@ -545,13 +553,22 @@ fn diff_walk<'a>(
                 .expect("one side")
                 .name
                 .clone();
+            // Names before the token's precede it with everything below them; the token's own
+            // entry was sent on the page before.
+            let on_token = match after.first() {
+                Some(first) if name.as_str() < first.as_str() => continue,
+                Some(first) => name == *first,
+                None => false,
+            };
             let path = prefix.join(&name)?;
             let is_dir = |e: &&TreeEntry| e.kind == EntryKind::Directory;
             let old_leaf = old_entry.as_ref().filter(|e| !is_dir(e));
             let new_leaf = new_entry.as_ref().filter(|e| !is_dir(e));
             let old_dir = old_entry.as_ref().filter(is_dir);
             let new_dir = new_entry.as_ref().filter(is_dir);
-            if old_leaf.is_some() || new_leaf.is_some() {
+            if on_token {
+                // Sent already.
+            } else if old_leaf.is_some() || new_leaf.is_some() {
                 if let Some(entry) = diff_entry(&path, old_leaf, new_leaf, include_time_only) {
                     out.push(entry);
                 }
@@ -564,7 +581,18 @@ fn diff_walk<'a>(
             }
             let (old_dir, new_dir) = (old_dir.map(|e| e.hash), new_dir.map(|e| e.hash));
             if old_dir.is_some() || new_dir.is_some() {
-                diff_walk(trees, old_dir, new_dir, path, include_time_only, out).await?;
+                let rest: &[String] = if on_token { &after[1..] } else { &[] };
+                diff_walk(
+                    trees,
+                    old_dir,
+                    new_dir,
+                    path,
+                    include_time_only,
+                    rest,
+                    limit,
+                    out,
+                )
+                .await?;
             }
         }
         Ok(())
@@ -605,6 +633,31 @@ fn diff_entry(
         kind_changed: changed.kind,
         mtime_changed: changed.mtime,
     })
+}
+
+/// The components (below `dir`) of the path a page token names: the last path of the page
+/// before. A token that is not a path below `dir` (one level below unless `recursive`) was not
+/// made by this listing.
+fn page_after(
+    page: &Option<pb::PageRequest>,
+    dir: &WorkspacePath,
+    recursive: bool,
+) -> Result<Vec<String>> {
+    let Some(token) = page_token(page) else {
+        return Ok(Vec::new());
+    };
+    let bad = || {
+        Error::InvalidArgument(format!(
+            "page_token {token:?} was not returned by this listing of \"{dir}\": pass next_page_token back unchanged, with the same path and `recursive`"
+        ))
+    };
+    let path = WorkspacePath::parse(&token).map_err(|_| bad())?;
+    let relative = path.strip_prefix(dir).ok_or_else(bad)?;
+    let components: Vec<String> = relative.components().map(str::to_string).collect();
+    if components.is_empty() || (!recursive && components.len() != 1) {
+        return Err(bad());
+    }
+    Ok(components)
 }
 
 /// Splits a byte stream into messages of at most MESSAGE_BYTES.
@@ -726,27 +779,27 @@ impl WorkspaceService for WorkspaceGrpc {
             );
         }
         let size = page_size(&request.page);
-        let after = page_token(&request.page);
-        let mut all = Vec::new();
+        let after = page_after(&request.page, &dir, request.recursive)?;
+        // One more than a page says whether another follows.
+        let mut found = Vec::with_capacity(size + 1);
         self.sessions
             .trees
-            .walk(entry.hash, dir, request.recursive, &mut all, 10_000_000)
+            .walk_page(
+                entry.hash,
+                dir,
+                request.recursive,
+                &after,
+                size + 1,
+                &mut found,
+            )
             .await?;
-        // Paths come out of the walk in depth-first order; the token is the last path sent.
-        let start = match &after {
-            Some(token) => all
-                .iter()
-                .position(|(p, _)| p.as_str() == token)
-                .map(|i| i + 1)
-                .ok_or_else(|| Error::InvalidArgument("page_token does not name a listed path; pass next_page_token back unchanged with the same `at`".into()))?,
-            None => 0,
-        };
-        let page: Vec<pb::Entry> = all[start.min(all.len())..]
+        let more = found.len() > size;
+        let page: Vec<pb::Entry> = found
             .iter()
             .take(size)
             .map(|(p, e)| convert::entry(p, e))
             .collect();
-        let next_page_token = if start + page.len() < all.len() {
+        let next_page_token = if more {
             page.last().map(|e| e.path.clone()).unwrap_or_default()
         } else {
             String::new()
@@ -1094,29 +1147,25 @@ impl WorkspaceService for WorkspaceGrpc {
                 })
             }
         };
-        let mut out = Vec::new();
+        let size = page_size(&request.page);
+        let after = page_after(&request.page, &prefix, true)?;
+        // One more than a page says whether another follows.
+        let mut out = Vec::with_capacity(size + 1);
         diff_walk(
             trees,
             subtree(from).await?,
             subtree(to).await?,
             prefix.clone(),
             request.include_time_only,
+            &after,
+            size + 1,
             &mut out,
         )
         .await?;
-        let size = page_size(&request.page);
-        let start = match page_token(&request.page) {
-            Some(token) => out.iter().position(|d| d.path == token).map(|i| i + 1).ok_or_else(|| {
-                Error::InvalidArgument("page_token does not name a listed path; pass next_page_token back unchanged".into())
-            })?,
-            None => 0,
-        };
-        let entries: Vec<pb::DiffEntry> = out[start.min(out.len())..]
-            .iter()
-            .take(size)
-            .cloned()
-            .collect();
-        let next_page_token = if start + entries.len() < out.len() {
+        let more = out.len() > size;
+        out.truncate(size);
+        let entries = out;
+        let next_page_token = if more {
             entries.last().map(|e| e.path.clone()).unwrap_or_default()
         } else {
             String::new()
