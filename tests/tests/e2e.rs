@@ -7,6 +7,7 @@ mod common;
 mod lifecycle_support;
 mod store_support;
 
+mod admission;
 mod bounded_memory;
 mod bus_config;
 mod bus_failover;

@@ -3,6 +3,7 @@
 //! start telemetry, build each service, serve it with health and reflection, shut down
 //! gracefully (stop accepting, drain, release leases).
 
+pub mod admission;
 pub mod limit_status;
 pub mod rpc_telemetry;
 pub mod telemetry;
@@ -47,6 +48,14 @@ pub struct CommonArgs {
     /// Mutual TLS: CA bundle (PEM) whose client certificates are required of every caller.
     #[arg(long, env = "AETHER_TLS_CLIENT_CA", global = true)]
     pub tls_client_ca: Option<PathBuf>,
+    /// Calls this process serves at once; past it calls are refused at once with
+    /// RESOURCE_EXHAUSTED (health checks are always answered).
+    #[arg(long, env = "AETHER_MAX_IN_FLIGHT", global = true, default_value_t = admission::DEFAULT_MAX_IN_FLIGHT)]
+    pub max_in_flight: usize,
+    /// Uploads (WriteFile, ImportArchive, PutBlob) this process takes at once; past it they are
+    /// refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AETHER_MAX_UPLOADS", global = true, default_value_t = admission::DEFAULT_MAX_UPLOADS)]
+    pub max_uploads: usize,
 }
 
 /// `aetherd store`.
@@ -645,6 +654,11 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         .layer(rpc_telemetry::RpcTelemetryLayer::new(known))
         // Oversized messages are RESOURCE_EXHAUSTED on every service, as counted above.
         .layer(limit_status::layer())
+        // Past the process's budgets, calls are refused before any work.
+        .layer(admission::AdmissionLayer::new(
+            common.max_in_flight,
+            common.max_uploads,
+        ))
         .layer(auth_layer)
         .layer(tower::util::option_layer(forward))
         .layer(tower::util::option_layer(forward_bus))
