@@ -238,7 +238,9 @@ for e in "${etcds[@]}"; do
     --listen-client-urls "$client" --advertise-client-urls "$client" \
     --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
     --initial-cluster "$initial_cluster" --initial-cluster-token aetherfs-local \
-    --initial-cluster-state new --logger zap --log-outputs stderr
+    --initial-cluster-state new --logger zap --log-outputs stderr \
+    --auto-compaction-mode periodic --auto-compaction-retention 5m \
+    --quota-backend-bytes $((2 * 1024 * 1024 * 1024))
 done
 
 # S3: moto, in memory; the bucket is created once it answers.
