@@ -54,6 +54,34 @@ fn unavailable(error: &etcd_client::Error) -> CoordError {
     }
 }
 
+/// Attempts of a read before its error is returned.
+const READ_ATTEMPTS: u32 = 3;
+
+/// Runs a read, again after a transport failure: reads change nothing, and the client's
+/// balanced channel sends the next attempt to a member that answers (a member that is down or
+/// restarting fails the connection, not the cluster).
+async fn read<T, F, Fut>(mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) => {
+                let transport = matches!(error, etcd_client::Error::TransportError(_))
+                    || matches!(&error, etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable);
+                if !transport || tries >= READ_ATTEMPTS {
+                    return Err(unavailable(&error));
+                }
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(tries))).await;
+            }
+        }
+    }
+}
+
 /// Errors of lease calls: "lease not found" means the lease is gone, not that etcd is down.
 fn lease_error(error: &etcd_client::Error, lease: LeaseId) -> CoordError {
     if error.to_string().contains("lease not found") {
@@ -76,8 +104,11 @@ fn convert(kv: &etcd_client::KeyValue) -> KeyValue {
 #[async_trait]
 impl Coordination for EtcdCoordination {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let mut client = self.client.clone();
-        let response = client.get(key, None).await.map_err(|e| unavailable(&e))?;
+        let response = read(|| {
+            let mut client = self.client.clone();
+            async move { client.get(key, None).await }
+        })
+        .await?;
         Ok(response.kvs().first().map(convert))
     }
 
@@ -87,7 +118,7 @@ impl Coordination for EtcdCoordination {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<KeyValue>> {
-        let mut client = self.client.clone();
+        let client = self.client.clone();
         let start: Vec<u8> = match start_after {
             // The smallest key strictly greater than `after`.
             Some(after) if after.as_bytes() >= prefix.as_bytes() => {
@@ -100,10 +131,11 @@ impl Coordination for EtcdCoordination {
         let options = GetOptions::new()
             .with_range(prefix_end(prefix))
             .with_limit(limit as i64);
-        let response = client
-            .get(start, Some(options))
-            .await
-            .map_err(|e| unavailable(&e))?;
+        let response = read(|| {
+            let (mut client, start, options) = (client.clone(), start.clone(), options.clone());
+            async move { client.get(start, Some(options)).await }
+        })
+        .await?;
         Ok(response.kvs().iter().map(convert).collect())
     }
 
