@@ -2,30 +2,16 @@
 //! refuses at once with RESOURCE_EXHAUSTED ("not-applied") instead of queuing; health checks
 //! are always answered, and the budget frees as calls finish.
 
-use crate::common::{connect, create_session};
+use crate::common::{create_session, start_dev};
 
 use std::time::Duration;
 
 use aether_proto as pb;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
-use aether_testkit::ServiceProcess;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Code;
-
-async fn dev(limits: &[&str]) -> (tempfile::TempDir, ServiceProcess, Channel) {
-    let data = tempfile::tempdir().unwrap();
-    let mut args = vec![
-        "dev".to_string(),
-        "--data".into(),
-        data.path().display().to_string(),
-    ];
-    args.extend(limits.iter().map(|s| s.to_string()));
-    let server = ServiceProcess::start(&args).await.unwrap();
-    let channel = connect(&server.endpoint()).await.unwrap();
-    (data, server, channel)
-}
 
 fn header(session: &str, path: &str) -> pb::WriteFileRequest {
     pb::WriteFileRequest {
@@ -122,7 +108,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_its_budgets_a_process_refuses_at_once() {
     // Uploads.
-    let (_data, _server, channel) = dev(&["--max-uploads", "1"]).await;
+    let dev = start_dev(&["--max-uploads", "1"]).await;
+    let channel = dev.channel.clone();
     let session = create_session(&channel).await.unwrap().id;
     let ((tx, held), status) = hold_and_probe(&channel, &session, || {
         write(&channel, &session, "second.txt")
@@ -141,7 +128,8 @@ async fn past_its_budgets_a_process_refuses_at_once() {
         .expect("an upload once the first finished");
 
     // Calls.
-    let (_data, _server, channel) = dev(&["--max-in-flight", "1"]).await;
+    let dev = start_dev(&["--max-in-flight", "1"]).await;
+    let channel = dev.channel.clone();
     let session = create_session(&channel).await.unwrap().id;
     let stat = || {
         let mut client = WorkspaceServiceClient::new(channel.clone());

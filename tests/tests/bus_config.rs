@@ -8,25 +8,19 @@ use std::time::{Duration, Instant};
 
 use aether_proto as pb;
 use aether_proto::bus_service_client::BusServiceClient;
-use aether_testkit::ServiceProcess;
-use common::{connect, create_session};
+use common::{create_session, start_dev};
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bus_flags_take_effect_and_unknown_sessions_are_not_found() {
-    let data = tempfile::tempdir().unwrap();
-    let server = ServiceProcess::start(&[
-        "dev".into(),
-        "--data".into(),
-        data.path().display().to_string(),
-        "--bus-retention-messages".into(),
-        "123".into(),
-        "--bus-retention-secs".into(),
-        "3600".into(),
+    let dev = start_dev(&[
+        "--bus-retention-messages",
+        "123",
+        "--bus-retention-secs",
+        "3600",
     ])
-    .await
-    .unwrap();
-    let channel = connect(&server.endpoint()).await.unwrap();
+    .await;
+    let channel = dev.channel.clone();
     let mut bus = BusServiceClient::new(channel.clone());
 
     let id = create_session(&channel).await.unwrap().id;

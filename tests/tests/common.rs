@@ -182,3 +182,32 @@ pub async fn reflected_services(channel: &Channel) -> Vec<String> {
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }
+
+/// `aetherd dev` on a fresh data directory (removed with it), and a channel to it.
+pub struct Dev {
+    pub server: aether_testkit::ServiceProcess,
+    pub channel: Channel,
+    _data: tempfile::TempDir,
+}
+
+/// Starts `aetherd dev` with `flags` after its data directory.
+pub async fn start_dev(flags: &[&str]) -> Dev {
+    let data = tempfile::tempdir().expect("a temporary data directory");
+    let mut args = vec![
+        "dev".to_string(),
+        "--data".into(),
+        data.path().display().to_string(),
+    ];
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let server = aether_testkit::ServiceProcess::start(&args)
+        .await
+        .expect("start aetherd dev");
+    let channel = connect(&server.endpoint())
+        .await
+        .expect("connect to aetherd dev");
+    Dev {
+        server,
+        channel,
+        _data: data,
+    }
+}

@@ -3,11 +3,10 @@
 //! the same order as one unpaged listing), also when the entry a token names is deleted
 //! between pages; a token this listing did not make is INVALID_ARGUMENT.
 
-use crate::common::{connect, create_session};
+use crate::common::{create_session, start_dev};
 
 use aether_proto as pb;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
-use aether_testkit::ServiceProcess;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -103,15 +102,8 @@ async fn diff_all(channel: &Channel, session: &str, size: u32) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_join_up_and_foreign_tokens_are_invalid() {
-    let data = tempfile::tempdir().unwrap();
-    let server = ServiceProcess::start(&[
-        "dev".into(),
-        "--data".into(),
-        data.path().display().to_string(),
-    ])
-    .await
-    .unwrap();
-    let channel = connect(&server.endpoint()).await.unwrap();
+    let dev = start_dev(&[]).await;
+    let channel = dev.channel.clone();
     let session = create_session(&channel).await.unwrap().id;
     // Names that sort differently byte-wise and component-wise ("a-b" < "a/…" < "a0").
     let mut changes = Vec::new();

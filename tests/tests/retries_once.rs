@@ -430,16 +430,9 @@ async fn the_sdk_retries_a_commit_whose_coordinator_died_and_gets_one_commit() {
 /// before anything is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_sent_again_under_its_own_id_applies_once() {
-    let data = tempfile::tempdir().unwrap();
-    let server = ServiceProcess::start(&[
-        "dev".into(),
-        "--data".into(),
-        data.path().display().to_string(),
-    ])
-    .await
-    .unwrap();
-    let channel = connect(&server.endpoint()).await.unwrap();
-    let client = Client::connect(server.endpoint(), Options::default())
+    let dev = crate::common::start_dev(&[]).await;
+    let channel = dev.channel.clone();
+    let client = Client::connect(dev.server.endpoint(), Options::default())
         .await
         .unwrap();
     let session = crate::common::create_session(&channel).await.unwrap().id;
