@@ -297,6 +297,10 @@ impl RequestIndex {
     }
 }
 
+/// Largest recorded answer read back: the coordinator's own response limit (8 MiB); a larger
+/// object under a recorded name is not an answer this coordinator wrote.
+pub const MAX_REPLY_BYTES: u64 = 8 * 1024 * 1024;
+
 /// The stored form of an answer: inline when small, else put in the content store first.
 pub async fn store_reply(blobs: &dyn aether_store::Blobs, reply: Bytes) -> Result<StoredReply> {
     if reply.len() <= MAX_INLINE_REPLY_BYTES {
@@ -314,6 +318,12 @@ pub async fn load_reply(blobs: &dyn aether_store::Blobs, reply: &StoredReply) ->
         StoredReply::Blob(hash) => {
             let hash = aether_core::Hash::from_hex(hash)
                 .map_err(|e| Error::Internal(format!("recorded answer unreadable: {e}")))?;
+            let size = blobs.size(&hash).await?;
+            if size > MAX_REPLY_BYTES {
+                return Err(Error::DataLoss(format!(
+                    "recorded answer {hash} is {size} bytes, more than any answer ({MAX_REPLY_BYTES})"
+                )));
+            }
             Ok(blobs.get(&hash).await?)
         }
     }

@@ -284,6 +284,14 @@ struct Dir {
 }
 
 impl Dir {
+    /// Puts `entry` under `name`, replacing what was there (and any edits loaded below it).
+    fn put(&mut self, name: String, mut entry: TreeEntry) {
+        self.children.remove(&name);
+        entry.name = name;
+        self.tree.insert(entry);
+        self.dirty = true;
+    }
+
     fn new(tree: Tree) -> Dir {
         Dir {
             tree,
@@ -448,12 +456,7 @@ impl TreeEditor {
     }
 
     /// Puts a file or symlink entry at `path`, replacing a file or symlink but not a directory.
-    async fn put_leaf(
-        &mut self,
-        path: &WorkspacePath,
-        mut entry: TreeEntry,
-        what: &str,
-    ) -> Result<()> {
+    async fn put_leaf(&mut self, path: &WorkspacePath, entry: TreeEntry, what: &str) -> Result<()> {
         Self::require_not_root(path, what)?;
         let name = path.file_name().expect("non-root").to_string();
         let dir = self
@@ -468,10 +471,7 @@ impl TreeEditor {
             Some(_) => {}
             None => dir.names_changed = true,
         }
-        dir.children.remove(&name);
-        entry.name = name;
-        dir.tree.insert(entry);
-        dir.dirty = true;
+        dir.put(name, entry);
         self.touched.push(path.to_string());
         Ok(())
     }
@@ -590,7 +590,7 @@ impl TreeEditor {
     async fn place(
         &mut self,
         path: &WorkspacePath,
-        mut entry: TreeEntry,
+        entry: TreeEntry,
         overwrite: bool,
     ) -> Result<()> {
         Self::require_not_root(path, "replace")?;
@@ -612,10 +612,7 @@ impl TreeEditor {
         } else {
             dir.names_changed = true;
         }
-        dir.children.remove(&name);
-        entry.name = name;
-        dir.tree.insert(entry);
-        dir.dirty = true;
+        dir.put(name, entry);
         self.touched.push(path.to_string());
         Ok(())
     }

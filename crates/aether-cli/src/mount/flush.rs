@@ -15,20 +15,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use aether_client::proto as pb;
-use aether_client::UploadSource;
+// The SDK's batch limits: content inline up to MAX_INLINE_BYTES (larger goes to the store as
+// chunks first), batches cut at MAX_BATCH_CHANGES changes or MAX_BATCH_BYTES encoded.
+use aether_client::{UploadSource, MAX_BATCH_BYTES, MAX_BATCH_CHANGES, MAX_INLINE_BYTES};
 use fuser::Errno;
 use prost::Message;
 
 use super::fs::{AetherFs, Changed};
 use super::state::Op;
 
-/// Content sent inline in a WriteOp up to this size (the coordinator's limit); larger files
-/// go to the store as chunks first.
-const MAX_INLINE_BYTES: u64 = 1024 * 1024;
-/// Most changes in one ApplyChanges (the coordinator's limit).
-const MAX_BATCH_CHANGES: usize = 10_000;
-/// Encoded bytes at which a batch is cut, under the coordinator's message limit.
-const MAX_BATCH_BYTES: usize = 6 * 1024 * 1024;
 /// Tries to send what is queued when the mount ends, a second apart.
 const STOP_ATTEMPTS: usize = 5;
 /// How often the session's head version is compared with what the mount knows.

@@ -33,6 +33,8 @@ use super::state::{Kind, Node, Op, State, ROOT};
 const TTL: Duration = Duration::from_secs(1);
 /// Largest file the mount writes: EFBIG beyond (a stated limit, checked before allocating).
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+/// Largest read answered at once.
+const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
 /// Longest symlink target (Linux's PATH_MAX less the NUL).
 const MAX_TARGET_BYTES: usize = 4095;
 /// Longest name of one path component.
@@ -469,6 +471,13 @@ impl AetherFs {
         self.staging_file(ino, true)
     }
 
+    /// fsync and fsyncdir, the durability point: every change made through the mount before
+    /// it (file contents still open included) is in the session when this returns.
+    fn sync_all(&self) -> Fallible<()> {
+        self.state().queue_all_written();
+        self.flusher.flush_and_wait()
+    }
+
     fn new_fh(&self, open: Open) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles().insert(fh, open);
@@ -879,7 +888,9 @@ impl AetherFs {
         if offset >= length {
             return Ok(Vec::new());
         }
-        let want = u64::from(size).min(length - offset) as usize;
+        // The kernel asks for at most its max_read (1 MiB); the cap keeps the buffer bounded
+        // whatever a request says.
+        let want = u64::from(size).min(length - offset).min(MAX_READ_BYTES) as usize;
         let mut buffer = vec![0u8; want];
         let read = if staged {
             let file = self.staging_file(ino, false)?;
@@ -1325,9 +1336,7 @@ impl Filesystem for Mounted {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Durability point: every change made through the mount before it is in the session.
-        self.state().queue_all_written();
-        reply_empty(reply, self.flusher.flush_and_wait());
+        reply_empty(reply, self.sync_all());
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -1414,8 +1423,7 @@ impl Filesystem for Mounted {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.state().queue_all_written();
-        reply_empty(reply, self.flusher.flush_and_wait());
+        reply_empty(reply, self.sync_all());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
