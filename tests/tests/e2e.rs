@@ -25,6 +25,7 @@ mod gc_process;
 mod hostile_auth;
 mod hostile_input;
 mod hung_bus;
+mod hung_store;
 mod lifecycle_checkpoints;
 mod lifecycle_fork;
 mod lifecycle_review;

@@ -9,12 +9,15 @@
 //!   bad token is `UNAUTHENTICATED` with a message saying what to send. Health checks and
 //!   reflection stay open for probes.
 //! - [`AttachToken`]: the client side of service-to-service calls (a coordinator calling its
-//!   store and bus attaches its service token, and the caller's trace context).
+//!   store and bus attaches its service token, the caller's trace context and what remains of
+//!   the caller's deadline).
+//! - [`deadline`]: the caller's `grpc-timeout`, carried from service to service.
 //! - [`access`]: session roles (viewer, editor, reviewer, owner) and what each allows.
 
 pub mod access;
 mod args;
 mod authenticator;
+pub mod deadline;
 mod layer;
 mod outgoing;
 

@@ -1,6 +1,7 @@
 //! What every outgoing call carries: [`AttachToken`], the client half of service-to-service
-//! authentication, and the caller's W3C trace context ([`inject_trace_context`]), so a call that
-//! crosses services stays one trace.
+//! authentication, the caller's W3C trace context ([`inject_trace_context`]), so a call that
+//! crosses services stays one trace, and what remains of the caller's deadline
+//! ([`crate::deadline`]).
 
 use opentelemetry::propagation::Injector;
 use tonic::metadata::{Ascii, MetadataKey, MetadataMap, MetadataValue};
@@ -8,7 +9,8 @@ use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
 /// A tonic interceptor that sends `authorization: Bearer <token>` on every call that does not
-/// carry one already, and the current trace context (see [`inject_trace_context`]).
+/// carry one already, the current trace context (see [`inject_trace_context`]) and what remains
+/// of the current call's deadline (see [`crate::deadline::propagate`]).
 #[derive(Clone, Debug, Default)]
 pub struct AttachToken {
     header: Option<MetadataValue<Ascii>>,
@@ -44,6 +46,7 @@ impl Interceptor for AttachToken {
             }
         }
         inject_trace_context(request.metadata_mut());
+        crate::deadline::propagate(request.metadata_mut())?;
         Ok(request)
     }
 }

@@ -652,6 +652,8 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         .tcp_nodelay(true)
         // Outermost: refused calls are counted, and everything inside runs in the RPC's span.
         .layer(rpc_telemetry::RpcTelemetryLayer::new(known))
+        // The caller's grpc-timeout bounds the calls each handler makes to other services.
+        .layer(aether_auth::deadline::DeadlineLayer)
         // Oversized messages are RESOURCE_EXHAUSTED on every service, as counted above.
         .layer(limit_status::layer())
         // Past the process's budgets, calls are refused before any work.

@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures::stream::{self, BoxStream, FuturesOrdered, StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::Semaphore;
 
 use crate::cache::ManifestCache;
 use crate::task::{self, Spawned};
@@ -57,6 +58,8 @@ pub struct BlobStore {
     objects: Arc<dyn ObjectStore>,
     limits: Limits,
     manifests: Arc<ManifestCache>,
+    /// Bytes of chunk writes in flight across every upload ([`Limits::upload_buffer_bytes`]).
+    write_budget: Arc<Semaphore>,
 }
 
 pub fn chunk_path(hash: &Hash) -> Path {
@@ -129,10 +132,12 @@ pub fn blob_hash(data: &[u8]) -> Hash {
 impl BlobStore {
     pub fn new(objects: Arc<dyn ObjectStore>, limits: Limits) -> Self {
         let manifests = Arc::new(ManifestCache::new(limits.manifest_cache_bytes));
+        let write_budget = Arc::new(Semaphore::new(limits.upload_buffer_bytes));
         Self {
             objects,
             limits,
             manifests,
+            write_budget,
         }
     }
 
@@ -476,9 +481,10 @@ impl BlobNamer {
 /// [`BlobStore::upload_unsized`]).
 ///
 /// Chunks are cut as data arrives and written while more is received, with at most
-/// `concurrency` writes in flight; a full pipeline makes [`Upload::push`] wait, which pushes
-/// back on the sender. Memory stays bounded (about `concurrency + 2` chunks) whatever the blob
-/// size. Nothing is visible before [`Upload::finish`] succeeds; dropping an `Upload` aborts its
+/// `concurrency` writes in flight, and the process's chunks in flight within
+/// `upload_buffer_bytes`; a full pipeline makes [`Upload::push`] wait, which pushes back on
+/// the sender. Memory stays bounded (about `concurrency + 2` chunks per upload, and the budget
+/// across uploads) whatever the blob size. Nothing is visible before [`Upload::finish`] succeeds; dropping an `Upload` aborts its
 /// writes and leaves only unreferenced chunks behind.
 pub struct Upload {
     store: BlobStore,
@@ -516,13 +522,24 @@ impl Upload {
         Ok(())
     }
 
-    /// Starts writing one chunk, after waiting for a slot in the pipeline.
+    /// Starts writing one chunk, after waiting for a slot in the pipeline and room in the
+    /// process's budget (held until the write ends).
     async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         while self.writes.len() >= self.store.limits.concurrency {
             self.collect_one().await?;
         }
+        // A chunk is at most MAX_CHUNK, and the budget at least that (Limits::validate).
+        let room = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
+        let permit = self
+            .store
+            .write_budget
+            .clone()
+            .acquire_many_owned(room)
+            .await
+            .map_err(|_| StoreError::Internal("the upload budget was closed".into()))?;
         let store = self.store.clone();
         self.writes.push_back(task::spawn(async move {
+            let _permit = permit;
             let size = chunk.len() as u64;
             let hash = Hash::of(&chunk);
             let written = store.put_if_absent(&chunk_path(&hash), chunk).await?;
@@ -1098,5 +1115,32 @@ mod tests {
             matches!(&error, StoreError::InvalidArgument(m) if m.contains("limit of 3")),
             "{error}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uploads_share_the_write_budget_and_all_finish() {
+        // A budget of one chunk: concurrent uploads take turns writing and none waits forever.
+        let limits = Limits {
+            upload_buffer_bytes: MAX_CHUNK,
+            ..Limits::default()
+        };
+        let store = BlobStore::new(Arc::new(InMemory::new()), limits);
+        let uploads = (0..4u64).map(|seed| {
+            let store = store.clone();
+            let data = bytes(30 << 20, 100 + seed);
+            async move {
+                let pieces = data.chunks(1 << 20).map(|p| Ok(Bytes::copy_from_slice(p)));
+                let (hash, size) = store
+                    .put_stream(futures::stream::iter(pieces.collect::<Vec<_>>()).boxed())
+                    .await
+                    .unwrap();
+                (hash, size, data)
+            }
+        });
+        for (hash, size, data) in futures::future::join_all(uploads).await {
+            assert_eq!((hash, size), (blob_hash(&data), data.len() as u64));
+            assert_eq!(store.get_bytes(&hash).await.unwrap(), data);
+        }
+        assert_eq!(store.write_budget.available_permits(), MAX_CHUNK);
     }
 }

@@ -17,6 +17,10 @@ pub struct Limits {
     pub concurrency: usize,
     /// Bytes of verified manifests kept in memory (0 turns the cache off).
     pub manifest_cache_bytes: usize,
+    /// Bytes of chunks being written at once, across every upload of the process: past it an
+    /// upload waits for a write to finish (and so stops reading its stream) instead of
+    /// holding more. At least one chunk (8 MiB).
+    pub upload_buffer_bytes: usize,
 }
 
 /// Room for the framing around the data of a stream message (field tags, offset).
@@ -31,6 +35,7 @@ impl Default for Limits {
             max_batch: 10_000,
             concurrency: 8,
             manifest_cache_bytes: 16 * 1024 * 1024,
+            upload_buffer_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -58,6 +63,14 @@ impl Limits {
         if self.concurrency == 0 {
             return Err("--store-concurrency must be at least 1".into());
         }
+        let chunk = crate::blobs::MAX_CHUNK;
+        if self.upload_buffer_bytes < chunk || self.upload_buffer_bytes > u32::MAX as usize {
+            return Err(format!(
+                "--store-upload-buffer-bytes {} must be between one chunk ({chunk}) and {}",
+                self.upload_buffer_bytes,
+                u32::MAX
+            ));
+        }
         Ok(())
     }
 }
@@ -84,6 +97,10 @@ pub struct LimitsArgs {
     /// object store round trips (0 turns the cache off).
     #[arg(long, env = "AETHER_STORE_MANIFEST_CACHE_BYTES", default_value_t = Limits::default().manifest_cache_bytes)]
     pub store_manifest_cache_bytes: usize,
+    /// Bytes of chunks being written at once across all uploads; past it uploads wait (and
+    /// stop reading their streams) rather than hold more.
+    #[arg(long, env = "AETHER_STORE_UPLOAD_BUFFER_BYTES", default_value_t = Limits::default().upload_buffer_bytes)]
+    pub store_upload_buffer_bytes: usize,
 }
 
 impl LimitsArgs {
@@ -96,6 +113,7 @@ impl LimitsArgs {
             max_batch: self.store_max_batch,
             concurrency: self.store_concurrency,
             manifest_cache_bytes: self.store_manifest_cache_bytes,
+            upload_buffer_bytes: self.store_upload_buffer_bytes,
         };
         limits.validate()?;
         Ok(limits)
@@ -135,6 +153,8 @@ mod tests {
             "2",
             "--store-manifest-cache-bytes",
             "0",
+            "--store-upload-buffer-bytes",
+            "16777216",
         ])
         .unwrap();
         let limits = cli.limits.limits().unwrap();
@@ -147,6 +167,7 @@ mod tests {
                 max_batch: 3,
                 concurrency: 2,
                 manifest_cache_bytes: 0,
+                upload_buffer_bytes: 16 * 1024 * 1024,
             }
         );
     }
@@ -163,7 +184,7 @@ mod tests {
             assert_eq!(env, format!("AETHER_{long}"));
             names.push(env);
         }
-        assert_eq!(names.len(), 6, "{names:?}");
+        assert_eq!(names.len(), 7, "{names:?}");
     }
 
     #[test]
@@ -184,5 +205,11 @@ mod tests {
             .limits()
             .unwrap_err()
             .contains("--store-concurrency"));
+        let cli = Cli::try_parse_from(["store", "--store-upload-buffer-bytes", "1000"]).unwrap();
+        assert!(cli
+            .limits
+            .limits()
+            .unwrap_err()
+            .contains("--store-upload-buffer-bytes"));
     }
 }

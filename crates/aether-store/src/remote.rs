@@ -36,6 +36,11 @@ pub const STREAM_MESSAGES_IN_FLIGHT: usize = 4;
 /// Blobs at least this large are looked up with HasBlobs before their bytes are sent; for
 /// smaller ones the round trip costs about as much as the upload.
 pub const DEDUP_PROBE_BYTES: usize = 64 * 1024;
+/// How long a unary call (StatBlob, HasBlobs) may take when the caller set no shorter
+/// deadline: a store that has stopped answering fails the call instead of holding it.
+/// Streams have no default (their length depends on the blob); HTTP/2 keepalive ends them
+/// when the store stops answering, and a caller's deadline is always carried.
+pub const UNARY_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What an upload did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,6 +143,13 @@ fn data_messages(piece: Bytes) -> impl Iterator<Item = PutBlobRequest> {
                 piece.slice(start..(start + MESSAGE_BYTES).min(size)),
             )),
         })
+}
+
+/// A unary request with [`UNARY_CALL_TIMEOUT`] (a caller's shorter deadline still wins).
+fn with_timeout<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(UNARY_CALL_TIMEOUT);
+    request
 }
 
 fn parse(value: &str) -> Result<Hash, StoreError> {
@@ -252,9 +264,9 @@ impl Blobs for RemoteBlobs {
         let response = self
             .client
             .clone()
-            .stat_blob(StatBlobRequest {
+            .stat_blob(with_timeout(StatBlobRequest {
                 hash: hash.to_hex(),
-            })
+            }))
             .await?;
         Ok(response.into_inner().size)
     }
@@ -265,9 +277,9 @@ impl Blobs for RemoteBlobs {
             let response = self
                 .client
                 .clone()
-                .has_blobs(HasBlobsRequest {
+                .has_blobs(with_timeout(HasBlobsRequest {
                     hashes: batch.iter().map(Hash::to_hex).collect(),
-                })
+                }))
                 .await?;
             for hash in response.into_inner().missing {
                 missing.push(parse(&hash)?);
