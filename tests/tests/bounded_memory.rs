@@ -4,6 +4,9 @@
 //! /proc/PID/status); every byte is generated on the fly and checked on the way back, so the
 //! test process holds no more than the server should.
 //!
+//! The soak runs 64 uploads of 256 MiB at once (past `--max-uploads`: the refused are tried
+//! again) with small writes beside them, and reads back every acknowledged write.
+//!
 //! `cargo nextest run -p aether-tests bounded_memory:: --no-capture` prints the figures.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -331,4 +334,228 @@ async fn large_requests_cost_a_few_chunks_of_memory() {
     let what = format!("ExportArchive of {} MiB", tar_bytes / MIB);
     let exported = measured(&server, &what, export).await;
     assert_eq!(exported, tar_bytes, "the export holds the same entries");
+}
+
+/// Uploads the soak test runs at once, and the size of each.
+const SOAK_UPLOADS: u64 = 64;
+const SOAK_UPLOAD_BYTES: u64 = 256 * MIB;
+/// The soak's bound on aetherd's resident memory over its level before: the store's budget for
+/// chunk writes in flight across uploads (`--store-upload-buffer-bytes`, 256 MiB), plus per
+/// admitted upload (`--max-uploads`, 32) the chunk being cut (up to 8 MiB), a data message
+/// (1 MiB) and the HTTP/2 stream window (8 MiB), plus 96 MiB for the runtime, the small writes
+/// and the allocator's slack.
+const SOAK_RSS_GROWTH_MAX_BYTES: u64 = 256 * MIB + 32 * 17 * MIB + 96 * MIB;
+
+/// Upload `index` of the soak: 1 MiB of its own, then 255 MiB every upload shares (so the
+/// store keeps 64 distinct files in about 320 MiB of disk).
+fn soak_content(index: u64) -> impl futures::Stream<Item = Bytes> + Send + 'static {
+    futures::stream::iter(0..SOAK_UPLOAD_BYTES / MESSAGE_BYTES).map(move |piece_index| {
+        if piece_index == 0 {
+            piece(10_000 + index, 0, MESSAGE_BYTES)
+        } else {
+            piece(9_999, piece_index, MESSAGE_BYTES)
+        }
+    })
+}
+
+/// Sends upload `index` until the server takes it: a refusal for lack of room
+/// (RESOURCE_EXHAUSTED, not applied) is tried again after a pause. Returns the refusals.
+async fn soak_upload(channel: Channel, session: String, index: u64) -> u64 {
+    let mut refused = 0;
+    loop {
+        let messages = futures::stream::iter([pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Header(pb::WriteFileHeader {
+                session_id: session.clone(),
+                path: format!("soak/{index}.bin"),
+                ..Default::default()
+            })),
+        }])
+        .chain(soak_content(index).map(|data| pb::WriteFileRequest {
+            part: Some(pb::write_file_request::Part::Data(data)),
+        }));
+        match WorkspaceServiceClient::new(channel.clone())
+            .write_file(messages)
+            .await
+        {
+            Ok(response) => {
+                assert_eq!(response.into_inner().entry.unwrap().size, SOAK_UPLOAD_BYTES);
+                return refused;
+            }
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert_eq!(
+                    status.metadata().get("x-aether-outcome").unwrap(),
+                    "not-applied",
+                    "{status:?}"
+                );
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50 + 10 * (index % 8))).await;
+            }
+            Err(status) => panic!("upload {index}: {status:?}"),
+        }
+    }
+}
+
+/// Reads `length` bytes at `offset` of a file; their BLAKE3.
+async fn read_range(
+    channel: &Channel,
+    id: &str,
+    path: &str,
+    offset: u64,
+    length: u64,
+) -> blake3::Hash {
+    let mut stream = WorkspaceServiceClient::new(channel.clone())
+        .read_file(pb::ReadFileRequest {
+            session_id: id.into(),
+            path: path.into(),
+            offset,
+            length,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut digest = blake3::Hasher::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        digest.update(&message.data);
+    }
+    digest.finalize()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_of_64_large_uploads_and_small_writes_stays_bounded_and_loses_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let args = [
+        "dev".into(),
+        "--data".into(),
+        data.path().display().to_string(),
+    ];
+    let env = MMAP_THRESHOLD.map(|(key, value)| (key.to_string(), value.to_string()));
+    let server = ServiceProcess::start_with_env(aetherd_path().unwrap(), &args, &env)
+        .await
+        .unwrap();
+    let channel = connect(&server.endpoint()).await.unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..8 {
+        sessions.push(create_session(&channel).await.unwrap().id);
+    }
+    let small_session = create_session(&channel).await.unwrap().id;
+    crate::common::write_file(&channel, &small_session, "warm.bin", &[1; 1000])
+        .await
+        .unwrap();
+
+    let uploads_done = Arc::new(AtomicBool::new(false));
+    // Small writes all along: each acknowledged one is remembered, to be read back.
+    let small_writes = tokio::spawn({
+        let (channel, session, done) =
+            (channel.clone(), small_session.clone(), uploads_done.clone());
+        async move {
+            let mut acknowledged = Vec::new();
+            let mut workspace = WorkspaceServiceClient::new(channel);
+            let mut i = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let path = format!("small/{i}.txt");
+                let content = format!("small write {i}").into_bytes();
+                let request = pb::ApplyChangesRequest {
+                    session_id: session.clone(),
+                    changes: vec![pb::Change {
+                        op: Some(pb::change::Op::Write(pb::WriteOp {
+                            path: path.clone(),
+                            content: content.clone().into(),
+                            ..Default::default()
+                        })),
+                        precondition: None,
+                    }],
+                    expected_head_version: 0,
+                };
+                match workspace.apply_changes(request).await {
+                    Ok(_) => acknowledged.push((path, content)),
+                    Err(status) if status.code() == tonic::Code::ResourceExhausted => {}
+                    Err(status) => panic!("small write {i}: {status:?}"),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            acknowledged
+        }
+    });
+
+    let uploads = (0..SOAK_UPLOADS).map(|index| {
+        let session = sessions[index as usize % sessions.len()].clone();
+        tokio::spawn(soak_upload(channel.clone(), session, index))
+    });
+    let what = format!(
+        "{SOAK_UPLOADS} concurrent uploads of {} MiB",
+        SOAK_UPLOAD_BYTES / MIB
+    );
+    let pid = server.pid();
+    let before = rss_bytes(pid);
+    let sampler = Sampler::start(pid);
+    let started = Instant::now();
+    let refused: u64 = futures::future::join_all(uploads)
+        .await
+        .into_iter()
+        .map(|r| r.expect("upload task"))
+        .sum();
+    let elapsed = started.elapsed();
+    let peak = sampler.finish();
+    uploads_done.store(true, Ordering::Relaxed);
+    let acknowledged = small_writes.await.unwrap();
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "{what}: {:.1} s ({:.0} MiB/s), {refused} refusals tried again, {} small writes; aetherd \
+         VmRSS {} MiB before, {} MiB at peak (+{} MiB, bound {} MiB)",
+        elapsed.as_secs_f64(),
+        (SOAK_UPLOADS * SOAK_UPLOAD_BYTES / MIB) as f64 / elapsed.as_secs_f64(),
+        acknowledged.len(),
+        before / MIB,
+        peak / MIB,
+        growth / MIB,
+        SOAK_RSS_GROWTH_MAX_BYTES / MIB
+    );
+    assert!(
+        growth <= SOAK_RSS_GROWTH_MAX_BYTES,
+        "{what}: aetherd grew by {} MiB, more than {} MiB",
+        growth / MIB,
+        SOAK_RSS_GROWTH_MAX_BYTES / MIB
+    );
+    let state = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    assert!(
+        state
+            .lines()
+            .any(|l| l.starts_with("State:") && !l.contains("zombie")),
+        "aetherd exited during the soak"
+    );
+    assert!(!acknowledged.is_empty(), "no small write was acknowledged");
+
+    // Every acknowledged write reads back: each upload's own first MiB and size, the shared
+    // rest once in full, and every small write.
+    let shared = {
+        let mut digest = blake3::Hasher::new();
+        for piece_index in 1..SOAK_UPLOAD_BYTES / MESSAGE_BYTES {
+            digest.update(&piece(9_999, piece_index, MESSAGE_BYTES));
+        }
+        digest.finalize()
+    };
+    for index in 0..SOAK_UPLOADS {
+        let session = &sessions[index as usize % sessions.len()];
+        let path = format!("soak/{index}.bin");
+        let own = blake3::hash(&piece(10_000 + index, 0, MESSAGE_BYTES));
+        assert_eq!(
+            read_range(&channel, session, &path, 0, MESSAGE_BYTES).await,
+            own,
+            "{path} starts with its own MiB"
+        );
+        if index == SOAK_UPLOADS - 1 {
+            let rest = SOAK_UPLOAD_BYTES - MESSAGE_BYTES;
+            assert_eq!(
+                read_range(&channel, session, &path, MESSAGE_BYTES, rest).await,
+                shared,
+                "{path} holds the shared content"
+            );
+        }
+    }
+    for (path, content) in &acknowledged {
+        let read = read_range(&channel, &small_session, path, 0, 0).await;
+        assert_eq!(read, blake3::hash(content), "{path}");
+    }
 }
