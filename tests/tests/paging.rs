@@ -6,6 +6,7 @@
 use crate::common::{create_session, start_dev};
 
 use aether_proto as pb;
+use aether_proto::session_service_client::SessionServiceClient;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
@@ -187,4 +188,174 @@ async fn pages_join_up_and_foreign_tokens_are_invalid() {
         .await
         .expect_err("a foreign diff token");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
+
+/// Lists every session matching `selector`, `size` at a time; their ids in order.
+async fn list_sessions_paged(channel: &Channel, selector: &str, size: u32) -> Vec<String> {
+    let mut sessions = SessionServiceClient::new(channel.clone());
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = sessions
+            .list_sessions(pb::ListSessionsRequest {
+                label_selector: selector.into(),
+                states: vec![],
+                page: Some(pb::PageRequest {
+                    page_size: size,
+                    page_token: token.clone(),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.sessions.len() <= size as usize);
+        ids.extend(page.sessions.into_iter().map(|s| s.id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// ListSessions with a "k=v" term reads the label index (kept in etcd in the same transaction
+/// as each session record): pages join up in id order, label changes move a session between
+/// answers at once, and the index holds exactly one key per label of each session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_sessions_by_label_pages_through_the_index() {
+    let cluster = aether_testkit::Cluster::start(aether_testkit::ClusterSpec {
+        coordinators: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let channel = crate::common::connect(&cluster.coordinators[0].endpoint())
+        .await
+        .unwrap();
+    let mut client = SessionServiceClient::new(channel.clone());
+    let mut team_a = Vec::new();
+    for i in 0..12 {
+        let team = if i % 3 == 0 { "b" } else { "a" };
+        let env = if i % 2 == 0 { "prod" } else { "dev" };
+        let id = client
+            .create_session(pb::CreateSessionRequest {
+                labels: [
+                    ("team".to_string(), team.to_string()),
+                    ("env".to_string(), env.to_string()),
+                    ("example.com/path".to_string(), "z".to_string()),
+                ]
+                .into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session
+            .unwrap()
+            .id;
+        if team == "a" {
+            team_a.push((id, env));
+        }
+    }
+    team_a.sort();
+    let ids = |filter: &dyn Fn(&str) -> bool| -> Vec<String> {
+        team_a
+            .iter()
+            .filter(|(_, env)| filter(env))
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    assert_eq!(
+        list_sessions_paged(&channel, "team=a", 3).await,
+        ids(&|_| true)
+    );
+    assert_eq!(
+        list_sessions_paged(&channel, "team=a,env!=prod", 2).await,
+        ids(&|env| env != "prod")
+    );
+    assert_eq!(
+        list_sessions_paged(&channel, "example.com/path=z,team=a", 5).await,
+        ids(&|_| true)
+    );
+    assert!(list_sessions_paged(&channel, "team=c", 5).await.is_empty());
+
+    // A label change moves the session between answers.
+    let moved = team_a[0].0.clone();
+    client
+        .update_session(pb::UpdateSessionRequest {
+            session_id: moved.clone(),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["labels".into()],
+            }),
+            labels: [("team".to_string(), "c".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        list_sessions_paged(&channel, "team=c", 5).await,
+        [moved.clone()]
+    );
+    let rest: Vec<String> = ids(&|_| true)
+        .into_iter()
+        .filter(|id| *id != moved)
+        .collect();
+    assert_eq!(list_sessions_paged(&channel, "team=a", 4).await, rest);
+
+    // The index in etcd: one key per label of each session, none left from the old labels.
+    let coord = aether_coord::EtcdCoordination::connect(&cluster.etcd.endpoints())
+        .await
+        .unwrap();
+    use aether_coord::Coordination;
+    let keys = coord.range("/aether/v1/labels/", None, 1000).await.unwrap();
+    let keys: Vec<&str> = keys.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys.len(), 12 * 3 - 3 + 1, "{keys:#?}");
+    assert!(keys.contains(&format!("/aether/v1/labels/team=c/{moved}").as_str()));
+    assert!(!keys
+        .iter()
+        .any(|k| k.ends_with(&moved) && !k.contains("team=c")));
+    assert!(keys
+        .iter()
+        .any(|k| k.starts_with("/aether/v1/labels/example.com%2Fpath=z/")));
+    assert!(coord
+        .get("/aether/v1/labels-ready")
+        .await
+        .unwrap()
+        .is_some());
+
+    // Sessions written before the index existed: a coordinator that starts indexes them.
+    let mut deletes: Vec<aether_coord::Op> =
+        keys.iter().map(|k| aether_coord::Op::delete(*k)).collect();
+    deletes.push(aether_coord::Op::delete("/aether/v1/labels-ready"));
+    assert!(coord.txn(vec![], deletes).await.unwrap().succeeded);
+    assert_eq!(
+        list_sessions_paged(&channel, "team=a", 4).await,
+        rest,
+        "scanned"
+    );
+    let second = aether_testkit::ServiceProcess::start(&[
+        "coordinator".into(),
+        "--etcd-endpoints".into(),
+        cluster.etcd.endpoints().join(","),
+        "--store-endpoint".into(),
+        cluster.stores[0].endpoint(),
+    ])
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while coord
+        .get("/aether/v1/labels-ready")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the index was not rebuilt"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let rebuilt = coord.range("/aether/v1/labels/", None, 1000).await.unwrap();
+    assert_eq!(rebuilt.len(), keys.len());
+    let second = crate::common::connect(&second.endpoint()).await.unwrap();
+    assert_eq!(list_sessions_paged(&second, "team=a", 4).await, rest);
 }

@@ -17,6 +17,7 @@ pub mod expiry;
 pub mod gc;
 pub mod grpc;
 pub mod knowledge;
+pub mod label_index;
 pub mod model;
 pub mod paged_map;
 pub mod requests;
@@ -90,6 +91,14 @@ pub async fn start(
     let trees = trees::Trees::new(blobs);
     trees.ensure_empty().await?;
     tracing::info!(node = %node.id, address = %node.address, "coordinator registered");
+    // Sessions written before the label index existed are indexed in the background;
+    // ListSessions scans until that is done.
+    let indexing = coord.clone();
+    tokio::spawn(async move {
+        if let Err(e) = label_index::ensure(&*indexing).await {
+            tracing::warn!(error = %e, "building the label index failed; ListSessions scans");
+        }
+    });
     let sessions = Sessions::new(coord, trees, events, node, lease);
     sessions.release_idle_holds(Duration::from_secs(args.idle_release_secs.max(1)));
     sessions.expire_periodically(Duration::from_secs(args.expiry_interval_secs.max(1)));

@@ -49,6 +49,57 @@ pub fn requests_prefix(id: &str) -> String {
 pub fn all_requests_prefix() -> String {
     format!("{ROOT}/requests/")
 }
+/// The label index: one empty key per (label, session), so ListSessions with a "k=v" term
+/// reads only the sessions carrying that label, in id order, instead of every session.
+/// Written in the same transaction as the record whose labels it mirrors.
+pub fn label_index_prefix(key: &str, value: &str) -> String {
+    format!(
+        "{ROOT}/labels/{}={}/",
+        escape_label(key),
+        escape_label(value)
+    )
+}
+pub fn label_index_key(key: &str, value: &str, id: &str) -> String {
+    format!("{}{id}", label_index_prefix(key, value))
+}
+/// Set once every session written before the index existed has been indexed: until then
+/// ListSessions scans the records.
+pub fn label_index_ready_key() -> String {
+    format!("{ROOT}/labels-ready")
+}
+
+/// Keeps "/" and "=" (and "%") out of a label's part of an index key, so one label's prefix
+/// is never another's.
+fn escape_label(part: &str) -> String {
+    let mut out = String::with_capacity(part.len());
+    for c in part.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            '=' => out.push_str("%3D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The index changes for a session whose labels go from `old` to `new`.
+pub fn label_index_ops(
+    id: &str,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Vec<aether_coord::Op> {
+    let removed = old
+        .iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .map(|(k, v)| aether_coord::Op::delete(label_index_key(k, v, id)));
+    let added = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, v)| aether_coord::Op::put(label_index_key(k, v, id), Vec::new()));
+    removed.chain(added).collect()
+}
+
 pub fn node_key(node_id: &str) -> String {
     format!("{ROOT}/nodes/coordinator/{node_id}")
 }
@@ -315,5 +366,30 @@ mod tests {
             ApprovalStateRecord::Used,
             "final states stay"
         );
+    }
+
+    #[test]
+    fn label_index_keys_keep_labels_apart_and_ops_follow_changes() {
+        assert_ne!(
+            label_index_prefix("a", "b=c"),
+            label_index_prefix("a=b", "c")
+        );
+        assert!(!label_index_key("a", "b/c", "s1").contains("b/c"));
+        let old: BTreeMap<String, String> =
+            [("team".into(), "a".into()), ("env".into(), "dev".into())].into();
+        let new: BTreeMap<String, String> = [
+            ("team".into(), "a".into()),
+            ("env".into(), "prod".into()),
+            ("x".into(), "1".into()),
+        ]
+        .into();
+        let ops = label_index_ops("s1", &old, &new);
+        let expected = [
+            aether_coord::Op::delete(label_index_key("env", "dev", "s1")),
+            aether_coord::Op::put(label_index_key("env", "prod", "s1"), Vec::new()),
+            aether_coord::Op::put(label_index_key("x", "1", "s1"), Vec::new()),
+        ];
+        assert_eq!(format!("{ops:?}"), format!("{expected:?}"));
+        assert!(label_index_ops("s1", &new, &new).is_empty());
     }
 }

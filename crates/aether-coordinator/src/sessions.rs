@@ -11,7 +11,7 @@
 //! of applying again (promise 9, [`crate::requests`]): `begin` looks the id up under the
 //! session's lock, `commit` records it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,8 @@ pub struct Mutation {
     reply: Option<Bytes>,
     /// Whether [`Mutation::stamp`] set the update time.
     stamped: bool,
+    /// The labels as read, so the commit updates the label index by what changed.
+    labels_read: BTreeMap<String, String>,
 }
 
 impl Mutation {
@@ -371,6 +373,7 @@ impl Sessions {
             }
         }
         Ok(Mutation {
+            labels_read: record.labels.clone(),
             record,
             read_revision,
             fence: hold.fence.clone(),
@@ -543,6 +546,11 @@ impl Sessions {
             details: effect.details.iter().cloned().collect(),
         };
         ops.push(Op::put(model::session_key(&id), to_json(&mutation.record)));
+        ops.extend(model::label_index_ops(
+            &id,
+            &mutation.labels_read,
+            &mutation.record.labels,
+        ));
         ops.push(Op::put(
             model::audit_key(&id, audit.sequence),
             to_json(&audit),
@@ -649,6 +657,11 @@ impl Sessions {
             Op::put(model::audit_key(&id, 1), to_json(&audit)),
         ];
         ops.extend(recorded);
+        ops.extend(model::label_index_ops(
+            &id,
+            &BTreeMap::new(),
+            &record.labels,
+        ));
         let outcome = self
             .coord
             .txn(

@@ -229,6 +229,18 @@ impl LabelSelector {
         Ok(LabelSelector { requirements })
     }
 
+    /// The "k=v" terms (exactly one value): every label set that matches holds each pair,
+    /// so an index by label can answer the selector from any one of them.
+    pub fn required_pairs(&self) -> Vec<(&str, &str)> {
+        self.requirements
+            .iter()
+            .filter_map(|req| match &req.op {
+                Op::In(values) if values.len() == 1 => Some((req.key.as_str(), values[0].as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether `labels` satisfy every term.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|req| {
@@ -577,5 +589,16 @@ mod tests {
             assert!(!sel(s).matches(&labels), "{s:?} should not match");
         }
         assert!(sel("").matches(&BTreeMap::new()));
+    }
+
+    #[test]
+    fn required_pairs_are_the_single_value_equalities() {
+        let selector =
+            LabelSelector::parse("team=a, env!=prod, tier in (x), zone in (1,2), k, !j").unwrap();
+        assert_eq!(selector.required_pairs(), [("team", "a"), ("tier", "x")]);
+        assert!(LabelSelector::parse("")
+            .unwrap()
+            .required_pairs()
+            .is_empty());
     }
 }

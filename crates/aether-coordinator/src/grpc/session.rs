@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::{caller, page_size, page_token, principal};
 use crate::error::{Error, Result};
+use crate::label_index;
 use crate::model::{self, AuditRecord, SessionRecord, SourceRecord, State};
 use crate::sessions::{require_open, validate_session_id, Effect, Sessions};
 
@@ -204,29 +205,48 @@ impl SessionService for SessionGrpc {
                         "page_token is malformed; pass next_page_token back unchanged".into(),
                     )
                 })?;
-                Some(format!("{prefix}{token}"))
+                Some(token)
             }
             None => None,
+        };
+        let coord = &*self.sessions.coord;
+        // A "k=v" term reads only the sessions with that label (once the index is complete).
+        let indexed = match selector.required_pairs().first() {
+            Some(pair) if label_index::ready(coord).await? => Some(*pair),
+            _ => None,
         };
         let states: Vec<i32> = request.states.clone();
         let mut sessions = Vec::new();
         let mut next_page_token = String::new();
-        // Scan in key order, filtering, until a page is full or the keys run out.
+        // Read candidates in id order, filtering, until a page is full or they run out.
         'scan: loop {
-            let batch = self
-                .sessions
-                .coord
-                .range(&prefix, after.as_deref(), 500)
-                .await
-                .map_err(Error::from)?;
-            if batch.is_empty() {
+            let (records, last) = match indexed {
+                Some(pair) => {
+                    let want = (size + 1 - sessions.len()).clamp(1, 500);
+                    label_index::sessions_with(coord, pair, after.as_deref(), want).await?
+                }
+                None => {
+                    let start = after.as_ref().map(|id| format!("{prefix}{id}"));
+                    let batch = coord
+                        .range(&prefix, start.as_deref(), 500)
+                        .await
+                        .map_err(Error::from)?;
+                    let last = batch
+                        .last()
+                        .and_then(|kv| kv.key.strip_prefix(&prefix))
+                        .map(str::to_owned);
+                    let records = batch
+                        .iter()
+                        .filter_map(|kv| serde_json::from_slice::<SessionRecord>(&kv.value).ok())
+                        .collect::<Vec<_>>();
+                    (records, last)
+                }
+            };
+            let Some(last) = last else {
                 break;
-            }
-            after = batch.last().map(|kv| kv.key.clone());
-            for kv in batch {
-                let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
-                    continue;
-                };
+            };
+            after = Some(last);
+            for record in records {
                 if !selector.matches(&record.labels) || !caller::can_see(&caller, &record) {
                     continue;
                 }
