@@ -293,7 +293,7 @@ async fn list_sessions_by_label_pages_through_the_index() {
         .unwrap();
     assert_eq!(
         list_sessions_paged(&channel, "team=c", 5).await,
-        [moved.clone()]
+        std::slice::from_ref(&moved)
     );
     let rest: Vec<String> = ids(&|_| true)
         .into_iter()
