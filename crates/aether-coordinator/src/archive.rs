@@ -30,7 +30,7 @@ use crate::sessions::Sessions;
 use crate::trees::{TreeEditor, Trees};
 
 /// Largest archive accepted for import or produced by export.
-pub const MAX_ARCHIVE_BYTES: u64 = 1024 * 1024 * 1024;
+pub const MAX_ARCHIVE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Most entries in one archive, imported or exported.
 pub const MAX_ARCHIVE_ENTRIES: usize = 1_000_000;
 /// Largest set of PAX records for one entry (`path`, `linkpath`, times, extended attributes).
