@@ -13,8 +13,8 @@ use serde_json::Value;
 
 /// One local entry as the tests compare it: everything a round trip must keep.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Local {
-    path: String,
+pub(crate) struct Local {
+    pub(crate) path: String,
     kind: &'static str,
     /// Permission bits with set-ID and sticky; 0 for a symlink (Linux ignores them).
     mode: u32,
@@ -30,7 +30,7 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
 }
 
 /// Every entry below `root`, sorted, never following a symlink.
-fn describe(root: &Path) -> Vec<Local> {
+pub(crate) fn describe(root: &Path) -> Vec<Local> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<Local>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -104,7 +104,7 @@ fn chmod(path: &Path, mode: u32) {
 /// A tree with nested directories, an executable, a 0600 file, a 0700 directory, a relative,
 /// a dangling and an absolute symlink, and a distinct time (most with nanoseconds, one before
 /// 1970, one whole second) on every entry, the directories' set last, deepest first.
-fn make_rich_tree(root: &Path) {
+pub(crate) fn make_rich_tree(root: &Path) {
     let dirs = ["src", "src/nested", "src/nested/deep", "private", "empty"];
     for dir in dirs {
         std::fs::create_dir_all(root.join(dir)).unwrap();

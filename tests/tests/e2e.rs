@@ -17,6 +17,7 @@ mod cli_mount;
 mod cli_mount_posix;
 mod cli_output;
 mod cli_readme;
+mod cli_sync;
 mod etcd_quorum;
 mod expiry;
 mod failover;

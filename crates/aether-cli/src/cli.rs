@@ -185,9 +185,57 @@ pub enum Command {
     Audit(SessionArgs),
     /// Mount a session read-write at a local directory through FUSE (runs until unmounted).
     #[command(
-        after_help = "Files written through the mount become session changes when they are closed\n(one WriteFile per file); `mv`, `rm`, `mkdir` and editors' save-by-rename work.\nUnmount with Ctrl-C (or SIGTERM), or `fusermount3 -u DIR`; both exit 0.\nNeeds /dev/fuse and fusermount3 (Debian: apt-get install fuse3).\n\nExample:\n  mkdir -p ./work && aether mount $S ./work &\n  ls ./work && echo hi > ./work/hello.txt\n  fusermount3 -u ./work"
+        after_help = "Changes made through the mount reach the session in batches (every\n--commit-interval-ms, and before fsync returns); `mv`, `rm`, `mkdir`, symlinks, chmod,\ntouch and editors' save-by-rename work.\nUnmount with Ctrl-C (or SIGTERM), or `fusermount3 -u DIR`; both exit 0.\nNeeds /dev/fuse and fusermount3 (Debian: apt-get install fuse3).\n\nExample:\n  mkdir -p ./work && aether mount $S ./work &\n  ls ./work && echo hi > ./work/hello.txt\n  fusermount3 -u ./work"
     )]
     Mount(MountArgs),
+    /// Make a local directory a copy of a session directory, kept in step with `status`,
+    /// `pull` and `push` (no mount needed).
+    #[command(
+        after_help = "DIR (new or empty) gets the files, directories and symlinks of SESSION:PATH with\ntheir modes and modification times, and DIR/.aether/sync.json records what was\nsynced. Then `aether status DIR` lists changes on each side, `aether pull DIR` brings\nthe session's, `aether push DIR` sends yours in one atomic batch.\n\nExample:\n  aether clone $S:src ./src && cd ./src && aether status"
+    )]
+    Clone(CloneArgs),
+    /// List what changed locally and in the session since the last clone, pull or push.
+    #[command(after_help = "Example:\n  aether status ./src\n  aether status -o json")]
+    Status(SyncDirArgs),
+    /// Bring the session's changes into a synced directory; conflicts are reported and kept.
+    #[command(
+        after_help = "A path changed both here and in the session is a conflict: the local one is kept\nand named, and the command exits 1. --theirs takes the session's; --ours keeps the\nlocal one and marks it to be sent by the next push.\n\nExample:\n  aether pull ./src\n  aether pull --theirs ./src"
+    )]
+    Pull(PullArgs),
+    /// Send a synced directory's changes to the session in one atomic batch.
+    #[command(
+        after_help = "Every change carries a precondition (the content it replaces, or that the path\nis free): if the session changed one of those paths since the last pull, nothing\nis applied and the command says to pull first. Content the store already holds\nis not sent again.\n\nExample:\n  aether push ./src"
+    )]
+    Push(SyncDirArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CloneArgs {
+    /// SESSION:PATH of a directory (SESSION alone for the root).
+    #[arg(value_parser = address::remote)]
+    pub source: Remote,
+    /// A new or empty local directory.
+    pub directory: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncDirArgs {
+    /// The synced directory.
+    #[arg(default_value = ".")]
+    pub directory: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The synced directory.
+    #[arg(default_value = ".")]
+    pub directory: PathBuf,
+    /// On a conflict, take the session's version.
+    #[arg(long, conflicts_with = "ours")]
+    pub theirs: bool,
+    /// On a conflict, keep the local version (the next push sends it).
+    #[arg(long)]
+    pub ours: bool,
 }
 
 #[derive(Debug, Args)]

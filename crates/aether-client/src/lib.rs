@@ -44,8 +44,9 @@ pub use revision::Rev;
 pub use session::{DiffResult, SessionHandle};
 pub use subscription::Subscription;
 pub use upload::{
-    file_mode, mtime_ns, UploadAttributes, UploadFile, UploadPlan, UploadReport, UploadSource,
-    UploadSymlink, MAX_BATCH_BYTES, MAX_BATCH_CHANGES, MAX_INLINE_BYTES,
+    content_hash, file_mode, mtime_ns, symlink_hash, UploadAttributes, UploadFile, UploadPlan,
+    UploadReport, UploadSource, UploadSymlink, MAX_BATCH_BYTES, MAX_BATCH_CHANGES,
+    MAX_INLINE_BYTES,
 };
 
 /// Most hashes in one HasBlobs call (the store's limit).

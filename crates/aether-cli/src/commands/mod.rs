@@ -5,6 +5,7 @@ mod files;
 mod history;
 mod review;
 mod sessions;
+mod sync;
 mod transfer;
 
 use crate::cli::Command;
@@ -43,6 +44,10 @@ pub async fn run(context: &Context, command: Command) -> Result<(), Failure> {
         Command::Stream(args) => bus::stream(context, args).await,
         Command::Audit(args) => sessions::audit(context, args).await,
         Command::Mount(args) => crate::mount::run(context, args).await,
+        Command::Clone(args) => sync::clone(context, args).await,
+        Command::Status(args) => sync::status(context, args).await,
+        Command::Pull(args) => sync::pull(context, args).await,
+        Command::Push(args) => sync::push(context, args).await,
     }
 }
 
