@@ -12,6 +12,7 @@ mod bounded_memory;
 mod bus_config;
 mod bus_failover;
 mod cli_attributes;
+mod cli_git;
 mod cli_lifecycle;
 mod cli_mount;
 mod cli_mount_posix;

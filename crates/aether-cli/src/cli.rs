@@ -207,6 +207,55 @@ pub enum Command {
         after_help = "Every change carries a precondition (the content it replaces, or that the path\nis free): if the session changed one of those paths since the last pull, nothing\nis applied and the command says to pull first. Content the store already holds\nis not sent again.\n\nExample:\n  aether push ./src"
     )]
     Push(SyncDirArgs),
+    /// A session's result as a git commit on a branch, and sessions from git revisions.
+    #[command(subcommand)]
+    Git(GitCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GitCommand {
+    /// Make a session revision a commit on a branch of a local git repository.
+    #[command(
+        after_help = "The commit holds the revision's files (symlinks and executable bits as git keeps\nthem; empty directories are not kept by git), the session commit's message and\nauthor, and trailers naming the session, the revision, its approvals and the open\nannotations. The branch is created (on --parent, or as a root commit) or moved\nforward from its tip, atomically: if it moved meanwhile, nothing changes.\n\nExamples:\n  aether git export $S --at commit:ID --branch agent/fix --parent main\n  git push origin agent/fix"
+    )]
+    Export(GitExportArgs),
+    /// Create a session holding a git revision's files; prints its id.
+    #[command(after_help = "Example:\n  S=$(aether git import main --repo . --label team=docs)")]
+    Import(GitImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GitExportArgs {
+    #[arg(value_parser = address::session_id)]
+    pub session: String,
+    /// The branch to create or move forward.
+    #[arg(long)]
+    pub branch: String,
+    /// Revision to export: head, base, ckpt:NAME, commit:ID.
+    #[arg(long, default_value = "head", value_parser = address::revision)]
+    pub at: Rev,
+    /// The git repository.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// The commit a new branch starts from (ignored when the branch exists: its tip is).
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Only this directory of the session, as the repository's root.
+    #[arg(long, default_value = "")]
+    pub path: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GitImportArgs {
+    /// A git revision (branch, tag, commit).
+    #[arg(default_value = "HEAD")]
+    pub rev: String,
+    /// The git repository.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// Labels of the new session.
+    #[arg(long = "label", value_parser = address::key_value)]
+    pub labels: Vec<(String, String)>,
 }
 
 #[derive(Debug, Args)]

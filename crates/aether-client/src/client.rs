@@ -320,6 +320,62 @@ impl Client {
         .await
     }
 
+    /// Uploads one blob read from `reader` as it is sent (PutBlob with `size_unknown`: the store
+    /// cuts and names it as the bytes arrive), holding one message at a time. Not retried: a
+    /// reader cannot be read twice.
+    pub async fn put_blob_from_reader<R>(&self, mut reader: R) -> Result<pb::PutBlobResponse>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    {
+        use tokio::io::AsyncReadExt;
+        let header = pb::PutBlobRequest {
+            part: Some(pb::put_blob_request::Part::Header(pb::PutBlobHeader {
+                size: 0,
+                expected_hash: String::new(),
+                size_unknown: true,
+            })),
+        };
+        let (sender, receiver) = tokio::sync::mpsc::channel::<pb::PutBlobRequest>(2);
+        let pump = tokio::spawn(async move {
+            if sender.send(header).await.is_err() {
+                return Ok(());
+            }
+            loop {
+                let mut buffer = bytes::BytesMut::with_capacity(crate::DATA_MESSAGE_BYTES);
+                while buffer.len() < crate::DATA_MESSAGE_BYTES {
+                    if reader.read_buf(&mut buffer).await? == 0 {
+                        break;
+                    }
+                }
+                if buffer.is_empty() {
+                    return Ok::<(), std::io::Error>(());
+                }
+                let message = pb::PutBlobRequest {
+                    part: Some(pb::put_blob_request::Part::Data(buffer.freeze())),
+                };
+                if sender.send(message).await.is_err() {
+                    return Ok(());
+                }
+            }
+        });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|message| (message, receiver))
+        });
+        let answer = self.content.clone().put_blob(Request::new(stream)).await;
+        // A read error ends the stream early: the store then refuses (or names) a short blob,
+        // but the read error is the one to report.
+        match pump.await {
+            Ok(Err(e)) => {
+                return Err(Error::InvalidArgument(format!(
+                    "reading the blob to upload failed: {e}"
+                )))
+            }
+            Err(e) => return Err(Error::InvalidArgument(format!("upload task failed: {e}"))),
+            Ok(Ok(())) => {}
+        }
+        Ok(answer?.into_inner())
+    }
+
     /// Reads a blob (or `length` bytes from `offset`; 0 reads to the end) into memory, verified
     /// by the store against its hash.
     pub async fn get_blob(&self, hash: &str, offset: u64, length: u64) -> Result<bytes::Bytes> {

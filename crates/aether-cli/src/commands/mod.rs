@@ -2,6 +2,7 @@
 
 mod bus;
 mod files;
+mod git;
 mod history;
 mod review;
 mod sessions;
@@ -48,6 +49,7 @@ pub async fn run(context: &Context, command: Command) -> Result<(), Failure> {
         Command::Status(args) => sync::status(context, args).await,
         Command::Pull(args) => sync::pull(context, args).await,
         Command::Push(args) => sync::push(context, args).await,
+        Command::Git(command) => git::run(context, command).await,
     }
 }
 
