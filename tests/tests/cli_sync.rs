@@ -255,3 +255,60 @@ async fn killed_push_changes_all_or_nothing_and_large_trees_sync_by_listing() {
     assert_eq!(listed.as_array().unwrap().len(), 2100);
     assert!(in_step(&status(&aether, "w")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_handles_large_pushes_removed_directories_and_links_in_the_way() {
+    let aether = Aether::start().await;
+    let session = aether.create_session(&[]);
+    aether.write("seed/d/keep.txt", b"keep\n");
+    aether.write("seed/d/other.txt", b"other\n");
+    aether.write("seed/e/x.txt", b"x\n");
+    aether.ok(&["put", "seed", &format!("{session}:s")]);
+    aether.ok(&["clone", &format!("{session}:s"), "w"]);
+    let clone = aether.path("w");
+
+    // 12 MiB of new files the store lacks: more than one message carries inline.
+    for i in 0..12u64 {
+        let data = crate::cli_support::test_bytes(1024 * 1024, 900 + i);
+        std::fs::write(clone.join(format!("big{i:02}.bin")), data).unwrap();
+    }
+    aether.ok(&["push", "w"]);
+    assert!(in_step(&status(&aether, "w")));
+    let listed = aether.json(&["ls", &format!("{session}:s")]);
+    assert_eq!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["path"].as_str().unwrap().ends_with(".bin"))
+            .count(),
+        12
+    );
+
+    // The session removes a directory that holds local work: a conflict on the directory,
+    // the local work kept, the rest of the pull applied.
+    std::fs::write(clone.join("d/keep.txt"), b"edited here\n").unwrap();
+    aether.ok(&["rm", "-r", &format!("{session}:s/d")]);
+    aether.write("fresh.txt", b"fresh\n");
+    aether.ok(&["put", "fresh.txt", &format!("{session}:s/fresh.txt")]);
+    let stderr = aether.fails(&["pull", "w"], 1);
+    assert!(stderr.contains("conflict"), "{stderr}");
+    assert_eq!(
+        std::fs::read(clone.join("d/keep.txt")).unwrap(),
+        b"edited here\n"
+    );
+    assert_eq!(std::fs::read(clone.join("fresh.txt")).unwrap(), b"fresh\n");
+
+    // A local symlink where the session has a directory: nothing is written through it.
+    let outside = aether.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::remove_dir_all(clone.join("e")).unwrap();
+    std::os::unix::fs::symlink(&outside, clone.join("e")).unwrap();
+    aether.write("y.txt", b"y\n");
+    aether.ok(&["put", "y.txt", &format!("{session}:s/e/y.txt")]);
+    aether.run(&["pull", "--theirs", "w"]);
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "a pull wrote through a local symlink"
+    );
+}

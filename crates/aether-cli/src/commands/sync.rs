@@ -36,9 +36,13 @@ use crate::{Context, Failure};
 /// Where a synced directory keeps its record (never synced itself).
 pub const STATE_DIR: &str = ".aether";
 const STATE_FILE: &str = "sync.json";
+/// Downloads in progress, inside the record's folder.
+const TMP_DIR: &str = "tmp";
 const STATE_VERSION: u32 = 1;
 /// Files downloaded at once by clone and pull.
 const DOWNLOADS_AT_ONCE: usize = 16;
+/// Bytes of file content a push sends inline (the rest is stored first).
+const INLINE_BUDGET: u64 = 4 * 1024 * 1024;
 /// Large files stored at once by push.
 const UPLOADS_AT_ONCE: usize = 4;
 
@@ -237,6 +241,18 @@ fn stamp_of(meta: &std::fs::Metadata) -> Stamp {
         ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
         ino: meta.ino(),
     }
+}
+
+/// A stamp worth recording: one taken within a second of the file's last change could miss a
+/// rewrite of the same size in the same clock tick ("racy git"), so it is not kept and the
+/// file is read again next time.
+fn settled(stamp: &Stamp) -> Option<Stamp> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(i64::MAX);
+    let changed = stamp.mtime_ns.max(stamp.ctime_ns);
+    (now.saturating_sub(changed) >= 1_000_000_000).then(|| stamp.clone())
 }
 
 /// Every path below `dir` (but the record), by relative path; a file is read only when its
@@ -486,6 +502,7 @@ pub async fn status(context: &Context, args: SyncDirArgs) -> Result<(), Failure>
 pub async fn pull(context: &Context, args: PullArgs) -> Result<(), Failure> {
     let dir = args.directory;
     let mut state = load(&dir)?;
+    clear_scratch(&dir);
     let session = context.client.session(&state.session);
     let (version, remote) = list_remote(&session, &state.path).await?;
     let local = scan_local(&dir, &state.entries).await?;
@@ -508,6 +525,26 @@ pub async fn pull(context: &Context, args: PullArgs) -> Result<(), Failure> {
         if !changes.local.contains_key(path) {
             take.insert(path.clone(), change.clone());
         }
+    }
+    // A directory the session removed (or made a file or link) that still holds local work
+    // here is a conflict on the directory: it stays, and is named.
+    let kept: Vec<&String> = changes
+        .local
+        .keys()
+        .filter(|p| !take.contains_key(*p))
+        .collect();
+    let blocked: Vec<String> = take
+        .iter()
+        .filter(|(path, change)| {
+            local.get(*path).is_some_and(|l| l.state.kind == Kind::Dir)
+                && change.as_ref().is_none_or(|c| c.kind != Kind::Dir)
+                && kept.iter().any(|k| k.starts_with(&format!("{path}/")))
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    for path in blocked {
+        take.remove(&path);
+        left.push(path);
     }
     let applied = apply_remote(&session, &dir, &state, &take, &remote).await?;
     let taken = take.len();
@@ -533,7 +570,7 @@ pub async fn pull(context: &Context, args: PullArgs) -> Result<(), Failure> {
         match remote.get(path) {
             Some(entry) => {
                 let stamp = match (changes.converged.contains(path), local.get(path)) {
-                    (true, Some(l)) => Some(l.stamp.clone()),
+                    (true, Some(l)) => settled(&l.stamp),
                     _ => None,
                 };
                 state.entries.insert(
@@ -620,6 +657,12 @@ async fn apply_remote(
             downloads.push(path.clone());
             continue;
         }
+        if let Some(link) = linked_ancestor(dir, &format!("{path}/.")) {
+            return Err(Failure::Other(format!(
+                "{} is a symlink where the session has a directory: move it away and pull again",
+                link.display()
+            )));
+        }
         let local = dir.join(path);
         std::fs::create_dir_all(&local).map_err(|e| Failure::local(&local, e))?;
         applied.insert(
@@ -669,8 +712,23 @@ async fn download(
     let local = dir.join(&path);
     let parent = local.parent().unwrap_or(dir).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(|e| Failure::local(&parent, e))?;
-    let name = local.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let temporary = parent.join(format!(".{name}.aether-{}", std::process::id()));
+    // Never through a link: a local symlink where the session has a directory would send
+    // the download outside the synced directory.
+    if let Some(link) = linked_ancestor(dir, &path) {
+        return Err(Failure::Other(format!(
+            "{} is a symlink where the session has a directory: move it away and pull again",
+            link.display()
+        )));
+    }
+    // Downloads land in the record's folder (same filesystem, never synced), are flushed to
+    // disk, then renamed into place: a pull killed or cut by power loss leaves whole files.
+    let scratch = dir.join(STATE_DIR).join(TMP_DIR);
+    std::fs::create_dir_all(&scratch).map_err(|e| Failure::local(&scratch, e))?;
+    let temporary = scratch.join(format!(
+        "{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let read = session
         .download_file(
             &session_path(state, &path),
@@ -686,15 +744,43 @@ async fn download(
             return Err(e.into());
         }
     };
+    let remote = remote_of(&read);
+    if remote.kind == Kind::File {
+        // The service's default mode (0) is 0644 here, whatever the umask.
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(remote.mode))
+            .map_err(|e| Failure::local(&temporary, e))?;
+        std::fs::File::open(&temporary)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Failure::local(&temporary, e))?;
+    }
     std::fs::rename(&temporary, &local).map_err(|e| Failure::local(&local, e))?;
     let meta = std::fs::symlink_metadata(&local).map_err(|e| Failure::local(&local, e))?;
     Ok((
         path,
         Agreed {
-            remote: remote_of(&read),
-            stamp: Some(stamp_of(&meta)),
+            remote,
+            stamp: settled(&stamp_of(&meta)),
         },
     ))
+}
+
+/// The first component of `relative` below `dir` (its parents, not itself) that is a symlink.
+fn linked_ancestor(dir: &Path, relative: &str) -> Option<PathBuf> {
+    let mut at = dir.to_path_buf();
+    let mut components: Vec<&str> = relative.split('/').collect();
+    components.pop();
+    for component in components {
+        at.push(component);
+        if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// Removes what an interrupted download left in the record's folder.
+fn clear_scratch(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir.join(STATE_DIR).join(TMP_DIR));
 }
 
 fn set_mtime(path: &Path, mtime_ns: i64) {
@@ -709,7 +795,7 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
     let dir = args.directory;
     let mut state = load(&dir)?;
     let session = context.client.session(&state.session);
-    let (_, remote) = list_remote(&session, &state.path).await?;
+    let (listed_version, remote) = list_remote(&session, &state.path).await?;
     let local = scan_local(&dir, &state.entries).await?;
     let changes = compare(&state.entries, &local, &remote);
     if let Some(path) = changes.conflicts.iter().next() {
@@ -737,8 +823,9 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
             None => Some(pb::PathPrecondition {
                 condition: Some(Condition::MustNotExist(true)),
             }),
+            // The service checks a content hash on any entry that is not a directory.
             Some(Remote {
-                kind: Kind::File,
+                kind: Kind::File | Kind::Symlink,
                 hash,
                 ..
             }) => Some(pb::PathPrecondition {
@@ -837,11 +924,21 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
     batch.append(&mut writes);
     attributes.reverse();
     batch.append(&mut attributes);
+    // Directories carry no content hash to check: a push that changes one applies only to
+    // the head it listed (any change since fails it, and it is tried again after a pull).
+    let touches_directory = sending.iter().any(|(path, change)| {
+        change.as_ref().is_some_and(|c| c.kind == Kind::Dir)
+            || state
+                .entries
+                .get(*path)
+                .is_some_and(|a| a.remote.kind == Kind::Dir)
+    });
+    let expected = if touches_directory { listed_version } else { 0 };
     let mut version = state.head_version;
     if !batch.is_empty() {
         let request_id = format!("push-{}", uuid::Uuid::new_v4().simple());
         let response = session
-            .apply_changes_as(&request_id, batch, 0)
+            .apply_changes_as(&request_id, batch, expected)
             .await
             .map_err(|e| match e.code() {
                 tonic::Code::FailedPrecondition | tonic::Code::Aborted => Failure::Other(format!(
@@ -856,7 +953,7 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
     for (path, change) in &sending {
         match change {
             Some(change) => {
-                let stamp = local.get(*path).map(|l| l.stamp.clone());
+                let stamp = local.get(*path).and_then(|l| settled(&l.stamp));
                 state.entries.insert(
                     (*path).clone(),
                     Agreed {
@@ -877,7 +974,7 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
                     path.clone(),
                     Agreed {
                         remote: remote_of(entry),
-                        stamp: Some(here.stamp.clone()),
+                        stamp: settled(&here.stamp),
                     },
                 );
             }
@@ -934,9 +1031,17 @@ async fn file_contents(
         .into_iter()
         .collect();
     let mut out = BTreeMap::new();
+    let mut inline_bytes = 0u64;
     for path in small {
         let here = &local[&path];
+        // Inline content stays well under the coordinator's message limit; past the budget,
+        // files the store lacks are stored first and named, like large ones.
+        if missing.contains(&here.state.hash) && inline_bytes + here.stamp.size > INLINE_BUDGET {
+            large.push(path);
+            continue;
+        }
         let entry = if missing.contains(&here.state.hash) {
+            inline_bytes += here.stamp.size;
             let file = dir.join(&path);
             let data = std::fs::read(&file).map_err(|e| Failure::local(&file, e))?;
             (bytes::Bytes::from(data), Vec::new())
