@@ -243,16 +243,40 @@ fn stamp_of(meta: &std::fs::Metadata) -> Stamp {
     }
 }
 
-/// A stamp worth recording: one taken within a second of the file's last change could miss a
-/// rewrite of the same size in the same clock tick ("racy git"), so it is not kept and the
-/// file is read again next time.
+/// A stamp worth recording. A file rewritten at the same size within the clock tick of its
+/// last change keeps its stamp ("racy git"), so a stamp whose modification time is within a
+/// second of now is not kept and the file is read again next time (and stamped then, see
+/// [`refresh_stamps`]). A file the pull wrote has the session's (older) time; a later change
+/// moves it.
 fn settled(stamp: &Stamp) -> Option<Stamp> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(i64::MAX);
-    let changed = stamp.mtime_ns.max(stamp.ctime_ns);
-    (now.saturating_sub(changed) >= 1_000_000_000).then(|| stamp.clone())
+    (now.saturating_sub(stamp.mtime_ns) >= 1_000_000_000).then(|| stamp.clone())
+}
+
+/// Records the stamps of files that were read because their stamp was missing or stale and
+/// turned out to hold the recorded content, so the next scan need not read them (as `git
+/// status` refreshes its index). Whether anything changed.
+fn refresh_stamps(state: &mut State, local: &BTreeMap<String, Local>) -> bool {
+    let mut refreshed = false;
+    for (path, here) in local {
+        let Some(agreed) = state.entries.get_mut(path) else {
+            continue;
+        };
+        if agreed.remote.kind != Kind::File
+            || agreed.stamp.as_ref() == Some(&here.stamp)
+            || !same(Some(&agreed.remote), Some(&here.state))
+        {
+            continue;
+        }
+        if let Some(stamp) = settled(&here.stamp) {
+            agreed.stamp = Some(stamp);
+            refreshed = true;
+        }
+    }
+    refreshed
 }
 
 /// Every path below `dir` (but the record), by relative path; a file is read only when its
@@ -448,11 +472,14 @@ pub async fn clone(context: &Context, args: CloneArgs) -> Result<(), Failure> {
 
 pub async fn status(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
     let dir = args.directory;
-    let state = load(&dir)?;
+    let mut state = load(&dir)?;
     let session = context.client.session(&state.session);
     let (version, remote) = list_remote(&session, &state.path).await?;
     let local = scan_local(&dir, &state.entries).await?;
     let changes = compare(&state.entries, &local, &remote);
+    if refresh_stamps(&mut state, &local) {
+        save(&dir, &state)?;
+    }
     if context.json() {
         let side = |map: &BTreeMap<String, Option<Remote>>| {
             map.iter()
@@ -507,6 +534,7 @@ pub async fn pull(context: &Context, args: PullArgs) -> Result<(), Failure> {
     let (version, remote) = list_remote(&session, &state.path).await?;
     let local = scan_local(&dir, &state.entries).await?;
     let changes = compare(&state.entries, &local, &remote);
+    refresh_stamps(&mut state, &local);
     // What to bring here: remote changes not made locally, and conflicts when told to.
     let mut take: BTreeMap<String, Option<Remote>> = BTreeMap::new();
     let mut left = Vec::new();
@@ -798,6 +826,7 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
     let (listed_version, remote) = list_remote(&session, &state.path).await?;
     let local = scan_local(&dir, &state.entries).await?;
     let changes = compare(&state.entries, &local, &remote);
+    refresh_stamps(&mut state, &local);
     if let Some(path) = changes.conflicts.iter().next() {
         return Err(Failure::Other(format!(
             "{path} (and {} more) changed in the session too since the last pull: run `aether pull` and settle the conflicts first",
