@@ -312,3 +312,50 @@ async fn sync_handles_large_pushes_removed_directories_and_links_in_the_way() {
         "a pull wrote through a local symlink"
     );
 }
+
+/// The bytes `aether ARGS` read through read(2) (files and sockets alike), from the io
+/// accounting a shell inherits from the child it waited for.
+fn bytes_read(aether: &Aether, args: &str) -> u64 {
+    let script = format!(
+        "\"{}\" {args} >/dev/null || exit 9; grep '^rchar:' /proc/$$/io",
+        aether.bin().display()
+    );
+    let output = aether
+        .command_for("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim()
+        .trim_start_matches("rchar:")
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_op_status_reads_no_file_content() {
+    let aether = Aether::start().await;
+    let session = aether.create_session(&[]);
+    // 24 MiB in files last changed an hour ago.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for i in 0..24u64 {
+        let path = format!("data/f{i:02}.bin");
+        aether.write(&path, &crate::cli_support::test_bytes(1024 * 1024, 500 + i));
+        std::fs::File::options()
+            .write(true)
+            .open(aether.path(&path))
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+    }
+    aether.ok(&["put", "data", &format!("{session}:data")]);
+    aether.ok(&["clone", &format!("{session}:data"), "w"]);
+    let idle = bytes_read(&aether, "status w");
+    assert!(idle < 4 * 1024 * 1024, "a no-op status read {idle} bytes");
+    // A changed file is read (and only then).
+    std::fs::write(aether.path("w/f03.bin"), b"changed").unwrap();
+    let value = status(&aether, "w");
+    assert_eq!(paths(&value, "local"), [pair("f03.bin", "modified")]);
+}

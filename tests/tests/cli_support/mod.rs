@@ -53,7 +53,12 @@ impl Aether {
     /// A command for `aether`, pointed at the server, in the scratch directory, with no
     /// AETHER_* setting from the test's own environment.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(&self.bin);
+        self.command_for(&self.bin)
+    }
+
+    /// Like [`Aether::command`], for another program (a shell running `aether`).
+    pub fn command_for(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
         for (key, _) in std::env::vars() {
             if key.starts_with("AETHER_") && key != "AETHER_BIN_DIR" {
                 command.env_remove(key);
