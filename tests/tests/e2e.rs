@@ -20,6 +20,7 @@ mod cli_output;
 mod cli_readme;
 mod cli_sync;
 mod etcd_quorum;
+mod etcd_size;
 mod expiry;
 mod failover;
 mod foundation;

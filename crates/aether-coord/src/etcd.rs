@@ -39,6 +39,23 @@ impl EtcdCoordination {
     }
 }
 
+impl EtcdCoordination {
+    /// The size of the etcd database of the member that answers, and the quota it reports
+    /// (etcd 3.6 and later; 0 before).
+    pub async fn db_size(&self) -> Result<(u64, u64)> {
+        let status = self
+            .client
+            .clone()
+            .status()
+            .await
+            .map_err(|e| unavailable(&e))?;
+        Ok((
+            u64::try_from(status.db_size()).unwrap_or(0),
+            u64::try_from(status.db_size_quota()).unwrap_or(0),
+        ))
+    }
+}
+
 fn unavailable(error: &etcd_client::Error) -> CoordError {
     match error {
         etcd_client::Error::GRpcStatus(status)

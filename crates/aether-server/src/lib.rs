@@ -108,8 +108,68 @@ pub struct CoordinatorCommand {
     /// listen address.
     #[arg(long, env = "AETHER_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
+    /// etcd's database quota (its --quota-backend-bytes), for members that do not report it
+    /// (before etcd 3.6): aetherd warns once the database passes 80% of it.
+    #[arg(long, env = "AETHER_ETCD_QUOTA_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub etcd_quota_bytes: u64,
     #[command(flatten)]
     pub coordinator: CoordinatorArgs,
+}
+
+/// How often a coordinator reads etcd's database size.
+const ETCD_SIZE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Share of the quota at which the coordinator warns.
+const ETCD_WARN_RATIO: f64 = 0.8;
+
+/// Reads etcd's database size now and every minute: a gauge (`aether.etcd.db_size_bytes`,
+/// `aether.etcd.quota_used_ratio`), and a warning in the log past 80% of the quota, before
+/// etcd refuses every write (NOSPACE alarm).
+fn watch_etcd_size(
+    coord: aether_coord::EtcdCoordination,
+    quota_flag: u64,
+    shutdown: CancellationToken,
+) {
+    let meter = opentelemetry::global::meter("aetherd");
+    let size_gauge = meter
+        .u64_gauge("aether.etcd.db_size_bytes")
+        .with_description("size of etcd's database, as the member that answered reports it")
+        .build();
+    let ratio_gauge = meter
+        .f64_gauge("aether.etcd.quota_used_ratio")
+        .with_description("etcd's database size over its quota")
+        .build();
+    tokio::spawn(async move {
+        loop {
+            match coord.db_size().await {
+                Ok((size, reported)) => {
+                    let quota = if reported > 0 {
+                        reported
+                    } else {
+                        quota_flag.max(1)
+                    };
+                    let ratio = size as f64 / quota as f64;
+                    size_gauge.record(size, &[]);
+                    ratio_gauge.record(ratio, &[]);
+                    if ratio >= ETCD_WARN_RATIO {
+                        tracing::warn!(
+                            db_size_bytes = size,
+                            quota_bytes = quota,
+                            "etcd database at {:.0}% of its quota: etcd refuses all writes when \
+                             it is full. Compact and defragment it (etcdctl defrag; run etcd with \
+                             --auto-compaction-retention), or raise --quota-backend-bytes (and \
+                             --etcd-quota-bytes here)",
+                            ratio * 100.0
+                        );
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read etcd's database size"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ETCD_SIZE_EVERY) => {}
+            }
+        }
+    });
 }
 
 /// `aetherd dev` / `aether dev`: everything in one process on embedded defaults.
@@ -517,11 +577,11 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             bus = Some(b);
         }
         Service::Coordinator(cmd) => {
-            let coord: Arc<dyn Coordination> = Arc::new(
-                EtcdCoordination::connect(&cmd.etcd_endpoints)
-                    .await
-                    .context("cannot reach etcd")?,
-            );
+            let etcd = EtcdCoordination::connect(&cmd.etcd_endpoints)
+                .await
+                .context("cannot reach etcd")?;
+            watch_etcd_size(etcd.clone(), cmd.etcd_quota_bytes, shutdown.clone());
+            let coord: Arc<dyn Coordination> = Arc::new(etcd);
             let blobs: Arc<dyn Blobs> = Arc::new(RemoteBlobs::with_token(
                 lazy_channel(&cmd.store_endpoint, &tls)?,
                 &Limits::default(),
