@@ -55,8 +55,6 @@ static ENFORCE_POLICY: AtomicBool = AtomicBool::new(false);
 struct Access {
     principal: Principal,
     need: Need,
-    /// Hide sessions the caller has no role in (NOT_FOUND rather than PERMISSION_DENIED).
-    hide: bool,
     /// The RPC's method name (`Commit`).
     method: String,
     /// The change this request makes, when it is one and names itself with a request id.
@@ -136,18 +134,34 @@ pub fn outcome_so_far() -> Outcome {
     }
 }
 
-/// What each coordinator RPC needs on the sessions it loads. Anything not listed reads.
+/// What each coordinator RPC needs on the sessions it loads. Every RPC is classified in
+/// [`classify`]; one that is not (a new RPC nobody classified) needs ownership: the table
+/// fails closed, and a unit test names the RPC.
 pub fn need_of(path: &str) -> Need {
     let method = path.rsplit('/').next().unwrap_or_default();
-    match method {
+    classify(method).unwrap_or_else(|| {
+        tracing::error!(
+            method,
+            "RPC missing from the permission table; only owners may call it"
+        );
+        Need::Own
+    })
+}
+
+fn classify(method: &str) -> Option<Need> {
+    Some(match method {
         "UpdateSession" | "TransferSession" | "FinalizeSession" | "CloseSession" => Need::Own,
         "ApplyChanges" | "WriteFile" | "DeletePath" | "MakeDirectory" | "MovePath" | "CopyPath"
         | "ImportArchive" | "CreateCheckpoint" | "RestoreCheckpoint" | "Commit"
         | "RequestApproval" | "PutEntry" | "DeleteEntry" => Need::Write,
         "AddAnnotation" | "ResolveAnnotation" => Need::Annotate,
         "DecideApproval" => Need::Review,
-        _ => Need::Read,
-    }
+        "CreateSession" | "GetSession" | "ListSessions" | "ForkSession" | "ListAuditEvents"
+        | "Stat" | "ListTree" | "ReadFile" | "Diff" | "ExportArchive" | "ListCheckpoints"
+        | "ListCommits" | "GetCommit" | "ListAnnotations" | "ListApprovals" | "GetEntry"
+        | "ListEntries" => Need::Read,
+        _ => return None,
+    })
 }
 
 /// Whether `principal` may see `record` at all (ListSessions shows only these).
@@ -175,11 +189,12 @@ pub fn authorize(record: &SessionRecord) -> Result<(), Error> {
     };
     match decision(&access.principal, record, access.need) {
         Decision::Allowed => Ok(()),
-        Decision::NoRole if access.hide => {
+        // A caller with no role learns nothing of the session, not even that it exists.
+        Decision::NoRole => {
             deny(&access, record, "no role");
             Err(Error::NotFound(format!("session {} not found", record.id)))
         }
-        Decision::NoRole | Decision::Insufficient => {
+        Decision::Insufficient => {
             deny(&access, record, "insufficient role");
             Err(Error::PermissionDenied(format!(
                 "{} may not do this on session {}: it needs {} in the session's policy (ask the owner, {}, to bind \"user:{}\" or one of its groups)",
@@ -285,7 +300,6 @@ where
         let access = Access {
             principal: principal.clone(),
             need: need_of(path),
-            hide: path.ends_with("/GetSession"),
             method: path.rsplit('/').next().unwrap_or_default().to_string(),
             request: requests::change_of(path)
                 .zip(request_id)
@@ -364,5 +378,38 @@ mod tests {
             need_of("/aetherfs.v1.WorkspaceService/ReadFile"),
             Need::Read
         );
+    }
+
+    #[test]
+    fn every_coordinator_rpc_is_classified_and_unknown_ones_need_the_owner() {
+        use prost::Message;
+        let set = prost_types::FileDescriptorSet::decode(aether_proto::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let services = [
+            "SessionService",
+            "WorkspaceService",
+            "HistoryService",
+            "ReviewService",
+            "KnowledgeService",
+        ];
+        let mut seen = 0;
+        for file in &set.file {
+            for service in &file.service {
+                if !services.contains(&service.name()) {
+                    continue;
+                }
+                for method in &service.method {
+                    seen += 1;
+                    assert!(
+                        classify(method.name()).is_some(),
+                        "{}/{} is not in the permission table",
+                        service.name(),
+                        method.name()
+                    );
+                }
+            }
+        }
+        assert!(seen >= 37, "only {seen} methods found");
+        assert_eq!(need_of("/aetherfs.v1.WorkspaceService/NewRpc"), Need::Own);
     }
 }
