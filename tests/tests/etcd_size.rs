@@ -40,3 +40,100 @@ async fn coordinator_warns_as_etcd_nears_its_quota() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Keys in etcd that name `session`.
+async fn keys_of(coord: &aether_coord::EtcdCoordination, session: &str) -> Vec<String> {
+    use aether_coord::Coordination;
+    let all = coord.range("/aether/v1/", None, 100_000).await.unwrap();
+    all.into_iter()
+        .map(|kv| kv.key)
+        .filter(|k| k.contains(session))
+        .collect()
+}
+
+/// What lives in etcd per session does not grow with its history: the audit trail is in the
+/// content store (issue 15), read back in order and in pages, also after the session closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_etcd_keys_do_not_grow_with_its_history() {
+    use aether_proto as pb;
+    use aether_proto::session_service_client::SessionServiceClient;
+    use aether_proto::workspace_service_client::WorkspaceServiceClient;
+
+    let cluster = Cluster::start(ClusterSpec {
+        coordinators: 1,
+        ..ClusterSpec::default()
+    })
+    .await
+    .unwrap();
+    let channel = crate::common::connect(&cluster.coordinators[0].endpoint())
+        .await
+        .unwrap();
+    let coord = aether_coord::EtcdCoordination::connect(&cluster.etcd.endpoints())
+        .await
+        .unwrap();
+    let session = crate::common::create_session(&channel).await.unwrap().id;
+    let workspace = WorkspaceServiceClient::new(channel.clone());
+    let write = |i: usize| {
+        let request = pb::ApplyChangesRequest {
+            session_id: session.clone(),
+            changes: vec![pb::Change {
+                op: Some(pb::change::Op::Write(pb::WriteOp {
+                    path: format!("f{i}.txt"),
+                    content: format!("{i}").into_bytes().into(),
+                    ..Default::default()
+                })),
+                precondition: None,
+            }],
+            expected_head_version: 0,
+        };
+        let mut workspace = workspace.clone();
+        async move { workspace.apply_changes(request).await.unwrap() }
+    };
+    for i in 0..10 {
+        write(i).await;
+    }
+    let early = keys_of(&coord, &session).await;
+    for i in 10..60 {
+        write(i).await;
+    }
+    let late = keys_of(&coord, &session).await;
+    assert_eq!(
+        early, late,
+        "etcd keys of the session changed with its history"
+    );
+    assert!(
+        !late.iter().any(|k| k.contains("/audit/")),
+        "audit events in etcd: {late:?}"
+    );
+
+    let mut sessions = SessionServiceClient::new(channel.clone());
+    sessions
+        .close_session(pb::CloseSessionRequest {
+            session_id: session.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // create + 60 writes + close, in pages of 25, in order.
+    let mut sequences = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = sessions
+            .list_audit_events(pb::ListAuditEventsRequest {
+                session_id: session.clone(),
+                page: Some(pb::PageRequest {
+                    page_size: 25,
+                    page_token: token.clone(),
+                }),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        sequences.extend(page.events.iter().map(|e| e.sequence));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(sequences, (1..=62).collect::<Vec<u64>>());
+}

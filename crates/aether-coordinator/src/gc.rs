@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::error::{Error, Result};
-use crate::model::{self, AuditRecord, CheckpointRecord, SessionRecord, State};
+use crate::model::{self, CheckpointRecord, SessionRecord, State};
 use crate::requests::{Generation, StoredReply};
 use crate::revisions::load_commit;
 use crate::sessions::Sessions;
@@ -64,6 +64,7 @@ pub async fn mark(sessions: &Sessions) -> Result<HashSet<Hash>> {
 pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
     let knowledge = crate::knowledge::Knowledge::new(sessions.trees.blobs().clone());
     let annotations = crate::review::Annotations::new(sessions.trees.blobs().clone());
+    let audit = crate::audit::AuditLog::new(sessions.trees.blobs().clone());
     let mut live = HashSet::new();
     let mut after: Option<String> = None;
     let prefix = model::sessions_prefix();
@@ -89,9 +90,11 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
                 walk(sessions, parse(&object.root)?, &mut live).await?;
                 commit = object.parents.first().cloned();
             }
-            for archive in archives(sessions, &record).await? {
+            for archive in archives(sessions, &audit, &record).await? {
                 live.insert(archive);
             }
+            // Every session's trail, closed ones too: audit outlives the workspace.
+            live.extend(audit.objects(&record.audit_root).await?);
             if !matches!(record.state, State::Active | State::Finalized) {
                 continue;
             }
@@ -180,17 +183,18 @@ async fn checkpoints(sessions: &Collector, id: &str) -> Result<Vec<CheckpointRec
 }
 
 /// Archives written when the session was closed (recorded in its audit trail).
-async fn archives(sessions: &Collector, record: &SessionRecord) -> Result<Vec<Hash>> {
+async fn archives(
+    sessions: &Collector,
+    audit: &crate::audit::AuditLog,
+    record: &SessionRecord,
+) -> Result<Vec<Hash>> {
     if record.state != State::Closed {
         return Ok(Vec::new());
     }
-    let key = model::audit_key(&record.id, record.audit_sequence);
     let mut found = Vec::new();
-    if let Some(kv) = sessions.coord.get(&key).await? {
-        if let Ok(event) = serde_json::from_slice::<AuditRecord>(&kv.value) {
-            if let Some(hash) = event.details.get("archive").filter(|h| !h.is_empty()) {
-                found.push(parse(hash)?);
-            }
+    if let Some(event) = audit.last(&*sessions.coord, record).await? {
+        if let Some(hash) = event.details.get("archive").filter(|h| !h.is_empty()) {
+            found.push(parse(hash)?);
         }
     }
     Ok(found)

@@ -11,6 +11,7 @@
 //! - [`grpc`] adapts all of it to the v1 services.
 
 pub mod archive;
+pub mod audit;
 pub mod error;
 pub mod events;
 pub mod expiry;

@@ -173,6 +173,14 @@ pub struct SessionRecord {
     pub commit_count: u32,
     /// Sequence number of the last audit event.
     pub audit_sequence: u64,
+    /// Audit events from `audit_store_from` on: root of a [`crate::paged_map`] in the content
+    /// store (see [`crate::audit`]); "" when there are none there.
+    #[serde(default)]
+    pub audit_root: String,
+    /// The first audit sequence kept in `audit_root`; 0 while every event is in etcd (a
+    /// session written before the trail moved, until its next change).
+    #[serde(default)]
+    pub audit_store_from: u64,
     /// Knowledge entries at head: root of a [`crate::paged_map`] in the content store ("" when
     /// there are none). Versioned with the files: checkpoints keep it, restore and fork copy it.
     #[serde(default)]

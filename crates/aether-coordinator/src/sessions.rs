@@ -66,6 +66,8 @@ pub struct Sessions {
     pub(crate) coord: Arc<dyn Coordination>,
     pub(crate) trees: Trees,
     pub(crate) events: EventSink,
+    /// Audit trails, in the content store.
+    pub(crate) audit: crate::audit::AuditLog,
     node: Node,
     /// The node lease every hold is bound to; replaced when lost (after a pause or partition).
     lease: Mutex<Arc<LeaseKeeper>>,
@@ -210,10 +212,12 @@ impl Sessions {
         node: Node,
         lease: LeaseKeeper,
     ) -> Arc<Self> {
+        let audit = crate::audit::AuditLog::new(trees.blobs().clone());
         Arc::new(Self {
             coord,
             trees,
             events,
+            audit,
             node,
             lease: Mutex::new(Arc::new(lease)),
             renewing: tokio::sync::Mutex::new(()),
@@ -545,15 +549,12 @@ impl Sessions {
             outcome: "ok".into(),
             details: effect.details.iter().cloned().collect(),
         };
+        self.audit.append(&mut mutation.record, audit).await?;
         ops.push(Op::put(model::session_key(&id), to_json(&mutation.record)));
         ops.extend(model::label_index_ops(
             &id,
             &mutation.labels_read,
             &mutation.record.labels,
-        ));
-        ops.push(Op::put(
-            model::audit_key(&id, audit.sequence),
-            to_json(&audit),
         ));
         ops.append(&mut mutation.ops);
         let mut compares = vec![Compare::ModRevision(
@@ -640,6 +641,10 @@ impl Sessions {
             outcome: "ok".into(),
             details: effect.details.iter().cloned().collect(),
         };
+        // A new trail, whatever the record was built from (a fork copies its parent's record).
+        record.audit_root = String::new();
+        record.audit_store_from = 0;
+        self.audit.append(&mut record, audit).await?;
         let holder = HolderRecord {
             node_id: self.node.id.clone(),
             address: self.node.address.clone(),
@@ -654,7 +659,6 @@ impl Sessions {
                 lease: Some(lease.id()),
             },
             Op::put(model::session_key(&id), to_json(&record)),
-            Op::put(model::audit_key(&id, 1), to_json(&audit)),
         ];
         ops.extend(recorded);
         ops.extend(model::label_index_ops(

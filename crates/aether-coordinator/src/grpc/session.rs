@@ -12,7 +12,7 @@ use super::convert;
 use super::{caller, page_size, page_token, principal};
 use crate::error::{Error, Result};
 use crate::label_index;
-use crate::model::{self, AuditRecord, SessionRecord, SourceRecord, State};
+use crate::model::{self, SessionRecord, SourceRecord, State};
 use crate::sessions::{require_open, validate_session_id, Effect, Sessions};
 
 /// The `SessionService` implementation.
@@ -160,6 +160,8 @@ impl SessionService for SessionGrpc {
             checkpoint_count: 0,
             commit_count: 0,
             audit_sequence: 0,
+            audit_root: String::new(),
+            audit_store_from: 0,
             knowledge_root,
             annotations_root: String::new(),
             annotation_sequence: 0,
@@ -354,6 +356,8 @@ impl SessionService for SessionGrpc {
             checkpoint_count: 0,
             commit_count: 0,
             audit_sequence: 0,
+            audit_root: String::new(),
+            audit_store_from: 0,
             knowledge_root: parent.knowledge_root.clone(),
             annotations_root: parent.annotations_root.clone(),
             annotation_sequence: parent.annotation_sequence,
@@ -483,28 +487,21 @@ impl SessionService for SessionGrpc {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
         let size = page_size(&request.page);
-        let prefix = model::audit_prefix(&record.id);
         let after = match page_token(&request.page) {
-            Some(token) => {
-                let sequence: u64 = token.parse().map_err(|_| {
-                    Error::InvalidArgument(
-                        "page_token is malformed; pass next_page_token back unchanged".into(),
-                    )
-                })?;
-                Some(model::audit_key(&record.id, sequence))
-            }
+            Some(token) => Some(token.parse::<u64>().map_err(|_| {
+                Error::InvalidArgument(
+                    "page_token is malformed; pass next_page_token back unchanged".into(),
+                )
+            })?),
             None => None,
         };
-        let batch = self
+        let events: Vec<pb::AuditEvent> = self
             .sessions
-            .coord
-            .range(&prefix, after.as_deref(), size)
-            .await
-            .map_err(Error::from)?;
-        let events: Vec<pb::AuditEvent> = batch
+            .audit
+            .page(&*self.sessions.coord, &record, after, size)
+            .await?
             .iter()
-            .filter_map(|kv| serde_json::from_slice::<AuditRecord>(&kv.value).ok())
-            .map(|a| convert::audit(&a))
+            .map(convert::audit)
             .collect();
         let next_page_token = if events.len() == size {
             events
