@@ -358,4 +358,35 @@ async fn list_sessions_by_label_pages_through_the_index() {
     assert_eq!(rebuilt.len(), keys.len());
     let second = crate::common::connect(&second.endpoint()).await.unwrap();
     assert_eq!(list_sessions_paged(&second, "team=a", 4).await, rest);
+
+    // 64 labels (the limit) replaced by 64 others at once: one transaction within etcd's
+    // operation limit, and the index follows.
+    for value in ["first", "second"] {
+        let labels = (0..64)
+            .map(|i| (format!("k{i:02}"), format!("{value}{i}")))
+            .collect();
+        client
+            .update_session(pb::UpdateSessionRequest {
+                session_id: moved.clone(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["labels".into()],
+                }),
+                labels,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("replacing 64 labels ({value}): {e:?}"));
+    }
+    assert_eq!(
+        list_sessions_paged(&channel, "k63=second63", 5).await,
+        std::slice::from_ref(&moved)
+    );
+    assert!(list_sessions_paged(&channel, "k63=first63", 5)
+        .await
+        .is_empty());
+    let stale = coord
+        .range("/aether/v1/labels/k00=first0/", None, 10)
+        .await
+        .unwrap();
+    assert!(stale.is_empty(), "old index keys left: {stale:?}");
 }

@@ -58,6 +58,7 @@ impl AuditLog {
         limit: usize,
     ) -> Result<Vec<AuditRecord>> {
         let mut events = Vec::new();
+        let mut etcd_exhausted = true;
         let in_etcd_until = match record.audit_store_from {
             0 => u64::MAX,
             from => from,
@@ -69,14 +70,23 @@ impl AuditLog {
                 .range(&prefix, start.as_deref(), limit)
                 .await
                 .map_err(Error::from)?;
+            // The store part follows only once etcd's part is read to its end (an unreadable
+            // event there is skipped, not taken for the end).
+            etcd_exhausted = batch.len() < limit;
             events.extend(
                 batch
                     .iter()
                     .filter_map(|kv| serde_json::from_slice::<AuditRecord>(&kv.value).ok())
                     .filter(|e| e.sequence < in_etcd_until),
             );
+            if events
+                .last()
+                .is_some_and(|e| e.sequence + 1 >= in_etcd_until)
+            {
+                etcd_exhausted = true;
+            }
         }
-        if events.len() < limit && !record.audit_root.is_empty() {
+        if etcd_exhausted && events.len() < limit && !record.audit_root.is_empty() {
             let from = events.last().map(|e| e.sequence).or(after);
             let start_key = from.map(key);
             let start = match &start_key {

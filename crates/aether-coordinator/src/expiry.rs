@@ -13,6 +13,9 @@ use aether_proto as pb;
 use crate::model::{self, SessionRecord, State};
 use crate::sessions::{Effect, Sessions};
 
+/// How long expiring one session may take (its commit writes an audit page to the store).
+const EXPIRY_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Sessions {
     /// Expires every session idle past its TTL; returns how many it expired.
     pub async fn expire_idle_sessions(&self) -> usize {
@@ -62,7 +65,12 @@ impl Sessions {
                 ..Default::default()
             },
         );
-        match self.commit(mutation, effect).await {
+        // No caller sets a deadline here: the store calls of the commit (its audit page) get
+        // one, so a stuck store fails this expiry instead of holding the session forever.
+        let deadline = std::time::Instant::now() + EXPIRY_COMMIT_TIMEOUT;
+        let committed =
+            aether_auth::deadline::scope(Some(deadline), self.commit(mutation, effect)).await;
+        match committed {
             Ok(_) => {
                 tracing::info!(session = %id, "session expired after its idle TTL");
                 true

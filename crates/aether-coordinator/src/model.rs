@@ -83,21 +83,32 @@ fn escape_label(part: &str) -> String {
     out
 }
 
-/// The index changes for a session whose labels go from `old` to `new`.
+/// The index keys to add for a session whose labels go from `old` to `new`: written in the
+/// record's own transaction, so a session is always found under every label it has.
 pub fn label_index_ops(
     id: &str,
     old: &BTreeMap<String, String>,
     new: &BTreeMap<String, String>,
 ) -> Vec<aether_coord::Op> {
-    let removed = old
-        .iter()
-        .filter(|(k, v)| new.get(*k) != Some(*v))
-        .map(|(k, v)| aether_coord::Op::delete(label_index_key(k, v, id)));
-    let added = new
-        .iter()
+    new.iter()
         .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, v)| aether_coord::Op::put(label_index_key(k, v, id), Vec::new()));
-    removed.chain(added).collect()
+        .map(|(k, v)| aether_coord::Op::put(label_index_key(k, v, id), Vec::new()))
+        .collect()
+}
+
+/// The index keys to remove once such a change committed. Removed after the transaction
+/// (which then holds at most one put per label: 64 labels replaced stay within etcd's 128
+/// operations per transaction); a key left by a failed removal only costs a read, since
+/// ListSessions checks every candidate's labels in its record.
+pub fn label_index_removals(
+    id: &str,
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Vec<aether_coord::Op> {
+    old.iter()
+        .filter(|(k, v)| new.get(*k) != Some(*v))
+        .map(|(k, v)| aether_coord::Op::delete(label_index_key(k, v, id)))
+        .collect()
 }
 
 pub fn node_key(node_id: &str) -> String {
@@ -393,11 +404,16 @@ mod tests {
         .into();
         let ops = label_index_ops("s1", &old, &new);
         let expected = [
-            aether_coord::Op::delete(label_index_key("env", "dev", "s1")),
             aether_coord::Op::put(label_index_key("env", "prod", "s1"), Vec::new()),
             aether_coord::Op::put(label_index_key("x", "1", "s1"), Vec::new()),
         ];
         assert_eq!(format!("{ops:?}"), format!("{expected:?}"));
+        let removals = label_index_removals("s1", &old, &new);
+        let expected = [aether_coord::Op::delete(label_index_key(
+            "env", "dev", "s1",
+        ))];
+        assert_eq!(format!("{removals:?}"), format!("{expected:?}"));
         assert!(label_index_ops("s1", &new, &new).is_empty());
+        assert!(label_index_removals("s1", &new, &new).is_empty());
     }
 }

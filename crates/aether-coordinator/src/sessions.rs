@@ -581,6 +581,13 @@ impl Sessions {
             }
         }
         caller::note_applied();
+        let removals =
+            model::label_index_removals(&id, &mutation.labels_read, &mutation.record.labels);
+        if !removals.is_empty() {
+            if let Err(e) = self.coord.txn(vec![], removals).await {
+                tracing::warn!(session = %id, error = %e, "removing old label index keys failed");
+            }
+        }
         if let Some(Recording {
             key,
             sequence,

@@ -483,8 +483,8 @@ impl BlobNamer {
 /// Chunks are cut as data arrives and written while more is received, with at most
 /// `concurrency` writes in flight, and the process's chunks in flight within
 /// `upload_buffer_bytes`; a full pipeline makes [`Upload::push`] wait, which pushes back on
-/// the sender. Memory stays bounded (about `concurrency + 2` chunks per upload, and the budget
-/// across uploads) whatever the blob size. Nothing is visible before [`Upload::finish`] succeeds; dropping an `Upload` aborts its
+/// the sender. Memory stays bounded whatever the blob size: the budget across uploads, plus
+/// per upload the chunk being cut and one cut chunk waiting for room (up to 2 × 8 MiB). Nothing is visible before [`Upload::finish`] succeeds; dropping an `Upload` aborts its
 /// writes and leaves only unreferenced chunks behind.
 pub struct Upload {
     store: BlobStore,

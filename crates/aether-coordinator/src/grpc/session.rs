@@ -12,6 +12,10 @@ use super::convert;
 use super::{caller, page_size, page_token, principal};
 use crate::error::{Error, Result};
 use crate::label_index;
+
+/// Session records one ListSessions call reads at most (then it answers with what it found
+/// and a token to go on from).
+const MAX_EXAMINED_PER_PAGE: usize = 5000;
 use crate::model::{self, SessionRecord, SourceRecord, State};
 use crate::sessions::{require_open, validate_session_id, Effect, Sessions};
 
@@ -220,6 +224,7 @@ impl SessionService for SessionGrpc {
         let states: Vec<i32> = request.states.clone();
         let mut sessions = Vec::new();
         let mut next_page_token = String::new();
+        let mut examined = 0usize;
         // Read candidates in id order, filtering, until a page is full or they run out.
         'scan: loop {
             let (records, last) = match indexed {
@@ -247,7 +252,7 @@ impl SessionService for SessionGrpc {
             let Some(last) = last else {
                 break;
             };
-            after = Some(last);
+            examined += records.len();
             for record in records {
                 if !selector.matches(&record.labels) || !caller::can_see(&caller, &record) {
                     continue;
@@ -263,6 +268,23 @@ impl SessionService for SessionGrpc {
                     break 'scan;
                 }
                 sessions.push(self.sessions.describe(&record).await?);
+            }
+            after = Some(last);
+            // A selector or filter that matches few sessions must not make one call read
+            // them all: past the bound, the page ends early with a token to go on from.
+            if examined >= MAX_EXAMINED_PER_PAGE {
+                // The token must not name a session the caller may not see: the last one
+                // returned, or a short prefix of the last one read (seeking after it only
+                // reads again a few records this call already passed over).
+                let prefix: String = after
+                    .as_deref()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(8)
+                    .collect();
+                let returned = sessions.last().map(|s: &pb::Session| s.id.clone());
+                next_page_token = returned.filter(|r| *r > prefix).unwrap_or(prefix);
+                break;
             }
         }
         Ok(Response::new(pb::ListSessionsResponse {
