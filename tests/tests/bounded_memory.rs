@@ -89,6 +89,15 @@ impl Sampler {
     }
 }
 
+/// `aetherd dev` on `data`, with glibc's mmap threshold fixed (see [`MMAP_THRESHOLD`]).
+async fn start_measured_dev(data: &std::path::Path) -> ServiceProcess {
+    let args = ["dev".into(), "--data".into(), data.display().to_string()];
+    let env = MMAP_THRESHOLD.map(|(key, value)| (key.to_string(), value.to_string()));
+    ServiceProcess::start_with_env(aetherd_path().unwrap(), &args, &env)
+        .await
+        .unwrap()
+}
+
 /// Runs `work` while sampling aetherd, prints the figures and checks the growth bound.
 async fn measured<T>(
     server: &ServiceProcess,
@@ -206,15 +215,7 @@ fn archive_files() -> Vec<(String, u64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_requests_cost_a_few_chunks_of_memory() {
     let data = tempfile::tempdir().unwrap();
-    let args = [
-        "dev".into(),
-        "--data".into(),
-        data.path().display().to_string(),
-    ];
-    let env = MMAP_THRESHOLD.map(|(key, value)| (key.to_string(), value.to_string()));
-    let server = ServiceProcess::start_with_env(aetherd_path().unwrap(), &args, &env)
-        .await
-        .unwrap();
+    let server = start_measured_dev(data.path()).await;
     let channel = connect(&server.endpoint()).await.unwrap();
     let id = create_session(&channel).await.unwrap().id;
     // Every path taken once with small content, so the figures compare like with like.
@@ -430,15 +431,7 @@ async fn read_range(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_of_64_large_uploads_and_small_writes_stays_bounded_and_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
-    let args = [
-        "dev".into(),
-        "--data".into(),
-        data.path().display().to_string(),
-    ];
-    let env = MMAP_THRESHOLD.map(|(key, value)| (key.to_string(), value.to_string()));
-    let server = ServiceProcess::start_with_env(aetherd_path().unwrap(), &args, &env)
-        .await
-        .unwrap();
+    let server = start_measured_dev(data.path()).await;
     let channel = connect(&server.endpoint()).await.unwrap();
     let mut sessions = Vec::new();
     for _ in 0..8 {

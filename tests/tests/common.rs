@@ -211,3 +211,21 @@ pub async fn start_dev(flags: &[&str]) -> Dev {
         _data: data,
     }
 }
+
+/// Starts one more coordinator of `cluster` (on its etcd and first store), with `extra` flags.
+pub async fn start_coordinator(
+    cluster: &aether_testkit::Cluster,
+    extra: &[&str],
+) -> aether_testkit::ServiceProcess {
+    let mut args = vec![
+        "coordinator".to_string(),
+        "--etcd-endpoints".into(),
+        cluster.etcd.endpoints().join(","),
+        "--store-endpoint".into(),
+        cluster.stores[0].endpoint(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    aether_testkit::ServiceProcess::start(&args)
+        .await
+        .expect("start a coordinator")
+}

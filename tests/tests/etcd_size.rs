@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use aether_testkit::{Cluster, ClusterSpec, ServiceProcess};
+use aether_testkit::{Cluster, ClusterSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coordinator_warns_as_etcd_nears_its_quota() {
@@ -14,17 +14,8 @@ async fn coordinator_warns_as_etcd_nears_its_quota() {
     .await
     .unwrap();
     // A quota smaller than any etcd database: the first reading is past 80% of it.
-    let coordinator = ServiceProcess::start(&[
-        "coordinator".into(),
-        "--etcd-endpoints".into(),
-        cluster.etcd.endpoints().join(","),
-        "--store-endpoint".into(),
-        cluster.stores[0].endpoint(),
-        "--etcd-quota-bytes".into(),
-        "4096".into(),
-    ])
-    .await
-    .unwrap();
+    let coordinator =
+        crate::common::start_coordinator(&cluster, &["--etcd-quota-bytes", "4096"]).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let log = coordinator.stderr_tail(200);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aether_proto as pb;
 use aether_proto::bus_service_client::BusServiceClient;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
-use aether_testkit::{Cluster, ClusterSpec, ServiceProcess};
+use aether_testkit::{Cluster, ClusterSpec};
 
 /// Events the coordinator under test holds while the bus is away.
 const QUEUE_DEPTH: usize = 8;
@@ -38,19 +38,16 @@ async fn hung_bus_never_blocks_file_mutations() {
     })
     .await
     .unwrap();
-    let coordinator = ServiceProcess::start(&[
-        "coordinator".into(),
-        "--etcd-endpoints".into(),
-        cluster.etcd.endpoints().join(","),
-        "--store-endpoint".into(),
-        cluster.stores[0].endpoint(),
-        "--bus-endpoint".into(),
-        cluster.buses[0].endpoint(),
-        "--event-queue-depth".into(),
-        QUEUE_DEPTH.to_string(),
-    ])
-    .await
-    .unwrap();
+    let coordinator = crate::common::start_coordinator(
+        &cluster,
+        &[
+            "--bus-endpoint",
+            &cluster.buses[0].endpoint(),
+            "--event-queue-depth",
+            &QUEUE_DEPTH.to_string(),
+        ],
+    )
+    .await;
     let channel = connect(&coordinator.endpoint()).await.unwrap();
     let bus_channel = connect(&cluster.buses[0].endpoint()).await.unwrap();
     let session = create_session(&channel).await.unwrap().id;

@@ -332,15 +332,7 @@ async fn list_sessions_by_label_pages_through_the_index() {
         rest,
         "scanned"
     );
-    let second = aether_testkit::ServiceProcess::start(&[
-        "coordinator".into(),
-        "--etcd-endpoints".into(),
-        cluster.etcd.endpoints().join(","),
-        "--store-endpoint".into(),
-        cluster.stores[0].endpoint(),
-    ])
-    .await
-    .unwrap();
+    let second = crate::common::start_coordinator(&cluster, &[]).await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while coord
         .get("/aether/v1/labels-ready")

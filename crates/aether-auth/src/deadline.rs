@@ -78,6 +78,14 @@ pub fn grpc_timeout_value(timeout: Duration) -> String {
     format!("{amount}{unit}")
 }
 
+/// A request that gives the callee `timeout` (as its `grpc-timeout`; tonic's channel enforces
+/// it too). A caller's shorter deadline still wins ([`propagate`]).
+pub fn request_within<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
 /// Sets an outgoing call's `grpc-timeout` to what remains of the current call's deadline
 /// (or keeps the call's own timeout when that is shorter). A deadline already passed is
 /// DEADLINE_EXCEEDED before anything is sent.

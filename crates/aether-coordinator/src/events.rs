@@ -161,7 +161,9 @@ async fn deliver(
                 };
                 with_retries(&session_id, &trace, "publishing a session event", || {
                     let mut client = client.clone();
-                    let request = bounded(request.clone());
+                    // The bus learns the deadline, so it stops working on a call given up here.
+                    let request =
+                        aether_auth::deadline::request_within(request.clone(), BUS_CALL_TIMEOUT);
                     async move { client.publish(request).await.map(|_| ()) }
                 })
                 .await;
@@ -172,21 +174,15 @@ async fn deliver(
                 };
                 with_retries(&session_id, &trace, "archiving the bus stream", || {
                     let mut client = client.clone();
-                    let request = bounded(request.clone());
+                    // The bus learns the deadline, so it stops working on a call given up here.
+                    let request =
+                        aether_auth::deadline::request_within(request.clone(), BUS_CALL_TIMEOUT);
                     async move { client.archive_stream(request).await.map(|_| ()) }
                 })
                 .await;
             }
         }
     }
-}
-
-/// A bus request that tells the bus its deadline ([`BUS_CALL_TIMEOUT`]), so it stops
-/// working on a call this side has given up on.
-fn bounded<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(BUS_CALL_TIMEOUT);
-    request
 }
 
 /// Runs `call` until it succeeds, with backoff while the bus is unreachable or busy. A

@@ -147,9 +147,7 @@ fn data_messages(piece: Bytes) -> impl Iterator<Item = PutBlobRequest> {
 
 /// A unary request with [`UNARY_CALL_TIMEOUT`] (a caller's shorter deadline still wins).
 fn with_timeout<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(UNARY_CALL_TIMEOUT);
-    request
+    aether_auth::deadline::request_within(message, UNARY_CALL_TIMEOUT)
 }
 
 fn parse(value: &str) -> Result<Hash, StoreError> {
