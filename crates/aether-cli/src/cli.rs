@@ -312,6 +312,10 @@ pub struct MountArgs {
     /// requests proceed while one fetches content from the session (1 to 64).
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Memory that files written through the mount may use before they are staged on disk,
+    /// in MiB (files up to 1 MiB are kept in memory while it lasts).
+    #[arg(long, default_value_t = 256)]
+    pub staging_memory_mib: u64,
 }
 
 #[derive(Debug, Subcommand)]

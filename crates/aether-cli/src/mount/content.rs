@@ -1,8 +1,8 @@
 //! Where file bytes live on the mounting machine.
 //!
-//! - The *staging* directory holds one file per inode written through the mount, until its
-//!   content is in the session (and after, as the local copy). It is this mount's own and is
-//!   removed when the mount ends.
+//! - The *staging* ([`super::staging`]) holds what was written through the mount, per inode,
+//!   until its content is in the session (and after, as the local copy). It is this mount's
+//!   own and is removed when the mount ends.
 //! - The *cache* holds session content by hash. Content is immutable, so a cached file is
 //!   always valid and is shared by every mount on the machine that uses the same directory.
 
@@ -12,22 +12,16 @@ use std::path::{Path, PathBuf};
 
 use aether_client::{Rev, SessionHandle};
 
-/// The two local stores.
+/// Session content cached on this machine.
 pub struct LocalContent {
-    staging: PathBuf,
     cache: PathBuf,
 }
 
 impl LocalContent {
-    /// Creates (or reuses) the directories.
-    pub fn open(staging: PathBuf, cache: PathBuf) -> std::io::Result<LocalContent> {
-        std::fs::create_dir_all(&staging)?;
+    /// Creates (or reuses) the directory.
+    pub fn open(cache: PathBuf) -> std::io::Result<LocalContent> {
         std::fs::create_dir_all(&cache)?;
-        Ok(LocalContent { staging, cache })
-    }
-
-    pub fn staging_path(&self, ino: u64) -> PathBuf {
-        self.staging.join(ino.to_string())
+        Ok(LocalContent { cache })
     }
 
     /// The cached file of `hash`, if present. Hashes come from the session: only lower-case
@@ -79,11 +73,6 @@ impl LocalContent {
         temp.persist(&target)
             .map_err(|e| aether_client::Error::io(&target, e.error))?;
         Ok((entry.hash, size))
-    }
-
-    /// Removes this mount's staging directory.
-    pub fn remove_staging(&self) {
-        let _ = std::fs::remove_dir_all(&self.staging);
     }
 }
 

@@ -352,11 +352,17 @@ fn write_op(fs: &AetherFs, ino: u64, path: &str) -> aether_client::Result<pb::Wr
     if !staged || size == 0 {
         return Ok(write);
     }
-    let staging = fs.content.staging_path(ino);
     if size <= MAX_INLINE_BYTES {
-        let data = std::fs::read(&staging).map_err(|e| aether_client::Error::io(&staging, e))?;
+        let data = fs
+            .staging
+            .read_all(ino, size)
+            .map_err(|e| aether_client::Error::io(&format!("staged inode {ino}"), e))?;
         write.content = data.into();
     } else {
+        let staging = fs
+            .staging
+            .file_path(ino)
+            .map_err(|e| aether_client::Error::io(&format!("staged inode {ino}"), e))?;
         write.chunks = fs
             .runtime
             .block_on(fs.session.store_chunks(UploadSource::File(staging)))?;

@@ -25,8 +25,9 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use super::content::{open_rw, LocalContent};
+use super::content::LocalContent;
 use super::flush::{Flusher, EARLY_FLUSH_BYTES};
+use super::staging::Staging;
 use super::state::{Kind, Node, Op, State, ROOT};
 
 /// How long the kernel trusts an entry or attribute (changes from elsewhere show up within it).
@@ -56,14 +57,13 @@ pub struct AetherFs {
     pub session: SessionHandle,
     pub runtime: Handle,
     pub content: LocalContent,
+    pub staging: Staging,
     pub flusher: Arc<Flusher>,
     owner: (u32, u32),
     sync_close: bool,
     state: Mutex<State>,
     handles: Mutex<HashMap<u64, Open>>,
     next_fh: AtomicU64,
-    /// Open staging files by inode, shared by the handles of one node.
-    files: Mutex<HashMap<u64, Arc<File>>>,
     /// Head versions this mount produced (their events are not news).
     own_versions: Mutex<std::collections::VecDeque<u64>>,
     /// The newest head version this mount knows the changes of (its own batches, events).
@@ -148,6 +148,7 @@ impl AetherFs {
         session: SessionHandle,
         runtime: Handle,
         content: LocalContent,
+        staging: Staging,
         owner: (u32, u32),
         sync_close: bool,
     ) -> AetherFs {
@@ -155,13 +156,13 @@ impl AetherFs {
             session,
             runtime,
             content,
+            staging,
             flusher: Arc::new(Flusher::default()),
             owner,
             sync_close,
             state: Mutex::new(State::new(owner.0, owner.1, now_ns())),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            files: Mutex::new(HashMap::new()),
             own_versions: Mutex::new(std::collections::VecDeque::new()),
             events: Mutex::new(EventGate::default()),
             known_version: AtomicU64::new(0),
@@ -387,18 +388,6 @@ impl AetherFs {
         }
     }
 
-    /// The staging file of a node, opened once and shared.
-    fn staging_file(&self, ino: u64, create: bool) -> Fallible<Arc<File>> {
-        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(file) = files.get(&ino) {
-            return Ok(file.clone());
-        }
-        let file = open_rw(&self.content.staging_path(ino), create).map_err(io_errno)?;
-        let file = Arc::new(file);
-        files.insert(ino, file.clone());
-        Ok(file)
-    }
-
     /// The cached content of a clean file, fetched from the session if needed.
     fn cached_file(&self, ino: u64) -> Fallible<File> {
         let hash = self.state().node(ino).and_then(|n| n.hash.clone());
@@ -434,8 +423,8 @@ impl AetherFs {
     }
 
     /// Makes a file's content local and writable (copying the cached content on first
-    /// write), so writes and truncates work on the staging file.
-    fn stage(&self, ino: u64, keep_content: bool) -> Fallible<Arc<File>> {
+    /// write), so writes and truncates work on its staged content.
+    fn stage(&self, ino: u64, keep_content: bool) -> Fallible<()> {
         let (staged, size) = {
             let state = self.state();
             let node = state.node(ino).ok_or(Errno::ENOENT)?;
@@ -445,20 +434,16 @@ impl AetherFs {
             (node.staged, node.size)
         };
         if staged {
-            return self.staging_file(ino, true);
+            return Ok(());
         }
-        let staging = self.content.staging_path(ino);
         if keep_content && size > 0 {
             let mut source = self.cached_file(ino)?;
-            let mut target = std::fs::File::create(&staging).map_err(io_errno)?;
-            std::io::copy(&mut source, &mut target).map_err(io_errno)?;
+            self.staging
+                .start(ino, Some((&mut source, size)))
+                .map_err(io_errno)?;
         } else {
-            std::fs::File::create(&staging).map_err(io_errno)?;
+            self.staging.start(ino, None).map_err(io_errno)?;
         }
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
         let mut state = self.state();
         if let Some(node) = state.node_mut(ino) {
             node.staged = true;
@@ -467,8 +452,7 @@ impl AetherFs {
                 node.size = 0;
             }
         }
-        drop(state);
-        self.staging_file(ino, true)
+        Ok(())
     }
 
     /// fsync and fsyncdir, the durability point: every change made through the mount before
@@ -535,8 +519,8 @@ impl AetherFs {
             if size > MAX_FILE_BYTES {
                 return Err(Errno::EFBIG);
             }
-            let file = self.stage(ino, size > 0)?;
-            file.set_len(size).map_err(io_errno)?;
+            self.stage(ino, size > 0)?;
+            self.staging.set_len(ino, size).map_err(io_errno)?;
             let mut state = self.state();
             if let Some(node) = state.node_mut(ino) {
                 node.size = size;
@@ -632,11 +616,7 @@ impl AetherFs {
         let ino = state.insert(parent, node);
         if kind == Kind::File {
             drop(state);
-            let file = open_rw(&self.content.staging_path(ino), true).map_err(io_errno)?;
-            self.files
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(ino, Arc::new(file));
+            self.staging.start(ino, None).map_err(io_errno)?;
             state = self.state();
         }
         Self::touch_dir(&mut state, parent, now);
@@ -703,20 +683,12 @@ impl AetherFs {
         Ok(())
     }
 
-    /// Deletes the staging files of nodes the state has forgotten.
+    /// Forgets the staged content of nodes the state has forgotten.
     fn remove_orphans(&self) {
         let orphans = std::mem::take(&mut self.state().orphans);
         for ino in orphans {
-            self.forget_staging(ino);
+            self.staging.remove(ino);
         }
-    }
-
-    fn forget_staging(&self, ino: u64) {
-        self.files
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
-        let _ = std::fs::remove_file(self.content.staging_path(ino));
     }
 
     fn do_rename(
@@ -837,6 +809,17 @@ impl AetherFs {
         Ok(())
     }
 
+    /// What close(2) of a file opened for writing needs: without `--sync-close` nothing
+    /// waits for it (RELEASE, which the kernel sends without waiting, queues the content), so
+    /// the kernel skips the FLUSH round trip. A read-only descriptor never needs it.
+    fn close_flags(&self) -> FopenFlags {
+        if self.sync_close {
+            FopenFlags::empty()
+        } else {
+            FopenFlags::FOPEN_NOFLUSH
+        }
+    }
+
     fn do_open(&self, ino: u64, flags: OpenFlags) -> Fallible<(u64, FopenFlags)> {
         let kind = self
             .state()
@@ -876,9 +859,7 @@ impl AetherFs {
         } else {
             FopenFlags::empty()
         };
-        // close(2) of a read-only descriptor has nothing to send: the kernel skips the FLUSH
-        // round trip (one of the four a read of a small file costs).
-        if flags.acc_mode() == fuser::OpenAccMode::O_RDONLY {
+        if flags.acc_mode() == fuser::OpenAccMode::O_RDONLY || !self.sync_close {
             open_flags |= FopenFlags::FOPEN_NOFLUSH;
         }
         Ok((fh, open_flags))
@@ -898,8 +879,9 @@ impl AetherFs {
         let want = u64::from(size).min(length - offset).min(MAX_READ_BYTES) as usize;
         let mut buffer = vec![0u8; want];
         let read = if staged {
-            let file = self.staging_file(ino, false)?;
-            read_at(&file, &mut buffer, offset)?
+            self.staging
+                .read_at(ino, &mut buffer, offset)
+                .map_err(io_errno)?
         } else {
             let file = self.cached_file(ino)?;
             read_at(&file, &mut buffer, offset)?
@@ -913,7 +895,7 @@ impl AetherFs {
             Some(Open::File { ino, append }) => (*ino, *append),
             _ => return Err(Errno::EBADF),
         };
-        let file = self.stage(ino, true)?;
+        self.stage(ino, true)?;
         let offset = if append {
             self.state().node(ino).map(|n| n.size).unwrap_or(0)
         } else {
@@ -923,7 +905,9 @@ impl AetherFs {
             .checked_add(data.len() as u64)
             .filter(|end| *end <= MAX_FILE_BYTES)
             .ok_or(Errno::EFBIG)?;
-        file.write_all_at(data, offset).map_err(io_errno)?;
+        self.staging
+            .write_at(ino, data, offset)
+            .map_err(io_errno)?;
         let now = now_ns();
         let mut state = self.state();
         if let Some(node) = state.node_mut(ino) {
@@ -962,22 +946,15 @@ impl AetherFs {
             gone = last && !node.linked;
         }
         if last && !gone {
-            // Keep no descriptor per closed file (a copy of 100k files would run out).
-            self.files
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ino);
+            self.staging.close(ino);
         }
         if gone {
             // The last handle of an unlinked file: its staged content is no longer needed
             // (a write still queued for it sends an empty file, which its delete removes).
-            let staged = state.node(ino).is_some_and(|n| n.staged);
             state.nodes.remove(&ino);
             state.written.remove(&ino);
             drop(state);
-            if staged {
-                self.forget_staging(ino);
-            }
+            self.staging.remove(ino);
         }
     }
 
@@ -1047,9 +1024,32 @@ fn io_errno(error: std::io::Error) -> Errno {
 fn reply_entry(reply: ReplyEntry, result: Fallible<Option<FileAttr>>) {
     match result {
         Ok(Some(attr)) => reply.entry(&TTL, &attr, Generation(0)),
-        // A negative entry: the kernel remembers the name is absent for the TTL.
-        Ok(None) => reply.error(Errno::ENOENT),
+        // A negative entry (node 0 with a TTL; ENOENT would not be cached): the kernel
+        // remembers the name is absent for the TTL, so the many stats of absent files that
+        // git, make and compilers do cost one round trip per name and second.
+        Ok(None) => reply.entry(&TTL, &absent_attr(), Generation(0)),
         Err(e) => reply.error(e),
+    }
+}
+
+/// The attributes of a negative entry: only its node number (0) means anything.
+fn absent_attr() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
     }
 }
 
@@ -1255,7 +1255,7 @@ impl Filesystem for Mounted {
                 &attr,
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                FopenFlags::FOPEN_KEEP_CACHE | self.close_flags(),
             ),
             Err(e) => reply.error(e),
         }

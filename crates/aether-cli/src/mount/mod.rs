@@ -19,6 +19,7 @@
 mod content;
 mod flush;
 mod fs;
+mod staging;
 mod state;
 
 use std::os::unix::fs::MetadataExt;
@@ -35,6 +36,7 @@ use crate::cli::MountArgs;
 use crate::{Context, Failure};
 
 use content::LocalContent;
+use staging::Staging;
 use fs::{AetherFs, Mounted};
 
 /// Runs `aether mount`: mounts, serves until unmounted, unmounts on SIGINT/SIGTERM.
@@ -75,16 +77,20 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
     }
     remove_dead_staging(&cache);
     let staging = cache.join(format!("staging-{}-{}", args.session, std::process::id()));
-    let content = LocalContent::open(staging, cache.join("content")).map_err(|e| {
+    let cache_error = |e: std::io::Error| {
         Failure::Other(format!(
             "cannot create the mount's cache in {}: {e}; pass --cache-dir",
             cache.display()
         ))
-    })?;
+    };
+    let content = LocalContent::open(cache.join("content")).map_err(cache_error)?;
+    let memory = args.staging_memory_mib.saturating_mul(1024 * 1024);
+    let staging = Staging::open(staging, memory).map_err(cache_error)?;
     let fs = Arc::new(AetherFs::new(
         session,
         Handle::current(),
         content,
+        staging,
         (meta.uid(), meta.gid()),
         args.sync_close,
     ));
@@ -157,7 +163,7 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
     fs.flusher.stop();
     let _ = tokio::task::spawn_blocking(move || flusher.join()).await;
     events.abort();
-    fs.content.remove_staging();
+    fs.staging.remove_all();
     match result {
         Ok(Ok(())) => {
             eprintln!("aether: unmounted {}", args.dir.display());

@@ -258,7 +258,8 @@ impl State {
         }
         let node = &self.nodes[&ino];
         if node.open == 0 && !node.linked {
-            if node.staged {
+            // Its staged content (kept even after a refresh unstaged it) goes too.
+            if node.kind == Kind::File {
                 self.orphans.push(ino);
             }
             self.nodes.remove(&ino);
