@@ -166,6 +166,17 @@ impl EtcdCluster {
         self.members.iter().map(Member::endpoint).collect()
     }
 
+    /// `http://127.0.0.1:P` serving `/metrics` of member `member` (Prometheus text, with
+    /// per-method gRPC handling times: etcd runs with `--metrics extensive`).
+    pub fn metrics_endpoint(&self, member: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[member].metrics_port)
+    }
+
+    /// The pid of member `member`, if it is running.
+    pub fn pid(&self, member: usize) -> Option<u32> {
+        self.members[member].process.as_ref().map(|p| p.pid())
+    }
+
     /// SIGKILLs member `member` and reaps it; its data dir and ports are kept for
     /// [`EtcdCluster::restart`]. Killing a member that is not running does nothing.
     pub fn kill(&mut self, member: usize) -> Result<()> {
@@ -278,6 +289,7 @@ impl Member {
             .args(["--initial-cluster-token", token])
             .arg("--listen-metrics-urls")
             .arg(format!("http://127.0.0.1:{}", self.metrics_port))
+            .args(["--metrics", "extensive"])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdin(Stdio::null())

@@ -905,9 +905,7 @@ impl AetherFs {
             .checked_add(data.len() as u64)
             .filter(|end| *end <= MAX_FILE_BYTES)
             .ok_or(Errno::EFBIG)?;
-        self.staging
-            .write_at(ino, data, offset)
-            .map_err(io_errno)?;
+        self.staging.write_at(ino, data, offset).map_err(io_errno)?;
         let now = now_ns();
         let mut state = self.state();
         if let Some(node) = state.node_mut(ino) {

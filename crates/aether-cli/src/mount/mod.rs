@@ -36,8 +36,8 @@ use crate::cli::MountArgs;
 use crate::{Context, Failure};
 
 use content::LocalContent;
-use staging::Staging;
 use fs::{AetherFs, Mounted};
+use staging::Staging;
 
 /// Runs `aether mount`: mounts, serves until unmounted, unmounts on SIGINT/SIGTERM.
 pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {

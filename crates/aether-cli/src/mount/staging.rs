@@ -150,7 +150,9 @@ impl Staging {
         }
         let file = Arc::new(file);
         inner.forget(ino);
-        inner.contents.insert(ino, Content::Disk(Some(file.clone())));
+        inner
+            .contents
+            .insert(ino, Content::Disk(Some(file.clone())));
         Ok(file)
     }
 
@@ -295,7 +297,10 @@ mod tests {
         staging.set_len(1, 3).unwrap();
         assert_eq!(content(&staging, 1), b"hel");
         assert!(staging.memory_bytes() >= 3);
-        assert!(!dir.path().join("s/1").exists(), "no file for a small content");
+        assert!(
+            !dir.path().join("s/1").exists(),
+            "no file for a small content"
+        );
         staging.remove(1);
         assert_eq!(staging.memory_bytes(), 0);
     }
