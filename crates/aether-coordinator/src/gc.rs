@@ -94,7 +94,7 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
                 live.insert(archive);
             }
             // Every session's trail, closed ones too: audit outlives the workspace.
-            live.extend(audit.objects(&record.audit_root).await?);
+            live.extend(audit.objects(&record).await?);
             if !matches!(record.state, State::Active | State::Finalized) {
                 continue;
             }

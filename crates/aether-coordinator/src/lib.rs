@@ -10,6 +10,7 @@
 //! - [`events`] publishes session events on the bus;
 //! - [`grpc`] adapts all of it to the v1 services.
 
+pub mod append_log;
 pub mod archive;
 pub mod audit;
 pub mod error;

@@ -192,6 +192,19 @@ pub struct SessionRecord {
     /// session written before the trail moved, until its next change).
     #[serde(default)]
     pub audit_store_from: u64,
+    /// Audit events from `audit_log_from` to `audit_log_through`: root of a
+    /// [`crate::append_log`] in the content store ("" when empty). The events after
+    /// `audit_log_through` (at most [`crate::audit::TAIL_EVENTS`]) are etcd keys, written in
+    /// the transaction of the change they describe (see [`crate::audit`]).
+    #[serde(default)]
+    pub audit_log: String,
+    /// The first audit sequence of the log and its etcd tail; 0 for a trail written before
+    /// them (until its next change).
+    #[serde(default)]
+    pub audit_log_from: u64,
+    /// The last audit sequence in `audit_log` (0 when it is empty).
+    #[serde(default)]
+    pub audit_log_through: u64,
     /// Knowledge entries at head: root of a [`crate::paged_map`] in the content store ("" when
     /// there are none). Versioned with the files: checkpoints keep it, restore and fork copy it.
     #[serde(default)]

@@ -549,7 +549,11 @@ impl Sessions {
             outcome: "ok".into(),
             details: effect.details.iter().cloned().collect(),
         };
-        self.audit.append(&mut mutation.record, audit).await?;
+        let appended = self
+            .audit
+            .append(&*self.coord, &mut mutation.record, audit)
+            .await?;
+        ops.extend(appended.ops);
         ops.push(Op::put(model::session_key(&id), to_json(&mutation.record)));
         ops.extend(model::label_index_ops(
             &id,
@@ -586,6 +590,13 @@ impl Sessions {
         if !removals.is_empty() {
             if let Err(e) = self.coord.txn(vec![], removals).await {
                 tracing::warn!(session = %id, error = %e, "removing old label index keys failed");
+            }
+        }
+        if !appended.cleanup.is_empty() {
+            // Audit keys now in the store; one left behind is never read, and the next move
+            // deletes it.
+            if let Err(e) = self.coord.txn(vec![], appended.cleanup).await {
+                tracing::warn!(session = %id, error = %e, "removing moved audit keys failed");
             }
         }
         if let Some(Recording {
@@ -651,7 +662,10 @@ impl Sessions {
         // A new trail, whatever the record was built from (a fork copies its parent's record).
         record.audit_root = String::new();
         record.audit_store_from = 0;
-        self.audit.append(&mut record, audit).await?;
+        record.audit_log = String::new();
+        record.audit_log_from = 0;
+        record.audit_log_through = 0;
+        let appended = self.audit.append(&*self.coord, &mut record, audit).await?;
         let holder = HolderRecord {
             node_id: self.node.id.clone(),
             address: self.node.address.clone(),
@@ -667,6 +681,7 @@ impl Sessions {
             },
             Op::put(model::session_key(&id), to_json(&record)),
         ];
+        ops.extend(appended.ops);
         ops.extend(recorded);
         ops.extend(model::label_index_ops(
             &id,

@@ -42,6 +42,20 @@ pub const DEDUP_PROBE_BYTES: usize = 64 * 1024;
 /// when the store stops answering, and a caller's deadline is always carried.
 pub const UNARY_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// First wait after the store refused an upload for being at its limit; it doubles up to
+/// [`LAST_BACKOFF`] (about half a second in all), then the refusal reaches the caller.
+const FIRST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(2);
+const LAST_BACKOFF: std::time::Duration = std::time::Duration::from_millis(256);
+
+/// `wait` spread over [wait/2, wait], so refused uploads do not all come back at once.
+fn jitter(wait: std::time::Duration) -> std::time::Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    wait / 2 + wait.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
 /// What an upload did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Uploaded {
@@ -106,16 +120,31 @@ impl RemoteBlobs {
                 size_unknown: false,
             })),
         };
-        // Slices of `data`, produced as the channel asks for them: no copy, no second buffer.
-        let messages = data_messages(data);
-        let response = self
-            .client
-            .clone()
-            .put_blob(futures::stream::iter(
-                std::iter::once(header).chain(messages),
-            ))
-            .await?
-            .into_inner();
+        let mut backoff = FIRST_BACKOFF;
+        let response = loop {
+            // Slices of `data`, produced as the channel asks for them: no copy, no second
+            // buffer (a retry slices it again).
+            let messages = data_messages(data.clone());
+            let call = self
+                .client
+                .clone()
+                .put_blob(futures::stream::iter(
+                    std::iter::once(header.clone()).chain(messages),
+                ))
+                .await;
+            match call {
+                // The store is at its limit of uploads and stored nothing: a burst from this
+                // process (or another) waits a little instead of failing the caller's change.
+                Err(status)
+                    if status.code() == tonic::Code::ResourceExhausted
+                        && backoff <= LAST_BACKOFF =>
+                {
+                    tokio::time::sleep(jitter(backoff)).await;
+                    backoff *= 2;
+                }
+                call => break call?.into_inner(),
+            }
+        };
         Ok(Uploaded {
             hash: parse(&response.hash)?,
             size: response.size,

@@ -356,13 +356,13 @@ fn write_op(fs: &AetherFs, ino: u64, path: &str) -> aether_client::Result<pb::Wr
         let data = fs
             .staging
             .read_all(ino, size)
-            .map_err(|e| aether_client::Error::io(&format!("staged inode {ino}"), e))?;
+            .map_err(|e| aether_client::Error::io(format!("staged inode {ino}"), e))?;
         write.content = data.into();
     } else {
         let staging = fs
             .staging
             .file_path(ino)
-            .map_err(|e| aether_client::Error::io(&format!("staged inode {ino}"), e))?;
+            .map_err(|e| aether_client::Error::io(format!("staged inode {ino}"), e))?;
         write.chunks = fs
             .runtime
             .block_on(fs.session.store_chunks(UploadSource::File(staging)))?;
