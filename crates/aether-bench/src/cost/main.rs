@@ -279,7 +279,7 @@ struct Clients {
 
 async fn new_session(channel: &Channel) -> Result<String> {
     Ok(SessionServiceClient::new(channel.clone())
-        .create_session(pb::CreateSessionRequest::default())
+        .create_session(named(pb::CreateSessionRequest::default()))
         .await?
         .into_inner()
         .session
@@ -287,9 +287,20 @@ async fn new_session(channel: &Channel) -> Result<String> {
         .id)
 }
 
+/// A request named by a fresh request id, as the SDK sends every change (its outcome is
+/// then recorded for retries: part of the cost).
+fn named<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "x-aether-request-id",
+        format!("cost-{}", next_tag()).parse().expect("ascii"),
+    );
+    request
+}
+
 async fn write_one(channel: &Channel, session: &str, tag: u64) -> Result<()> {
     WorkspaceServiceClient::new(channel.clone())
-        .apply_changes(pb::ApplyChangesRequest {
+        .apply_changes(named(pb::ApplyChangesRequest {
             session_id: session.into(),
             changes: vec![pb::Change {
                 op: Some(pb::change::Op::Write(pb::WriteOp {
@@ -300,7 +311,7 @@ async fn write_one(channel: &Channel, session: &str, tag: u64) -> Result<()> {
                 precondition: None,
             }],
             expected_head_version: 0,
-        })
+        }))
         .await?;
     Ok(())
 }
@@ -322,19 +333,19 @@ async fn run_one(op: Op, clients: &Clients, session: &str, i: usize) -> Result<(
         Op::Apply => write_one(channel, session, next_tag()).await?,
         Op::Checkpoint => {
             HistoryServiceClient::new(channel.clone())
-                .create_checkpoint(pb::CreateCheckpointRequest {
+                .create_checkpoint(named(pb::CreateCheckpointRequest {
                     session_id: session.into(),
                     name: format!("c{i}-{}", next_tag()),
                     description: String::new(),
-                })
+                }))
                 .await?;
         }
         Op::Fork => {
             SessionServiceClient::new(channel.clone())
-                .fork_session(pb::ForkSessionRequest {
+                .fork_session(named(pb::ForkSessionRequest {
                     session_id: session.into(),
                     ..Default::default()
-                })
+                }))
                 .await?;
         }
         Op::Publish => {
