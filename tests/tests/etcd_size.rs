@@ -42,12 +42,14 @@ async fn keys_of(coord: &aether_coord::EtcdCoordination, session: &str) -> Vec<S
         .collect()
 }
 
-/// What lives in etcd per session does not grow with its history: the audit trail is in the
-/// content store but for a tail of at most 32 events (issue 15), read back in order and in
-/// pages, also after the session closed (which moves the tail too).
+/// What lives in etcd per session does not grow with its history (issue 15): the audit trail
+/// is in the content store but for a tail of at most 32 events, and so are checkpoints; the
+/// trail reads back in order and in pages, also after the session closed (which moves the
+/// tail too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sessions_etcd_keys_do_not_grow_with_its_history() {
     use aether_proto as pb;
+    use aether_proto::history_service_client::HistoryServiceClient;
     use aether_proto::session_service_client::SessionServiceClient;
     use aether_proto::workspace_service_client::WorkspaceServiceClient;
 
@@ -97,8 +99,20 @@ async fn a_sessions_etcd_keys_do_not_grow_with_its_history() {
     }
     let (early, _) = split(keys_of(&coord, &session).await);
     let mut most_audit_keys = 0;
+    let mut history = HistoryServiceClient::new(channel.clone());
     for i in 10..80 {
         write(i).await;
+        if i % 10 == 0 {
+            // Checkpoints are in the store too: taking them adds no etcd key.
+            history
+                .create_checkpoint(pb::CreateCheckpointRequest {
+                    session_id: session.clone(),
+                    name: format!("c{i}"),
+                    description: String::new(),
+                })
+                .await
+                .unwrap();
+        }
         let (late, audit) = split(keys_of(&coord, &session).await);
         assert_eq!(
             early, late,
@@ -139,8 +153,8 @@ async fn a_sessions_etcd_keys_do_not_grow_with_its_history() {
         }
         token = page.next_page_token;
     }
-    // create + 80 writes + close, in pages of 25, in order.
-    assert_eq!(sequences, (1..=82).collect::<Vec<u64>>());
+    // create + 80 writes + 7 checkpoints + close, in pages of 25, in order.
+    assert_eq!(sequences, (1..=89).collect::<Vec<u64>>());
     let (_, audit) = split(keys_of(&coord, &session).await);
     assert_eq!(audit, 0, "a closed session keeps audit keys in etcd");
 }

@@ -23,7 +23,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::error::{Error, Result};
-use crate::model::{self, CheckpointRecord, SessionRecord, State};
+use crate::model::{self, SessionRecord, State};
 use crate::requests::{Generation, StoredReply};
 use crate::revisions::load_commit;
 use crate::sessions::Sessions;
@@ -65,6 +65,7 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
     let knowledge = crate::knowledge::Knowledge::new(sessions.trees.blobs().clone());
     let annotations = crate::review::Annotations::new(sessions.trees.blobs().clone());
     let audit = crate::audit::AuditLog::new(sessions.trees.blobs().clone());
+    let checkpoints = crate::checkpoints::Checkpoints::new(sessions.trees.blobs().clone());
     let mut live = HashSet::new();
     let mut after: Option<String> = None;
     let prefix = model::sessions_prefix();
@@ -102,7 +103,9 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
             walk(sessions, parse(&record.base_root)?, &mut live).await?;
             live.extend(knowledge.objects(&record.knowledge_root).await?);
             live.extend(annotations.map.objects(&record.annotations_root).await?);
-            for checkpoint in checkpoints(sessions, &record.id).await? {
+            let (taken, objects) = checkpoints.all(&*sessions.coord, &record).await?;
+            live.extend(objects);
+            for checkpoint in taken {
                 walk(sessions, parse(&checkpoint.root)?, &mut live).await?;
                 live.extend(knowledge.objects(&checkpoint.knowledge_root).await?);
             }
@@ -162,24 +165,6 @@ fn walk<'a>(
         Ok(())
     }
     .boxed()
-}
-
-async fn checkpoints(sessions: &Collector, id: &str) -> Result<Vec<CheckpointRecord>> {
-    let prefix = model::checkpoints_prefix(id);
-    let mut out = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let batch = sessions.coord.range(&prefix, after.as_deref(), 500).await?;
-        let Some(last) = batch.last() else {
-            return Ok(out);
-        };
-        after = Some(last.key.clone());
-        for kv in batch {
-            out.push(serde_json::from_slice(&kv.value).map_err(|e| {
-                Error::Internal(format!("checkpoint {} unreadable, GC stopped: {e}", kv.key))
-            })?);
-        }
-    }
 }
 
 /// Archives written when the session was closed (recorded in its audit trail).

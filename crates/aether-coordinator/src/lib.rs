@@ -13,6 +13,7 @@
 pub mod append_log;
 pub mod archive;
 pub mod audit;
+pub mod checkpoints;
 pub mod error;
 pub mod events;
 pub mod expiry;

@@ -205,6 +205,10 @@ pub struct SessionRecord {
     /// The last audit sequence in `audit_log` (0 when it is empty).
     #[serde(default)]
     pub audit_log_through: u64,
+    /// Checkpoints by name: root of a [`crate::paged_map`] in the content store ("" when there
+    /// are none, and for checkpoints taken before they moved, which are etcd keys).
+    #[serde(default)]
+    pub checkpoints_root: String,
     /// Knowledge entries at head: root of a [`crate::paged_map`] in the content store ("" when
     /// there are none). Versioned with the files: checkpoints keep it, restore and fork copy it.
     #[serde(default)]

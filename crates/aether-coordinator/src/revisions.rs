@@ -7,7 +7,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{self, CheckpointRecord, SessionRecord};
+use crate::model::{CheckpointRecord, SessionRecord};
 use crate::sessions::Sessions;
 
 /// A commit, as stored in the content store.
@@ -22,20 +22,22 @@ pub struct CommitObject {
 }
 
 impl Sessions {
-    pub async fn load_checkpoint(&self, session_id: &str, name: &str) -> Result<CheckpointRecord> {
+    pub async fn load_checkpoint(
+        &self,
+        record: &SessionRecord,
+        name: &str,
+    ) -> Result<CheckpointRecord> {
         aether_core::names::validate_checkpoint_name(name)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let kv = self
-            .coord
-            .get(&model::checkpoint_key(session_id, name))
+        self.checkpoints
+            .get(&*self.coord, record, name)
             .await?
             .ok_or_else(|| {
                 Error::NotFound(format!(
-                    "checkpoint \"{name}\" not found in session {session_id}"
+                    "checkpoint \"{name}\" not found in session {}",
+                    record.id
                 ))
-            })?;
-        serde_json::from_slice(&kv.value)
-            .map_err(|e| Error::Internal(format!("checkpoint record unreadable: {e}")))
+            })
     }
 
     pub async fn store_commit(&self, commit: &CommitObject) -> Result<Hash> {
@@ -83,7 +85,7 @@ impl Sessions {
         let root = match kind {
             RevisionKind::Unspecified | RevisionKind::Head => record.head_root.clone(),
             RevisionKind::Base => record.base_root.clone(),
-            RevisionKind::Checkpoint => self.load_checkpoint(&record.id, name).await?.root,
+            RevisionKind::Checkpoint => self.load_checkpoint(record, name).await?.root,
             RevisionKind::Commit => {
                 if !self.commit_in_history(record, name).await? {
                     return Err(Error::NotFound(format!(

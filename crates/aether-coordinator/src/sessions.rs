@@ -68,6 +68,8 @@ pub struct Sessions {
     pub(crate) events: EventSink,
     /// Audit trails, in the content store.
     pub(crate) audit: crate::audit::AuditLog,
+    /// Checkpoints, in the content store.
+    pub(crate) checkpoints: crate::checkpoints::Checkpoints,
     node: Node,
     /// The node lease every hold is bound to; replaced when lost (after a pause or partition).
     lease: Mutex<Arc<LeaseKeeper>>,
@@ -213,11 +215,13 @@ impl Sessions {
         lease: LeaseKeeper,
     ) -> Arc<Self> {
         let audit = crate::audit::AuditLog::new(trees.blobs().clone());
+        let checkpoints = crate::checkpoints::Checkpoints::new(trees.blobs().clone());
         Arc::new(Self {
             coord,
             trees,
             events,
             audit,
+            checkpoints,
             node,
             lease: Mutex::new(Arc::new(lease)),
             renewing: tokio::sync::Mutex::new(()),

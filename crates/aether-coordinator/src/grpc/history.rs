@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use aether_coord::{Compare, Op};
 use aether_proto as pb;
 use aether_proto::history_service_server::HistoryService;
 use tonic::{Request, Response, Status};
@@ -12,7 +11,7 @@ use super::{page_size, page_token, principal};
 use crate::error::{Error, Result};
 use crate::model::{self, ApprovalActionRecord, CheckpointRecord};
 use crate::revisions::CommitObject;
-use crate::sessions::{check_expected_version, require_open, to_json, Effect, Sessions};
+use crate::sessions::{check_expected_version, require_open, Effect, Sessions};
 
 /// Longest commit message accepted.
 pub const MAX_COMMIT_MESSAGE_BYTES: usize = 64 * 1024;
@@ -61,13 +60,13 @@ impl HistoryService for HistoryGrpc {
         };
         aether_core::names::validate_checkpoint_name(&name)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let key = model::checkpoint_key(&mutation.record.id, &name);
+        // The name is checked against the record read here; the commit compares the record's
+        // revision, so no concurrent change can take the name in between.
         if self
             .sessions
-            .coord
-            .get(&key)
-            .await
-            .map_err(Error::from)?
+            .checkpoints
+            .get(&*self.sessions.coord, &mutation.record, &name)
+            .await?
             .is_some()
         {
             return Err(Error::AlreadyExists(format!(
@@ -87,8 +86,10 @@ impl HistoryService for HistoryGrpc {
             knowledge_root: mutation.record.knowledge_root.clone(),
         };
         mutation.record.checkpoint_count += 1;
-        mutation.compares.push(Compare::Missing(key.clone()));
-        mutation.ops.push(Op::put(key, to_json(&checkpoint)));
+        self.sessions
+            .checkpoints
+            .add(&mut mutation.record, checkpoint.clone())
+            .await?;
         let effect = Effect::new(&caller, "history.checkpoint", name.clone()).event(
             "session.checkpoint.created",
             pb::SessionEvent {
@@ -115,19 +116,15 @@ impl HistoryService for HistoryGrpc {
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&request.session_id).await?;
-        let prefix = model::checkpoints_prefix(&record.id);
         let size = page_size(&request.page);
-        let after = page_token(&request.page).map(|name| format!("{prefix}{name}"));
-        let batch = self
+        let after = page_token(&request.page);
+        let mut checkpoints: Vec<pb::Checkpoint> = self
             .sessions
-            .coord
-            .range(&prefix, after.as_deref(), size)
-            .await
-            .map_err(Error::from)?;
-        let mut checkpoints: Vec<pb::Checkpoint> = batch
+            .checkpoints
+            .list(&*self.sessions.coord, &record, after.as_deref(), size)
+            .await?
             .iter()
-            .filter_map(|kv| serde_json::from_slice::<CheckpointRecord>(&kv.value).ok())
-            .map(|c| convert::checkpoint(&c))
+            .map(convert::checkpoint)
             .collect();
         let next_page_token = if checkpoints.len() == size {
             checkpoints
@@ -155,7 +152,7 @@ impl HistoryService for HistoryGrpc {
         check_expected_version(&mutation.record, request.expected_head_version)?;
         let checkpoint = self
             .sessions
-            .load_checkpoint(&mutation.record.id, &request.name)
+            .load_checkpoint(&mutation.record, &request.name)
             .await?;
         // O(1): the head points at the checkpoint's roots (files and knowledge) again; a restore
         // is itself a change.

@@ -85,7 +85,9 @@ impl Sessions {
             }
             Some(Kind::Checkpoint(c)) => {
                 validate_session_id(&c.session_id)?;
-                let checkpoint = self.load_checkpoint(&c.session_id, &c.name).await?;
+                // Reading the source session's record also checks the caller may read it.
+                let (record, _) = self.load(&c.session_id).await?;
+                let checkpoint = self.load_checkpoint(&record, &c.name).await?;
                 (
                     SourceRecord::Checkpoint {
                         session_id: c.session_id.clone(),
@@ -169,6 +171,7 @@ impl SessionService for SessionGrpc {
             audit_log: String::new(),
             audit_log_from: 0,
             audit_log_through: 0,
+            checkpoints_root: String::new(),
             knowledge_root,
             annotations_root: String::new(),
             annotation_sequence: 0,
@@ -386,6 +389,7 @@ impl SessionService for SessionGrpc {
             audit_log: String::new(),
             audit_log_from: 0,
             audit_log_through: 0,
+            checkpoints_root: String::new(),
             knowledge_root: parent.knowledge_root.clone(),
             annotations_root: parent.annotations_root.clone(),
             annotation_sequence: parent.annotation_sequence,
