@@ -43,13 +43,15 @@ async fn keys_of(coord: &aether_coord::EtcdCoordination, session: &str) -> Vec<S
 }
 
 /// What lives in etcd per session does not grow with its history (issue 15): the audit trail
-/// is in the content store but for a tail of at most 32 events, and so are checkpoints; the
+/// is in the content store but for a tail of at most 32 events, and so are checkpoints and
+/// approval requests; the
 /// trail reads back in order and in pages, also after the session closed (which moves the
 /// tail too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sessions_etcd_keys_do_not_grow_with_its_history() {
     use aether_proto as pb;
     use aether_proto::history_service_client::HistoryServiceClient;
+    use aether_proto::review_service_client::ReviewServiceClient;
     use aether_proto::session_service_client::SessionServiceClient;
     use aether_proto::workspace_service_client::WorkspaceServiceClient;
 
@@ -100,8 +102,21 @@ async fn a_sessions_etcd_keys_do_not_grow_with_its_history() {
     let (early, _) = split(keys_of(&coord, &session).await);
     let mut most_audit_keys = 0;
     let mut history = HistoryServiceClient::new(channel.clone());
+    let mut review = ReviewServiceClient::new(channel.clone());
     for i in 10..80 {
         write(i).await;
+        if i % 20 == 5 {
+            // So are approval requests.
+            review
+                .request_approval(pb::RequestApprovalRequest {
+                    session_id: session.clone(),
+                    action: pb::ApprovalAction::Commit as i32,
+                    reviewers: Vec::new(),
+                    comment: format!("change {i}"),
+                })
+                .await
+                .unwrap();
+        }
         if i % 10 == 0 {
             // Checkpoints are in the store too: taking them adds no etcd key.
             history
@@ -153,8 +168,19 @@ async fn a_sessions_etcd_keys_do_not_grow_with_its_history() {
         }
         token = page.next_page_token;
     }
-    // create + 80 writes + 7 checkpoints + close, in pages of 25, in order.
-    assert_eq!(sequences, (1..=89).collect::<Vec<u64>>());
+    // create + 80 writes + 7 checkpoints + 3 approval requests + close, in pages of 25, in
+    // order.
+    assert_eq!(sequences, (1..=92).collect::<Vec<u64>>());
+    let listed = review
+        .list_approvals(pb::ListApprovalsRequest {
+            session_id: session.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .approvals;
+    assert_eq!(listed.len(), 3);
     let (_, audit) = split(keys_of(&coord, &session).await);
     assert_eq!(audit, 0, "a closed session keeps audit keys in etcd");
 }

@@ -41,10 +41,7 @@ impl Checkpoints {
         if let Some(found) = self.map.get(&record.checkpoints_root, name).await? {
             return Ok(Some(found));
         }
-        let Some(kv) = coord
-            .get(&model::checkpoint_key(&record.id, name))
-            .await?
-        else {
+        let Some(kv) = coord.get(&model::checkpoint_key(&record.id, name)).await? else {
             return Ok(None);
         };
         serde_json::from_slice(&kv.value)
@@ -54,7 +51,11 @@ impl Checkpoints {
 
     /// Adds `checkpoint` (whose name the caller checked is free) and points the record at the
     /// new root; nothing references it until the caller's transaction writes the record.
-    pub async fn add(&self, record: &mut SessionRecord, checkpoint: CheckpointRecord) -> Result<()> {
+    pub async fn add(
+        &self,
+        record: &mut SessionRecord,
+        checkpoint: CheckpointRecord,
+    ) -> Result<()> {
         let name = checkpoint.name.clone();
         let (root, _) = self
             .map
@@ -177,7 +178,11 @@ mod tests {
             let found = checkpoints.get(&coord, &record, name).await.unwrap();
             assert_eq!(found.map(|c| c.name), Some(name.to_string()));
         }
-        assert!(checkpoints.get(&coord, &record, "z").await.unwrap().is_none());
+        assert!(checkpoints
+            .get(&coord, &record, "z")
+            .await
+            .unwrap()
+            .is_none());
         let mut names = Vec::new();
         let mut after: Option<String> = None;
         loop {

@@ -66,6 +66,7 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
     let annotations = crate::review::Annotations::new(sessions.trees.blobs().clone());
     let audit = crate::audit::AuditLog::new(sessions.trees.blobs().clone());
     let checkpoints = crate::checkpoints::Checkpoints::new(sessions.trees.blobs().clone());
+    let approvals = crate::review::Approvals::new(sessions.trees.blobs().clone());
     let mut live = HashSet::new();
     let mut after: Option<String> = None;
     let prefix = model::sessions_prefix();
@@ -94,8 +95,9 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
             for archive in archives(sessions, &audit, &record).await? {
                 live.insert(archive);
             }
-            // Every session's trail, closed ones too: audit outlives the workspace.
+            // Every session's trail and approvals, closed ones too: they outlive the workspace.
             live.extend(audit.objects(&record).await?);
+            live.extend(approvals.map.objects(&record.approvals_root).await?);
             if !matches!(record.state, State::Active | State::Finalized) {
                 continue;
             }

@@ -205,6 +205,10 @@ pub struct SessionRecord {
     /// The last audit sequence in `audit_log` (0 when it is empty).
     #[serde(default)]
     pub audit_log_through: u64,
+    /// Approval requests by sequence: root of a [`crate::paged_map`] in the content store (""
+    /// when there are none, and for requests made before they moved, which are etcd keys).
+    #[serde(default)]
+    pub approvals_root: String,
     /// Checkpoints by name: root of a [`crate::paged_map`] in the content store ("" when there
     /// are none, and for checkpoints taken before they moved, which are etcd keys).
     #[serde(default)]

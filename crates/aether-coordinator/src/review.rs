@@ -7,7 +7,11 @@
 //! there are, and so that etcd keeps only small records (design §8). They are not versioned
 //! with the files: a restore keeps the review notes.
 //!
-//! **Approvals** are etcd records (`model::approval_key`), few per session and mutable: each
+//! **Approvals** are a [`PagedMap`] in the content store too (key: the zero-padded sequence),
+//! referenced by `SessionRecord::approvals_root` (design promise 10: etcd holds O(1) per
+//! session); a request or decision stores the changed page and index, and the change's fenced
+//! transaction publishes them with the record. Requests made before the move stay etcd keys
+//! (`model::approval_key`) and read on; the map's copy wins once one is decided. Each
 //! request is bound to the exact head (version and root) it was made at, and is stale as soon
 //! as the head moves (computed on read, [`ApprovalRecord::effective`]). A commit or an export
 //! needs approvals from `required` distinct principals holding the reviewer role, on approved
@@ -18,7 +22,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use aether_coord::Op;
+use aether_coord::Coordination;
 use aether_proto as pb;
 use aether_store::Blobs;
 
@@ -27,7 +31,7 @@ use crate::model::{
     self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, PolicyRecord, SessionRecord,
 };
 use crate::paged_map::PagedMap;
-use crate::sessions::{to_json, Effect, Mutation, Sessions};
+use crate::sessions::{Effect, Mutation, Sessions};
 
 /// Longest annotation body, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -100,6 +104,91 @@ impl Annotations {
     }
 }
 
+/// Approval requests in the content store (and, for older sessions, etcd keys).
+pub struct Approvals {
+    pub map: PagedMap<ApprovalRecord>,
+}
+
+impl Approvals {
+    pub fn new(blobs: Arc<dyn Blobs>) -> Self {
+        Self {
+            map: PagedMap::new(blobs, "aetherfs.approvals.v1"),
+        }
+    }
+
+    /// Request `sequence` of `record`'s session, if any.
+    pub async fn get(
+        &self,
+        coord: &dyn Coordination,
+        record: &SessionRecord,
+        sequence: u64,
+    ) -> Result<Option<ApprovalRecord>> {
+        if let Some(found) = self
+            .map
+            .get(&record.approvals_root, &annotation_key(sequence))
+            .await?
+        {
+            return Ok(Some(found));
+        }
+        let Some(kv) = coord
+            .get(&model::approval_key(&record.id, sequence))
+            .await?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&kv.value)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("approval record unreadable: {e}")))
+    }
+
+    /// Stores `approval` (new or changed) and points the record at the new root; nothing
+    /// references it until the caller's transaction writes the record.
+    pub async fn put(&self, record: &mut SessionRecord, approval: ApprovalRecord) -> Result<()> {
+        let key = annotation_key(approval.sequence);
+        let (root, _) = self
+            .map
+            .insert(&record.approvals_root, key, approval)
+            .await?;
+        record.approvals_root = root;
+        Ok(())
+    }
+
+    /// Every request of the session, oldest first (at most [`MAX_APPROVALS`]).
+    pub async fn all(
+        &self,
+        coord: &dyn Coordination,
+        record: &SessionRecord,
+    ) -> Result<Vec<ApprovalRecord>> {
+        let mut all = std::collections::BTreeMap::new();
+        let prefix = model::approvals_prefix(&record.id);
+        let mut after: Option<String> = None;
+        loop {
+            let batch = coord.range(&prefix, after.as_deref(), 500).await?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            after = Some(last.key.clone());
+            for kv in &batch {
+                let approval: ApprovalRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+                    Error::Internal(format!("approval record {} unreadable: {e}", kv.key))
+                })?;
+                all.insert(approval.sequence, approval);
+            }
+        }
+        self.map
+            .scan(
+                &record.approvals_root,
+                std::ops::Bound::Unbounded,
+                |_, approval| {
+                    all.insert(approval.sequence, approval.clone());
+                    true
+                },
+            )
+            .await?;
+        Ok(all.into_values().collect())
+    }
+}
+
 /// Whether `principal` holds the reviewer role (or the owner role, which includes it) in the
 /// session policy. Only `user:` bindings count until groups exist (auth).
 pub fn is_reviewer(policy: &PolicyRecord, principal: &str) -> bool {
@@ -127,52 +216,45 @@ impl Admission {
         self.approvals.iter().map(ApprovalRecord::id).collect()
     }
 
-    /// Marks the approvals used by `used_by`, in the mutation's transaction.
-    pub fn consume(self, mutation: &mut Mutation, used_by: &str) {
+    /// Marks the approvals used by `used_by`, published by the mutation's transaction.
+    pub async fn consume(
+        self,
+        sessions: &Sessions,
+        mutation: &mut Mutation,
+        used_by: &str,
+    ) -> Result<()> {
         for mut approval in self.approvals {
             approval.state = ApprovalStateRecord::Used;
             approval.used_by = used_by.to_string();
-            mutation.ops.push(Op::put(
-                model::approval_key(&mutation.record.id, approval.sequence),
-                to_json(&approval),
-            ));
+            sessions
+                .approvals
+                .put(&mut mutation.record, approval)
+                .await?;
         }
+        Ok(())
     }
 }
 
 impl Sessions {
     /// Every approval request of a session, oldest first.
-    pub async fn load_approvals(&self, session_id: &str) -> Result<Vec<ApprovalRecord>> {
-        let prefix = model::approvals_prefix(session_id);
-        let mut after: Option<String> = None;
-        let mut approvals = Vec::new();
-        loop {
-            let batch = self.coord.range(&prefix, after.as_deref(), 500).await?;
-            let Some(last) = batch.last() else {
-                break;
-            };
-            after = Some(last.key.clone());
-            for kv in &batch {
-                approvals.push(serde_json::from_slice(&kv.value).map_err(|e| {
-                    Error::Internal(format!("approval record {} unreadable: {e}", kv.key))
-                })?);
-            }
-        }
-        Ok(approvals)
+    pub async fn load_approvals(&self, record: &SessionRecord) -> Result<Vec<ApprovalRecord>> {
+        self.approvals.all(&*self.coord, record).await
     }
 
-    pub async fn load_approval(&self, session_id: &str, sequence: u64) -> Result<ApprovalRecord> {
-        let kv = self
-            .coord
-            .get(&model::approval_key(session_id, sequence))
+    pub async fn load_approval(
+        &self,
+        record: &SessionRecord,
+        sequence: u64,
+    ) -> Result<ApprovalRecord> {
+        self.approvals
+            .get(&*self.coord, record, sequence)
             .await?
             .ok_or_else(|| {
                 Error::NotFound(format!(
-                    "approval apr-{sequence} not found in session {session_id}"
+                    "approval apr-{sequence} not found in session {}",
+                    record.id
                 ))
-            })?;
-        serde_json::from_slice(&kv.value)
-            .map_err(|e| Error::Internal(format!("approval record unreadable: {e}")))
+            })
     }
 
     /// The approvals that admit `action` at `record`'s head, or FAILED_PRECONDITION saying how
@@ -184,7 +266,7 @@ impl Sessions {
         action: ApprovalActionRecord,
         required: u32,
     ) -> Result<Admission> {
-        let all = self.load_approvals(&record.id).await?;
+        let all = self.load_approvals(record).await?;
         let mut stale = 0;
         let mut usable = Vec::new();
         for approval in all.into_iter().filter(|a| a.action == action) {
@@ -255,7 +337,7 @@ impl Sessions {
             .admit(&mutation.record, ApprovalActionRecord::Export, required)
             .await?;
         let ids = admission.ids();
-        admission.consume(&mut mutation, "export");
+        admission.consume(self, &mut mutation, "export").await?;
         let caller = crate::grpc::caller::current();
         let effect = Effect::new(&caller, "review.approval.use", ids.join(","))
             .detail("used_by", "export")

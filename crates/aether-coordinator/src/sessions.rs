@@ -70,6 +70,8 @@ pub struct Sessions {
     pub(crate) audit: crate::audit::AuditLog,
     /// Checkpoints, in the content store.
     pub(crate) checkpoints: crate::checkpoints::Checkpoints,
+    /// Approval requests, in the content store.
+    pub(crate) approvals: crate::review::Approvals,
     node: Node,
     /// The node lease every hold is bound to; replaced when lost (after a pause or partition).
     lease: Mutex<Arc<LeaseKeeper>>,
@@ -216,12 +218,14 @@ impl Sessions {
     ) -> Arc<Self> {
         let audit = crate::audit::AuditLog::new(trees.blobs().clone());
         let checkpoints = crate::checkpoints::Checkpoints::new(trees.blobs().clone());
+        let approvals = crate::review::Approvals::new(trees.blobs().clone());
         Arc::new(Self {
             coord,
             trees,
             events,
             audit,
             checkpoints,
+            approvals,
             node,
             lease: Mutex::new(Arc::new(lease)),
             renewing: tokio::sync::Mutex::new(()),

@@ -212,7 +212,9 @@ impl HistoryService for HistoryGrpc {
             approvals: approvals.clone(),
         };
         let id = self.sessions.store_commit(&commit).await?.to_hex();
-        admission.consume(&mut mutation, &format!("commit:{id}"));
+        admission
+            .consume(&self.sessions, &mut mutation, &format!("commit:{id}"))
+            .await?;
         mutation.record.head_commit = Some(id.clone());
         mutation.record.commit_count += 1;
         let effect = Effect::new(&caller, "history.commit", id.clone())

@@ -4,7 +4,6 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use aether_coord::{Compare, Op};
 use aether_core::WorkspacePath;
 use aether_proto as pb;
 use aether_proto::review_service_server::ReviewService;
@@ -21,7 +20,7 @@ use crate::review::{
     AnnotationRecord, Annotations, MAX_ANNOTATIONS, MAX_APPROVALS, MAX_BODY_BYTES,
     MAX_COMMENT_BYTES, MAX_REVIEWERS,
 };
-use crate::sessions::{require_active, require_open, to_json, Effect, Sessions};
+use crate::sessions::{require_active, require_open, Effect, Sessions};
 
 /// The `ReviewService` implementation.
 pub struct ReviewGrpc {
@@ -339,10 +338,11 @@ impl ReviewService for ReviewGrpc {
             used_by: String::new(),
         };
         mutation.record.approval_sequence = sequence;
-        let key = model::approval_key(&mutation.record.id, sequence);
-        mutation.compares.push(Compare::Missing(key.clone()));
-        mutation.ops.push(Op::put(key, to_json(&approval)));
         let id = approval.id();
+        self.sessions
+            .approvals
+            .put(&mut mutation.record, approval.clone())
+            .await?;
         let effect = Effect::new(&caller, "review.approval.request", id.clone())
             .detail("action", action_name(action))
             .detail("reviewers", approval.reviewers.join(","))
@@ -389,7 +389,7 @@ impl ReviewService for ReviewGrpc {
         require_open(&mutation.record)?;
         let mut approval = self
             .sessions
-            .load_approval(&mutation.record.id, sequence)
+            .load_approval(&mutation.record, sequence)
             .await?;
         let id = approval.id();
         // Who may decide, before what state the request is in.
@@ -451,10 +451,10 @@ impl ReviewService for ReviewGrpc {
         } else {
             ApprovalStateRecord::Rejected
         };
-        mutation.ops.push(Op::put(
-            model::approval_key(&mutation.record.id, sequence),
-            to_json(&approval),
-        ));
+        self.sessions
+            .approvals
+            .put(&mut mutation.record, approval.clone())
+            .await?;
         let outcome = if approve { "approved" } else { "rejected" };
         let effect = Effect::new(&caller, "review.approval.decide", id.clone())
             .detail("decision", outcome)
@@ -492,50 +492,33 @@ impl ReviewService for ReviewGrpc {
             .map(|s| state_from(*s))
             .collect::<Result<Vec<_>>>()?;
         let size = page_size(&request.page);
-        let prefix = model::approvals_prefix(&record.id);
-        let mut after = match page_token(&request.page) {
-            Some(token) => Some(model::approval_key(
-                &record.id,
-                parse_approval_id(&token).map_err(|_| {
-                    Error::InvalidArgument(
-                        "page_token is malformed; pass next_page_token back unchanged".into(),
-                    )
-                })?,
-            )),
-            None => None,
+        let after = match page_token(&request.page) {
+            Some(token) => parse_approval_id(&token).map_err(|_| {
+                Error::InvalidArgument(
+                    "page_token is malformed; pass next_page_token back unchanged".into(),
+                )
+            })?,
+            None => 0,
         };
-        let mut approvals = Vec::new();
-        let mut next_page_token = String::new();
-        // Scan in key (creation) order, filtering by the state as of the head, until a page is
-        // full and one more match proves there is a next page.
-        'scan: loop {
-            let batch = self
-                .sessions
-                .coord
-                .range(&prefix, after.as_deref(), 500)
-                .await
-                .map_err(Error::from)?;
-            let Some(last) = batch.last() else {
-                break;
-            };
-            after = Some(last.key.clone());
-            for kv in batch {
-                let approval: ApprovalRecord = serde_json::from_slice(&kv.value).map_err(|e| {
-                    Error::Internal(format!("approval record {} unreadable: {e}", kv.key))
-                })?;
-                if !states.is_empty() && !states.contains(&approval.effective(&record)) {
-                    continue;
-                }
-                if approvals.len() == size {
-                    next_page_token = approvals
-                        .last()
-                        .map(|a: &pb::Approval| a.id.clone())
-                        .unwrap_or_default();
-                    break 'scan;
-                }
-                approvals.push(approval_view(&approval, &record));
-            }
-        }
+        // In creation order, filtered by the state as of the head; one more match than a page
+        // proves there is a next page. Reads all of the session's requests (at most
+        // MAX_APPROVALS), as admitting a commit does.
+        let mut matching = self
+            .sessions
+            .load_approvals(&record)
+            .await?
+            .into_iter()
+            .filter(|a| a.sequence > after)
+            .filter(|a| states.is_empty() || states.contains(&a.effective(&record)));
+        let approvals: Vec<pb::Approval> = matching
+            .by_ref()
+            .take(size)
+            .map(|a| approval_view(&a, &record))
+            .collect();
+        let next_page_token = match (matching.next(), approvals.last()) {
+            (Some(_), Some(last)) => last.id.clone(),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListApprovalsResponse {
             approvals,
             next_page_token,
