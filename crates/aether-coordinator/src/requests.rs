@@ -12,11 +12,11 @@
 //! [`GENERATIONS`] coordination keys (`/aether/v1/requests/{session}/{gg}`) of
 //! [`PER_GENERATION`] entries each. Request number `n` goes to generation `n / 16 mod 64`; the
 //! first request of a generation replaces that key whole, so the last 1,008 to 1,024 recorded
-//! requests are always found, a change rewrites one key of at most 16 small entries (about
-//! 1.6 KiB on average: etcd keeps every revision until compaction, so this is most of what a
-//! change adds to etcd's history; 32 entries per key measured 8.5 KB per change in the soak,
-//! 16 halve it), and a session costs at most 64 keys whatever its history (promise 10; a
-//! closing transaction deletes the other 63 within etcd's 128 operations). Answers up to
+//! requests are always found, a change rewrites one key of at most 16 small entries (etcd
+//! keeps every revision until compaction, so this is most of what a change adds to etcd's
+//! history: the soak measured 8.5 KB per change with keys of 32 entries, 5.6 KB with 16), and
+//! a session costs at most 64 keys whatever its history (promise 10; a closing transaction
+//! deletes the other 63 within etcd's 128 operations). Answers up to
 //! [`MAX_INLINE_REPLY_BYTES`] are kept in the entry, larger ones in the content store by hash
 //! (the garbage collector keeps them while they are listed). A closed or expired session keeps
 //! only the request that closed it.
