@@ -232,6 +232,34 @@ async fn hostile_wrong_principal_is_denied_and_changes_nothing() {
         ))
         .await;
     assert_eq!(code(subscribe), Code::NotFound);
+    // Nor can he start a session of his own from alice's checkpoint: reading its source is
+    // reading alice's session.
+    aether_proto::history_service_client::HistoryServiceClient::new(dev.channel.clone())
+        .create_checkpoint(with_token(
+            Some("tok-alice"),
+            pb::CreateCheckpointRequest {
+                session_id: id.clone(),
+                name: "private".into(),
+                description: String::new(),
+            },
+        ))
+        .await
+        .expect("the owner checkpoints");
+    let from_checkpoint = sessions
+        .create_session(with_token(
+            Some("tok-bob"),
+            pb::CreateSessionRequest {
+                source: Some(pb::Source {
+                    kind: Some(pb::source::Kind::Checkpoint(pb::CheckpointSource {
+                        session_id: id.clone(),
+                        name: "private".into(),
+                    })),
+                }),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(code(from_checkpoint), Code::NotFound);
 
     // carol is a viewer through group "team": she reads, but may not write or close.
     let get = sessions

@@ -299,8 +299,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aether_store::backend::BackendArgs;
-    use aether_store::{BlobStore, Limits};
+    use crate::test_support;
     use proptest::prelude::*;
 
     impl Numbered for u64 {
@@ -310,13 +309,7 @@ mod tests {
     }
 
     fn log(dir: &std::path::Path, fanout: usize) -> AppendLog<u64> {
-        let store = BlobStore::new(
-            BackendArgs::local(dir.to_path_buf())
-                .build("objects")
-                .unwrap(),
-            Limits::default(),
-        );
-        AppendLog::with_fanout(Arc::new(store), "test.log.v1", fanout)
+        AppendLog::with_fanout(test_support::local_blobs(dir), "test.log.v1", fanout)
     }
 
     async fn read_all(log: &AppendLog<u64>, root: &str, page: usize) -> Vec<u64> {

@@ -305,9 +305,8 @@ fn to_json(event: &AuditRecord) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support;
     use aether_coord::EmbeddedCoordination;
-    use aether_store::backend::BackendArgs;
-    use aether_store::{BlobStore, Limits};
 
     fn event(sequence: u64) -> AuditRecord {
         AuditRecord {
@@ -322,12 +321,7 @@ mod tests {
     }
 
     fn record() -> SessionRecord {
-        let json = r#"{"id":"s1","labels":{},"metadata":{},"owner":"alice",
-            "policy":{"bindings":[],"required_commit_approvals":0,"required_export_approvals":0},
-            "state":"Active","source":"Empty","base_root":"r","head_root":"r","head_version":3,
-            "head_commit":null,"created_at_ms":1,"updated_at_ms":2,"ttl_ms":0,
-            "checkpoint_count":0,"commit_count":0,"audit_sequence":0}"#;
-        serde_json::from_str(json).unwrap()
+        test_support::record("s1")
     }
 
     /// Applies an append as a commit does: its ops with the record, then the cleanup.
@@ -380,14 +374,8 @@ mod tests {
     #[tokio::test]
     async fn a_trail_reads_across_versions_and_keeps_etcd_to_one_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let coord = EmbeddedCoordination::open(&dir.path().join("coord.log")).unwrap();
-        let store = BlobStore::new(
-            BackendArgs::local(dir.path().to_path_buf())
-                .build("objects")
-                .unwrap(),
-            Limits::default(),
-        );
-        let blobs: Arc<dyn Blobs> = Arc::new(store);
+        let coord = test_support::coordination(dir.path());
+        let blobs = test_support::local_blobs(dir.path());
         let log = AuditLog::new(blobs.clone());
         let mut record = record();
         let legacy: Vec<Op> = (1..=5)

@@ -121,9 +121,8 @@ impl Checkpoints {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aether_coord::{EmbeddedCoordination, Op};
-    use aether_store::backend::BackendArgs;
-    use aether_store::{BlobStore, Limits};
+    use crate::test_support;
+    use aether_coord::Op;
 
     fn checkpoint(name: &str) -> CheckpointRecord {
         CheckpointRecord {
@@ -142,22 +141,9 @@ mod tests {
     #[tokio::test]
     async fn old_and_new_checkpoints_list_together_in_name_order() {
         let dir = tempfile::tempdir().unwrap();
-        let coord = EmbeddedCoordination::open(&dir.path().join("coord.log")).unwrap();
-        let store = BlobStore::new(
-            BackendArgs::local(dir.path().to_path_buf())
-                .build("objects")
-                .unwrap(),
-            Limits::default(),
-        );
-        let checkpoints = Checkpoints::new(Arc::new(store));
-        let mut record: SessionRecord = serde_json::from_str(
-            r#"{"id":"s1","labels":{},"metadata":{},"owner":"alice",
-            "policy":{"bindings":[],"required_commit_approvals":0,"required_export_approvals":0},
-            "state":"Active","source":"Empty","base_root":"r","head_root":"r","head_version":3,
-            "head_commit":null,"created_at_ms":1,"updated_at_ms":2,"ttl_ms":0,
-            "checkpoint_count":0,"commit_count":0,"audit_sequence":0}"#,
-        )
-        .unwrap();
+        let coord = test_support::coordination(dir.path());
+        let checkpoints = Checkpoints::new(test_support::local_blobs(dir.path()));
+        let mut record = test_support::record("s1");
         let old: Vec<Op> = ["b", "d", "f"]
             .iter()
             .map(|n| {

@@ -136,3 +136,40 @@ pub fn register(routes: &mut RoutesBuilder, sessions: &Arc<Sessions>) {
         grpc::knowledge::KnowledgeGrpc::new(sessions.clone()),
     )));
 }
+
+/// What this crate's unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use aether_coord::EmbeddedCoordination;
+    use aether_store::backend::BackendArgs;
+    use aether_store::{BlobStore, Blobs, Limits};
+
+    use crate::model::SessionRecord;
+
+    /// A content store on the local filesystem under `dir`.
+    pub fn local_blobs(dir: &Path) -> Arc<dyn Blobs> {
+        let backend = BackendArgs::local(dir.to_path_buf());
+        Arc::new(BlobStore::new(
+            backend.build("objects").expect("local backend"),
+            Limits::default(),
+        ))
+    }
+
+    /// Embedded coordination in `dir`.
+    pub fn coordination(dir: &Path) -> EmbeddedCoordination {
+        EmbeddedCoordination::open(&dir.join("coord.log")).expect("embedded coordination")
+    }
+
+    /// An active session record `id` as the first version wrote it (no later fields).
+    pub fn record(id: &str) -> SessionRecord {
+        let json = r#"{"id":"ID","labels":{},"metadata":{},"owner":"alice",
+            "policy":{"bindings":[],"required_commit_approvals":0,"required_export_approvals":0},
+            "state":"Active","source":"Empty","base_root":"r","head_root":"r","head_version":3,
+            "head_commit":null,"created_at_ms":1,"updated_at_ms":2,"ttl_ms":0,
+            "checkpoint_count":0,"commit_count":0,"audit_sequence":0}"#;
+        serde_json::from_str(&json.replace("ID", id)).expect("record")
+    }
+}

@@ -312,13 +312,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aether_store::backend::BackendArgs;
-    use aether_store::{BlobStore, Limits};
 
     fn map(dir: &tempfile::TempDir) -> PagedMap<u64> {
-        let backend = BackendArgs::local(dir.path().to_path_buf());
-        let store = BlobStore::new(backend.build("objects").unwrap(), Limits::default());
-        PagedMap::new(Arc::new(store), "test.v1")
+        PagedMap::new(crate::test_support::local_blobs(dir.path()), "test.v1")
     }
 
     async fn all(map: &PagedMap<u64>, root: &str) -> Vec<(String, u64)> {

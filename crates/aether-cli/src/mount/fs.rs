@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -1000,16 +999,7 @@ fn node_open(state: &State, ino: u64) -> u32 {
 }
 
 fn read_at(file: &File, buffer: &mut [u8], offset: u64) -> Fallible<usize> {
-    let mut done = 0;
-    while done < buffer.len() {
-        match file.read_at(&mut buffer[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_errno(e)),
-        }
-    }
-    Ok(done)
+    super::staging::read_fully_at(file, buffer, offset).map_err(io_errno)
 }
 
 fn io_errno(error: std::io::Error) -> Errno {

@@ -156,49 +156,51 @@ impl Staging {
         Ok(file)
     }
 
+    /// Makes room for a change that leaves the content `new_len(current length)` bytes long:
+    /// done here by `in_memory` on the resized bytes (None), or the file to make it on (the
+    /// content moved to disk when memory cannot hold it).
+    fn room_for(
+        &self,
+        ino: u64,
+        new_len: impl FnOnce(u64) -> u64,
+        in_memory: impl FnOnce(&mut Vec<u8>),
+    ) -> std::io::Result<Option<Arc<File>>> {
+        let mut inner = self.inner();
+        if let Some(Content::Memory(bytes)) = inner.contents.get(&ino) {
+            let len = new_len(bytes.len() as u64);
+            let growth = len.saturating_sub(bytes.capacity() as u64);
+            if len <= MEMORY_FILE_BYTES && inner.fits(growth, self.budget) {
+                inner.resize(ino, len as usize);
+                if let Some(Content::Memory(bytes)) = inner.contents.get_mut(&ino) {
+                    in_memory(bytes);
+                }
+                return Ok(None);
+            }
+            return self.spill(&mut inner, ino).map(Some);
+        }
+        self.disk_file(&mut inner, ino)?
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EIO))
+            .map(Some)
+    }
+
     /// Writes `data` at `offset` (the caller has checked `offset + len` against its limit).
     pub fn write_at(&self, ino: u64, data: &[u8], offset: u64) -> std::io::Result<()> {
         let end = offset + data.len() as u64;
-        let mut inner = self.inner();
-        let file = match inner.contents.get(&ino) {
-            Some(Content::Memory(bytes)) => {
-                let growth = end.saturating_sub(bytes.capacity() as u64);
-                if end <= MEMORY_FILE_BYTES && inner.fits(growth, self.budget) {
-                    let len = bytes.len().max(end as usize);
-                    inner.resize(ino, len);
-                    if let Some(Content::Memory(bytes)) = inner.contents.get_mut(&ino) {
-                        bytes[offset as usize..end as usize].copy_from_slice(data);
-                    }
-                    return Ok(());
-                }
-                self.spill(&mut inner, ino)?
-            }
-            _ => self
-                .disk_file(&mut inner, ino)?
-                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EIO))?,
+        let copy = |bytes: &mut Vec<u8>| {
+            bytes[offset as usize..end as usize].copy_from_slice(data);
         };
-        drop(inner);
-        file.write_all_at(data, offset)
+        match self.room_for(ino, |len| len.max(end), copy)? {
+            None => Ok(()),
+            Some(file) => file.write_all_at(data, offset),
+        }
     }
 
     /// Sets the length (sparse on disk; zero-filled in memory within its small bound).
     pub fn set_len(&self, ino: u64, len: u64) -> std::io::Result<()> {
-        let mut inner = self.inner();
-        let file = match inner.contents.get(&ino) {
-            Some(Content::Memory(bytes)) => {
-                let growth = len.saturating_sub(bytes.capacity() as u64);
-                if len <= MEMORY_FILE_BYTES && inner.fits(growth, self.budget) {
-                    inner.resize(ino, len as usize);
-                    return Ok(());
-                }
-                self.spill(&mut inner, ino)?
-            }
-            _ => self
-                .disk_file(&mut inner, ino)?
-                .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EIO))?,
-        };
-        drop(inner);
-        file.set_len(len)
+        match self.room_for(ino, |_| len, |_| {})? {
+            None => Ok(()),
+            Some(file) => file.set_len(len),
+        }
     }
 
     /// Reads into `buffer` from `offset`; returns how many bytes were read.
@@ -216,16 +218,7 @@ impl Staging {
                 .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EIO))?,
         };
         drop(inner);
-        let mut done = 0;
-        while done < buffer.len() {
-            match file.read_at(&mut buffer[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
+        read_fully_at(&file, buffer, offset)
     }
 
     /// The whole content, for sending inline (the caller knows it is small).
@@ -268,6 +261,20 @@ impl Staging {
     pub fn remove_all(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Reads into `buffer` from `offset` until it is full or the file ends; returns the count.
+pub fn read_fully_at(file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buffer.len() {
+        match file.read_at(&mut buffer[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
