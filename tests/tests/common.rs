@@ -22,18 +22,7 @@ pub async fn connect(endpoint: &str) -> Result<Channel> {
         .with_context(|| format!("connect to {endpoint}"))
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+pub use aether_testkit::test_bytes;
 
 pub async fn create_session(channel: &Channel) -> Result<pb::Session> {
     let response = SessionServiceClient::new(channel.clone())

@@ -9,11 +9,8 @@ use tonic::{Code, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     /// The session id breaks a rule.
-    #[error("invalid session id \"{session_id}\": {reason}")]
-    InvalidSessionId {
-        session_id: String,
-        reason: &'static str,
-    },
+    #[error("{0}")]
+    InvalidSessionId(aether_core::names::NameError),
     /// A publish carries no messages or too many.
     #[error("a publish carries 1 to {max} messages, this one has {count}: split it or add one", max = crate::MAX_BATCH_MESSAGES)]
     BatchSize { count: usize },
@@ -116,7 +113,7 @@ impl BusError {
 impl From<BusError> for Status {
     fn from(error: BusError) -> Status {
         let code = match &error {
-            BusError::InvalidSessionId { .. }
+            BusError::InvalidSessionId(_)
             | BusError::BatchSize { .. }
             | BusError::BatchTooLarge { .. }
             | BusError::InvalidSubject { .. }

@@ -46,7 +46,7 @@ pub const MAX_HEADERS: usize = 32;
 /// The largest publish, in encoded bytes of its messages: what fits in one gRPC message, so an
 /// in-process publish is held to the same bound as a remote one.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// The longest session id, in bytes.
-pub const MAX_SESSION_ID_BYTES: usize = 128;
+/// The longest session id, in bytes (the rule every service shares).
+pub use aether_core::names::MAX_SESSION_ID_BYTES;
 /// gRPC message size limit of the service: a full batch plus framing slack.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_BATCH_BYTES + 64 * 1024;

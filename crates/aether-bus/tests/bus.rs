@@ -317,13 +317,16 @@ fn persisted_messages_survive_a_crash_exactly_once() {
         .unwrap();
     runtime.block_on(async {
         let objects = store();
-        // Segments are named by their zero-padded first offset and hold length-delimited
-        // BusMessages.
+        // Segments are named by their zero-padded first offset and hold a magic, the BLAKE3
+        // hash of the body, then length-delimited records (field for field a BusMessage today).
         let firsts = segments(&*objects, S).await;
         assert_eq!(firsts.first(), Some(&1));
         let path = Path::from(format!("streams/{S}/{:020}.seg", firsts[0]));
-        let mut data = objects.get(&path).await.unwrap().bytes().await.unwrap();
-        let decoded = BusMessage::decode_length_delimited(&mut data).unwrap();
+        let data = objects.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(&data[..8], b"\0aebus02");
+        let mut body = data.slice(40..);
+        assert_eq!(blake3::hash(&body).as_bytes(), &data[8..40]);
+        let decoded = BusMessage::decode_length_delimited(&mut body).unwrap();
         assert_eq!((decoded.offset, payload(&decoded).as_str()), (1, "p0-0"));
 
         let bus = Bus::new(objects, BusConfig::default());

@@ -753,17 +753,7 @@ async fn read_whole(source: &UploadSource, hashed: &Hashed) -> Result<Bytes> {
 mod tests {
     use super::*;
 
-    fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
-    }
+    use aether_testkit::test_bytes as pseudo_random;
 
     #[tokio::test]
     async fn streaming_cuts_match_the_store() {

@@ -9,18 +9,7 @@ use aether_client::{Client, NewSession, NoProgress, Options, Rev, SessionHandle}
 use aether_testkit::ServiceProcess;
 use tonic::Code;
 
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+use aether_testkit::test_bytes;
 
 async fn start() -> (ServiceProcess, tempfile::TempDir, Client) {
     let data = tempfile::tempdir().unwrap();

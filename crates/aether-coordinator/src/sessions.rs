@@ -797,20 +797,7 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 
 /// Session ids are server-made, but arrive from clients: check before using them in keys.
 pub fn validate_session_id(id: &str) -> Result<()> {
-    if id.is_empty() {
-        return Err(Error::InvalidArgument("session_id is required".into()));
-    }
-    if id.len() > 64
-        || !id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(Error::InvalidArgument(format!(
-            "session_id {:?} is malformed: ids are up to 64 characters of [A-Za-z0-9_-]",
-            id.chars().take(80).collect::<String>()
-        )));
-    }
-    Ok(())
+    aether_core::names::validate_session_id(id).map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 pub fn require_active(record: &SessionRecord) -> Result<()> {

@@ -1,8 +1,11 @@
-//! The other user-chosen names: checkpoint names, bus subjects and subject filters, and
-//! knowledge keys, with the NATS-style subject matching the bus filters by.
+//! The other names from callers: session ids (made by coordinators, but sent back by
+//! clients), checkpoint names, bus subjects and subject filters, and knowledge keys, with the
+//! NATS-style subject matching the bus filters by.
 //!
 //! Each validator bounds its input (promise 6) and says which rule was broken.
 
+/// The longest session id, in bytes (coordinators make ids of 20 characters).
+pub const MAX_SESSION_ID_BYTES: usize = 64;
 /// The longest checkpoint name, in characters (all ASCII).
 pub const MAX_CHECKPOINT_NAME_CHARS: usize = 128;
 /// The longest bus subject or subject filter, in bytes.
@@ -16,6 +19,14 @@ const EXCERPT_CHARS: usize = 200;
 /// Why a checkpoint name, subject, subject filter or knowledge key was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// The session id breaks a rule.
+    #[error("invalid session id \"{session_id}\": {reason}")]
+    InvalidSessionId {
+        /// The id (truncated, control characters escaped).
+        session_id: String,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
     /// The checkpoint name breaks a rule.
     #[error("invalid checkpoint name \"{name}\": {reason}")]
     InvalidCheckpointName {
@@ -48,6 +59,30 @@ pub enum NameError {
         /// The rule it breaks.
         reason: &'static str,
     },
+}
+
+/// Validates a session id: 1..=64 bytes of [A-Za-z0-9_-], the one check every service makes
+/// before an id names a key or an object.
+pub fn validate_session_id(session_id: &str) -> Result<(), NameError> {
+    let reason = if session_id.is_empty() {
+        Some("a session id must not be empty")
+    } else if session_id.len() > MAX_SESSION_ID_BYTES {
+        Some("a session id is at most 64 bytes")
+    } else if !session_id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Some("a session id may contain only letters, digits, '_' and '-'")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(NameError::InvalidSessionId {
+            session_id: crate::excerpt(session_id, EXCERPT_CHARS),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Validates a checkpoint name: 1..=128 characters of [A-Za-z0-9._-], not "." or "..".

@@ -702,18 +702,8 @@ mod tests {
         BlobStore::new(Arc::new(InMemory::new()), Limits::default())
     }
 
-    /// Deterministic pseudo-random bytes (xorshift): incompressible, and chunked by FastCDC.
     fn bytes(len: usize, seed: u64) -> Bytes {
-        let mut state = (seed << 1) | 1; // distinct seeds, distinct non-zero states
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect::<Vec<u8>>()
-            .into()
+        aether_testkit::test_bytes(len, seed).into()
     }
 
     async fn read(

@@ -27,6 +27,20 @@ mod tls;
 mod wait;
 
 pub use cluster::{Cluster, ClusterSpec};
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce: incompressible, cut
+/// into several chunks by FastCDC when long enough, and different for every seed.
+pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = (seed << 1) | 1; // distinct seeds, distinct non-zero states
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
 pub use etcd::{Etcd, EtcdCluster};
 pub use locate::{aether_cli_path, aetherd_path};
 pub use ports::free_port;

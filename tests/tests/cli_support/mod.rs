@@ -143,18 +143,7 @@ impl Aether {
     }
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
-pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+pub use aether_testkit::test_bytes;
 
 /// Every file below `root` as (relative path, bytes, mode), and every directory as
 /// (relative path/, empty, 0), sorted.

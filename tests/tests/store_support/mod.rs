@@ -152,18 +152,7 @@ pub async fn client(endpoint: &str) -> Result<ContentServiceClient<Channel>> {
         .max_encoding_message_size(64 * MIB))
 }
 
-/// Deterministic pseudo-random bytes (xorshift): incompressible, and chunked by FastCDC.
-pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = (seed << 1) | 1; // distinct seeds, distinct non-zero states
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
+pub use aether_testkit::test_bytes;
 
 pub fn header(size: u64, expected_hash: &str) -> pb::PutBlobRequest {
     pb::PutBlobRequest {
