@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use aether_proto::bus_service_server::BusService;
+use aether_proto::transport::oversize_is_resource_exhausted;
 use aether_proto::{
     start_position, subscribe_response, ArchiveStreamRequest, ArchiveStreamResponse, Durability,
     GetStreamInfoRequest, GetStreamInfoResponse, Lagged, PublishRequest, PublishResponse,
@@ -242,7 +243,9 @@ impl BusService for BusGrpc {
                             // status, once the batches before it are acknowledged.
                             Some(Err(status)) => {
                                 tracing::debug!(%status, "PublishStream request stream failed");
-                                failure = Some(oversize_is_resource_exhausted(status));
+                                // A stream that already answered ends with the status in its
+                                // trailers, which the server's layer does not rewrite.
+                                failure = Some(oversize_is_resource_exhausted(status, None));
                                 reading = false;
                             }
                         }
@@ -345,20 +348,5 @@ impl BusService for BusGrpc {
             last_offset: info.last_offset,
             archive_time: timestamp(info.archived_at),
         }))
-    }
-}
-
-/// tonic refuses a request message over the decoding limit with OUT_OF_RANGE ("... message
-/// length too large: found N bytes, the limit is: M bytes"); every exceeded limit is
-/// RESOURCE_EXHAUSTED (design §5), with the message kept so the limit stays named. The server
-/// layer rewrites it for calls that end before their response headers; a stream that already
-/// answered ends with the status in its trailers, so it is rewritten here.
-fn oversize_is_resource_exhausted(status: Status) -> Status {
-    if status.code() == tonic::Code::OutOfRange
-        && status.message().contains("message length too large")
-    {
-        Status::resource_exhausted(status.message())
-    } else {
-        status
     }
 }

@@ -27,6 +27,7 @@ pub mod requests;
 pub mod review;
 pub mod revisions;
 pub mod routing;
+pub mod rpcs;
 pub mod sessions;
 pub mod trees;
 

@@ -52,38 +52,12 @@ pub const RETAINED: u64 = GENERATIONS * PER_GENERATION;
 /// Largest answer kept inline in the coordination store; larger ones go to the content store.
 pub const MAX_INLINE_REPLY_BYTES: usize = 512;
 
-/// The coordinator RPCs that change something, as `Service/Method`: exactly these take a
-/// request id. No default: a new RPC is a read until it is listed here (a test checks the list
-/// against the forwarding table).
-pub const CHANGES: &[&str] = &[
-    "SessionService/CreateSession",
-    "SessionService/UpdateSession",
-    "SessionService/ForkSession",
-    "SessionService/TransferSession",
-    "SessionService/FinalizeSession",
-    "SessionService/CloseSession",
-    "WorkspaceService/WriteFile",
-    "WorkspaceService/ApplyChanges",
-    "WorkspaceService/DeletePath",
-    "WorkspaceService/MakeDirectory",
-    "WorkspaceService/MovePath",
-    "WorkspaceService/CopyPath",
-    "WorkspaceService/ImportArchive",
-    "HistoryService/CreateCheckpoint",
-    "HistoryService/RestoreCheckpoint",
-    "HistoryService/Commit",
-    "ReviewService/AddAnnotation",
-    "ReviewService/ResolveAnnotation",
-    "ReviewService/RequestApproval",
-    "ReviewService/DecideApproval",
-    "KnowledgeService/PutEntry",
-    "KnowledgeService/DeleteEntry",
-];
-
-/// `Service/Method` of a gRPC path of the v1 API, if it is one of [`CHANGES`].
-pub fn change_of(path: &str) -> Option<&'static str> {
-    let method = path.strip_prefix("/aetherfs.v1.")?;
-    CHANGES.iter().copied().find(|c| *c == method)
+/// `Service/Method` of a gRPC path of the v1 API, if it changes something ([`crate::rpcs`]):
+/// exactly these take a request id.
+pub fn change_of(path: &str) -> Option<String> {
+    crate::rpcs::lookup(path)
+        .filter(|rpc| rpc.is_change())
+        .map(|rpc| rpc.name())
 }
 
 /// Checks a request id header value: 1 to [`MAX_REQUEST_ID_BYTES`] visible ASCII characters.
@@ -104,7 +78,7 @@ pub fn parse_request_id(value: &[u8]) -> std::result::Result<String, String> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RequestKey {
     pub principal: String,
-    /// `Service/Method`, one of [`CHANGES`].
+    /// `Service/Method`, a change of [`crate::rpcs::RPCS`].
     pub method: String,
     pub id: String,
 }
@@ -370,49 +344,21 @@ mod tests {
     }
 
     #[test]
-    fn changes_are_exactly_the_forwarded_rpcs_and_the_creations() {
-        for change in CHANGES {
-            let path = format!("/aetherfs.v1.{change}");
-            assert_eq!(change_of(&path), Some(*change));
-            let creation = change.ends_with("/CreateSession") || change.ends_with("/ForkSession");
-            assert_eq!(
-                crate::routing::routes(&path).is_some(),
-                !creation,
-                "{change}: every change but a creation goes to the holder"
-            );
-            // A creation reads its source; everything else changes a session it must hold.
-            assert_eq!(
-                crate::grpc::caller::need_of(&path) == aether_auth::Need::Read,
-                creation,
-                "{change}: the access it needs"
-            );
-        }
+    fn changes_take_request_ids_and_reads_do_not() {
+        assert_eq!(
+            change_of("/aetherfs.v1.WorkspaceService/ApplyChanges").as_deref(),
+            Some("WorkspaceService/ApplyChanges")
+        );
+        assert_eq!(
+            change_of("/aetherfs.v1.SessionService/ForkSession").as_deref(),
+            Some("SessionService/ForkSession")
+        );
         assert_eq!(change_of("/aetherfs.v1.HistoryService/ListCommits"), None);
         assert_eq!(
             change_of("/aetherfs.v1.WorkspaceService/ExportArchive"),
             None
         );
         assert_eq!(change_of("/aetherfs.v1.BusService/Publish"), None);
-    }
-
-    #[test]
-    fn every_change_is_an_rpc_of_the_api() {
-        use prost::Message;
-        let set = prost_types::FileDescriptorSet::decode(aether_proto::FILE_DESCRIPTOR_SET)
-            .expect("descriptor set");
-        let methods: Vec<String> = set
-            .file
-            .iter()
-            .flat_map(|f| f.service.iter())
-            .flat_map(|s| {
-                s.method
-                    .iter()
-                    .map(move |m| format!("{}/{}", s.name(), m.name()))
-            })
-            .collect();
-        for change in CHANGES {
-            assert!(methods.contains(&change.to_string()), "{change}");
-        }
     }
 
     #[test]

@@ -5,33 +5,15 @@
 use aether_coord::forward::{HolderLookup, Shape};
 use async_trait::async_trait;
 
+use crate::rpcs::Effect;
 use crate::sessions::Sessions;
 
-/// The routing table for [`aether_coord::forward::ForwardLayer`].
+/// The routing table for [`aether_coord::forward::ForwardLayer`]: the changes of an existing
+/// session, from [`crate::rpcs`].
 pub fn routes(path: &str) -> Option<Shape> {
-    let (service, method) = path.strip_prefix("/aetherfs.v1.")?.split_once('/')?;
-    let unary = matches!(
-        (service, method),
-        (
-            "SessionService",
-            "UpdateSession" | "TransferSession" | "FinalizeSession" | "CloseSession"
-        ) | (
-            "WorkspaceService",
-            "ApplyChanges" | "DeletePath" | "MakeDirectory" | "MovePath" | "CopyPath"
-        ) | (
-            "HistoryService",
-            "CreateCheckpoint" | "RestoreCheckpoint" | "Commit"
-        ) | (
-            "ReviewService",
-            "AddAnnotation" | "ResolveAnnotation" | "RequestApproval" | "DecideApproval"
-        ) | ("KnowledgeService", "PutEntry" | "DeleteEntry")
-    );
-    if unary {
-        return Some(Shape::Unary);
-    }
-    match (service, method) {
-        ("WorkspaceService", "WriteFile" | "ImportArchive") => Some(Shape::StreamHeader),
-        _ => None,
+    match crate::rpcs::lookup(path)?.effect {
+        Effect::Change(shape) => Some(shape),
+        Effect::Read | Effect::Creation => None,
     }
 }
 

@@ -7,7 +7,9 @@
 //! (`crates/aether-store/benches/store_vs_raw.rs`). The windows bound what one stream (8 MiB)
 //! and one connection (16 MiB) may have in flight unread.
 
+use tonic::codegen::http::HeaderMap;
 use tonic::transport::{Endpoint, Server};
+use tonic::{Code, Status};
 
 /// Largest HTTP/2 frame a peer may send us (the protocol allows up to 16 MiB - 1).
 pub const MAX_FRAME_BYTES: u32 = 1024 * 1024;
@@ -32,4 +34,32 @@ pub fn tune_server(server: Server) -> Server {
         .max_frame_size(MAX_FRAME_BYTES)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+}
+
+/// tonic refuses a message over a service's decoding limit with OUT_OF_RANGE ("... message
+/// length too large: found N bytes, the limit is: M bytes"); every exceeded limit is
+/// RESOURCE_EXHAUSTED (design §5). This turns that status into RESOURCE_EXHAUSTED with its
+/// message kept, so the limit stays named; `setting`, when given, names what sets the limit
+/// and is appended in parentheses. Any other status passes unchanged (the bus answers
+/// OUT_OF_RANGE for offsets past the end of a stream).
+pub fn oversize_is_resource_exhausted(status: Status, setting: Option<&str>) -> Status {
+    if status.code() != Code::OutOfRange || !status.message().contains("message length too large") {
+        return status;
+    }
+    Status::resource_exhausted(match setting {
+        Some(setting) => format!("{} ({setting})", status.message()),
+        None => status.message().to_string(),
+    })
+}
+
+/// [`oversize_is_resource_exhausted`] for the status of a trailers-only response, which
+/// travels in its headers (a call that ended before answering).
+pub fn oversize_in_headers_is_resource_exhausted(headers: &mut HeaderMap, setting: Option<&str>) {
+    let Some(status) = Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() == Code::OutOfRange {
+        // Only fails for a message that cannot be a header value, which this one can.
+        let _ = oversize_is_resource_exhausted(status, setting).add_header(headers);
+    }
 }

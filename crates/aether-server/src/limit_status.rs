@@ -10,7 +10,7 @@
 //! its response headers (a server or bidirectional stream) ends with its status in the
 //! trailers, which pass unchanged.
 
-use aether_store::service::oversize_is_resource_exhausted;
+use aether_proto::transport::oversize_in_headers_is_resource_exhausted;
 use tonic::body::Body;
 use tower::util::MapResponseLayer;
 
@@ -23,7 +23,7 @@ pub fn layer() -> MapResponseLayer<Rewrite> {
 }
 
 fn rewrite(mut response: http::Response<Body>) -> http::Response<Body> {
-    oversize_is_resource_exhausted(response.headers_mut(), None);
+    oversize_in_headers_is_resource_exhausted(response.headers_mut(), None);
     response
 }
 

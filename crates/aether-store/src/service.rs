@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 use futures::stream::{self, Stream, StreamExt};
 use tonic::codegen::{http, Service, StdError};
 use tonic::server::NamedService;
-use tonic::{Code, Request, Response, Status, Streaming};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::{BlobStore, Layout};
 
@@ -214,29 +214,11 @@ where
         let response = self.0.call(request);
         Box::pin(async move {
             let mut response = response.await?;
-            oversize_is_resource_exhausted(
+            aether_proto::transport::oversize_in_headers_is_resource_exhausted(
                 response.headers_mut(),
                 Some("the store's --store-max-message-bytes"),
             );
             Ok(response)
         })
-    }
-}
-
-/// Rewrites tonic's "message length too large" OUT_OF_RANGE (sent as a trailers-only response,
-/// so in the headers) to RESOURCE_EXHAUSTED, keeping its message, which states the limit;
-/// `setting`, when given, names what sets the limit and is appended in parentheses. `aetherd`
-/// applies it to every service it serves (`aether_server::limit_status`).
-pub fn oversize_is_resource_exhausted(headers: &mut http::HeaderMap, setting: Option<&str>) {
-    let Some(status) = Status::from_header_map(headers) else {
-        return;
-    };
-    if status.code() == Code::OutOfRange && status.message().contains("message length too large") {
-        let status = Status::resource_exhausted(match setting {
-            Some(setting) => format!("{} ({setting})", status.message()),
-            None => status.message().to_string(),
-        });
-        // Only fails for a message that cannot be a header value, which this one can.
-        let _ = status.add_header(headers);
     }
 }
