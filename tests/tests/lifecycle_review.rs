@@ -394,6 +394,86 @@ async fn lifecycle_human_in_the_loop_approval_gates_commit_and_export() {
     .unwrap();
 }
 
+/// The session's owner reviews without binding itself, and closing with an archive is an
+/// export: it needs the export approvals the policy requires, and uses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_owner_reviews_and_an_archived_close_needs_export_approval() {
+    use pb::ApprovalState::Used;
+
+    let t = Trusting::start().await.unwrap();
+    let policy = pb::Policy {
+        bindings: vec![binding("user:agent", pb::Role::Editor)],
+        required_commit_approvals: 0,
+        required_export_approvals: 1,
+    };
+    let id = create_session(&t, "alice", Some(policy)).await.unwrap().id;
+    write(&t, &id, "notes.md", b"# for the archive\n")
+        .await
+        .unwrap();
+    let (mut review, mut sessions) = (t.review(), t.sessions());
+    let close = |who: &str| {
+        as_user(
+            who,
+            pb::CloseSessionRequest {
+                session_id: id.clone(),
+                archive: true,
+            },
+        )
+    };
+
+    let refused = status_of(sessions.close_session(close("alice")).await);
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("1 missing"),
+        "{}",
+        refused.message()
+    );
+    let still = get_session(&t, &id).await.unwrap();
+    assert_eq!(
+        still.state,
+        pb::SessionState::Active as i32,
+        "nothing closed"
+    );
+
+    // The agent may name the owner as its reviewer, and the owner decides.
+    let asked = review
+        .request_approval(as_user(
+            "agent",
+            request(&id, pb::ApprovalAction::Export, &["alice"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .approval
+        .unwrap();
+    review
+        .decide_approval(as_user(
+            "alice",
+            decide(&id, &asked.id, pb::Decision::Approve),
+        ))
+        .await
+        .unwrap();
+    let closed = sessions
+        .close_session(close("alice"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!closed.archive_blob_hash.is_empty());
+    let used: Vec<String> = approvals_in(&t, &id, &[Used])
+        .await
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(used, [asked.id.clone()]);
+    let audit = all_audit(&t, &id).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "session.close"
+                && e.details.get("approvals_used") == Some(&asked.id))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_two_required_approvals_need_two_distinct_reviewers() {
     use pb::ApprovalAction::Commit;

@@ -28,7 +28,7 @@ use aether_store::Blobs;
 
 use crate::error::{Error, Result};
 use crate::model::{
-    self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, PolicyRecord, SessionRecord,
+    self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, SessionRecord,
 };
 use crate::paged_map::PagedMap;
 use crate::sessions::{Effect, Mutation, Sessions};
@@ -189,13 +189,15 @@ impl Approvals {
     }
 }
 
-/// Whether `principal` holds the reviewer role (or the owner role, which includes it) in the
-/// session policy. Only `user:` bindings count until groups exist (auth).
-pub fn is_reviewer(policy: &PolicyRecord, principal: &str) -> bool {
-    policy.bindings.iter().any(|b| {
-        b.subject.strip_prefix("user:") == Some(principal)
-            && (b.role == pb::Role::Reviewer as i32 || b.role == pb::Role::Owner as i32)
-    })
+/// Whether `principal` may review in `record`'s session: its owner, or a principal bound as
+/// `user:NAME` to the reviewer or owner role. Group bindings do not count here: approvals are
+/// given and counted by principal name, and a name does not tell its groups.
+pub fn is_reviewer(record: &SessionRecord, principal: &str) -> bool {
+    principal == record.owner
+        || record.policy.bindings.iter().any(|b| {
+            b.subject.strip_prefix("user:") == Some(principal)
+                && (b.role == pb::Role::Reviewer as i32 || b.role == pb::Role::Owner as i32)
+        })
 }
 
 pub fn action_name(action: ApprovalActionRecord) -> &'static str {
@@ -281,7 +283,7 @@ impl Sessions {
         let approvers: BTreeSet<&str> = usable
             .iter()
             .flat_map(ApprovalRecord::approvers)
-            .filter(|who| is_reviewer(&record.policy, who))
+            .filter(|who| is_reviewer(record, who))
             .collect();
         let have = approvers.len() as u32;
         if have < required {

@@ -306,12 +306,9 @@ impl ReviewService for ReviewGrpc {
             ApprovalActionRecord::Commit => require_active(&mutation.record)?,
             ApprovalActionRecord::Export => require_open(&mutation.record)?,
         }
-        if let Some(reviewer) = reviewers
-            .iter()
-            .find(|r| !is_reviewer(&mutation.record.policy, r))
-        {
+        if let Some(reviewer) = reviewers.iter().find(|r| !is_reviewer(&mutation.record, r)) {
             return Err(Error::InvalidArgument(format!(
-                "{reviewer} does not hold the reviewer role in the policy of session {}: name principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER, or name none",
+                "{reviewer} does not hold the reviewer role in the policy of session {}: name its owner or principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER, or name none",
                 mutation.record.id
             ))
             .into());
@@ -393,9 +390,9 @@ impl ReviewService for ReviewGrpc {
             .await?;
         let id = approval.id();
         // Who may decide, before what state the request is in.
-        if !is_reviewer(&mutation.record.policy, &caller) {
+        if !is_reviewer(&mutation.record, &caller) {
             return Err(Error::PermissionDenied(format!(
-                "{caller} does not hold the reviewer role in the policy of session {}; only principals bound to ROLE_REVIEWER or ROLE_OWNER decide approvals",
+                "{caller} does not hold the reviewer role in the policy of session {}; only its owner and principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER decide approvals",
                 mutation.record.id
             ))
             .into());

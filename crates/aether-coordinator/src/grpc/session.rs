@@ -16,7 +16,7 @@ use crate::label_index;
 /// Session records one ListSessions call reads at most (then it answers with what it found
 /// and a token to go on from).
 const MAX_EXAMINED_PER_PAGE: usize = 5000;
-use crate::model::{self, SessionRecord, SourceRecord, State};
+use crate::model::{self, ApprovalActionRecord, SessionRecord, SourceRecord, State};
 use crate::sessions::{require_open, validate_session_id, Effect, Sessions};
 
 /// The `SessionService` implementation.
@@ -485,7 +485,21 @@ impl SessionService for SessionGrpc {
         let mut mutation = self.sessions.begin(&request.session_id).await?;
         require_open(&mutation.record)?;
         let mut archive_blob_hash = String::new();
+        let mut approvals_used = Vec::new();
         if request.archive {
+            // The archive is an export of the head: a policy that requires approvals to
+            // export requires them here too, used by this close.
+            let required = mutation.record.policy.required_export_approvals;
+            if required > 0 {
+                let admission = self
+                    .sessions
+                    .admit(&mutation.record, ApprovalActionRecord::Export, required)
+                    .await?;
+                approvals_used = admission.ids();
+                admission
+                    .consume(&self.sessions, &mut mutation, "close")
+                    .await?;
+            }
             let root = Sessions::root(&mutation.record.head_root)?;
             // Streamed from the tree into the store: the archive is never held whole.
             let tar = crate::archive::tar_stream(&self.sessions.trees, &root).await?;
@@ -495,6 +509,7 @@ impl SessionService for SessionGrpc {
         mutation.record.state = State::Closed;
         let effect = Effect::new(&caller, "session.close", request.session_id.clone())
             .detail("archive", archive_blob_hash.clone())
+            .detail("approvals_used", approvals_used.join(","))
             .event(
                 "session.closed",
                 pb::SessionEvent {
