@@ -403,3 +403,43 @@ async fn cli_mount_serves_everyday_tools_and_unmounts_cleanly() {
     assert!(!is_mounted(&dir), "SIGINT left {} mounted", dir.display());
     assert!(mount.log().contains("unmounted"), "{}", mount.log());
 }
+
+/// The content cache is shared by mounts and outlives them, without an fsync per file: a
+/// cached file cut short (as a machine crash can leave one) is never served; the mount fetches
+/// the content again and the cache is repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_mount_refetches_a_cached_file_cut_short() {
+    require_fuse();
+    let aether = Aether::start().await;
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+    let content = common::test_bytes(100_000, 11);
+    aether.write("seed.bin", &content);
+    aether.ok(&["put", "seed.bin", &format!("{session}:data.bin")]);
+    let hash = entry(&channel, &session, "", "data.bin").await.hash;
+    let cache = aether.path("mount-cache").join("content");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(&hash), &content[..4096]).unwrap();
+
+    let mountpoint = tempfile::tempdir().unwrap();
+    let dir = mountpoint.path().canonicalize().unwrap();
+    let mut mount = Mount::start(&aether, &session, &dir, "mount.log");
+    let served = std::fs::read(dir.join("data.bin")).unwrap();
+    assert!(
+        served == content,
+        "served {} bytes, not the content",
+        served.len()
+    );
+    let cached = std::fs::read(cache.join(&hash)).unwrap();
+    assert!(
+        cached == content,
+        "cached {} bytes, not the content",
+        cached.len()
+    );
+    sh(
+        Path::new("/"),
+        "fusermount3",
+        &["-u", &dir.display().to_string()],
+    );
+    assert!(mount.wait().success(), "{}", mount.log());
+}

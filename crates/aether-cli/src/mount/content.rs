@@ -24,14 +24,18 @@ impl LocalContent {
         Ok(LocalContent { cache })
     }
 
-    /// The cached file of `hash`, if present. Hashes come from the session: only lower-case
-    /// hex is used as a file name.
-    pub fn cached(&self, hash: &str) -> Option<PathBuf> {
+    /// The cached file of `hash`, if present and `size` bytes long. Hashes come from the
+    /// session: only hex is used as a file name. A file is cached only once its content was
+    /// checked against its hash, but without an fsync (a cache is not worth one per file), so
+    /// after a crash of the machine a cached file may be cut short: its size is checked on
+    /// every use, and one of the wrong size is fetched again.
+    pub fn cached(&self, hash: &str, size: u64) -> Option<PathBuf> {
         if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let path = self.cache.join(hash);
-        path.exists().then_some(path)
+        let metadata = std::fs::symlink_metadata(&path).ok()?;
+        (metadata.is_file() && metadata.len() == size).then_some(path)
     }
 
     /// Reads the file at `path` of the session head into the cache; returns the hash the
@@ -63,10 +67,22 @@ impl LocalContent {
                 message: format!("ReadFile of \"{path}\" sent no entry"),
             });
         };
-        if !entry.hash.bytes().all(|b| b.is_ascii_hexdigit()) || entry.hash.is_empty() {
+        if !entry.hash.bytes().all(|b| b.is_ascii_hexdigit()) || entry.hash.len() != 64 {
             return Err(aether_client::Error::Status {
                 code: tonic::Code::Internal,
                 message: format!("ReadFile of \"{path}\" named content {:?}", entry.hash),
+            });
+        }
+        // What the cache holds is trusted by every later read of every mount sharing it:
+        // only content that is what the session names goes in.
+        let (actual, actual_size) = aether_client::content_hash(temp.path()).await?;
+        if actual.to_hex() != entry.hash || actual_size != entry.size || size != entry.size {
+            return Err(aether_client::Error::Status {
+                code: tonic::Code::DataLoss,
+                message: format!(
+                    "ReadFile of \"{path}\" sent {size} bytes hashing to {actual} where the session names {} of {} bytes; not cached",
+                    entry.hash, entry.size
+                ),
             });
         }
         let target = self.cache.join(&entry.hash);

@@ -389,8 +389,11 @@ impl AetherFs {
 
     /// The cached content of a clean file, fetched from the session if needed.
     fn cached_file(&self, ino: u64) -> Fallible<File> {
-        let hash = self.state().node(ino).and_then(|n| n.hash.clone());
-        if let Some(path) = hash.as_deref().and_then(|h| self.content.cached(h)) {
+        let known = self
+            .state()
+            .node(ino)
+            .and_then(|n| Some((n.hash.clone()?, n.size)));
+        if let Some(path) = known.and_then(|(hash, size)| self.content.cached(&hash, size)) {
             return File::open(path).map_err(io_errno);
         }
         // Fetching goes by path: send queued changes first so the path is the session's.
@@ -417,7 +420,7 @@ impl AetherFs {
                 }
             }
         }
-        let path = self.content.cached(&hash).ok_or(Errno::EIO)?;
+        let path = self.content.cached(&hash, size).ok_or(Errno::EIO)?;
         File::open(path).map_err(io_errno)
     }
 
