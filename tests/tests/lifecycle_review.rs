@@ -464,7 +464,7 @@ async fn lifecycle_owner_reviews_and_an_archived_close_needs_export_approval() {
         .into_iter()
         .map(|a| a.id)
         .collect();
-    assert_eq!(used, [asked.id.clone()]);
+    assert_eq!(used, [asked.id.as_str()]);
     let audit = all_audit(&t, &id).await.unwrap();
     assert!(
         audit
