@@ -95,18 +95,21 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
             for archive in archives(sessions, &audit, &record).await? {
                 live.insert(archive);
             }
-            // Every session's trail and approvals, closed ones too: they outlive the workspace.
+            // Every session's trail, approvals, annotations and list of checkpoints, closed
+            // ones too: they are its metadata and outlive the workspace (listings keep
+            // working after close).
             live.extend(audit.objects(&record).await?);
             live.extend(approvals.map.objects(&record.approvals_root).await?);
+            live.extend(annotations.map.objects(&record.annotations_root).await?);
+            let (taken, objects) = checkpoints.all(&*sessions.coord, &record).await?;
+            live.extend(objects);
+            // The workspace: files, knowledge and what the checkpoints point at.
             if !matches!(record.state, State::Active | State::Finalized) {
                 continue;
             }
             walk(sessions, parse(&record.head_root)?, &mut live).await?;
             walk(sessions, parse(&record.base_root)?, &mut live).await?;
             live.extend(knowledge.objects(&record.knowledge_root).await?);
-            live.extend(annotations.map.objects(&record.annotations_root).await?);
-            let (taken, objects) = checkpoints.all(&*sessions.coord, &record).await?;
-            live.extend(objects);
             for checkpoint in taken {
                 walk(sessions, parse(&checkpoint.root)?, &mut live).await?;
                 live.extend(knowledge.objects(&checkpoint.knowledge_root).await?);

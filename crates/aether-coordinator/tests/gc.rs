@@ -14,6 +14,7 @@ use aether_core::Hash;
 use aether_proto as pb;
 use aether_proto::history_service_client::HistoryServiceClient;
 use aether_proto::knowledge_service_client::KnowledgeServiceClient;
+use aether_proto::review_service_client::ReviewServiceClient;
 use aether_proto::session_service_client::SessionServiceClient;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
 use aether_store::backend::BackendArgs;
@@ -216,6 +217,23 @@ async fn collection_keeps_everything_reachable_and_removes_garbage() {
         .await
         .unwrap();
     apply(&channel, &c, vec![write("uncommitted", "c head only")]).await;
+    history
+        .create_checkpoint(pb::CreateCheckpointRequest {
+            session_id: c.clone(),
+            name: "before-close".into(),
+            description: "listed after close".into(),
+        })
+        .await
+        .unwrap();
+    ReviewServiceClient::new(channel.clone())
+        .add_annotation(pb::AddAnnotationRequest {
+            session_id: c.clone(),
+            path: "kept-by-commit".into(),
+            lines: None,
+            body: "a remark that outlives the workspace".into(),
+        })
+        .await
+        .unwrap();
     let closed = SessionServiceClient::new(channel.clone())
         .close_session(pb::CloseSessionRequest {
             session_id: c.clone(),
@@ -308,6 +326,48 @@ async fn collection_keeps_everything_reachable_and_removes_garbage() {
     assert_eq!(store.missing_hashes(&gone).await.unwrap(), gone.to_vec());
     assert!(!live.contains(&Hash::of(b"c head only")));
     assert!(live.contains(&Hash::of(b"c committed")));
+
+    // A closed session's metadata stays listed: its checkpoints (whose files are gone, so no
+    // session starts from them) and its annotations.
+    let listed = history
+        .list_checkpoints(pb::ListCheckpointsRequest {
+            session_id: c.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .checkpoints;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].name, "before-close");
+    let annotations = ReviewServiceClient::new(channel.clone())
+        .list_annotations(pb::ListAnnotationsRequest {
+            session_id: c.clone(),
+            include_resolved: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .annotations;
+    assert_eq!(annotations.len(), 1);
+    let from_checkpoint = SessionServiceClient::new(channel.clone())
+        .create_session(pb::CreateSessionRequest {
+            source: Some(pb::Source {
+                kind: Some(pb::source::Kind::Checkpoint(pb::CheckpointSource {
+                    session_id: c.clone(),
+                    name: "before-close".into(),
+                })),
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        from_checkpoint.code(),
+        tonic::Code::FailedPrecondition,
+        "{from_checkpoint:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

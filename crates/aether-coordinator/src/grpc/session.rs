@@ -87,6 +87,9 @@ impl Sessions {
                 validate_session_id(&c.session_id)?;
                 // Reading the source session's record also checks the caller may read it.
                 let (record, _) = self.load(&c.session_id).await?;
+                // A closed session's checkpoints are listed still, but their files went with
+                // its workspace.
+                require_open(&record)?;
                 let checkpoint = self.load_checkpoint(&record, &c.name).await?;
                 (
                     SourceRecord::Checkpoint {
