@@ -1,11 +1,11 @@
 //! What can go wrong in the coordinator, and the gRPC status each becomes (one place).
 //!
-//! Every status made here says whether the change it failed was applied (promise 9), in the
+//! Every failed call says whether the change it failed was applied (promise 9), in the
 //! [`OUTCOME_HEADER`] metadata entry: `not-applied` (nothing changed: safe to retry, with or
 //! without the same request id) or `unknown` (the change may have been applied: retry only with
 //! the same request id, which then answers with the first outcome). A failure is `not-applied`
-//! until its request committed something ([`crate::grpc::caller::outcome_so_far`]), except
-//! [`Error::OutcomeUnknown`]: a commit the coordination store did not confirm.
+//! until its request committed something (the request layer, [`crate::grpc::caller`], sets
+//! that), except [`Error::OutcomeUnknown`]: a commit the coordination store did not confirm.
 
 use aether_coord::CoordError;
 use aether_store::StoreError;
@@ -65,7 +65,7 @@ pub enum Error {
     #[error("{0}; the change may or may not have been applied: retry with the same request id to get its outcome")]
     OutcomeUnknown(String),
     /// A retry of a change already applied: the request layer answers with the recorded
-    /// response instead ([`crate::grpc::caller::replay`]); never sent as an error.
+    /// response instead ([`crate::caller::Caller::replay`]); never sent as an error.
     #[error("request {0} was applied earlier")]
     Replayed(String),
     #[error("{0}")]
@@ -124,11 +124,13 @@ impl From<Error> for Status {
             Error::DataLoss(_) => Code::DataLoss,
             Error::Internal(_) => Code::Internal,
         };
+        // Any other failure's outcome depends on whether its request committed a change so
+        // far, which the request layer knows and sets ([`crate::grpc::caller`]).
         let outcome = match &error {
-            Error::OutcomeUnknown(_) | Error::Replayed(_) => Outcome::Unknown,
-            _ => crate::grpc::caller::outcome_so_far(),
+            Error::OutcomeUnknown(_) | Error::Replayed(_) => Some(Outcome::Unknown),
+            _ => None,
         };
-        status(code, error.to_string(), Some(outcome))
+        status(code, error.to_string(), outcome)
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use aether_proto as pb;
 
+use crate::caller::Caller;
 use crate::model::{self, SessionRecord, State};
 use crate::sessions::{Effect, Sessions};
 
@@ -48,7 +49,7 @@ impl Sessions {
 
     async fn expire(&self, id: &str) -> bool {
         // Held elsewhere, or unreachable: the holder's own sweep will expire it.
-        let Ok(mut mutation) = self.begin(id).await else {
+        let Ok(mut mutation) = self.begin(&Caller::system(), id).await else {
             return false;
         };
         if !due(&mutation.record, model::now_ms()) {

@@ -13,6 +13,7 @@
 pub mod append_log;
 pub mod archive;
 pub mod audit;
+pub mod caller;
 pub mod checkpoints;
 pub mod error;
 pub mod events;
@@ -38,8 +39,10 @@ use aether_coord::{Coordination, LeaseKeeper};
 use aether_store::Blobs;
 use tonic::service::RoutesBuilder;
 
+pub use caller::Caller;
 pub use error::Error;
 pub use events::EventSink;
+pub use grpc::caller::CallerPolicy;
 pub use sessions::{Node, Sessions};
 
 /// Coordinator flags.
@@ -78,7 +81,6 @@ pub async fn start(
     address: String,
     args: &CoordinatorArgs,
 ) -> Result<Arc<Sessions>, Error> {
-    grpc::caller::trust_principal_header(args.trust_principal_header);
     if let Some(method) = &args.test_stall_after_commit {
         sessions::stall_after_commit(method);
     }
@@ -109,33 +111,45 @@ pub async fn start(
     Ok(sessions)
 }
 
-/// Adds the coordinator's gRPC services to a router.
-pub fn register(routes: &mut RoutesBuilder, sessions: &Arc<Sessions>) {
+/// Adds the coordinator's gRPC services to a router, each behind the layer that settles its
+/// callers by `policy`.
+pub fn register(routes: &mut RoutesBuilder, sessions: &Arc<Sessions>, policy: CallerPolicy) {
     use aether_proto::{
         history_service_server::HistoryServiceServer,
         knowledge_service_server::KnowledgeServiceServer,
         review_service_server::ReviewServiceServer, session_service_server::SessionServiceServer,
         workspace_service_server::WorkspaceServiceServer,
     };
-    use grpc::caller::Caller;
+    use grpc::caller::WithCaller;
     const MAX_MESSAGE: usize = 8 * 1024 * 1024;
-    routes.add_service(Caller::new(SessionServiceServer::new(
-        grpc::session::SessionGrpc::new(sessions.clone()),
-    )));
-    routes.add_service(Caller::new(
+    if policy.trust_principal_header {
+        tracing::warn!(
+            "--trust-principal-header is on: any client can act as any principal by sending {}; never use this outside tests and development",
+            grpc::caller::PRINCIPAL_HEADER
+        );
+    }
+    routes.add_service(WithCaller::new(
+        SessionServiceServer::new(grpc::session::SessionGrpc::new(sessions.clone())),
+        policy,
+    ));
+    routes.add_service(WithCaller::new(
         WorkspaceServiceServer::new(grpc::workspace::WorkspaceGrpc::new(sessions.clone()))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE),
+        policy,
     ));
-    routes.add_service(Caller::new(HistoryServiceServer::new(
-        grpc::history::HistoryGrpc::new(sessions.clone()),
-    )));
-    routes.add_service(Caller::new(ReviewServiceServer::new(
-        grpc::review::ReviewGrpc::new(sessions.clone()),
-    )));
-    routes.add_service(Caller::new(KnowledgeServiceServer::new(
-        grpc::knowledge::KnowledgeGrpc::new(sessions.clone()),
-    )));
+    routes.add_service(WithCaller::new(
+        HistoryServiceServer::new(grpc::history::HistoryGrpc::new(sessions.clone())),
+        policy,
+    ));
+    routes.add_service(WithCaller::new(
+        ReviewServiceServer::new(grpc::review::ReviewGrpc::new(sessions.clone())),
+        policy,
+    ));
+    routes.add_service(WithCaller::new(
+        KnowledgeServiceServer::new(grpc::knowledge::KnowledgeGrpc::new(sessions.clone())),
+        policy,
+    ));
 }
 
 /// What this crate's unit tests share.

@@ -26,6 +26,7 @@ use aether_coord::Coordination;
 use aether_proto as pb;
 use aether_store::Blobs;
 
+use crate::caller::Caller;
 use crate::error::{Error, Result};
 use crate::model::{
     self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, SessionRecord,
@@ -311,6 +312,7 @@ impl Sessions {
     /// approved head's state.
     pub async fn admit_export(
         &self,
+        caller: &Caller,
         seen: &SessionRecord,
         at: &Option<pb::Revision>,
     ) -> Result<()> {
@@ -318,7 +320,7 @@ impl Sessions {
         if required == 0 {
             return Ok(());
         }
-        let mut mutation = self.begin(&seen.id).await?;
+        let mut mutation = self.begin(caller, &seen.id).await?;
         crate::sessions::require_open(&mutation.record)?;
         if mutation.record.head_version != seen.head_version
             || mutation.record.head_root != seen.head_root
@@ -340,8 +342,7 @@ impl Sessions {
             .await?;
         let ids = admission.ids();
         admission.consume(self, &mut mutation, "export").await?;
-        let caller = crate::grpc::caller::current();
-        let effect = Effect::new(&caller, "review.approval.use", ids.join(","))
+        let effect = Effect::new(caller.name(), "review.approval.use", ids.join(","))
             .detail("used_by", "export")
             .detail("root", root.to_hex());
         self.commit(mutation, effect).await?;

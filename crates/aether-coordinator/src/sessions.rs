@@ -22,9 +22,9 @@ use aether_proto::SessionEvent;
 use bytes::Bytes;
 use tokio::sync::OwnedMutexGuard;
 
+use crate::caller::Caller;
 use crate::error::{Error, Result};
 use crate::events::EventSink;
-use crate::grpc::caller;
 use crate::model::{self, AuditRecord, SessionRecord, State};
 use crate::requests::{self, Generation, RequestIndex, RequestKey, RequestRecord};
 use crate::trees::Trees;
@@ -98,6 +98,8 @@ pub struct Mutation {
     stamped: bool,
     /// The labels as read, so the commit updates the label index by what changed.
     labels_read: BTreeMap<String, String>,
+    /// Who makes the change.
+    caller: Caller,
 }
 
 impl Mutation {
@@ -158,9 +160,10 @@ static STALL_AFTER_COMMIT: OnceLock<String> = OnceLock::new();
 
 /// Never returns when the current request's method is the one `--test-stall-after-commit`
 /// names (tests only).
-async fn stall_if_testing(id: &str) {
-    if let (Some(stall), Some(method)) = (STALL_AFTER_COMMIT.get(), caller::method()) {
-        if *stall == method {
+async fn stall_if_testing(id: &str, caller: &Caller) {
+    if let Some(stall) = STALL_AFTER_COMMIT.get() {
+        let method = caller.method();
+        if stall == method {
             tracing::warn!(session = %id, %method, "committed; stalling forever before answering (--test-stall-after-commit)");
             std::future::pending::<()>().await;
         }
@@ -326,7 +329,7 @@ impl Sessions {
     }
 
     /// Reads a session record and its revision.
-    pub async fn load(&self, id: &str) -> Result<(SessionRecord, i64)> {
+    pub async fn load(&self, caller: &Caller, id: &str) -> Result<(SessionRecord, i64)> {
         validate_session_id(id)?;
         let kv = self
             .coord
@@ -337,7 +340,7 @@ impl Sessions {
             .map_err(|e| Error::Internal(format!("session record {id} unreadable: {e}")))?;
         // Every session RPC loads its record here (mutations through `begin`): the one place
         // the caller's role on the session is checked (promise 6).
-        crate::grpc::caller::authorize(&record)?;
+        caller.authorize(&record)?;
         Ok((record, kv.mod_revision))
     }
 
@@ -371,16 +374,16 @@ impl Sessions {
 
     /// Starts a mutation of an existing session. A retry of a change already recorded for
     /// the session ends here: `Err(Replayed)`, and the recorded answer goes to the caller.
-    pub async fn begin(&self, id: &str) -> Result<Mutation> {
+    pub async fn begin(&self, caller: &Caller, id: &str) -> Result<Mutation> {
         validate_session_id(id)?;
         let hold = self.hold(id).await?;
         let mut state = hold.lock.clone().lock_owned().await;
-        let (record, read_revision) = self.load(id).await?;
-        if let Some(key) = caller::request() {
+        let (record, read_revision) = self.load(caller, id).await?;
+        if let Some(key) = caller.request() {
             let index = self.request_index(&mut state, &record).await?;
-            if let Some(sequence) = index.find(&key) {
-                if let Some(entry) = requests::fetch(&*self.coord, id, sequence, &key).await? {
-                    return Err(self.replay(id, entry).await);
+            if let Some(sequence) = index.find(key) {
+                if let Some(entry) = requests::fetch(&*self.coord, id, sequence, key).await? {
+                    return Err(self.replay(caller, id, entry).await);
                 }
             }
         }
@@ -394,16 +397,17 @@ impl Sessions {
             compares: Vec::new(),
             reply: None,
             stamped: false,
+            caller: caller.clone(),
         })
     }
 
     /// [`Sessions::load`] for a change that does work before it begins (reading a body): a
     /// retry of a change already applied is answered now, before its body is read.
-    pub async fn load_for_change(&self, id: &str) -> Result<(SessionRecord, i64)> {
-        if caller::request().is_none() {
-            return self.load(id).await;
+    pub async fn load_for_change(&self, caller: &Caller, id: &str) -> Result<(SessionRecord, i64)> {
+        if caller.request().is_none() {
+            return self.load(caller, id).await;
         }
-        let mutation = self.begin(id).await?;
+        let mutation = self.begin(caller, id).await?;
         Ok((mutation.record, mutation.read_revision))
     }
 
@@ -421,7 +425,7 @@ impl Sessions {
     }
 
     /// Hands a recorded answer to the request layer; the error ends the handler.
-    async fn replay(&self, id: &str, entry: RequestRecord) -> Error {
+    async fn replay(&self, caller: &Caller, id: &str, entry: RequestRecord) -> Error {
         match requests::load_reply(self.trees.blobs().as_ref(), &entry.reply).await {
             Ok(reply) => {
                 tracing::info!(
@@ -430,7 +434,7 @@ impl Sessions {
                     request_id = %entry.id,
                     "answering a retry with the outcome recorded by its first attempt"
                 );
-                caller::replay(reply);
+                caller.replay(reply);
                 Error::Replayed(entry.id)
             }
             Err(e) => e,
@@ -440,13 +444,13 @@ impl Sessions {
     /// The id of a session being created: derived from the request id when the request names
     /// one (so every attempt names the same session), else random. A retry of a creation that
     /// was applied ends here, answered with the recorded outcome.
-    pub async fn new_session_id(&self) -> Result<String> {
-        let Some(key) = caller::request() else {
+    pub async fn new_session_id(&self, caller: &Caller) -> Result<String> {
+        let Some(key) = caller.request() else {
             return Ok(random_session_id());
         };
-        let id = requests::creation_session_id(&key);
-        match requests::fetch(&*self.coord, &id, 0, &key).await? {
-            Some(entry) => Err(self.replay(&id, entry).await),
+        let id = requests::creation_session_id(key);
+        match requests::fetch(&*self.coord, &id, 0, key).await? {
+            Some(entry) => Err(self.replay(caller, &id, entry).await),
             None => Ok(id),
         }
     }
@@ -515,8 +519,8 @@ impl Sessions {
     }
 
     /// Starts a mutation that must find the session active (writable).
-    pub async fn begin_active(&self, id: &str) -> Result<Mutation> {
-        let mutation = self.begin(id).await?;
+    pub async fn begin_active(&self, caller: &Caller, id: &str) -> Result<Mutation> {
+        let mutation = self.begin(caller, id).await?;
         require_active(&mutation.record)?;
         Ok(mutation)
     }
@@ -532,7 +536,7 @@ impl Sessions {
         // A closed session keeps only the outcome of the request that closed it.
         let closing = matches!(mutation.record.state, State::Closed | State::Expired);
         let mut ops = Vec::new();
-        let recording = match caller::request() {
+        let recording = match mutation.caller.request().cloned() {
             Some(key) => {
                 let (recording, op) = self
                     .record_request(&mut mutation, key, closing, now)
@@ -592,7 +596,7 @@ impl Sessions {
                 return Err(Error::Fenced(id));
             }
         }
-        caller::note_applied();
+        mutation.caller.note_applied();
         let removals =
             model::label_index_removals(&id, &mutation.labels_read, &mutation.record.labels);
         if !removals.is_empty() {
@@ -618,7 +622,7 @@ impl Sessions {
                 _ => mutation.state.requests = None,
             }
         }
-        stall_if_testing(&id).await;
+        stall_if_testing(&id, &mutation.caller).await;
         if let Some((subject, mut event)) = effect.event {
             event.head_version = mutation.record.head_version;
             event.principal = effect.principal;
@@ -635,6 +639,7 @@ impl Sessions {
     /// the answer a retry gets. The id must come from [`Sessions::new_session_id`].
     pub async fn create(
         &self,
+        caller: &Caller,
         mut record: SessionRecord,
         effect: Effect,
         reply: &impl prost::Message,
@@ -643,7 +648,7 @@ impl Sessions {
         let lease = self.live_lease().await?;
         record.audit_sequence = 1;
         // The creating request is the session's request 0.
-        let request = caller::request();
+        let request = caller.request();
         let mut recorded = None;
         if let Some(key) = &request {
             let reply = Bytes::from(reply.encode_to_vec());
@@ -709,9 +714,9 @@ impl Sessions {
             .map_err(|e| unconfirmed(&id, e))?;
         if !outcome.succeeded {
             // Another attempt of the same request may have created it meanwhile.
-            if let Some(key) = &request {
+            if let Some(key) = request {
                 if let Some(entry) = requests::fetch(&*self.coord, &id, 0, key).await? {
-                    return Err(self.replay(&id, entry).await);
+                    return Err(self.replay(caller, &id, entry).await);
                 }
                 return Err(Error::AlreadyExists(format!(
                     "session {id} already exists: request id {} of {} already created it and its outcome is no longer kept; use a new request id",
@@ -720,7 +725,7 @@ impl Sessions {
             }
             return Err(Error::AlreadyExists(format!("session {id} already exists")));
         }
-        caller::note_applied();
+        caller.note_applied();
         let hold = Arc::new(Hold::new(Fence {
             key: holder_key,
             create_revision: outcome.revision,

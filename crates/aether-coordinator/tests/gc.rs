@@ -48,7 +48,7 @@ async fn serve(dir: &std::path::Path) -> (Channel, Arc<Sessions>, BlobStore) {
     .await
     .unwrap();
     let mut routes = tonic::service::RoutesBuilder::default();
-    aether_coordinator::register(&mut routes, &sessions);
+    aether_coordinator::register(&mut routes, &sessions, Default::default());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_routes(routes.routes())

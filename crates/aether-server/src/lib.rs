@@ -434,7 +434,6 @@ fn configure_auth(args: &AuthArgs, dev: bool) -> Result<Auth> {
         outgoing = Some(token);
     }
     let outgoing = AttachToken::new(outgoing.as_deref()).map_err(anyhow::Error::msg)?;
-    aether_coordinator::grpc::caller::enforce_policy(enforced);
     Ok(Auth {
         authenticator,
         enforced,
@@ -598,7 +597,11 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
             let address = advertised(&cmd.advertise_addr)?;
             let s =
                 aether_coordinator::start(coord, blobs, events, address, &cmd.coordinator).await?;
-            aether_coordinator::register(&mut routes, &s);
+            let policy = aether_coordinator::CallerPolicy {
+                trust_principal_header: cmd.coordinator.trust_principal_header,
+                enforce_policy: auth.enforced,
+            };
+            aether_coordinator::register(&mut routes, &s, policy);
             served.extend(coordinator_services);
             sessions = Some(s);
         }
@@ -640,7 +643,11 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
                 &cmd.coordinator,
             )
             .await?;
-            aether_coordinator::register(&mut routes, &s);
+            let policy = aether_coordinator::CallerPolicy {
+                trust_principal_header: cmd.coordinator.trust_principal_header,
+                enforce_policy: auth.enforced,
+            };
+            aether_coordinator::register(&mut routes, &s, policy);
             served.extend(coordinator_services);
             collect_periodically(Collector::of(&s), store, cmd.gc.clone(), shutdown.clone());
             sessions = Some(s);

@@ -39,7 +39,7 @@ pub async fn serve(dir: &std::path::Path) -> Channel {
     .await
     .unwrap();
     let mut routes = tonic::service::RoutesBuilder::default();
-    aether_coordinator::register(&mut routes, &sessions);
+    aether_coordinator::register(&mut routes, &sessions, Default::default());
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_routes(routes.routes())

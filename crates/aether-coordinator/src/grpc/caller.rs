@@ -1,9 +1,10 @@
-//! Who is calling, and whether they may touch the session they name: a thin service wrapper
-//! that settles each request's principal before the handler runs, puts it in the
-//! [`Principal`] request extension (read by [`super::principal`]) and, with what the RPC needs
-//! ([`need_of`]), in a task-local that [`authorize`] reads whenever the request loads a
-//! session record (`Sessions::load`, and so every `begin`). One table, one check: every
-//! session RPC is authorized on the node that runs its handler, forwarded requests included.
+//! Who is calling: a thin service wrapper that settles each request's principal before the
+//! handler runs and puts a [`crate::caller::Caller`] in the request's extensions (read by
+//! [`super::caller_of`]): the principal, what the RPC needs on a session ([`need_of`], from
+//! [`crate::rpcs`]), its request id, and whether policy is enforced. Handlers pass it to every
+//! domain operation; `Sessions::load` (and so every `begin`) checks it against the session.
+//! One table, one check: every session RPC is authorized on the node that runs its handler,
+//! forwarded requests included.
 //!
 //! The principal comes from, in order: the [`Principal`] extension the auth layer set
 //! ([`aether_auth::AuthLayer`]) unless it is the anonymous one; the `x-aether-principal`
@@ -12,23 +13,20 @@
 //! and local development of multi-principal flows (reviews), is off by default, and must never
 //! be enabled on a reachable deployment.
 //!
-//! The same wrapper carries what makes a retry apply once (promise 9, [`crate::requests`]): a
+//! The wrapper also finishes what makes a retry apply once (promise 9, [`crate::requests`]): a
 //! change's request id (from [`REQUEST_ID_HEADER`], checked here: a malformed one is
-//! INVALID_ARGUMENT), whether the request applied a change so far (which the error mapping
-//! reports as the outcome of a failure), and the recorded answer of an earlier attempt, which
-//! it sends in place of the handler's answer.
+//! INVALID_ARGUMENT); the recorded answer of an earlier attempt, which it sends in place of the
+//! handler's answer; and the outcome of a failed call (`x-aether-outcome`), set from whether
+//! the request committed a change when the error does not say.
 //!
 //! Per-session policy (promise 6) is enforced when the process has an authentication source
-//! ([`enforce_policy`]); without one every caller is anonymous or self-named, checks would
-//! protect nothing, and the open behaviour stays (the anonymous owner of a session it created
-//! keeps every right as its owner either way).
+//! ([`CallerPolicy::enforce_policy`]); without one every caller is anonymous or self-named,
+//! checks would protect nothing, and the open behaviour stays (the anonymous owner of a
+//! session it created keeps every right as its owner either way).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use aether_auth::access::{self, Decision};
 use aether_auth::Need;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -38,8 +36,8 @@ use tonic::server::NamedService;
 use tonic::Status;
 
 use super::Principal;
-use crate::error::{Error, Outcome};
-use crate::model::SessionRecord;
+use crate::caller::Caller;
+use crate::error::{Outcome, OUTCOME_HEADER};
 use crate::requests::{self, RequestKey, REPLAYED_HEADER, REQUEST_ID_HEADER};
 
 /// The metadata header a trusted client names its principal with.
@@ -47,91 +45,13 @@ pub const PRINCIPAL_HEADER: &str = "x-aether-principal";
 /// Longest principal name accepted from the header.
 const MAX_PRINCIPAL_BYTES: usize = 256;
 
-static TRUST_HEADER: AtomicBool = AtomicBool::new(false);
-static ENFORCE_POLICY: AtomicBool = AtomicBool::new(false);
-
-/// The caller of the request this task serves and what its RPC needs on a session.
-#[derive(Clone, Debug)]
-struct Access {
-    principal: Principal,
-    need: Need,
-    /// The RPC's method name (`Commit`).
-    method: String,
-    /// The change this request makes, when it is one and names itself with a request id.
-    request: Option<RequestKey>,
-    /// What became of the request so far.
-    progress: Arc<Mutex<Progress>>,
-}
-
-/// What a request did so far, as its handler reports it.
-#[derive(Debug, Default)]
-struct Progress {
-    /// A change of this request was committed.
-    applied: bool,
-    /// The recorded answer of an earlier attempt, to send instead of the handler's.
-    replay: Option<Bytes>,
-}
-
-tokio::task_local! {
-    static CALLER: Access;
-}
-
-/// Makes this process honor [`PRINCIPAL_HEADER`] (insecure: tests and development only).
-pub fn trust_principal_header(trust: bool) {
-    if trust {
-        tracing::warn!(
-            "--trust-principal-header is on: any client can act as any principal by sending {PRINCIPAL_HEADER}; never use this outside tests and development"
-        );
-    }
-    TRUST_HEADER.store(trust, Ordering::SeqCst);
-}
-
-/// Turns per-session authorization on (the server does when an auth source is configured).
-pub fn enforce_policy(enforce: bool) {
-    ENFORCE_POLICY.store(enforce, Ordering::SeqCst);
-}
-
-/// Whether per-session authorization is on.
-pub fn policy_enforced() -> bool {
-    ENFORCE_POLICY.load(Ordering::Relaxed)
-}
-
-/// The principal name of the request this task serves; "anonymous" outside a request.
-pub fn current() -> String {
-    CALLER
-        .try_with(|a| a.principal.name.clone())
-        .unwrap_or_else(|_| aether_auth::ANONYMOUS.to_string())
-}
-
-/// The change the current request makes and its request id, if it names one.
-pub fn request() -> Option<RequestKey> {
-    CALLER.try_with(|a| a.request.clone()).ok().flatten()
-}
-
-/// The method name of the current request's RPC (`Commit`), if there is a request.
-pub fn method() -> Option<String> {
-    CALLER.try_with(|a| a.method.clone()).ok()
-}
-
-/// Notes that the current request committed a change: a failure after this point is no
-/// longer "not applied".
-pub fn note_applied() {
-    let _ = CALLER.try_with(|a| a.progress.lock().expect("progress").applied = true);
-}
-
-/// Answers the current request with `reply`, the encoded response an earlier attempt recorded,
-/// in place of what its handler returns.
-pub fn replay(reply: Bytes) {
-    let _ = CALLER.try_with(|a| a.progress.lock().expect("progress").replay = Some(reply));
-}
-
-/// The outcome of a request failing now: not applied while it committed nothing; unknown once
-/// it did, or outside a request (a stream failing after its handler returned).
-pub fn outcome_so_far() -> Outcome {
-    match CALLER.try_with(|a| a.progress.lock().expect("progress").applied) {
-        Ok(false) => Outcome::NotApplied,
-        Ok(true) | Err(_) => Outcome::Unknown,
-    }
+/// How this process settles callers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallerPolicy {
+    /// Honor [`PRINCIPAL_HEADER`] (insecure: tests and development only).
+    pub trust_principal_header: bool,
+    /// Check callers against session policy (the server does when it has an auth source).
+    pub enforce_policy: bool,
 }
 
 /// What a coordinator RPC needs on the sessions it loads, from [`crate::rpcs`]. One missing
@@ -150,66 +70,12 @@ pub fn need_of(path: &str) -> Need {
     }
 }
 
-/// Whether `principal` may see `record` at all (ListSessions shows only these).
-pub fn can_see(principal: &Principal, record: &SessionRecord) -> bool {
-    !policy_enforced() || decision(principal, record, Need::Read) == Decision::Allowed
-}
-
-fn decision(principal: &Principal, record: &SessionRecord, need: Need) -> Decision {
-    let bindings = record
-        .policy
-        .bindings
-        .iter()
-        .map(|b| (b.subject.as_str(), b.role));
-    access::decide(principal, &record.owner, bindings, need)
-}
-
-/// Checks the caller of the current request against a session it loaded; Ok outside a
-/// request (expiry, garbage collection) and when policy is not enforced.
-pub fn authorize(record: &SessionRecord) -> Result<(), Error> {
-    if !policy_enforced() {
-        return Ok(());
-    }
-    let Ok(access) = CALLER.try_with(Clone::clone) else {
-        return Ok(());
-    };
-    match decision(&access.principal, record, access.need) {
-        Decision::Allowed => Ok(()),
-        // A caller with no role learns nothing of the session, not even that it exists.
-        Decision::NoRole => {
-            deny(&access, record, "no role");
-            Err(Error::NotFound(format!("session {} not found", record.id)))
-        }
-        Decision::Insufficient => {
-            deny(&access, record, "insufficient role");
-            Err(Error::PermissionDenied(format!(
-                "{} may not do this on session {}: it needs {} in the session's policy (ask the owner, {}, to bind \"user:{}\" or one of its groups)",
-                access.principal.name,
-                record.id,
-                access.need.describe(),
-                record.owner,
-                access.principal.name,
-            )))
-        }
-    }
-}
-
-fn deny(access: &Access, record: &SessionRecord, why: &str) {
-    tracing::warn!(
-        principal = %access.principal.name,
-        session = %record.id,
-        need = ?access.need,
-        why,
-        "request denied by session policy"
-    );
-}
-
-fn resolve(request: &http::Request<Body>) -> Result<Principal, Status> {
+fn resolve(request: &http::Request<Body>, trust_header: bool) -> Result<Principal, Status> {
     let from_layer = request.extensions().get::<Principal>();
     if let Some(principal) = from_layer.filter(|p| !p.is_anonymous()) {
         return Ok(principal.clone());
     }
-    if TRUST_HEADER.load(Ordering::Relaxed) {
+    if trust_header {
         if let Some(value) = request.headers().get(PRINCIPAL_HEADER) {
             let name = value
                 .to_str()
@@ -232,21 +98,22 @@ fn resolve(request: &http::Request<Body>) -> Result<Principal, Status> {
 
 /// Wraps one gRPC service (see the module comment).
 #[derive(Clone)]
-pub struct Caller<S> {
+pub struct WithCaller<S> {
     inner: S,
+    policy: CallerPolicy,
 }
 
-impl<S> Caller<S> {
-    pub fn new(inner: S) -> Self {
-        Self { inner }
+impl<S> WithCaller<S> {
+    pub fn new(inner: S, policy: CallerPolicy) -> Self {
+        Self { inner, policy }
     }
 }
 
-impl<S: NamedService> NamedService for Caller<S> {
+impl<S: NamedService> NamedService for WithCaller<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Service<http::Request<Body>> for Caller<S>
+impl<S> Service<http::Request<Body>> for WithCaller<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -263,7 +130,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let principal = match resolve(&request) {
+        let principal = match resolve(&request, self.policy.trust_principal_header) {
             Ok(principal) => principal,
             Err(status) => return Box::pin(async move { Ok(status.into_http()) }),
         };
@@ -282,32 +149,54 @@ where
                 }
             },
         };
-        let progress = Arc::new(Mutex::new(Progress::default()));
-        let access = Access {
-            principal: principal.clone(),
-            need: need_of(path),
-            method: path.rsplit('/').next().unwrap_or_default().to_string(),
-            request: requests::change_of(path)
-                .zip(request_id)
-                .map(|(method, id)| RequestKey {
-                    principal: principal.name.clone(),
-                    method,
-                    id,
-                }),
-            progress: progress.clone(),
-        };
+        let key = requests::change_of(path)
+            .zip(request_id)
+            .map(|(method, id)| RequestKey {
+                principal: principal.name.clone(),
+                method,
+                id,
+            });
+        let method = path.rsplit('/').next().unwrap_or_default();
+        let caller = Caller::new(
+            principal.clone(),
+            need_of(path),
+            method,
+            key,
+            self.policy.enforce_policy,
+        );
         request.extensions_mut().insert(principal);
+        request.extensions_mut().insert(caller.clone());
         // Take the service that was polled ready; leave a fresh clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(CALLER.scope(access, async move {
-            let response = inner.call(request).await?;
-            let replay = progress.lock().expect("progress").replay.take();
-            Ok(match replay {
-                Some(reply) => replayed(reply),
-                None => response,
-            })
-        }))
+        Box::pin(async move {
+            let mut response = inner.call(request).await?;
+            if let Some(reply) = caller.take_replay() {
+                return Ok(replayed(reply));
+            }
+            note_outcome(response.headers_mut(), &caller);
+            Ok(response)
+        })
+    }
+}
+
+/// Marks a failed call that ended before answering (its status in the headers) with its
+/// outcome, unless the error set one: not applied while the request committed nothing, unknown
+/// once it did. A stream that fails after answering carries no outcome: unknown.
+fn note_outcome(headers: &mut http::HeaderMap, caller: &Caller) {
+    let failed = headers
+        .get("grpc-status")
+        .is_some_and(|status| status.as_bytes() != b"0");
+    if failed && !headers.contains_key(OUTCOME_HEADER) {
+        let outcome = if caller.applied() {
+            Outcome::Unknown
+        } else {
+            Outcome::NotApplied
+        };
+        headers.insert(
+            OUTCOME_HEADER,
+            http::HeaderValue::from_static(outcome.as_str()),
+        );
     }
 }
 

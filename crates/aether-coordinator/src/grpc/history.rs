@@ -7,7 +7,7 @@ use aether_proto::history_service_server::HistoryService;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::{page_size, page_token, principal};
+use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
 use crate::model::{self, ApprovalActionRecord, CheckpointRecord};
 use crate::revisions::CommitObject;
@@ -46,12 +46,13 @@ impl HistoryService for HistoryGrpc {
         &self,
         request: Request<pb::CreateCheckpointRequest>,
     ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         if request.description.len() > 4096 {
             return Err(Status::invalid_argument("description exceeds 4096 bytes"));
         }
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_open(&mutation.record)?;
         let name = if request.name.is_empty() {
             format!("ckpt-{}", mutation.record.checkpoint_count + 1)
@@ -80,7 +81,7 @@ impl HistoryService for HistoryGrpc {
             name: name.clone(),
             root: mutation.record.head_root.clone(),
             head_version: mutation.record.head_version,
-            author: caller.clone(),
+            author: principal.clone(),
             created_at_ms: model::now_ms(),
             description: request.description.clone(),
             knowledge_root: mutation.record.knowledge_root.clone(),
@@ -90,7 +91,7 @@ impl HistoryService for HistoryGrpc {
             .checkpoints
             .add(&mut mutation.record, checkpoint.clone())
             .await?;
-        let effect = Effect::new(&caller, "history.checkpoint", name.clone()).event(
+        let effect = Effect::new(&principal, "history.checkpoint", name.clone()).event(
             "session.checkpoint.created",
             pb::SessionEvent {
                 event: Some(pb::session_event::Event::CheckpointCreated(
@@ -114,8 +115,9 @@ impl HistoryService for HistoryGrpc {
         &self,
         request: Request<pb::ListCheckpointsRequest>,
     ) -> Result<Response<pb::ListCheckpointsResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         let size = page_size(&request.page);
         let after = page_token(&request.page);
         let mut checkpoints: Vec<pb::Checkpoint> = self
@@ -146,9 +148,13 @@ impl HistoryService for HistoryGrpc {
         &self,
         request: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
-        let mut mutation = self.sessions.begin_active(&request.session_id).await?;
+        let mut mutation = self
+            .sessions
+            .begin_active(&caller, &request.session_id)
+            .await?;
         check_expected_version(&mutation.record, request.expected_head_version)?;
         let checkpoint = self
             .sessions
@@ -159,7 +165,7 @@ impl HistoryService for HistoryGrpc {
         mutation.record.head_root = checkpoint.root.clone();
         mutation.record.knowledge_root = checkpoint.knowledge_root.clone();
         mutation.record.head_version += 1;
-        let effect = Effect::new(&caller, "history.restore", request.name.clone()).event(
+        let effect = Effect::new(&principal, "history.restore", request.name.clone()).event(
             "session.checkpoint.restored",
             pb::SessionEvent {
                 event: Some(pb::session_event::Event::CheckpointRestored(
@@ -184,7 +190,8 @@ impl HistoryService for HistoryGrpc {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         if request.message.trim().is_empty() {
             return Err(Status::invalid_argument("a commit needs a message"));
@@ -194,7 +201,10 @@ impl HistoryService for HistoryGrpc {
                 "commit message exceeds {MAX_COMMIT_MESSAGE_BYTES} bytes"
             )));
         }
-        let mut mutation = self.sessions.begin_active(&request.session_id).await?;
+        let mut mutation = self
+            .sessions
+            .begin_active(&caller, &request.session_id)
+            .await?;
         check_expected_version(&mutation.record, request.expected_head_version)?;
         // Approvals of this exact head admit the commit; they are recorded in it and used up.
         let required = mutation.record.policy.required_commit_approvals;
@@ -206,7 +216,7 @@ impl HistoryService for HistoryGrpc {
         let commit = CommitObject {
             root: mutation.record.head_root.clone(),
             parents: mutation.record.head_commit.iter().cloned().collect(),
-            author: caller.clone(),
+            author: principal.clone(),
             message: request.message.clone(),
             time_ms: model::now_ms(),
             approvals: approvals.clone(),
@@ -217,7 +227,7 @@ impl HistoryService for HistoryGrpc {
             .await?;
         mutation.record.head_commit = Some(id.clone());
         mutation.record.commit_count += 1;
-        let effect = Effect::new(&caller, "history.commit", id.clone())
+        let effect = Effect::new(&principal, "history.commit", id.clone())
             .detail("approvals", approvals.join(","))
             .event(
                 "session.commit.created",
@@ -241,8 +251,9 @@ impl HistoryService for HistoryGrpc {
         &self,
         request: Request<pb::ListCommitsRequest>,
     ) -> Result<Response<pb::ListCommitsResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         let size = page_size(&request.page);
         // The token is the id of the next commit to return (newest first).
         let mut next = match page_token(&request.page) {
@@ -276,8 +287,9 @@ impl HistoryService for HistoryGrpc {
         &self,
         request: Request<pb::GetCommitRequest>,
     ) -> Result<Response<pb::GetCommitResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         if !self
             .sessions
             .commit_in_history(&record, &request.commit_id)

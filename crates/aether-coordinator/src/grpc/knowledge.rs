@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::{page_size, page_token, principal};
+use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
 use crate::knowledge::{
     excerpt, validate_key, validate_tag, validate_tags, validate_value, EntryRecord, Knowledge,
@@ -55,7 +55,8 @@ impl KnowledgeService for KnowledgeGrpc {
         &self,
         request: Request<pb::PutEntryRequest>,
     ) -> Result<Response<pb::PutEntryResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         let Some(put) = request.entry else {
             return Err(Error::InvalidArgument("entry is required".into()).into());
@@ -63,7 +64,7 @@ impl KnowledgeService for KnowledgeGrpc {
         validate_key(&put.key)?;
         validate_value(&put.value)?;
         let tags = validate_tags(&put.tags)?;
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_active(&mutation.record)?;
         let (root, record) = self
             .knowledge
@@ -72,12 +73,12 @@ impl KnowledgeService for KnowledgeGrpc {
                 &put.key,
                 put.value.clone(),
                 tags,
-                &caller,
+                &principal,
                 model::now_ms(),
             )
             .await?;
         mutation.record.knowledge_root = root;
-        let effect = Effect::new(&caller, "knowledge.put", put.key.clone())
+        let effect = Effect::new(&principal, "knowledge.put", put.key.clone())
             .detail("size", record.size.to_string())
             .detail("value", record.value.clone());
         let response = pb::PutEntryResponse {
@@ -92,9 +93,10 @@ impl KnowledgeService for KnowledgeGrpc {
         &self,
         request: Request<pb::GetEntryRequest>,
     ) -> Result<Response<pb::GetEntryResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         validate_key(&request.key)?;
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let found = self
             .knowledge
@@ -111,6 +113,7 @@ impl KnowledgeService for KnowledgeGrpc {
         &self,
         request: Request<pb::ListEntriesRequest>,
     ) -> Result<Response<pb::ListEntriesResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         if !request.prefix.is_empty() {
             validate_key(&request.prefix)?;
@@ -126,7 +129,7 @@ impl KnowledgeService for KnowledgeGrpc {
                 )
             })?;
         }
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let (found, more) = self
             .knowledge
@@ -155,10 +158,11 @@ impl KnowledgeService for KnowledgeGrpc {
         &self,
         request: Request<pb::DeleteEntryRequest>,
     ) -> Result<Response<pb::DeleteEntryResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         validate_key(&request.key)?;
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_active(&mutation.record)?;
         let root = self
             .knowledge
@@ -166,7 +170,7 @@ impl KnowledgeService for KnowledgeGrpc {
             .await?
             .ok_or_else(|| not_found(&request.key, &mutation.record.id))?;
         mutation.record.knowledge_root = root;
-        let effect = Effect::new(&caller, "knowledge.delete", request.key.clone());
+        let effect = Effect::new(&principal, "knowledge.delete", request.key.clone());
         mutation.reply(&pb::DeleteEntryResponse {});
         self.sessions.commit(mutation, effect).await?;
         Ok(Response::new(pb::DeleteEntryResponse {}))

@@ -11,17 +11,20 @@ pub mod workspace;
 
 use tonic::Request;
 
+use crate::caller::Caller;
+
 /// The authenticated caller, set as a request extension by the auth layer
-/// ([`aether_auth::AuthLayer`]) or by [`caller::Caller`] from a trusted header in tests.
+/// ([`aether_auth::AuthLayer`]) or by [`caller::WithCaller`] from a trusted header in tests.
 pub use aether_auth::Principal;
 
-/// The caller's principal name; "anonymous" when no auth layer is configured.
-pub fn principal<T>(request: &Request<T>) -> String {
-    request
-        .extensions()
-        .get::<Principal>()
-        .map(|p| p.name.clone())
-        .unwrap_or_else(|| aether_auth::ANONYMOUS.to_string())
+/// The request's caller, which [`caller::WithCaller`] set. A service registered without that
+/// wrapper fails every call rather than run unchecked.
+pub fn caller_of<T>(request: &Request<T>) -> Result<Caller, tonic::Status> {
+    request.extensions().get::<Caller>().cloned().ok_or_else(|| {
+        tonic::Status::internal(
+            "this coordinator service was registered without its caller layer (aether_coordinator::register adds it)",
+        )
+    })
 }
 
 /// Page size from a request: default 100, at most 1000.

@@ -10,7 +10,7 @@ use aether_proto::review_service_server::ReviewService;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::{page_size, page_token, principal};
+use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
 use crate::model::{
     self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, DecisionRecord, SessionRecord,
@@ -98,7 +98,8 @@ impl ReviewService for ReviewGrpc {
         &self,
         request: Request<pb::AddAnnotationRequest>,
     ) -> Result<Response<pb::AddAnnotationResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         let path = WorkspacePath::parse(&request.path).map_err(Error::from)?;
         let lines = match request.lines {
@@ -123,7 +124,7 @@ impl ReviewService for ReviewGrpc {
             ))
             .into());
         }
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_open(&mutation.record)?;
         // Annotations are never deleted, so the sequence is the count.
         if mutation.record.annotation_sequence >= MAX_ANNOTATIONS {
@@ -139,7 +140,7 @@ impl ReviewService for ReviewGrpc {
             path: path.to_string(),
             lines,
             body: request.body,
-            author: caller.clone(),
+            author: principal.clone(),
             created_at_ms: model::now_ms(),
             head_version: mutation.record.head_version,
             resolved: false,
@@ -158,7 +159,7 @@ impl ReviewService for ReviewGrpc {
         mutation.record.annotations_root = root;
         mutation.record.annotation_sequence = sequence;
         let id = annotation.id();
-        let effect = Effect::new(&caller, "review.annotation.add", id.clone())
+        let effect = Effect::new(&principal, "review.annotation.add", id.clone())
             .detail("path", annotation.path.clone())
             .event("session.annotation", annotation_event(id, "added".into()));
         let response = pb::AddAnnotationResponse {
@@ -173,8 +174,9 @@ impl ReviewService for ReviewGrpc {
         &self,
         request: Request<pb::ListAnnotationsRequest>,
     ) -> Result<Response<pb::ListAnnotationsResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         let prefix = WorkspacePath::parse(&request.path_prefix).map_err(Error::from)?;
         let size = page_size(&request.page);
         let after = match page_token(&request.page) {
@@ -227,10 +229,11 @@ impl ReviewService for ReviewGrpc {
         &self,
         request: Request<pb::ResolveAnnotationRequest>,
     ) -> Result<Response<pb::ResolveAnnotationResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         let sequence = parse_annotation_id(&request.annotation_id)?;
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_open(&mutation.record)?;
         let key = annotation_key(sequence);
         let Some(mut annotation) = self
@@ -252,7 +255,7 @@ impl ReviewService for ReviewGrpc {
             }));
         }
         annotation.resolved = true;
-        annotation.resolved_by = caller.clone();
+        annotation.resolved_by = principal.clone();
         annotation.resolved_at_ms = model::now_ms();
         let (root, _) = self
             .annotations
@@ -261,7 +264,7 @@ impl ReviewService for ReviewGrpc {
             .await?;
         mutation.record.annotations_root = root;
         let id = annotation.id();
-        let effect = Effect::new(&caller, "review.annotation.resolve", id.clone()).event(
+        let effect = Effect::new(&principal, "review.annotation.resolve", id.clone()).event(
             "session.annotation",
             annotation_event(id, "resolved".into()),
         );
@@ -277,7 +280,8 @@ impl ReviewService for ReviewGrpc {
         &self,
         request: Request<pb::RequestApprovalRequest>,
     ) -> Result<Response<pb::RequestApprovalResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         let action = action_from(request.action)?;
         check_comment(&request.comment)?;
@@ -291,9 +295,9 @@ impl ReviewService for ReviewGrpc {
         let mut reviewers: Vec<String> = Vec::with_capacity(request.reviewers.len());
         for reviewer in &request.reviewers {
             check_principal_name(reviewer)?;
-            if *reviewer == caller {
+            if *reviewer == principal {
                 return Err(Error::InvalidArgument(format!(
-                    "{caller} cannot review their own request; name other reviewers"
+                    "{principal} cannot review their own request; name other reviewers"
                 ))
                 .into());
             }
@@ -301,7 +305,7 @@ impl ReviewService for ReviewGrpc {
                 reviewers.push(reviewer.clone());
             }
         }
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         match action {
             ApprovalActionRecord::Commit => require_active(&mutation.record)?,
             ApprovalActionRecord::Export => require_open(&mutation.record)?,
@@ -324,7 +328,7 @@ impl ReviewService for ReviewGrpc {
         let approval = ApprovalRecord {
             sequence,
             action,
-            requester: caller.clone(),
+            requester: principal.clone(),
             reviewers,
             state: ApprovalStateRecord::Pending,
             head_version: mutation.record.head_version,
@@ -340,7 +344,7 @@ impl ReviewService for ReviewGrpc {
             .approvals
             .put(&mut mutation.record, approval.clone())
             .await?;
-        let effect = Effect::new(&caller, "review.approval.request", id.clone())
+        let effect = Effect::new(&principal, "review.approval.request", id.clone())
             .detail("action", action_name(action))
             .detail("reviewers", approval.reviewers.join(","))
             .detail("head_version", approval.head_version.to_string())
@@ -368,7 +372,8 @@ impl ReviewService for ReviewGrpc {
         &self,
         request: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         let approve = match pb::Decision::try_from(request.decision) {
             Ok(pb::Decision::Approve) => true,
@@ -382,7 +387,7 @@ impl ReviewService for ReviewGrpc {
         };
         check_comment(&request.comment)?;
         let sequence = parse_approval_id(&request.approval_id)?;
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_open(&mutation.record)?;
         let mut approval = self
             .sessions
@@ -390,22 +395,22 @@ impl ReviewService for ReviewGrpc {
             .await?;
         let id = approval.id();
         // Who may decide, before what state the request is in.
-        if !is_reviewer(&mutation.record, &caller) {
+        if !is_reviewer(&mutation.record, &principal) {
             return Err(Error::PermissionDenied(format!(
-                "{caller} does not hold the reviewer role in the policy of session {}; only its owner and principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER decide approvals",
+                "{principal} does not hold the reviewer role in the policy of session {}; only its owner and principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER decide approvals",
                 mutation.record.id
             ))
             .into());
         }
-        if approve && caller == approval.requester {
+        if approve && principal == approval.requester {
             return Err(Error::PermissionDenied(format!(
-                "{caller} requested {id} and cannot approve their own request; another reviewer must"
+                "{principal} requested {id} and cannot approve their own request; another reviewer must"
             ))
             .into());
         }
-        if !approval.reviewers.is_empty() && !approval.reviewers.contains(&caller) {
+        if !approval.reviewers.is_empty() && !approval.reviewers.contains(&principal) {
             return Err(Error::PermissionDenied(format!(
-                "{id} asks {} to decide, not {caller}",
+                "{id} asks {} to decide, not {principal}",
                 approval.reviewers.join(", ")
             ))
             .into());
@@ -433,11 +438,13 @@ impl ReviewService for ReviewGrpc {
                 .into())
             }
         }
-        if approval.decisions.iter().any(|d| d.reviewer == caller) {
-            return Err(Error::FailedPrecondition(format!("{caller} already decided {id}")).into());
+        if approval.decisions.iter().any(|d| d.reviewer == principal) {
+            return Err(
+                Error::FailedPrecondition(format!("{principal} already decided {id}")).into(),
+            );
         }
         approval.decisions.push(DecisionRecord {
-            reviewer: caller.clone(),
+            reviewer: principal.clone(),
             approve,
             comment: request.comment.clone(),
             time_ms: model::now_ms(),
@@ -453,7 +460,7 @@ impl ReviewService for ReviewGrpc {
             .put(&mut mutation.record, approval.clone())
             .await?;
         let outcome = if approve { "approved" } else { "rejected" };
-        let effect = Effect::new(&caller, "review.approval.decide", id.clone())
+        let effect = Effect::new(&principal, "review.approval.decide", id.clone())
             .detail("decision", outcome)
             .detail("action", action_name(approval.action))
             .detail("requester", approval.requester.clone())
@@ -481,8 +488,9 @@ impl ReviewService for ReviewGrpc {
         &self,
         request: Request<pb::ListApprovalsRequest>,
     ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         let states = request
             .states
             .iter()

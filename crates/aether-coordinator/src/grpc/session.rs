@@ -9,7 +9,8 @@ use aether_proto::session_service_server::SessionService;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::{caller, page_size, page_token, principal};
+use super::{caller_of, page_size, page_token};
+use crate::caller::Caller;
 use crate::error::{Error, Result};
 use crate::label_index;
 
@@ -66,6 +67,7 @@ impl Sessions {
     /// is versioned with their files); commits and archives hold files only.
     async fn source_root(
         &self,
+        caller: &Caller,
         source: &Option<pb::Source>,
     ) -> Result<(SourceRecord, String, String)> {
         use pb::source::Kind;
@@ -73,7 +75,7 @@ impl Sessions {
         Ok(match source.as_ref().and_then(|s| s.kind.as_ref()) {
             None | Some(Kind::Empty(_)) => (SourceRecord::Empty, empty, String::new()),
             Some(Kind::Session(s)) => {
-                let (record, _) = self.load(&s.session_id).await?;
+                let (record, _) = self.load(caller, &s.session_id).await?;
                 require_open(&record)?;
                 (
                     SourceRecord::Session {
@@ -85,8 +87,8 @@ impl Sessions {
             }
             Some(Kind::Checkpoint(c)) => {
                 validate_session_id(&c.session_id)?;
-                // Reading the source session's record also checks the caller may read it.
-                let (record, _) = self.load(&c.session_id).await?;
+                // Reading the source session's record also checks the principal may read it.
+                let (record, _) = self.load(caller, &c.session_id).await?;
                 // A closed session's checkpoints are listed still, but their files went with
                 // its workspace.
                 require_open(&record)?;
@@ -101,7 +103,7 @@ impl Sessions {
                 )
             }
             Some(Kind::Commit(c)) => {
-                let (record, _) = self.load(&c.session_id).await?;
+                let (record, _) = self.load(caller, &c.session_id).await?;
                 if !self.commit_in_history(&record, &c.commit_id).await? {
                     return Err(Error::NotFound(format!(
                         "commit {} is not in the history of session {}",
@@ -138,18 +140,20 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::CreateSessionRequest>,
     ) -> Result<Response<pb::CreateSessionResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         let labels = labels(&request.labels)?;
         let metadata = metadata(&request.metadata)?;
         let ttl_ms = convert::duration_ms(&request.ttl).map_err(Error::InvalidArgument)?;
         let owner = if request.owner.is_empty() {
-            caller.clone()
+            principal.clone()
         } else {
             request.owner.clone()
         };
-        let id = self.sessions.new_session_id().await?;
-        let (source, root, knowledge_root) = self.sessions.source_root(&request.source).await?;
+        let id = self.sessions.new_session_id(&caller).await?;
+        let (source, root, knowledge_root) =
+            self.sessions.source_root(&caller, &request.source).await?;
         let now = model::now_ms();
         let record = SessionRecord {
             id,
@@ -182,11 +186,13 @@ impl SessionService for SessionGrpc {
             approval_sequence: 0,
             request_count: 0,
         };
-        let effect = Effect::new(&caller, "session.create", record.id.clone());
+        let effect = Effect::new(&principal, "session.create", record.id.clone());
         let response = pb::CreateSessionResponse {
             session: Some(self.sessions.describe(&record).await?),
         };
-        self.sessions.create(record, effect, &response).await?;
+        self.sessions
+            .create(&caller, record, effect, &response)
+            .await?;
         Ok(Response::new(response))
     }
 
@@ -194,7 +200,11 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        let (record, _) = self.sessions.load(&request.get_ref().session_id).await?;
+        let caller = caller_of(&request)?;
+        let (record, _) = self
+            .sessions
+            .load(&caller, &request.get_ref().session_id)
+            .await?;
         Ok(Response::new(pb::GetSessionResponse {
             session: Some(self.sessions.describe(&record).await?),
         }))
@@ -204,11 +214,7 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let caller = request
-            .extensions()
-            .get::<super::Principal>()
-            .cloned()
-            .unwrap_or_else(super::Principal::anonymous);
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         let selector = LabelSelector::parse(&request.label_selector)
             .map_err(|e| Error::InvalidArgument(e.to_string()))?;
@@ -264,7 +270,7 @@ impl SessionService for SessionGrpc {
             };
             examined += records.len();
             for record in records {
-                if !selector.matches(&record.labels) || !caller::can_see(&caller, &record) {
+                if !selector.matches(&record.labels) || !caller.can_see(&record) {
                     continue;
                 }
                 if !states.is_empty() && !states.contains(&(convert::state(record.state) as i32)) {
@@ -283,7 +289,7 @@ impl SessionService for SessionGrpc {
             // A selector or filter that matches few sessions must not make one call read
             // them all: past the bound, the page ends early with a token to go on from.
             if examined >= MAX_EXAMINED_PER_PAGE {
-                // The token must not name a session the caller may not see: the last one
+                // The token must not name a session the principal may not see: the last one
                 // returned, or a short prefix of the last one read (seeking after it only
                 // reads again a few records this call already passed over).
                 let prefix: String = after
@@ -307,7 +313,8 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         let paths = request
             .update_mask
@@ -321,7 +328,7 @@ impl SessionService for SessionGrpc {
             )
             .into());
         }
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_open(&mutation.record)?;
         for path in &paths {
             match path.as_str() {
@@ -340,7 +347,7 @@ impl SessionService for SessionGrpc {
                 }
             }
         }
-        let effect = Effect::new(&caller, "session.update", request.session_id.clone())
+        let effect = Effect::new(&principal, "session.update", request.session_id.clone())
             .detail("fields", paths.join(","));
         let response = pb::UpdateSessionResponse {
             session: Some(self.sessions.describe(mutation.stamp()).await?),
@@ -354,10 +361,11 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::ForkSessionRequest>,
     ) -> Result<Response<pb::ForkSessionResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
-        let id = self.sessions.new_session_id().await?;
-        let (parent, _) = self.sessions.load(&request.session_id).await?;
+        let id = self.sessions.new_session_id(&caller).await?;
+        let (parent, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&parent)?;
         let labels = labels(&request.labels)?;
         let metadata = metadata(&request.metadata)?;
@@ -372,7 +380,7 @@ impl SessionService for SessionGrpc {
             id,
             labels,
             metadata,
-            owner: caller.clone(),
+            owner: principal.clone(),
             policy: parent.policy.clone(),
             state: State::Active,
             source: SourceRecord::Session {
@@ -401,12 +409,14 @@ impl SessionService for SessionGrpc {
             approval_sequence: 0,
             request_count: 0,
         };
-        let effect = Effect::new(&caller, "session.fork", record.id.clone())
+        let effect = Effect::new(&principal, "session.fork", record.id.clone())
             .detail("parent", parent.id.clone());
         let response = pb::ForkSessionResponse {
             session: Some(self.sessions.describe(&record).await?),
         };
-        self.sessions.create(record, effect, &response).await?;
+        self.sessions
+            .create(&caller, record, effect, &response)
+            .await?;
         Ok(Response::new(response))
     }
 
@@ -414,7 +424,8 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::TransferSessionRequest>,
     ) -> Result<Response<pb::TransferSessionResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
         if request.new_owner.is_empty() || request.new_owner.len() > 256 {
             return Err(Error::InvalidArgument(
@@ -422,7 +433,7 @@ impl SessionService for SessionGrpc {
             )
             .into());
         }
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_open(&mutation.record)?;
         let previous = std::mem::replace(&mut mutation.record.owner, request.new_owner.clone());
         let bindings = &mut mutation.record.policy.bindings;
@@ -433,7 +444,7 @@ impl SessionService for SessionGrpc {
                 role: request.previous_owner_role,
             });
         }
-        let effect = Effect::new(&caller, "session.transfer", request.new_owner.clone())
+        let effect = Effect::new(&principal, "session.transfer", request.new_owner.clone())
             .detail("previous_owner", previous)
             .detail("comment", request.comment.clone())
             .event(
@@ -458,11 +469,12 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::FinalizeSessionRequest>,
     ) -> Result<Response<pb::FinalizeSessionResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let id = request.into_inner().session_id;
-        let mut mutation = self.sessions.begin_active(&id).await?;
+        let mut mutation = self.sessions.begin_active(&caller, &id).await?;
         mutation.record.state = State::Finalized;
-        let effect = Effect::new(&caller, "session.finalize", id.clone()).event(
+        let effect = Effect::new(&principal, "session.finalize", id.clone()).event(
             "session.finalized",
             pb::SessionEvent {
                 event: Some(pb::session_event::Event::Finalized(
@@ -483,9 +495,10 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let request = request.into_inner();
-        let mut mutation = self.sessions.begin(&request.session_id).await?;
+        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_open(&mutation.record)?;
         let mut archive_blob_hash = String::new();
         let mut approvals_used = Vec::new();
@@ -510,7 +523,7 @@ impl SessionService for SessionGrpc {
             archive_blob_hash = hash.to_hex();
         }
         mutation.record.state = State::Closed;
-        let effect = Effect::new(&caller, "session.close", request.session_id.clone())
+        let effect = Effect::new(&principal, "session.close", request.session_id.clone())
             .detail("archive", archive_blob_hash.clone())
             .detail("approvals_used", approvals_used.join(","))
             .event(
@@ -536,8 +549,9 @@ impl SessionService for SessionGrpc {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         let size = page_size(&request.page);
         let after = match page_token(&request.page) {
             Some(token) => Some(token.parse::<u64>().map_err(|_| {

@@ -18,8 +18,9 @@ use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
-use super::{page_size, page_token, principal};
+use super::{caller_of, page_size, page_token};
 use crate::archive;
+use crate::caller::Caller;
 use crate::error::{Error, Result};
 use crate::sessions::{
     check_expected_version, require_active, require_open, Effect, Prepared, Sessions,
@@ -285,12 +286,12 @@ impl Sessions {
     async fn apply(
         &self,
         session_id: &str,
-        caller: &str,
+        caller: &Caller,
         expected_version: u64,
         changes: Vec<Change>,
         operation: &'static str,
     ) -> Result<Prepared> {
-        let mut mutation = self.begin_active(session_id).await?;
+        let mut mutation = self.begin_active(caller, session_id).await?;
         check_expected_version(&mutation.record, expected_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;
         let mut editor = TreeEditor::open(&self.trees, &old_root).await?;
@@ -426,7 +427,7 @@ impl Sessions {
         mutation.record.head_root = new_root.to_hex();
         mutation.record.head_version += 1;
         let target = touched.first().cloned().unwrap_or_default();
-        let effect = Effect::new(caller, operation_action(operation), target)
+        let effect = Effect::new(caller.name(), operation_action(operation), target)
             .detail("paths", touched.len().to_string())
             .event(
                 "session.files.changed",
@@ -447,7 +448,7 @@ impl Sessions {
     async fn apply_step(
         &self,
         session_id: &str,
-        caller: &str,
+        caller: &Caller,
         expected_version: u64,
         step: Step,
         operation: &'static str,
@@ -735,8 +736,9 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::StatRequest>,
     ) -> Result<Response<pb::StatResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let path = path(&request.path)?;
         let root = self.sessions.resolve(&record, &request.at).await?;
@@ -762,8 +764,9 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::ListTreeRequest>,
     ) -> Result<Response<pb::ListTreeResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let dir = path(&request.path)?;
         let root = self.sessions.resolve(&record, &request.at).await?;
@@ -817,8 +820,9 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::ReadFileRequest>,
     ) -> Result<Response<Self::ReadFileStream>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let path = path(&request.path)?;
         let root = self.sessions.resolve(&record, &request.at).await?;
@@ -895,7 +899,7 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<Streaming<pb::WriteFileRequest>>,
     ) -> Result<Response<pb::WriteFileResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::WriteFileRequest {
@@ -908,9 +912,12 @@ impl WorkspaceService for WorkspaceGrpc {
             }
         };
         let file = path(&header.path)?;
-        // Refused before a byte of content is read: a caller that may not write (the load
+        // Refused before a byte of content is read: a principal that may not write (the load
         // authorizes), a session that cannot change, a head already past the expected version.
-        let (record, _) = self.sessions.load_for_change(&header.session_id).await?;
+        let (record, _) = self
+            .sessions
+            .load_for_change(&caller, &header.session_id)
+            .await?;
         require_active(&record)?;
         check_expected_version(&record, header.expected_head_version)?;
         // Stored as it arrives (a few chunks in memory), before the session lock is taken:
@@ -973,7 +980,7 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::ApplyChangesRequest>,
     ) -> Result<Response<pb::ApplyChangesResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
         if request.changes.is_empty() {
             return Err(Status::invalid_argument(
@@ -1014,7 +1021,7 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::DeletePathRequest>,
     ) -> Result<Response<pb::DeletePathResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
         let r = request.into_inner();
         let step = Step::Delete {
             path: path(&r.path)?,
@@ -1041,7 +1048,7 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::MakeDirectoryRequest>,
     ) -> Result<Response<pb::MakeDirectoryResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
         let r = request.into_inner();
         let dir = path(&r.path)?;
         let step = Step::MakeDirectory {
@@ -1072,7 +1079,7 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::MovePathRequest>,
     ) -> Result<Response<pb::MovePathResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
         let r = request.into_inner();
         let step = Step::Move {
             from: path(&r.from)?,
@@ -1100,7 +1107,7 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::CopyPathRequest>,
     ) -> Result<Response<pb::CopyPathResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
         let r = request.into_inner();
         let step = Step::Copy {
             from: path(&r.from)?,
@@ -1128,8 +1135,9 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::DiffRequest>,
     ) -> Result<Response<pb::DiffResponse>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let from = match &request.from {
             None => Sessions::root(&record.base_root)?,
@@ -1184,10 +1192,13 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<pb::ExportArchiveRequest>,
     ) -> Result<Response<Self::ExportArchiveStream>, Status> {
+        let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let (record, _) = self.sessions.load(&request.session_id).await?;
+        let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
-        self.sessions.admit_export(&record, &request.at).await?;
+        self.sessions
+            .admit_export(&caller, &record, &request.at)
+            .await?;
         let root = self.sessions.resolve(&record, &request.at).await?;
         let dir = path(&request.path)?;
         let subtree = match self.sessions.trees.lookup(&root, &dir).await? {
@@ -1214,7 +1225,8 @@ impl WorkspaceService for WorkspaceGrpc {
         &self,
         request: Request<Streaming<pb::ImportArchiveRequest>>,
     ) -> Result<Response<pb::ImportArchiveResponse>, Status> {
-        let caller = principal(&request);
+        let caller = caller_of(&request)?;
+        let principal = caller.name().to_string();
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::ImportArchiveRequest {
@@ -1228,7 +1240,10 @@ impl WorkspaceService for WorkspaceGrpc {
         };
         let under = path(&header.path)?;
         // Refused before a byte of the archive is read, as in WriteFile.
-        let (record, _) = self.sessions.load_for_change(&header.session_id).await?;
+        let (record, _) = self
+            .sessions
+            .load_for_change(&caller, &header.session_id)
+            .await?;
         require_active(&record)?;
         check_expected_version(&record, header.expected_head_version)?;
         let data = stream.map(|message| match message?.part {
@@ -1240,7 +1255,10 @@ impl WorkspaceService for WorkspaceGrpc {
         // The whole archive is read and validated, its files' content stored as it passes,
         // before the session is touched: a refusal changes nothing.
         let items = archive::read_tar(Box::pin(data), &under, &self.sessions.trees).await?;
-        let mut mutation = self.sessions.begin_active(&header.session_id).await?;
+        let mut mutation = self
+            .sessions
+            .begin_active(&caller, &header.session_id)
+            .await?;
         check_expected_version(&mutation.record, header.expected_head_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;
         let mut editor = TreeEditor::open(&self.sessions.trees, &old_root).await?;
@@ -1251,7 +1269,7 @@ impl WorkspaceService for WorkspaceGrpc {
         if new_root != old_root {
             mutation.record.head_root = new_root.to_hex();
             mutation.record.head_version += 1;
-            let effect = Effect::new(&caller, "workspace.import", under.to_string())
+            let effect = Effect::new(&principal, "workspace.import", under.to_string())
                 .detail("files", files.to_string())
                 .event(
                     "session.files.changed",
