@@ -617,3 +617,217 @@ async fn hostile_jwts_rs256_are_checked_and_other_algorithms_refused() {
         .await
         .expect("alice still writes");
 }
+
+/// Field 1 of every request that names a session.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NamesSession {
+    #[prost(string, tag = "1")]
+    session_id: String,
+}
+
+/// The first message of WriteFile and ImportArchive: a header (field 1) naming the session.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HeaderNamesSession {
+    #[prost(message, optional, tag = "1")]
+    header: Option<NamesSession>,
+}
+
+/// Any answer (its fields are not read).
+#[derive(Clone, PartialEq, prost::Message)]
+struct AnyAnswer {}
+
+/// How an RPC's first request message names the session.
+#[derive(Clone, Copy, Debug)]
+enum Naming {
+    Field1,
+    HeaderField1,
+}
+
+/// Every RPC of the API whose request names a session (field 1, or field 1 of a header in
+/// field 1), from the compiled descriptor set: (path, naming, client streaming, server streaming).
+fn rpcs_naming_a_session() -> Vec<(String, Naming, bool, bool)> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(aether_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let messages: std::collections::HashMap<String, &prost_types::DescriptorProto> = set
+        .file
+        .iter()
+        .flat_map(|f| {
+            let package = f.package().to_string();
+            f.message_type
+                .iter()
+                .map(move |m| (format!(".{package}.{}", m.name()), m))
+        })
+        .collect();
+    let field1 = |message: &str| {
+        messages
+            .get(message)
+            .and_then(|m| m.field.iter().find(|f| f.number() == 1))
+    };
+    let mut rpcs = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let naming = match field1(method.input_type()) {
+                    Some(f) if f.name() == "session_id" => Naming::Field1,
+                    Some(f) if f.name() == "header" => match field1(f.type_name()) {
+                        Some(inner) if inner.name() == "session_id" => Naming::HeaderField1,
+                        _ => continue,
+                    },
+                    _ => continue,
+                };
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                rpcs.push((
+                    path,
+                    naming,
+                    method.client_streaming(),
+                    method.server_streaming(),
+                ));
+            }
+        }
+    }
+    rpcs
+}
+
+/// Calls `path` as `token` with a request naming `session_id` and nothing else; the status it
+/// ends with (OK when it answered without an error).
+async fn call_naming(
+    channel: &Channel,
+    token: &str,
+    (path, naming, client_streaming, server_streaming): &(String, Naming, bool, bool),
+    session_id: &str,
+) -> tonic::Status {
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic_prost::ProstCodec;
+    let named = NamesSession {
+        session_id: session_id.into(),
+    };
+    let message = match naming {
+        Naming::Field1 => prost::Message::encode_to_vec(&named),
+        Naming::HeaderField1 => prost::Message::encode_to_vec(&HeaderNamesSession {
+            header: Some(named),
+        }),
+    };
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = PathAndQuery::try_from(path.as_str()).unwrap();
+    let codec = ProstCodec::<RawMessage, AnyAnswer>::default();
+    let raw = RawMessage(message);
+    let status = match (client_streaming, server_streaming) {
+        (false, false) => grpc
+            .unary(with_token(Some(token), raw), path, codec)
+            .await
+            .err(),
+        (false, true) => match grpc
+            .server_streaming(with_token(Some(token), raw), path, codec)
+            .await
+        {
+            Err(status) => Some(status),
+            Ok(response) => first_error(response.into_inner()).await,
+        },
+        (true, false) => {
+            let stream = tokio_stream::iter([raw]);
+            grpc.client_streaming(with_token(Some(token), stream), path, codec)
+                .await
+                .err()
+        }
+        (true, true) => {
+            let stream = tokio_stream::iter([raw]);
+            match grpc
+                .streaming(with_token(Some(token), stream), path, codec)
+                .await
+            {
+                Err(status) => Some(status),
+                Ok(response) => first_error(response.into_inner()).await,
+            }
+        }
+    };
+    status.unwrap_or_else(|| tonic::Status::ok(""))
+}
+
+async fn first_error(mut stream: tonic::Streaming<AnyAnswer>) -> Option<tonic::Status> {
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message()).await;
+    next.expect("a refused stream ends at once").err()
+}
+
+/// A request message already encoded.
+#[derive(Clone, Debug, Default)]
+struct RawMessage(Vec<u8>);
+
+impl prost::Message for RawMessage {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+    fn merge_field(
+        &mut self,
+        _tag: u32,
+        _wire_type: prost::encoding::WireType,
+        _buf: &mut impl bytes::Buf,
+        _ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        unreachable!("only sent")
+    }
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Every RPC of every service that names a session, called by a principal with no role in
+/// it, answers exactly as it does for a session that does not exist (same code, same message
+/// but for the id): existence and ownership leak through none of them, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_stranger_learns_nothing_from_any_rpc() {
+    let dev = start().await;
+    let session = SessionServiceClient::new(dev.channel.clone())
+        .create_session(with_token(
+            Some("tok-alice"),
+            pb::CreateSessionRequest::default(),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    let id = session.id;
+    WorkspaceServiceClient::new(dev.channel.clone())
+        .make_directory(with_token(Some("tok-alice"), mkdir(&id, "src")))
+        .await
+        .unwrap();
+    let before = head(&dev, &id).await;
+    let missing = "0123456789abcdef0123";
+
+    let rpcs = rpcs_naming_a_session();
+    assert!(rpcs.len() >= 40, "only {} RPCs name a session", rpcs.len());
+    let mut not_found = 0;
+    for rpc in &rpcs {
+        let real = call_naming(&dev.channel, "tok-bob", rpc, &id).await;
+        let absent = call_naming(&dev.channel, "tok-bob", rpc, missing).await;
+        assert_eq!(
+            (real.code(), real.message().replace(&id, "ID")),
+            (absent.code(), absent.message().replace(missing, "ID")),
+            "{}: a stranger tells an existing session from a missing one",
+            rpc.0
+        );
+        // Only the coordinator archives a stream: anyone else is refused before the session
+        // is looked up, whatever it is.
+        let service_only = rpc.0.ends_with("/ArchiveStream");
+        assert!(
+            matches!(real.code(), Code::NotFound | Code::InvalidArgument)
+                || (service_only && real.code() == Code::PermissionDenied),
+            "{}: {real:?}",
+            rpc.0
+        );
+        assert!(!real.message().contains("alice"), "{}: {real:?}", rpc.0);
+        not_found += usize::from(real.code() == Code::NotFound);
+    }
+    // The others refuse the request's own fields (an empty commit message, no changes…)
+    // before looking the session up; the rest reached the session and found nothing.
+    assert!(
+        not_found >= 25,
+        "only {not_found} of {} RPCs reached the session",
+        rpcs.len()
+    );
+    assert_eq!(head(&dev, &id).await, before, "nothing changed");
+}
