@@ -60,6 +60,9 @@ pub enum Error {
     Fenced(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The caller's deadline passed while the request waited on another service.
+    #[error("{0}: the call's deadline passed")]
+    DeadlineExceeded(String),
     /// The commit of a change was sent to the coordination store, which did not confirm it:
     /// it may have been applied. A retry with the same request id finds out.
     #[error("{0}; the change may or may not have been applied: retry with the same request id to get its outcome")]
@@ -75,6 +78,11 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether the deadline of the call this task serves has passed.
+fn past_deadline() -> bool {
+    aether_auth::deadline::current().is_some_and(|deadline| std::time::Instant::now() >= deadline)
+}
 
 impl From<CoordError> for Error {
     fn from(error: CoordError) -> Error {
@@ -95,6 +103,9 @@ impl From<StoreError> for Error {
             StoreError::InvalidArgument(m) => Error::InvalidArgument(m),
             StoreError::TooLarge(m) => Error::ResourceExhausted(m),
             StoreError::OutOfRange { .. } => Error::OutOfRange(error.to_string()),
+            // A store call cut short by the caller's own deadline (which calls to the store
+            // carry) failed because the caller gave up, not because the store is away.
+            StoreError::Unavailable(m) if past_deadline() => Error::DeadlineExceeded(m),
             StoreError::Unavailable(m) => Error::Unavailable(m),
             StoreError::Internal(m) => Error::Internal(m),
         }
@@ -119,6 +130,7 @@ impl From<Error> for Status {
             Error::OutOfRange(_) => Code::OutOfRange,
             Error::PermissionDenied(_) => Code::PermissionDenied,
             Error::Fenced(_) | Error::Unavailable(_) => Code::Unavailable,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::OutcomeUnknown(_) => Code::Unavailable,
             Error::Replayed(_) => Code::AlreadyExists,
             Error::DataLoss(_) => Code::DataLoss,

@@ -14,6 +14,7 @@ pub mod append_log;
 pub mod archive;
 pub mod audit;
 pub mod caller;
+pub mod changes;
 pub mod checkpoints;
 pub mod error;
 pub mod events;

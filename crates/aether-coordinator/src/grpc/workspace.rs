@@ -10,21 +10,18 @@ use aether_core::{
 };
 use aether_proto as pb;
 use aether_proto::workspace_service_server::WorkspaceService;
-use aether_store::blobs::{blob_hash, MAX_CHUNK};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::archive;
-use crate::caller::Caller;
+use crate::changes::{Change, Content, Precondition, Step};
 use crate::error::{Error, Result};
-use crate::sessions::{
-    check_expected_version, require_active, require_open, Effect, Prepared, Sessions,
-};
+use crate::sessions::{check_expected_version, require_active, require_open, Effect, Sessions};
 use crate::trees::{TreeEditor, Trees};
 
 /// Largest file accepted inline in a WriteOp.
@@ -34,8 +31,6 @@ pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
 pub const MAX_WRITE_FILE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Most changes in one ApplyChanges batch.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
-/// Content uploads in flight while applying one batch.
-const STORE_CONCURRENCY: usize = 32;
 /// Size of data messages sent by ReadFile and ExportArchive.
 const MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -55,68 +50,6 @@ type ByteStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 fn path(value: &str) -> Result<WorkspacePath> {
     Ok(WorkspacePath::parse(value)?)
-}
-
-/// One validated change, ready to apply.
-enum Step {
-    Write {
-        path: WorkspacePath,
-        content: Content,
-        mode: u32,
-        mtime_ns: i64,
-    },
-    Symlink {
-        path: WorkspacePath,
-        target: Bytes,
-        mtime_ns: i64,
-    },
-    SetAttributes {
-        path: WorkspacePath,
-        mode: Option<u32>,
-        mtime_ns: Option<i64>,
-    },
-    Delete {
-        path: WorkspacePath,
-        recursive: bool,
-    },
-    MakeDirectory {
-        path: WorkspacePath,
-        parents: bool,
-    },
-    Move {
-        from: WorkspacePath,
-        to: WorkspacePath,
-        overwrite: bool,
-    },
-    Copy {
-        from: WorkspacePath,
-        to: WorkspacePath,
-        overwrite: bool,
-    },
-}
-
-enum Content {
-    Inline(Bytes),
-    Chunks(Vec<(Hash, u64)>),
-    Stored(Hash, u64),
-}
-
-struct Change {
-    step: Step,
-    precondition: Option<pb::PathPrecondition>,
-}
-
-impl Step {
-    fn target(&self) -> &WorkspacePath {
-        match self {
-            Step::Write { path, .. }
-            | Step::Symlink { path, .. }
-            | Step::SetAttributes { path, .. }
-            | Step::Delete { path, .. }
-            | Step::MakeDirectory { path, .. } => path,
-            Step::Move { from, .. } | Step::Copy { from, .. } => from,
-        }
-    }
 }
 
 fn parse_change(change: pb::Change) -> Result<Change> {
@@ -194,23 +127,17 @@ fn parse_change(change: pb::Change) -> Result<Change> {
     };
     Ok(Change {
         step,
-        precondition: change.precondition,
+        precondition: change.precondition.and_then(precondition),
     })
 }
 
-impl Sessions {
-    /// A symlink's target, from its content (hex hash as in [`pb::Entry`]).
-    async fn symlink_target(&self, hash: &str) -> Result<String> {
-        let hash = Hash::from_hex(hash).map_err(|e| Error::Internal(e.to_string()))?;
-        let bytes = self.trees.blobs().get(&hash).await?;
-        if bytes.len() > MAX_SYMLINK_TARGET_BYTES {
-            return Err(Error::DataLoss(format!(
-                "symlink target {hash} is {} bytes, more than a target can be",
-                bytes.len()
-            )));
-        }
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| Error::DataLoss(format!("symlink target {hash} is not UTF-8")))
+/// A path precondition of the API as the domain's; none when it asks nothing.
+fn precondition(precondition: pb::PathPrecondition) -> Option<Precondition> {
+    use pb::path_precondition::Condition;
+    match precondition.condition? {
+        Condition::MustNotExist(false) => None,
+        Condition::MustNotExist(true) => Some(Precondition::MustNotExist),
+        Condition::ContentHash(hash) => Some(Precondition::ContentHash(hash.to_ascii_lowercase())),
     }
 }
 
@@ -233,285 +160,6 @@ fn symlink_target(target: &str) -> Result<Bytes> {
         ));
     }
     Ok(Bytes::copy_from_slice(target.as_bytes()))
-}
-
-/// Content named before it is stored, written with the new trees: (name, bytes).
-type Deferred = (Hash, Bytes);
-
-impl Sessions {
-    /// Stores content named by a write: inline bytes are put; chunk lists are checked to be
-    /// present and streamed through the store into one blob.
-    async fn store_content(&self, content: Content) -> Result<(Hash, u64)> {
-        let blobs = self.trees.blobs();
-        match content {
-            Content::Stored(hash, size) => Ok((hash, size)),
-            Content::Inline(bytes) => {
-                let size = bytes.len() as u64;
-                Ok((blobs.put(bytes).await?, size))
-            }
-            Content::Chunks(chunks) => {
-                let hashes: Vec<Hash> = chunks.iter().map(|c| c.0).collect();
-                let missing = blobs.missing(&hashes).await?;
-                if let Some(first) = missing.first() {
-                    return Err(Error::FailedPrecondition(format!(
-                        "{} chunk(s) are not in the content store (first: {first}); upload them with PutBlob first",
-                        missing.len()
-                    )));
-                }
-                if chunks.len() == 1 {
-                    let size = blobs.size(&chunks[0].0).await?;
-                    return Ok((chunks[0].0, size));
-                }
-                // The store names a multi-chunk blob by the manifest of its own cut; streaming
-                // the chunks through it, one read at a time, yields that name without holding
-                // the content (chunking is deterministic, so a list cut as the store cuts is
-                // not stored twice).
-                let blobs = blobs.clone();
-                let content = futures::stream::iter(chunks)
-                    .then(move |(hash, _)| {
-                        let blobs = blobs.clone();
-                        async move { blobs.read(&hash, 0, 0).await }
-                    })
-                    .try_flatten()
-                    .map_err(Error::from)
-                    .boxed();
-                self.trees.put_stream(content).await
-            }
-        }
-    }
-
-    /// Applies validated changes atomically to the head: one new root, one version, one
-    /// fenced commit ([`Sessions::finish`], with the answer); a failed step or precondition
-    /// changes nothing.
-    async fn apply(
-        &self,
-        session_id: &str,
-        caller: &Caller,
-        expected_version: u64,
-        changes: Vec<Change>,
-        operation: &'static str,
-    ) -> Result<Prepared> {
-        let mut mutation = self.begin_active(caller, session_id).await?;
-        check_expected_version(&mutation.record, expected_version)?;
-        let old_root = Sessions::root(&mutation.record.head_root)?;
-        let mut editor = TreeEditor::open(&self.trees, &old_root).await?;
-        // Name every write's content before editing. Content of up to one chunk is named
-        // here (its hash is the store's name for it) and written later, in the same round as
-        // the new trees: one round of concurrent writes, which the local store's group commit
-        // makes durable with one sync. Larger content and chunk lists go to the store now,
-        // concurrently: a batch of many files is bound by round trips, not by work. Nothing
-        // references the content until the fenced commit below. Unordered, so one slow upload
-        // does not hold the slots of those finished after it; the batch order is restored.
-        let mut named: Vec<(usize, Change, Option<Deferred>)> =
-            futures::stream::iter(changes.into_iter().enumerate())
-                .map(|(index, change)| async move {
-                    let Change { step, precondition } = change;
-                    let mut deferred = None;
-                    let step = match step {
-                        Step::Write {
-                            path,
-                            content,
-                            mode,
-                            mtime_ns,
-                        } => {
-                            let (hash, size) = match content {
-                                Content::Inline(bytes) if bytes.len() <= MAX_CHUNK => {
-                                    let hash = blob_hash(&bytes);
-                                    let size = bytes.len() as u64;
-                                    deferred = Some((hash, bytes));
-                                    (hash, size)
-                                }
-                                other => self.store_content(other).await?,
-                            };
-                            Step::Write {
-                                path,
-                                content: Content::Stored(hash, size),
-                                mode,
-                                mtime_ns,
-                            }
-                        }
-                        Step::Symlink {
-                            path,
-                            target,
-                            mtime_ns,
-                        } => {
-                            let hash = blob_hash(&target);
-                            deferred = Some((hash, target.clone()));
-                            Step::Symlink {
-                                path,
-                                target,
-                                mtime_ns,
-                            }
-                        }
-                        other => other,
-                    };
-                    Ok::<_, Error>((index, Change { step, precondition }, deferred))
-                })
-                .buffer_unordered(STORE_CONCURRENCY)
-                .try_collect()
-                .await?;
-        named.sort_unstable_by_key(|(index, _, _)| *index);
-        let mut deferred: Vec<Deferred> = Vec::new();
-        let mut changes = Vec::with_capacity(named.len());
-        for (_, change, content) in named {
-            changes.push(change);
-            deferred.extend(content);
-        }
-        deferred.sort_unstable_by_key(|(hash, _)| *hash);
-        deferred.dedup_by_key(|(hash, _)| *hash);
-        for change in changes {
-            if let Some(precondition) = &change.precondition {
-                check_precondition(&mut editor, change.step.target(), precondition).await?;
-            }
-            match change.step {
-                Step::Write {
-                    path,
-                    content,
-                    mode,
-                    mtime_ns,
-                } => {
-                    let (hash, size) = self.store_content(content).await?;
-                    editor.write_file(&path, hash, size, mode, mtime_ns).await?;
-                }
-                Step::Symlink {
-                    path,
-                    target,
-                    mtime_ns,
-                } => {
-                    let size = target.len() as u64;
-                    editor
-                        .symlink(&path, blob_hash(&target), size, mtime_ns)
-                        .await?;
-                }
-                Step::SetAttributes {
-                    path,
-                    mode,
-                    mtime_ns,
-                } => editor.set_attributes(&path, mode, mtime_ns).await?,
-                Step::Delete { path, recursive } => {
-                    editor.delete(&path, recursive).await?;
-                }
-                Step::MakeDirectory { path, parents } => {
-                    editor.make_directory(&path, parents).await?
-                }
-                Step::Move {
-                    from,
-                    to,
-                    overwrite,
-                } => editor.move_path(&from, &to, overwrite).await?,
-                Step::Copy {
-                    from,
-                    to,
-                    overwrite,
-                } => editor.copy_path(&from, &to, overwrite).await?,
-            }
-        }
-        let touched: Vec<String> = editor.touched().to_vec();
-        let blobs = self.trees.blobs();
-        let content = futures::stream::iter(deferred)
-            .map(|(hash, bytes)| async move {
-                let stored = blobs.put(bytes).await?;
-                if stored != hash {
-                    return Err(Error::Internal(format!(
-                        "the content store named content {stored}, expected {hash}"
-                    )));
-                }
-                Ok(())
-            })
-            .buffer_unordered(STORE_CONCURRENCY)
-            .try_collect::<Vec<()>>();
-        let (new_root, _) = futures::try_join!(editor.finish(), content)?;
-        if new_root == old_root {
-            return Ok(Prepared::unchanged(mutation));
-        }
-        mutation.record.head_root = new_root.to_hex();
-        mutation.record.head_version += 1;
-        let target = touched.first().cloned().unwrap_or_default();
-        let effect = Effect::new(caller.name(), operation_action(operation), target)
-            .detail("paths", touched.len().to_string())
-            .event(
-                "session.files.changed",
-                pb::SessionEvent {
-                    event: Some(pb::session_event::Event::FilesChanged(pb::FilesChanged {
-                        paths: touched,
-                        operation: operation.to_string(),
-                    })),
-                    ..Default::default()
-                },
-            );
-        Ok(Prepared::changed(mutation, effect))
-    }
-}
-
-impl Sessions {
-    /// Applies one change on its own (the single-operation RPCs).
-    async fn apply_step(
-        &self,
-        session_id: &str,
-        caller: &Caller,
-        expected_version: u64,
-        step: Step,
-        operation: &'static str,
-    ) -> Result<Prepared> {
-        let change = Change {
-            step,
-            precondition: None,
-        };
-        self.apply(
-            session_id,
-            caller,
-            expected_version,
-            vec![change],
-            operation,
-        )
-        .await
-    }
-}
-
-fn operation_action(operation: &str) -> &'static str {
-    match operation {
-        "write" => "workspace.write",
-        "delete" => "workspace.delete",
-        "mkdir" => "workspace.mkdir",
-        "move" => "workspace.move",
-        "copy" => "workspace.copy",
-        "import" => "workspace.import",
-        _ => "workspace.apply",
-    }
-}
-
-async fn check_precondition(
-    editor: &mut TreeEditor,
-    path: &WorkspacePath,
-    precondition: &pb::PathPrecondition,
-) -> Result<()> {
-    use pb::path_precondition::Condition;
-    let current = editor.get(path).await?;
-    match &precondition.condition {
-        None => Ok(()),
-        Some(Condition::MustNotExist(false)) => Ok(()),
-        Some(Condition::MustNotExist(true)) => match current {
-            None => Ok(()),
-            Some(_) => Err(Error::Aborted(format!(
-                "precondition failed: \"{path}\" exists but must not"
-            ))),
-        },
-        Some(Condition::ContentHash(expected)) => match current {
-            Some(entry)
-                if entry.kind != EntryKind::Directory
-                    && entry.hash.to_hex() == expected.to_ascii_lowercase() =>
-            {
-                Ok(())
-            }
-            Some(entry) => Err(Error::Aborted(format!(
-                "precondition failed: \"{path}\" has hash {} , expected {expected}",
-                entry.hash
-            ))),
-            None => Err(Error::Aborted(format!(
-                "precondition failed: \"{path}\" does not exist, expected hash {expected}"
-            ))),
-        },
-    }
 }
 
 /// The files and symlinks that differ between two trees (and directories whose mode
@@ -948,7 +596,7 @@ impl WorkspaceService for WorkspaceGrpc {
                 mode: header.mode,
                 mtime_ns: header.mtime_ns,
             },
-            precondition: header.precondition,
+            precondition: header.precondition.and_then(precondition),
         };
         let prepared = self
             .sessions
