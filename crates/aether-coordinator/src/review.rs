@@ -29,7 +29,7 @@ use aether_store::Blobs;
 use crate::caller::Caller;
 use crate::error::{Error, Result};
 use crate::model::{
-    self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, SessionRecord,
+    self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, DecisionRecord, SessionRecord,
 };
 use crate::paged_map::PagedMap;
 use crate::sessions::{Effect, Mutation, Sessions};
@@ -201,6 +201,77 @@ pub fn is_reviewer(record: &SessionRecord, principal: &str) -> bool {
         })
 }
 
+/// Records `principal`'s decision on `approval`, a request of `record`'s session: the
+/// approval rules, checked in this order. Only the session's reviewers decide ([`is_reviewer`]);
+/// nobody approves their own request; a request naming reviewers is decided by them only; a
+/// request that went stale (the head moved), was rejected or was used takes no decision; each
+/// reviewer decides once. One rejection ends the request; approvals accumulate, each distinct
+/// reviewer counting once.
+pub fn decide(
+    record: &SessionRecord,
+    approval: &mut ApprovalRecord,
+    principal: &str,
+    approve: bool,
+    comment: &str,
+    now_ms: i64,
+) -> Result<()> {
+    let id = approval.id();
+    if !is_reviewer(record, principal) {
+        return Err(Error::PermissionDenied(format!(
+            "{principal} does not hold the reviewer role in the policy of session {}; only its owner and principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER decide approvals",
+            record.id
+        )));
+    }
+    if approve && principal == approval.requester {
+        return Err(Error::PermissionDenied(format!(
+            "{principal} requested {id} and cannot approve their own request; another reviewer must"
+        )));
+    }
+    if !approval.reviewers.is_empty() && !approval.reviewers.iter().any(|r| r == principal) {
+        return Err(Error::PermissionDenied(format!(
+            "{id} asks {} to decide, not {principal}",
+            approval.reviewers.join(", ")
+        )));
+    }
+    match approval.effective(record) {
+        ApprovalStateRecord::Pending | ApprovalStateRecord::Approved => {}
+        ApprovalStateRecord::Stale => {
+            return Err(Error::FailedPrecondition(format!(
+                "{id} was made at head version {} and the head is now at {}: it no longer applies; request approval again",
+                approval.head_version, record.head_version
+            )))
+        }
+        ApprovalStateRecord::Rejected => {
+            return Err(Error::FailedPrecondition(format!(
+                "{id} was rejected; request approval again"
+            )))
+        }
+        ApprovalStateRecord::Used => {
+            return Err(Error::FailedPrecondition(format!(
+                "{id} was already used by {}",
+                approval.used_by
+            )))
+        }
+    }
+    if approval.decisions.iter().any(|d| d.reviewer == principal) {
+        return Err(Error::FailedPrecondition(format!(
+            "{principal} already decided {id}"
+        )));
+    }
+    approval.decisions.push(DecisionRecord {
+        reviewer: principal.to_string(),
+        approve,
+        comment: comment.to_string(),
+        time_ms: now_ms,
+    });
+    approval.state = if approve {
+        ApprovalStateRecord::Approved
+    } else {
+        ApprovalStateRecord::Rejected
+    };
+    Ok(())
+}
+
 pub fn action_name(action: ApprovalActionRecord) -> &'static str {
     match action {
         ApprovalActionRecord::Commit => "commit",
@@ -347,5 +418,102 @@ impl Sessions {
             .detail("root", root.to_hex());
         self.commit(mutation, effect).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::Binding;
+
+    /// alice owns the session; rev is bound as reviewer, ed as editor; mallory has no role.
+    const PEOPLE: [&str; 4] = ["alice", "rev", "ed", "mallory"];
+
+    fn session() -> SessionRecord {
+        let mut record = crate::test_support::record("s1");
+        record.policy.bindings = vec![
+            Binding {
+                subject: "user:rev".into(),
+                role: pb::Role::Reviewer as i32,
+            },
+            Binding {
+                subject: "user:ed".into(),
+                role: pb::Role::Editor as i32,
+            },
+        ];
+        record
+    }
+
+    fn request(record: &SessionRecord, requester: &str, named: Vec<String>) -> ApprovalRecord {
+        ApprovalRecord {
+            sequence: 1,
+            action: ApprovalActionRecord::Commit,
+            requester: requester.into(),
+            reviewers: named,
+            state: ApprovalStateRecord::Pending,
+            head_version: record.head_version,
+            head_root: record.head_root.clone(),
+            decisions: Vec::new(),
+            comment: String::new(),
+            created_at_ms: 0,
+            used_by: String::new(),
+        }
+    }
+
+    proptest! {
+        /// Any sequence of decisions by anyone, on a request by anyone naming any reviewers,
+        /// with the head moving at any point: a decision is taken exactly when the rules
+        /// allow it, a refused one changes nothing, and the request's state is what the
+        /// decisions taken say (one rejection ends it).
+        #[test]
+        fn decisions_follow_the_approval_rules(
+            requester in 0usize..4,
+            named in proptest::collection::vec(0usize..4, 0..3),
+            steps in proptest::collection::vec((0usize..4, any::<bool>(), 0u8..8), 1..10),
+        ) {
+            let mut record = session();
+            let named: Vec<String> = named.iter().map(|i| PEOPLE[*i].to_string()).collect();
+            let mut approval = request(&record, PEOPLE[requester], named.clone());
+            let mut decided: Vec<&str> = Vec::new();
+            let mut rejected = false;
+            let mut stale = false;
+            for (who, approve, moves) in steps {
+                if moves == 0 {
+                    record.head_version += 1; // a change after the request
+                    stale = true;
+                }
+                let who = PEOPLE[who];
+                let before = approval.clone();
+                let allowed = matches!(who, "alice" | "rev")
+                    && !(approve && who == PEOPLE[requester])
+                    && (named.is_empty() || named.iter().any(|n| n == who))
+                    && !stale
+                    && !rejected
+                    && !decided.contains(&who);
+                let result = decide(&record, &mut approval, who, approve, "", 1);
+                prop_assert_eq!(result.is_ok(), allowed, "{} {}: {:?}", who, approve, result);
+                match result {
+                    Ok(()) => {
+                        decided.push(who);
+                        rejected |= !approve;
+                    }
+                    Err(Error::PermissionDenied(_) | Error::FailedPrecondition(_)) => {
+                        prop_assert_eq!(&approval, &before);
+                    }
+                    Err(other) => prop_assert!(false, "unexpected {:?}", other),
+                }
+                let expected = if rejected {
+                    ApprovalStateRecord::Rejected
+                } else if decided.is_empty() {
+                    ApprovalStateRecord::Pending
+                } else {
+                    ApprovalStateRecord::Approved
+                };
+                prop_assert_eq!(approval.state, expected);
+                prop_assert_eq!(approval.decisions.len(), decided.len());
+            }
+        }
     }
 }

@@ -13,7 +13,7 @@ use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
 use crate::model::{
-    self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, DecisionRecord, SessionRecord,
+    self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, SessionRecord,
 };
 use crate::review::{
     action_name, annotation_key, is_reviewer, parse_annotation_id, parse_approval_id,
@@ -394,67 +394,14 @@ impl ReviewService for ReviewGrpc {
             .load_approval(&mutation.record, sequence)
             .await?;
         let id = approval.id();
-        // Who may decide, before what state the request is in.
-        if !is_reviewer(&mutation.record, &principal) {
-            return Err(Error::PermissionDenied(format!(
-                "{principal} does not hold the reviewer role in the policy of session {}; only its owner and principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER decide approvals",
-                mutation.record.id
-            ))
-            .into());
-        }
-        if approve && principal == approval.requester {
-            return Err(Error::PermissionDenied(format!(
-                "{principal} requested {id} and cannot approve their own request; another reviewer must"
-            ))
-            .into());
-        }
-        if !approval.reviewers.is_empty() && !approval.reviewers.contains(&principal) {
-            return Err(Error::PermissionDenied(format!(
-                "{id} asks {} to decide, not {principal}",
-                approval.reviewers.join(", ")
-            ))
-            .into());
-        }
-        match approval.effective(&mutation.record) {
-            ApprovalStateRecord::Pending | ApprovalStateRecord::Approved => {}
-            ApprovalStateRecord::Stale => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{id} was made at head version {} and the head is now at {}: it no longer applies; request approval again",
-                    approval.head_version, mutation.record.head_version
-                ))
-                .into())
-            }
-            ApprovalStateRecord::Rejected => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{id} was rejected; request approval again"
-                ))
-                .into())
-            }
-            ApprovalStateRecord::Used => {
-                return Err(Error::FailedPrecondition(format!(
-                    "{id} was already used by {}",
-                    approval.used_by
-                ))
-                .into())
-            }
-        }
-        if approval.decisions.iter().any(|d| d.reviewer == principal) {
-            return Err(
-                Error::FailedPrecondition(format!("{principal} already decided {id}")).into(),
-            );
-        }
-        approval.decisions.push(DecisionRecord {
-            reviewer: principal.clone(),
+        crate::review::decide(
+            &mutation.record,
+            &mut approval,
+            &principal,
             approve,
-            comment: request.comment.clone(),
-            time_ms: model::now_ms(),
-        });
-        // One rejection ends the request; approvals accumulate (each distinct reviewer counts).
-        approval.state = if approve {
-            ApprovalStateRecord::Approved
-        } else {
-            ApprovalStateRecord::Rejected
-        };
+            &request.comment,
+            model::now_ms(),
+        )?;
         self.sessions
             .approvals
             .put(&mut mutation.record, approval.clone())
