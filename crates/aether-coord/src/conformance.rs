@@ -147,6 +147,31 @@ async fn lease_revoke_deletes_keys(coord: &dyn Coordination, key: &str) {
         matches!(renewed, Err(CoordError::LeaseNotFound(_))),
         "renewing a revoked lease must say it is gone, got {renewed:?}"
     );
+    // A write bound to the gone lease is refused whole, saying so (the caller knows nothing
+    // applied and can retry once it holds a lease again).
+    let other = format!("{key}-other");
+    let refused = coord
+        .txn(
+            vec![],
+            vec![
+                Op::put(other.clone(), b"unleased".to_vec()),
+                Op::Put {
+                    key: key.into(),
+                    value: b"late".to_vec(),
+                    lease: Some(lease),
+                },
+            ],
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(CoordError::LeaseNotFound(id)) if id == lease),
+        "a put with a revoked lease must be refused as LeaseNotFound, got {refused:?}"
+    );
+    assert!(
+        coord.get(&other).await.unwrap().is_none(),
+        "nothing applied"
+    );
+    assert!(coord.get(key).await.unwrap().is_none(), "nothing applied");
 }
 
 async fn lease_expiry_deletes_keys(coord: &dyn Coordination, key: &str) {

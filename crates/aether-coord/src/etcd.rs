@@ -64,11 +64,12 @@ fn unavailable(error: &etcd_client::Error) -> CoordError {
         {
             CoordError::Rejected(status.message().to_string())
         }
-        etcd_client::Error::GRpcStatus(status) if status.message().contains("lease not found") => {
-            CoordError::Rejected(status.message().to_string())
-        }
         other => CoordError::Unavailable(other.to_string()),
     }
+}
+
+fn is_lease_not_found(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status) if status.message().contains("lease not found"))
 }
 
 /// Attempts of a read before its error is returned.
@@ -169,6 +170,11 @@ impl Coordination for EtcdCoordination {
                 }
             })
             .collect();
+        // etcd names no lease when it refuses one: the transaction's own (one per node).
+        let lease = ops.iter().find_map(|op| match op {
+            Op::Put { lease, .. } => *lease,
+            Op::Delete { .. } => None,
+        });
         let ops: Vec<TxnOp> = ops
             .into_iter()
             .map(|op| match op {
@@ -183,7 +189,11 @@ impl Coordination for EtcdCoordination {
         let response = client
             .txn(Txn::new().when(compares).and_then(ops))
             .await
-            .map_err(|e| unavailable(&e))?;
+            .map_err(|e| match lease {
+                // Refused as a whole: nothing applied, and the node's lease is gone.
+                Some(lease) if is_lease_not_found(&e) => CoordError::LeaseNotFound(lease),
+                _ => unavailable(&e),
+            })?;
         Ok(TxnOutcome {
             succeeded: response.succeeded(),
             revision: response.header().map(|h| h.revision()).unwrap_or_default(),

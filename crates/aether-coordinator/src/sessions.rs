@@ -781,10 +781,14 @@ pub async fn register_node(
 }
 
 /// The error of a transaction the coordination store did not answer: refused outright (too
-/// large: nothing applied), or sent without an answer (it may have applied).
+/// large, or this node's lease is gone: nothing applied), or sent without an answer (it may
+/// have applied).
 fn unconfirmed(id: &str, error: CoordError) -> Error {
     match error {
         CoordError::Rejected(message) => Error::ResourceExhausted(message),
+        CoordError::LeaseNotFound(_) => Error::Unavailable(format!(
+            "this coordinator's lease ended before its change to session {id} was written (nothing applied); retry: another coordinator takes the session over"
+        )),
         other => Error::OutcomeUnknown(format!(
             "the coordination store did not confirm the change to session {id} ({other})"
         )),
