@@ -43,9 +43,32 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
-    /// The session is in the wrong state for the request (finalized, closed, approval missing).
+    /// The session is in the wrong state for the request (one not named below).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The session is finalized (read-only) and the request changes it.
+    #[error("session {session} is finalized (read-only); fork it to keep working")]
+    Finalized { session: String },
+    /// The session is closed or expired: its workspace is gone.
+    #[error("session {session} is closed; its workspace is gone (commits and audit remain)")]
+    Closed { session: String },
+    /// A commit or export lacks the approvals the session's policy requires.
+    #[error("session {session} requires {needed} approval(s) for {action} of the current head (version {head_version}) from distinct reviewers; it has {have}, {} missing{}: request approval (ReviewService.RequestApproval, action {action}) and have a reviewer approve it", needed - have, stale_note(*stale))]
+    ApprovalMissing {
+        session: String,
+        action: &'static str,
+        head_version: u64,
+        needed: u32,
+        have: u32,
+        /// Approvals that went stale when the head moved after them.
+        stale: u32,
+    },
+    /// A path names a directory (or symlink) where the request needs a file.
+    #[error("\"{path}\" is a directory; {hint}")]
+    NotAFile { path: String, hint: &'static str },
+    /// A path names a file or symlink where the request needs a directory.
+    #[error("\"{path}\" is {what}, not a directory")]
+    NotADirectory { path: String, what: &'static str },
     /// A lost race: an expected head version or content hash no longer holds.
     #[error("{0}")]
     Aborted(String),
@@ -78,6 +101,13 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn stale_note(stale: u32) -> String {
+    if stale == 0 {
+        return String::new();
+    }
+    format!("; {stale} earlier approval(s) went stale when the head changed after they were given")
+}
 
 /// Whether the deadline of the call this task serves has passed.
 fn past_deadline() -> bool {
@@ -124,7 +154,12 @@ impl From<Error> for Status {
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
-            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::FailedPrecondition(_)
+            | Error::Finalized { .. }
+            | Error::Closed { .. }
+            | Error::ApprovalMissing { .. }
+            | Error::NotAFile { .. }
+            | Error::NotADirectory { .. } => Code::FailedPrecondition,
             Error::Aborted(_) => Code::Aborted,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::OutOfRange(_) => Code::OutOfRange,

@@ -359,20 +359,14 @@ impl Sessions {
             .collect();
         let have = approvers.len() as u32;
         if have < required {
-            let what = action_name(action);
-            let stale_note = if stale > 0 {
-                format!(
-                    "; {stale} earlier approval(s) went stale when the head changed after they were given"
-                )
-            } else {
-                String::new()
-            };
-            return Err(Error::FailedPrecondition(format!(
-                "session {} requires {required} approval(s) for {what} of the current head (version {}) from distinct reviewers; it has {have}, {} missing{stale_note}: request approval (ReviewService.RequestApproval, action {what}) and have a reviewer approve it",
-                record.id,
-                record.head_version,
-                required - have
-            )));
+            return Err(Error::ApprovalMissing {
+                session: record.id.clone(),
+                action: action_name(action),
+                head_version: record.head_version,
+                needed: required,
+                have,
+                stale,
+            });
         }
         Ok(Admission { approvals: usable })
     }

@@ -812,14 +812,12 @@ pub fn validate_session_id(id: &str) -> Result<()> {
 pub fn require_active(record: &SessionRecord) -> Result<()> {
     match record.state {
         State::Active => Ok(()),
-        State::Finalized => Err(Error::FailedPrecondition(format!(
-            "session {} is finalized (read-only); fork it to keep working",
-            record.id
-        ))),
-        State::Closed | State::Expired => Err(Error::FailedPrecondition(format!(
-            "session {} is closed; its workspace is gone (commits and audit remain)",
-            record.id
-        ))),
+        State::Finalized => Err(Error::Finalized {
+            session: record.id.clone(),
+        }),
+        State::Closed | State::Expired => Err(Error::Closed {
+            session: record.id.clone(),
+        }),
     }
 }
 

@@ -355,9 +355,10 @@ impl TreeEditor {
                         } else {
                             "a file"
                         };
-                        return Err(Error::FailedPrecondition(format!(
-                            "\"{walked}\" is {what}, not a directory"
-                        )));
+                        return Err(Error::NotADirectory {
+                            path: walked.to_string(),
+                            what,
+                        });
                     }
                     None if create => {
                         dir.tree.insert(TreeEntry {

@@ -425,9 +425,11 @@ impl WorkspaceService for WorkspaceGrpc {
             .await?
             .ok_or_else(|| Error::NotFound(format!("\"{dir}\" does not exist")))?;
         if entry.kind != EntryKind::Directory {
-            return Err(
-                Error::FailedPrecondition(format!("\"{dir}\" is a file, not a directory")).into(),
-            );
+            return Err(Error::NotADirectory {
+                path: dir.to_string(),
+                what: "a file",
+            }
+            .into());
         }
         let size = page_size(&request.page);
         let after = page_after(&request.page, &dir, request.recursive)?;
@@ -486,9 +488,10 @@ impl WorkspaceService for WorkspaceGrpc {
                 ))
             })?;
         if entry.kind == EntryKind::Directory {
-            return Err(Error::FailedPrecondition(format!(
-                "\"{path}\" is a directory; use ListTree"
-            ))
+            return Err(Error::NotAFile {
+                path: path.to_string(),
+                hint: "use ListTree",
+            }
             .into());
         }
         if request.offset > entry.size
