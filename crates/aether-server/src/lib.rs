@@ -454,7 +454,9 @@ fn lazy_channel(endpoint: &str, tls: &ClientTls) -> Result<Channel> {
         .connect_lazy())
 }
 
-/// Runs a service until `shutdown` is cancelled.
+/// Runs a service until `shutdown` is cancelled: settles authentication and TLS, listens,
+/// builds what the service serves ([`Serving::build`]), serves it behind the process's
+/// layers ([`serve`]) and, once shutdown starts, hands sessions and streams over.
 pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationToken) -> Result<()> {
     if let Service::Gc(cmd) = service {
         return run_gc(cmd, shutdown).await;
@@ -478,199 +480,18 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         .await
         .with_context(|| format!("cannot listen on {}", common.listen))?;
     let addr = listener.local_addr()?;
-    let own_endpoint = format!("{scheme}://{addr}");
-    // Other nodes reach this one at this address: it must speak what this node serves.
-    let advertised = |flag: &Option<String>| -> Result<String> {
-        match flag {
-            Some(address) if scheme == "https" && !address.starts_with("https://") => {
-                anyhow::bail!("--advertise-addr {address} must be an https:// address: this node serves TLS (--tls-cert)")
-            }
-            Some(address) => Ok(address.clone()),
-            None => Ok(own_endpoint.clone()),
-        }
+    let node = Node {
+        own_endpoint: format!("{scheme}://{addr}"),
+        scheme,
+        tls,
+        shutdown: shutdown.clone(),
     };
-    let mut routes = RoutesBuilder::default();
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let mut served: Vec<&'static str> = Vec::new();
-    let mut sessions = None;
-    let mut bus = None;
-    let mut stream_holds: Option<Arc<aether_bus::holders::StreamHolds>> = None;
-
-    let add_store = |routes: &mut RoutesBuilder,
-                     store: &BlobStore,
-                     served: &mut Vec<&'static str>| {
-        routes.add_service(aether_store::service::ContentGrpc::new(store.clone()).into_server());
-        served.push("aetherfs.v1.ContentService");
-    };
-    let enforced = auth.enforced;
-    let add_bus = |routes: &mut RoutesBuilder,
-                   objects,
-                   config: aether_bus::BusConfig,
-                   coord: Option<Arc<dyn Coordination>>,
-                   served: &mut Vec<&'static str>| {
-        let b = aether_bus::Bus::new(objects, config);
-        match coord {
-            Some(coord) => {
-                routes.add_service(b.grpc_with_access(Arc::new(PolicyFromRecords {
-                    coord,
-                    enforce: enforced,
-                })));
-            }
-            None => {
-                if enforced {
-                    tracing::warn!("this bus has no coordination store (--etcd-endpoints): calls are authenticated but session policy is not checked");
-                }
-                routes.add_service(b.grpc());
-            }
-        }
-        served.push("aetherfs.v1.BusService");
-        b
-    };
-    let coordinator_services = [
-        "aetherfs.v1.SessionService",
-        "aetherfs.v1.WorkspaceService",
-        "aetherfs.v1.HistoryService",
-        "aetherfs.v1.ReviewService",
-        "aetherfs.v1.KnowledgeService",
-    ];
-
-    match &service {
-        Service::Store(cmd) => {
-            let limits = cmd.limits.limits().map_err(anyhow::Error::msg)?;
-            let objects = cmd.backend.build("objects").map_err(anyhow::Error::msg)?;
-            add_store(&mut routes, &BlobStore::new(objects, limits), &mut served);
-        }
-        Service::Bus(cmd) => {
-            let objects = cmd.backend.build("bus").map_err(anyhow::Error::msg)?;
-            let coord: Option<Arc<dyn Coordination>> = if cmd.etcd_endpoints.is_empty() {
-                None
-            } else {
-                Some(Arc::new(
-                    EtcdCoordination::connect(&cmd.etcd_endpoints)
-                        .await
-                        .context("cannot reach etcd")?,
-                ))
-            };
-            let b = add_bus(
-                &mut routes,
-                objects,
-                cmd.bus.config(),
-                coord.clone(),
-                &mut served,
-            );
-            if let Some(coord) = coord {
-                let address = advertised(&cmd.advertise_addr)?;
-                // Unique per process start: pids and ports repeat across containers.
-                let node_id = format!("bus-{}", uuid::Uuid::new_v4().simple());
-                let holds = aether_bus::holders::StreamHolds::start(
-                    coord,
-                    b.clone(),
-                    node_id,
-                    address,
-                    std::time::Duration::from_secs(cmd.lease_ttl_secs.max(1)),
-                )
-                .await
-                .context("cannot start the bus lease")?;
-                stream_holds = Some(holds);
-            }
-            bus = Some(b);
-        }
-        Service::Coordinator(cmd) => {
-            let etcd = EtcdCoordination::connect(&cmd.etcd_endpoints)
-                .await
-                .context("cannot reach etcd")?;
-            watch_etcd_size(etcd.clone(), cmd.etcd_quota_bytes, shutdown.clone());
-            let coord: Arc<dyn Coordination> = Arc::new(etcd);
-            let blobs: Arc<dyn Blobs> = Arc::new(RemoteBlobs::with_token(
-                lazy_channel(&cmd.store_endpoint, &tls)?,
-                &Limits::default(),
-                auth.outgoing.clone(),
-            ));
-            let events = match &cmd.bus_endpoint {
-                Some(endpoint) => EventSink::bus_with_token(
-                    lazy_channel(endpoint, &tls)?,
-                    auth.outgoing.clone(),
-                    cmd.coordinator.event_queue_depth,
-                ),
-                None => EventSink::disabled(),
-            };
-            let address = advertised(&cmd.advertise_addr)?;
-            let s =
-                aether_coordinator::start(coord, blobs, events, address, &cmd.coordinator).await?;
-            let policy = aether_coordinator::CallerPolicy {
-                trust_principal_header: cmd.coordinator.trust_principal_header,
-                enforce_policy: auth.enforced,
-            };
-            aether_coordinator::register(&mut routes, &s, policy);
-            served.extend(coordinator_services);
-            sessions = Some(s);
-        }
-        Service::Dev(cmd) => {
-            std::fs::create_dir_all(&cmd.data)
-                .with_context(|| format!("cannot create data directory {}", cmd.data.display()))?;
-            let backend = BackendArgs {
-                local_sync: cmd.local_sync,
-                ..BackendArgs::local(cmd.data.clone())
-            };
-            let store = BlobStore::new(
-                backend.build("objects").map_err(anyhow::Error::msg)?,
-                Limits::default(),
-            );
-            add_store(&mut routes, &store, &mut served);
-            let coord: Arc<dyn Coordination> = Arc::new(
-                EmbeddedCoordination::open(&cmd.data.join("coordination.log"))
-                    .context("cannot open the embedded coordination log")?,
-            );
-            bus = Some(add_bus(
-                &mut routes,
-                backend.build("bus").map_err(anyhow::Error::msg)?,
-                cmd.bus.config(),
-                Some(coord.clone()),
-                &mut served,
-            ));
-            // The coordinator reaches the store in-process and the bus through this listener.
-            let blobs: Arc<dyn Blobs> = Arc::new(store.clone());
-            let events = EventSink::bus_with_token(
-                lazy_channel(&own_endpoint, &tls)?,
-                auth.outgoing,
-                cmd.coordinator.event_queue_depth,
-            );
-            let s = aether_coordinator::start(
-                coord,
-                blobs,
-                events,
-                own_endpoint.clone(),
-                &cmd.coordinator,
-            )
-            .await?;
-            let policy = aether_coordinator::CallerPolicy {
-                trust_principal_header: cmd.coordinator.trust_principal_header,
-                enforce_policy: auth.enforced,
-            };
-            aether_coordinator::register(&mut routes, &s, policy);
-            served.extend(coordinator_services);
-            collect_periodically(Collector::of(&s), store, cmd.gc.clone(), shutdown.clone());
-            sessions = Some(s);
-        }
-        Service::Gc(_) => unreachable!("handled above"),
-    }
-
-    for name in &served {
-        health_reporter
-            .set_service_status(*name, tonic_health::ServingStatus::Serving)
-            .await;
-    }
-    routes.add_service(health_service);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(aether_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .context("building reflection service")?;
-    routes.add_service(reflection);
+    let mut serving = Serving::build(&service, &node, &auth).await?;
+    serving.add_health_and_reflection().await?;
 
     // Live subscriptions never end by themselves: end them as soon as shutdown starts so the
     // server's drain can finish (pending messages are flushed first).
-    if let Some(bus) = bus.clone() {
+    if let Some(bus) = serving.bus.clone() {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             shutdown.cancelled().await;
@@ -680,61 +501,24 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
 
     // Tests and scripts wait for this exact line.
     println!("aetherd {} listening on {addr}", service.name());
-    tracing::info!(service = service.name(), %addr, services = ?served, "serving");
-
-    // Nagle off on every accepted connection: tonic ignores `Server::tcp_nodelay` for
-    // `serve_with_incoming`, and small bus and metadata messages would wait ~40 ms for ACKs.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    // Changes to a session held by another coordinator are forwarded to it.
-    let forward = sessions.clone().map(|s| {
-        aether_coord::forward::ForwardLayer::new(
-            s,
-            aether_coordinator::routing::routes,
-            tls.clone(),
-        )
-    });
-    // Bus requests for a stream held by another bus node are forwarded to it.
-    let forward_bus = stream_holds.clone().map(|h| {
-        aether_coord::forward::ForwardLayer::new(h, aether_bus::holders::routes, tls.clone())
-    });
-    // Authentication runs first, before forwarding: a forwarded request carries the caller's
-    // own authorization header and is authenticated again by the holder.
-    let auth_layer = AuthLayer::new(Arc::new(auth.authenticator));
-    // Metrics are labelled with these services' methods only: paths come from callers.
-    let mut known = served.clone();
-    known.extend([
-        tonic_health::pb::health_server::SERVICE_NAME,
-        tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
-    ]);
-    let known = rpc_telemetry::KnownMethods::from_descriptor_sets(
-        &known,
-        &[
-            aether_proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        ],
-    )
-    .map_err(anyhow::Error::msg)?;
-    server
-        .tcp_nodelay(true)
-        // Outermost: refused calls are counted, and everything inside runs in the RPC's span.
-        .layer(rpc_telemetry::RpcTelemetryLayer::new(known))
-        // The caller's grpc-timeout bounds the calls each handler makes to other services.
-        .layer(aether_auth::deadline::DeadlineLayer)
-        // Oversized messages are RESOURCE_EXHAUSTED on every service, as counted above.
-        .layer(limit_status::layer())
-        // Past the process's budgets, calls are refused before any work.
-        .layer(admission::AdmissionLayer::new(
-            common.max_in_flight,
-            common.max_uploads,
-        ))
-        .layer(auth_layer)
-        .layer(tower::util::option_layer(forward))
-        .layer(tower::util::option_layer(forward_bus))
-        .add_routes(routes.routes())
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
-        .await
-        .context("server failed")?;
+    tracing::info!(service = service.name(), %addr, services = ?serving.served, "serving");
+    let Serving {
+        routes,
+        served,
+        sessions,
+        bus,
+        stream_holds,
+    } = serving;
+    let layers = Layers {
+        known: known_methods(&served)?,
+        authenticator: auth.authenticator,
+        sessions: sessions.clone(),
+        stream_holds: stream_holds.clone(),
+        tls: node.tls,
+        max_in_flight: common.max_in_flight,
+        max_uploads: common.max_uploads,
+    };
+    serve(server, listener, routes, layers, shutdown).await?;
 
     tracing::info!("stopped accepting; releasing sessions and flushing");
     if let Some(sessions) = sessions {
@@ -747,4 +531,319 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         holds.release_all().await;
     }
     Ok(())
+}
+
+/// What every service of this process shares: how others reach it, and when it stops.
+struct Node {
+    /// This listener's address, as a URL (`http://127.0.0.1:7000`).
+    own_endpoint: String,
+    /// "http" or "https".
+    scheme: &'static str,
+    /// How this node calls other nodes.
+    tls: ClientTls,
+    shutdown: CancellationToken,
+}
+
+impl Node {
+    /// The address other nodes reach this one at: `flag` if given (it must speak what this
+    /// node serves), else the listener's.
+    fn advertised(&self, flag: &Option<String>) -> Result<String> {
+        match flag {
+            Some(address) if self.scheme == "https" && !address.starts_with("https://") => {
+                anyhow::bail!("--advertise-addr {address} must be an https:// address: this node serves TLS (--tls-cert)")
+            }
+            Some(address) => Ok(address.clone()),
+            None => Ok(self.own_endpoint.clone()),
+        }
+    }
+}
+
+/// The gRPC services of the coordinator.
+const COORDINATOR_SERVICES: [&str; 5] = [
+    "aetherfs.v1.SessionService",
+    "aetherfs.v1.WorkspaceService",
+    "aetherfs.v1.HistoryService",
+    "aetherfs.v1.ReviewService",
+    "aetherfs.v1.KnowledgeService",
+];
+
+/// What this process serves, as it is built.
+#[derive(Default)]
+struct Serving {
+    routes: RoutesBuilder,
+    /// The gRPC services served (health reports them).
+    served: Vec<&'static str>,
+    sessions: Option<Arc<aether_coordinator::Sessions>>,
+    bus: Option<aether_bus::Bus>,
+    stream_holds: Option<Arc<aether_bus::holders::StreamHolds>>,
+}
+
+impl Serving {
+    async fn build(service: &Service, node: &Node, auth: &Auth) -> Result<Serving> {
+        let mut serving = Serving::default();
+        match service {
+            Service::Store(cmd) => {
+                let limits = cmd.limits.limits().map_err(anyhow::Error::msg)?;
+                let objects = cmd.backend.build("objects").map_err(anyhow::Error::msg)?;
+                serving.add_store(&BlobStore::new(objects, limits));
+            }
+            Service::Bus(cmd) => serving.add_bus_node(cmd, node, auth).await?,
+            Service::Coordinator(cmd) => serving.add_coordinator_node(cmd, node, auth).await?,
+            Service::Dev(cmd) => serving.add_dev(cmd, node, auth).await?,
+            Service::Gc(_) => unreachable!("handled by run"),
+        }
+        Ok(serving)
+    }
+
+    fn add_store(&mut self, store: &BlobStore) {
+        self.routes
+            .add_service(aether_store::service::ContentGrpc::new(store.clone()).into_server());
+        self.served.push("aetherfs.v1.ContentService");
+    }
+
+    /// Serves `bus`; with a coordination store it checks callers against the session records.
+    fn add_bus(
+        &mut self,
+        bus: aether_bus::Bus,
+        coord: Option<Arc<dyn Coordination>>,
+        enforced: bool,
+    ) -> aether_bus::Bus {
+        match coord {
+            Some(coord) => {
+                self.routes
+                    .add_service(bus.grpc_with_access(Arc::new(PolicyFromRecords {
+                        coord,
+                        enforce: enforced,
+                    })));
+            }
+            None => {
+                if enforced {
+                    tracing::warn!("this bus has no coordination store (--etcd-endpoints): calls are authenticated but session policy is not checked");
+                }
+                self.routes.add_service(bus.grpc());
+            }
+        }
+        self.served.push("aetherfs.v1.BusService");
+        self.bus = Some(bus.clone());
+        bus
+    }
+
+    /// A bus node of a cluster: with etcd, it holds its streams through leases.
+    async fn add_bus_node(&mut self, cmd: &BusCommand, node: &Node, auth: &Auth) -> Result<()> {
+        let objects = cmd.backend.build("bus").map_err(anyhow::Error::msg)?;
+        let coord: Option<Arc<dyn Coordination>> = if cmd.etcd_endpoints.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                EtcdCoordination::connect(&cmd.etcd_endpoints)
+                    .await
+                    .context("cannot reach etcd")?,
+            ))
+        };
+        let bus = aether_bus::Bus::new(objects, cmd.bus.config());
+        let bus = self.add_bus(bus, coord.clone(), auth.enforced);
+        if let Some(coord) = coord {
+            let address = node.advertised(&cmd.advertise_addr)?;
+            // Unique per process start: pids and ports repeat across containers.
+            let node_id = format!("bus-{}", uuid::Uuid::new_v4().simple());
+            let holds = aether_bus::holders::StreamHolds::start(
+                coord,
+                bus,
+                node_id,
+                address,
+                std::time::Duration::from_secs(cmd.lease_ttl_secs.max(1)),
+            )
+            .await
+            .context("cannot start the bus lease")?;
+            self.stream_holds = Some(holds);
+        }
+        Ok(())
+    }
+
+    /// A coordinator node of a cluster: etcd, a remote store, maybe a bus.
+    async fn add_coordinator_node(
+        &mut self,
+        cmd: &CoordinatorCommand,
+        node: &Node,
+        auth: &Auth,
+    ) -> Result<()> {
+        let etcd = EtcdCoordination::connect(&cmd.etcd_endpoints)
+            .await
+            .context("cannot reach etcd")?;
+        watch_etcd_size(etcd.clone(), cmd.etcd_quota_bytes, node.shutdown.clone());
+        let coord: Arc<dyn Coordination> = Arc::new(etcd);
+        let blobs: Arc<dyn Blobs> = Arc::new(RemoteBlobs::with_token(
+            lazy_channel(&cmd.store_endpoint, &node.tls)?,
+            &Limits::default(),
+            auth.outgoing.clone(),
+        ));
+        let events = match &cmd.bus_endpoint {
+            Some(endpoint) => EventSink::bus_with_token(
+                lazy_channel(endpoint, &node.tls)?,
+                auth.outgoing.clone(),
+                cmd.coordinator.event_queue_depth,
+            ),
+            None => EventSink::disabled(),
+        };
+        let address = node.advertised(&cmd.advertise_addr)?;
+        let sessions =
+            aether_coordinator::start(coord, blobs, events, address, &cmd.coordinator).await?;
+        self.add_coordinator(&sessions, &cmd.coordinator, auth);
+        Ok(())
+    }
+
+    /// All three services in one process on the embedded defaults; the coordinator reaches
+    /// the store in-process and the bus through this node's listener.
+    async fn add_dev(&mut self, cmd: &DevCommand, node: &Node, auth: &Auth) -> Result<()> {
+        std::fs::create_dir_all(&cmd.data)
+            .with_context(|| format!("cannot create data directory {}", cmd.data.display()))?;
+        let backend = BackendArgs {
+            local_sync: cmd.local_sync,
+            ..BackendArgs::local(cmd.data.clone())
+        };
+        let store = BlobStore::new(
+            backend.build("objects").map_err(anyhow::Error::msg)?,
+            Limits::default(),
+        );
+        self.add_store(&store);
+        let coord: Arc<dyn Coordination> = Arc::new(
+            EmbeddedCoordination::open(&cmd.data.join("coordination.log"))
+                .context("cannot open the embedded coordination log")?,
+        );
+        let objects = backend.build("bus").map_err(anyhow::Error::msg)?;
+        let bus = aether_bus::Bus::new(objects, cmd.bus.config());
+        self.add_bus(bus, Some(coord.clone()), auth.enforced);
+        let blobs: Arc<dyn Blobs> = Arc::new(store.clone());
+        let events = EventSink::bus_with_token(
+            lazy_channel(&node.own_endpoint, &node.tls)?,
+            auth.outgoing.clone(),
+            cmd.coordinator.event_queue_depth,
+        );
+        let sessions = aether_coordinator::start(
+            coord,
+            blobs,
+            events,
+            node.own_endpoint.clone(),
+            &cmd.coordinator,
+        )
+        .await?;
+        self.add_coordinator(&sessions, &cmd.coordinator, auth);
+        collect_periodically(
+            Collector::of(&sessions),
+            store,
+            cmd.gc.clone(),
+            node.shutdown.clone(),
+        );
+        Ok(())
+    }
+
+    fn add_coordinator(
+        &mut self,
+        sessions: &Arc<aether_coordinator::Sessions>,
+        args: &CoordinatorArgs,
+        auth: &Auth,
+    ) {
+        let policy = aether_coordinator::CallerPolicy {
+            trust_principal_header: args.trust_principal_header,
+            enforce_policy: auth.enforced,
+        };
+        aether_coordinator::register(&mut self.routes, sessions, policy);
+        self.served.extend(COORDINATOR_SERVICES);
+        self.sessions = Some(sessions.clone());
+    }
+
+    /// grpc.health.v1 (every served service SERVING) and server reflection.
+    async fn add_health_and_reflection(&mut self) -> Result<()> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        for name in &self.served {
+            health_reporter
+                .set_service_status(*name, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        self.routes.add_service(health_service);
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aether_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building reflection service")?;
+        self.routes.add_service(reflection);
+        Ok(())
+    }
+}
+
+/// The RPCs metrics are labelled with: these services' methods only (paths come from callers).
+fn known_methods(served: &[&'static str]) -> Result<rpc_telemetry::KnownMethods> {
+    let mut known = served.to_vec();
+    known.extend([
+        tonic_health::pb::health_server::SERVICE_NAME,
+        tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+    ]);
+    rpc_telemetry::KnownMethods::from_descriptor_sets(
+        &known,
+        &[
+            aether_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        ],
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// What wraps every call of this process.
+struct Layers {
+    known: rpc_telemetry::KnownMethods,
+    authenticator: Authenticator,
+    sessions: Option<Arc<aether_coordinator::Sessions>>,
+    stream_holds: Option<Arc<aether_bus::holders::StreamHolds>>,
+    tls: ClientTls,
+    max_in_flight: usize,
+    max_uploads: usize,
+}
+
+/// Serves `routes` on `listener` behind the process's layers until `shutdown`.
+async fn serve(
+    server: tonic::transport::Server,
+    listener: TcpListener,
+    routes: RoutesBuilder,
+    layers: Layers,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    // Nagle off on every accepted connection: tonic ignores `Server::tcp_nodelay` for
+    // `serve_with_incoming`, and small bus and metadata messages would wait ~40 ms for ACKs.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Changes to a session held by another coordinator are forwarded to it.
+    let forward = layers.sessions.map(|s| {
+        aether_coord::forward::ForwardLayer::new(
+            s,
+            aether_coordinator::routing::routes,
+            layers.tls.clone(),
+        )
+    });
+    // Bus requests for a stream held by another bus node are forwarded to it.
+    let forward_bus = layers.stream_holds.map(|h| {
+        aether_coord::forward::ForwardLayer::new(h, aether_bus::holders::routes, layers.tls.clone())
+    });
+    // Authentication runs first, before forwarding: a forwarded request carries the caller's
+    // own authorization header and is authenticated again by the holder.
+    let auth_layer = AuthLayer::new(Arc::new(layers.authenticator));
+    server
+        .tcp_nodelay(true)
+        // Outermost: refused calls are counted, and everything inside runs in the RPC's span.
+        .layer(rpc_telemetry::RpcTelemetryLayer::new(layers.known))
+        // The caller's grpc-timeout bounds the calls each handler makes to other services.
+        .layer(aether_auth::deadline::DeadlineLayer)
+        // Oversized messages are RESOURCE_EXHAUSTED on every service, as counted above.
+        .layer(limit_status::layer())
+        // Past the process's budgets, calls are refused before any work.
+        .layer(admission::AdmissionLayer::new(
+            layers.max_in_flight,
+            layers.max_uploads,
+        ))
+        .layer(auth_layer)
+        .layer(tower::util::option_layer(forward))
+        .layer(tower::util::option_layer(forward_bus))
+        .add_routes(routes.routes())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+        .await
+        .context("server failed")
 }
