@@ -19,6 +19,7 @@ use aether_proto::session_service_client::SessionServiceClient;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
 use aether_store::backend::BackendArgs;
 use aether_store::{BlobStore, Blobs, Limits};
+use aether_testkit::test_bytes as noise;
 use bytes::Bytes;
 use tonic::transport::Channel;
 
@@ -103,18 +104,6 @@ async fn create(channel: &Channel) -> String {
         .session
         .unwrap()
         .id
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

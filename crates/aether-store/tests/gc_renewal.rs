@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use aether_store::backend::BackendArgs;
 use aether_store::{BlobStore, Limits};
+use aether_testkit::test_bytes as noise;
 use bytes::Bytes;
 
 fn age_everything(dir: &std::path::Path) {
@@ -27,18 +28,6 @@ fn age_everything(dir: &std::path::Path) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 #[tokio::test]
