@@ -125,6 +125,52 @@ async fn hostile_ids_and_states_change_nothing() {
     assert_eq!(code(result), Code::NotFound);
     assert_eq!(snapshot(&dev, &id).await, before);
 
+    // Page tokens no listing returned.
+    for token in ["../x", "a b", &"t".repeat(10_000)] {
+        let result = history
+            .list_checkpoints(pb::ListCheckpointsRequest {
+                session_id: id.clone(),
+                page: Some(pb::PageRequest {
+                    page_size: 10,
+                    page_token: token.to_string(),
+                }),
+            })
+            .await;
+        assert_eq!(code(result), Code::InvalidArgument, "{token:.20}");
+    }
+
+    // Paths through a file: the parent is not a directory, for every kind of change.
+    common::write_file(&dev.channel, &id, "plain.txt", b"a file")
+        .await
+        .unwrap();
+    let before = snapshot(&dev, &id).await;
+    let delete = workspace
+        .delete_path(pb::DeletePathRequest {
+            session_id: id.clone(),
+            path: "plain.txt/inner".into(),
+            ..Default::default()
+        })
+        .await;
+    let into = workspace
+        .move_path(pb::MovePathRequest {
+            session_id: id.clone(),
+            from: "src".into(),
+            to: "plain.txt/src".into(),
+            ..Default::default()
+        })
+        .await;
+    let under = workspace.make_directory(mkdir(&id, "plain.txt/sub")).await;
+    for status in [delete.unwrap_err(), into.unwrap_err(), under.unwrap_err()] {
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("\"plain.txt\" is a file, not a directory"),
+            "{status:?}"
+        );
+    }
+    assert_eq!(snapshot(&dev, &id).await, before);
+
     // Writes to a finalized session.
     sessions
         .finalize_session(pb::FinalizeSessionRequest {

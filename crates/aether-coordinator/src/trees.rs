@@ -493,7 +493,9 @@ impl TreeEditor {
         let name = path.file_name().expect("non-root").to_string();
         let dir = match self.dir_mut(&path.parent().expect("non-root"), false).await {
             Ok(dir) => dir,
-            Err(Error::NotFound(_)) | Err(Error::FailedPrecondition(_)) => {
+            // A missing parent: the path does not exist. A parent that is a file says so, as
+            // it does for writes.
+            Err(Error::NotFound(_)) => {
                 return Err(Error::NotFound(format!("\"{path}\" does not exist")))
             }
             Err(e) => return Err(e),
@@ -554,7 +556,9 @@ impl TreeEditor {
         let parent = path.parent().expect("non-root");
         let dir = match self.dir_mut(&parent, false).await {
             Ok(dir) => dir,
-            Err(Error::NotFound(_)) | Err(Error::FailedPrecondition(_)) => {
+            // A missing parent: the path does not exist. A parent that is a file says so, as
+            // it does for writes.
+            Err(Error::NotFound(_)) => {
                 return Err(Error::NotFound(format!("\"{path}\" does not exist")))
             }
             Err(e) => return Err(e),
@@ -690,7 +694,17 @@ impl TreeEditor {
         let parent = to.parent().expect("non-root");
         match self.get(&parent).await? {
             Some(e) if e.kind == EntryKind::Directory => {}
-            _ => {
+            Some(e) => {
+                return Err(Error::NotADirectory {
+                    path: parent.to_string(),
+                    what: if e.kind == EntryKind::Symlink {
+                        "a symlink"
+                    } else {
+                        "a file"
+                    },
+                })
+            }
+            None => {
                 return Err(Error::NotFound(format!(
                     "destination directory \"{parent}\" does not exist"
                 )))

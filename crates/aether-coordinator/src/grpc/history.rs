@@ -120,6 +120,14 @@ impl HistoryService for HistoryGrpc {
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         let size = page_size(&request.page);
         let after = page_token(&request.page);
+        // A token is the last checkpoint name of the page before.
+        if let Some(token) = &after {
+            aether_core::names::validate_checkpoint_name(token).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "page_token is not one this listing returned ({e}); pass the next_page_token of the previous page"
+                ))
+            })?;
+        }
         let mut checkpoints: Vec<pb::Checkpoint> = self
             .sessions
             .checkpoints
