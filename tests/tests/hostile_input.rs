@@ -125,6 +125,17 @@ async fn hostile_ids_and_states_change_nothing() {
     assert_eq!(code(result), Code::NotFound);
     assert_eq!(snapshot(&dev, &id).await, before);
 
+    // Session states that do not exist.
+    for states in [vec![0], vec![1, 99], vec![-1]] {
+        let result = sessions
+            .list_sessions(pb::ListSessionsRequest {
+                states: states.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(result), Code::InvalidArgument, "{states:?}");
+    }
+
     // Page tokens no listing returned.
     for token in ["../x", "a b", &"t".repeat(10_000)] {
         let result = history

@@ -238,6 +238,20 @@ impl SessionService for SessionGrpc {
             _ => None,
         };
         let states: Vec<i32> = request.states.clone();
+        if let Some(bad) = states.iter().find(|s| {
+            !matches!(
+                pb::SessionState::try_from(**s),
+                Ok(pb::SessionState::Active
+                    | pb::SessionState::Finalized
+                    | pb::SessionState::Closed
+                    | pb::SessionState::Expired)
+            )
+        }) {
+            return Err(Error::InvalidArgument(format!(
+                "states: {bad} is not a session state: use SESSION_STATE_ACTIVE, _FINALIZED, _CLOSED or _EXPIRED"
+            ))
+            .into());
+        }
         let mut sessions = Vec::new();
         let mut next_page_token = String::new();
         let mut examined = 0usize;
