@@ -176,8 +176,30 @@ async fn serve(client: TcpStream, server: TcpStream, shared: Arc<Mutex<Shared>>)
     }
 }
 
+/// Largest HTTP message the meter forwards: the store writes objects of at most 8 MiB (a chunk)
+/// and the bus segments of a few MiB, so anything larger is refused, not allocated.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Longest head or chunk-size line.
+const MAX_LINE_BYTES: u64 = 64 * 1024;
+
+/// Reads one line of at most [`MAX_LINE_BYTES`] (with its newline) onto `bytes`.
+async fn read_line<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    line: &mut Vec<u8>,
+) -> Result<usize> {
+    let read = (&mut *reader)
+        .take(MAX_LINE_BYTES)
+        .read_until(b'\n', line)
+        .await?;
+    if read as u64 == MAX_LINE_BYTES && line.last() != Some(&b'\n') {
+        bail!("an HTTP line over {MAX_LINE_BYTES} bytes");
+    }
+    Ok(read)
+}
+
 /// Reads one request or response: head, then a body of Content-Length bytes or chunks.
-/// None at a clean end of stream before a message.
+/// None at a clean end of stream before a message. Sizes from headers are checked against
+/// [`MAX_MESSAGE_BYTES`] before anything is allocated for them.
 async fn read_message<R: AsyncBufReadExt + Unpin>(
     reader: &mut R,
     no_body: bool,
@@ -188,13 +210,16 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
     let mut chunked = false;
     loop {
         let mut line = Vec::new();
-        if reader.read_until(b'\n', &mut line).await? == 0 {
+        if read_line(reader, &mut line).await? == 0 {
             if bytes.is_empty() {
                 return Ok(None);
             }
             bail!("connection closed inside a message head");
         }
         bytes.extend_from_slice(&line);
+        if bytes.len() > MAX_MESSAGE_BYTES {
+            bail!("an HTTP head over {MAX_MESSAGE_BYTES} bytes");
+        }
         let text = String::from_utf8_lossy(&line).trim_end().to_string();
         if first_line.is_empty() {
             first_line = text;
@@ -221,7 +246,7 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
     if chunked {
         loop {
             let mut line = Vec::new();
-            reader.read_until(b'\n', &mut line).await?;
+            read_line(reader, &mut line).await?;
             bytes.extend_from_slice(&line);
             let size = usize::from_str_radix(
                 String::from_utf8_lossy(&line)
@@ -232,6 +257,9 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
                 16,
             )
             .context("bad chunk size")?;
+            if size > MAX_MESSAGE_BYTES.saturating_sub(bytes.len()) {
+                bail!("an HTTP message over {MAX_MESSAGE_BYTES} bytes");
+            }
             let mut chunk = vec![0; size + 2];
             reader.read_exact(&mut chunk).await?;
             bytes.extend_from_slice(&chunk);
@@ -240,6 +268,9 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
             }
         }
     } else {
+        if length > MAX_MESSAGE_BYTES {
+            bail!("an HTTP body of {length} bytes is over {MAX_MESSAGE_BYTES}");
+        }
         let start = bytes.len();
         bytes.resize(start + length, 0);
         reader.read_exact(&mut bytes[start..]).await?;
