@@ -39,6 +39,7 @@ use super::Principal;
 use crate::caller::Caller;
 use crate::error::{Outcome, OUTCOME_HEADER};
 use crate::requests::{self, RequestKey, REPLAYED_HEADER, REQUEST_ID_HEADER};
+use crate::rpcs::Rpc;
 
 /// The metadata header a trusted client names its principal with.
 pub const PRINCIPAL_HEADER: &str = "x-aether-principal";
@@ -58,7 +59,12 @@ pub struct CallerPolicy {
 /// from the table (a new RPC nobody listed) needs ownership: the table fails closed, and a
 /// unit test names the RPC.
 pub fn need_of(path: &str) -> Need {
-    match crate::rpcs::lookup(path) {
+    need(crate::rpcs::lookup(path), path)
+}
+
+/// What `rpc`, the table's entry for `path` if it has one, needs.
+fn need(rpc: Option<&Rpc>, path: &str) -> Need {
+    match rpc {
         Some(rpc) => rpc.need,
         None => {
             tracing::error!(
@@ -149,7 +155,11 @@ where
                 }
             },
         };
-        let key = requests::change_of(path)
+        // One look in the table for everything the request is.
+        let rpc = crate::rpcs::lookup(path);
+        let key = rpc
+            .filter(|rpc| rpc.is_change())
+            .map(Rpc::name)
             .zip(request_id)
             .map(|(method, id)| RequestKey {
                 principal: principal.name.clone(),
@@ -159,7 +169,7 @@ where
         let method = path.rsplit('/').next().unwrap_or_default();
         let caller = Caller::new(
             principal.clone(),
-            need_of(path),
+            need(rpc, path),
             method,
             key,
             self.policy.enforce_policy,
