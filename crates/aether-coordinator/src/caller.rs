@@ -89,7 +89,9 @@ impl Caller {
             Decision::Allowed => Ok(()),
             Decision::NoRole => {
                 self.deny(record, "no role");
-                Err(Error::NotFound(format!("session {} not found", record.id)))
+                Err(Error::SessionNotFound {
+                    session: record.id.clone(),
+                })
             }
             Decision::Insufficient => {
                 self.deny(record, "insufficient role");
@@ -189,7 +191,8 @@ mod tests {
         }
         for need in [Need::Read, Need::Write, Need::Own] {
             match caller("carol", need).authorize(&record) {
-                Err(Error::NotFound(message)) => {
+                Err(error @ Error::SessionNotFound { .. }) => {
+                    let message = error.to_string();
                     assert!(!message.contains("alice"), "{message}")
                 }
                 other => panic!("{other:?}"),

@@ -3,13 +3,13 @@
 //! domain types; the gRPC layer converts requests into [`Change`]s.
 
 use aether_core::{EntryKind, Hash, WorkspacePath, MAX_SYMLINK_TARGET_BYTES};
-use aether_proto as pb;
 use aether_store::blobs::{blob_hash, MAX_CHUNK};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
 use crate::caller::Caller;
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::sessions::{check_expected_version, Effect, Prepared, Sessions};
 use crate::trees::TreeEditor;
 
@@ -303,16 +303,10 @@ impl Sessions {
         let target = touched.first().cloned().unwrap_or_default();
         let effect = Effect::new(caller.name(), operation_action(operation), target)
             .detail("paths", touched.len().to_string())
-            .event(
-                "session.files.changed",
-                pb::SessionEvent {
-                    event: Some(pb::session_event::Event::FilesChanged(pb::FilesChanged {
-                        paths: touched,
-                        operation: operation.to_string(),
-                    })),
-                    ..Default::default()
-                },
-            );
+            .event(Event::FilesChanged {
+                paths: touched,
+                operation: operation.to_string(),
+            });
         Ok(Prepared::changed(mutation, effect))
     }
 }

@@ -41,6 +41,21 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    /// No such session, or the caller has no role in it (the two answer alike).
+    #[error("session {session} not found")]
+    SessionNotFound { session: String },
+    /// Nothing at this path.
+    #[error("\"{path}\" does not exist")]
+    PathNotFound { path: String },
+    /// A directory the request walks through or writes into is missing; `role` says which
+    /// ("directory", "destination directory").
+    #[error("{role} \"{path}\" does not exist")]
+    DirectoryNotFound { path: String, role: &'static str },
+    #[error("checkpoint \"{name}\" not found in session {session}")]
+    CheckpointNotFound { session: String, name: String },
+    /// A commit id that is not in this session's history (commits are read through one).
+    #[error("commit {commit} is not in the history of session {session}")]
+    CommitNotInHistory { session: String, commit: String },
     #[error("{0}")]
     AlreadyExists(String),
     /// The session is in the wrong state for the request (one not named below).
@@ -152,7 +167,12 @@ impl From<Error> for Status {
     fn from(error: Error) -> Status {
         let code = match &error {
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) => Code::NotFound,
+            Error::NotFound(_)
+            | Error::SessionNotFound { .. }
+            | Error::PathNotFound { .. }
+            | Error::DirectoryNotFound { .. }
+            | Error::CheckpointNotFound { .. }
+            | Error::CommitNotInHistory { .. } => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_)
             | Error::Finalized { .. }

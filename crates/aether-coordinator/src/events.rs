@@ -16,9 +16,7 @@ use std::time::Duration;
 
 use aether_auth::AttachToken;
 use aether_proto::bus_service_client::BusServiceClient;
-use aether_proto::{
-    ArchiveStreamRequest, Durability, OutgoingMessage, PublishRequest, SessionEvent,
-};
+use aether_proto::{self as pb, ArchiveStreamRequest, Durability, OutgoingMessage, PublishRequest};
 use opentelemetry::trace::FutureExt;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -32,11 +30,109 @@ pub const DEFAULT_QUEUE: usize = 10_000;
 /// Deadline of each publish or archive call to the bus.
 pub const BUS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What happened to a session, as the domain says it; [`Event::wire`] turns it into the bus's
+/// `SessionEvent`, so the wire type stays at this edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Files changed by `operation` ("write", "delete", "batch", "import", …).
+    FilesChanged {
+        paths: Vec<String>,
+        operation: String,
+    },
+    CheckpointCreated {
+        name: String,
+        root: String,
+    },
+    CheckpointRestored {
+        name: String,
+        root: String,
+    },
+    CommitCreated {
+        id: String,
+        message: String,
+    },
+    /// An annotation was "added" or "resolved".
+    Annotation {
+        id: String,
+        what: &'static str,
+    },
+    ApprovalRequested {
+        id: String,
+        action: &'static str,
+    },
+    /// An approval was decided: `outcome` is "approved" or "rejected".
+    ApprovalDecided {
+        id: String,
+        outcome: &'static str,
+    },
+    Transferred {
+        new_owner: String,
+        comment: String,
+    },
+    Finalized,
+    /// Closed by its owner (with the archive's blob hash, if one was written).
+    Closed {
+        archive: String,
+    },
+    /// Closed because its expiry passed.
+    Expired,
+}
+
+impl Event {
+    /// The bus subject subscribers filter on.
+    pub fn subject(&self) -> &'static str {
+        match self {
+            Event::FilesChanged { .. } => "session.files.changed",
+            Event::CheckpointCreated { .. } => "session.checkpoint.created",
+            Event::CheckpointRestored { .. } => "session.checkpoint.restored",
+            Event::CommitCreated { .. } => "session.commit.created",
+            Event::Annotation { .. } => "session.annotation",
+            Event::ApprovalRequested { .. } => "session.approval.requested",
+            Event::ApprovalDecided { .. } => "session.approval.decided",
+            Event::Transferred { .. } => "session.transferred",
+            Event::Finalized => "session.finalized",
+            Event::Closed { .. } | Event::Expired => "session.closed",
+        }
+    }
+
+    /// The `SessionEvent` published on the bus, once the change is committed at `head_version`.
+    pub fn wire(self, head_version: u64, principal: String) -> pb::SessionEvent {
+        use pb::session_event::Event as Wire;
+        let named = |name: String, detail: String| pb::NamedEvent { name, detail };
+        let event = match self {
+            Event::FilesChanged { paths, operation } => {
+                Wire::FilesChanged(pb::FilesChanged { paths, operation })
+            }
+            Event::CheckpointCreated { name, root } => Wire::CheckpointCreated(named(name, root)),
+            Event::CheckpointRestored { name, root } => Wire::CheckpointRestored(named(name, root)),
+            Event::CommitCreated { id, message } => Wire::CommitCreated(named(id, message)),
+            Event::Annotation { id, what } => Wire::Annotation(named(id, what.into())),
+            Event::ApprovalRequested { id, action } => {
+                Wire::ApprovalRequested(named(id, action.into()))
+            }
+            Event::ApprovalDecided { id, outcome } => {
+                Wire::ApprovalDecided(named(id, outcome.into()))
+            }
+            Event::Transferred { new_owner, comment } => {
+                Wire::Transferred(named(new_owner, comment))
+            }
+            Event::Finalized => Wire::Finalized(pb::NamedEvent::default()),
+            Event::Closed { archive } => Wire::Closed(named(archive, String::new())),
+            Event::Expired => Wire::Closed(named(String::new(), "expired".into())),
+        };
+        pb::SessionEvent {
+            head_version,
+            principal,
+            event: Some(event),
+        }
+    }
+}
+
 enum Pending {
     Event {
         session_id: String,
         subject: &'static str,
-        event: SessionEvent,
+        event: pb::SessionEvent,
     },
     /// Seal the session's stream: it closed.
     Archive { session_id: String },
@@ -84,11 +180,18 @@ impl EventSink {
         }
     }
 
-    pub async fn publish(&self, session_id: &str, subject: &'static str, event: SessionEvent) {
+    /// Queues `event`, committed at `head_version` by `principal`, for the session's stream.
+    pub async fn publish(
+        &self,
+        session_id: &str,
+        head_version: u64,
+        principal: String,
+        event: Event,
+    ) {
         self.enqueue(Pending::Event {
             session_id: session_id.to_string(),
-            subject,
-            event,
+            subject: event.subject(),
+            event: event.wire(head_version, principal),
         })
         .await;
     }

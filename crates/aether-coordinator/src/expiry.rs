@@ -8,9 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aether_proto as pb;
-
 use crate::caller::Caller;
+use crate::events::Event;
 use crate::model::{self, SessionRecord, State};
 use crate::sessions::{Effect, Sessions};
 
@@ -56,16 +55,7 @@ impl Sessions {
             return false;
         }
         mutation.record.state = State::Expired;
-        let effect = Effect::new("system", "session.expire", id.to_string()).event(
-            "session.closed",
-            pb::SessionEvent {
-                event: Some(pb::session_event::Event::Closed(pb::NamedEvent {
-                    name: String::new(),
-                    detail: "expired".into(),
-                })),
-                ..Default::default()
-            },
-        );
+        let effect = Effect::new("system", "session.expire", id.to_string()).event(Event::Expired);
         // No caller sets a deadline here: the store calls of the commit (its audit page) get
         // one, so a stuck store fails this expiry instead of holding the session forever.
         let deadline = std::time::Instant::now() + EXPIRY_COMMIT_TIMEOUT;

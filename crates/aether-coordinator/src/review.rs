@@ -379,7 +379,7 @@ impl Sessions {
         &self,
         caller: &Caller,
         seen: &SessionRecord,
-        at: &Option<pb::Revision>,
+        at: &crate::revisions::Revision,
     ) -> Result<()> {
         let required = seen.policy.required_export_approvals;
         if required == 0 {

@@ -2,13 +2,24 @@
 //! commit objects, which live in the content store as JSON, named by their hash.
 
 use aether_core::Hash;
-use aether_proto::{Revision, RevisionKind};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{CheckpointRecord, SessionRecord};
 use crate::sessions::Sessions;
+
+/// A state of a session's files a read can name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Revision {
+    /// The current files (what a request that names no revision reads).
+    Head,
+    /// The files the session was created from.
+    Base,
+    Checkpoint(String),
+    /// A commit in the session's history, by id.
+    Commit(String),
+}
 
 /// A commit, as stored in the content store.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,11 +43,9 @@ impl Sessions {
         self.checkpoints
             .get(&*self.coord, record, name)
             .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "checkpoint \"{name}\" not found in session {}",
-                    record.id
-                ))
+            .ok_or_else(|| Error::CheckpointNotFound {
+                session: record.id.clone(),
+                name: name.to_string(),
             })
     }
 
@@ -68,32 +77,19 @@ impl Sessions {
     }
 
     /// The root a revision names in a session.
-    pub async fn resolve(
-        &self,
-        record: &SessionRecord,
-        revision: &Option<Revision>,
-    ) -> Result<Hash> {
-        let (kind, name) = match revision {
-            None => (RevisionKind::Head, ""),
-            Some(r) => (
-                RevisionKind::try_from(r.kind).map_err(|_| {
-                    Error::InvalidArgument(format!("unknown revision kind {}", r.kind))
-                })?,
-                r.name.as_str(),
-            ),
-        };
-        let root = match kind {
-            RevisionKind::Unspecified | RevisionKind::Head => record.head_root.clone(),
-            RevisionKind::Base => record.base_root.clone(),
-            RevisionKind::Checkpoint => self.load_checkpoint(record, name).await?.root,
-            RevisionKind::Commit => {
-                if !self.commit_in_history(record, name).await? {
-                    return Err(Error::NotFound(format!(
-                        "commit {name} is not in the history of session {}",
-                        record.id
-                    )));
+    pub async fn resolve(&self, record: &SessionRecord, revision: &Revision) -> Result<Hash> {
+        let root = match revision {
+            Revision::Head => record.head_root.clone(),
+            Revision::Base => record.base_root.clone(),
+            Revision::Checkpoint(name) => self.load_checkpoint(record, name).await?.root,
+            Revision::Commit(id) => {
+                if !self.commit_in_history(record, id).await? {
+                    return Err(Error::CommitNotInHistory {
+                        session: record.id.clone(),
+                        commit: id.clone(),
+                    });
                 }
-                self.load_commit(name).await?.root
+                self.load_commit(id).await?.root
             }
         };
         Sessions::root(&root)

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use aether_coord::holder::{self, Acquire, Fence, FencedOutcome, HolderRecord};
 use aether_coord::{Compare, CoordError, Coordination, LeaseKeeper, Op};
 use aether_core::Hash;
-use aether_proto::SessionEvent;
 use bytes::Bytes;
 use tokio::sync::OwnedMutexGuard;
 
@@ -186,7 +185,7 @@ pub struct Effect {
     pub action: &'static str,
     pub target: String,
     pub details: Vec<(String, String)>,
-    pub event: Option<(&'static str, SessionEvent)>,
+    pub event: Option<crate::events::Event>,
 }
 
 impl Effect {
@@ -200,8 +199,8 @@ impl Effect {
         }
     }
 
-    pub fn event(mut self, subject: &'static str, event: SessionEvent) -> Self {
-        self.event = Some((subject, event));
+    pub fn event(mut self, event: crate::events::Event) -> Self {
+        self.event = Some(event);
         self
     }
 
@@ -335,7 +334,9 @@ impl Sessions {
             .coord
             .get(&model::session_key(id))
             .await?
-            .ok_or_else(|| Error::NotFound(format!("session {id} not found")))?;
+            .ok_or_else(|| Error::SessionNotFound {
+                session: id.to_string(),
+            })?;
         let record: SessionRecord = serde_json::from_slice(&kv.value)
             .map_err(|e| Error::Internal(format!("session record {id} unreadable: {e}")))?;
         // Every session RPC loads its record here (mutations through `begin`): the one place
@@ -623,10 +624,11 @@ impl Sessions {
             }
         }
         stall_if_testing(&id, &mutation.caller).await;
-        if let Some((subject, mut event)) = effect.event {
-            event.head_version = mutation.record.head_version;
-            event.principal = effect.principal;
-            self.events.publish(&id, subject, event).await;
+        if let Some(event) = effect.event {
+            let version = mutation.record.head_version;
+            self.events
+                .publish(&id, version, effect.principal, event)
+                .await;
         }
         if matches!(mutation.record.state, State::Closed | State::Expired) {
             // Nothing can change a closed session again, so this runs once per session.

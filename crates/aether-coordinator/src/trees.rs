@@ -374,9 +374,10 @@ impl TreeEditor {
                         Tree::new()
                     }
                     None => {
-                        return Err(Error::NotFound(format!(
-                            "directory \"{walked}\" does not exist"
-                        )))
+                        return Err(Error::DirectoryNotFound {
+                            path: walked.to_string(),
+                            role: "directory",
+                        })
                     }
                 };
                 dir.children.insert(name.to_string(), Dir::new(tree));
@@ -401,7 +402,7 @@ impl TreeEditor {
         let name = path.file_name().expect("non-root");
         match self.dir_mut(&parent, false).await {
             Ok(dir) => Ok(dir.tree.get(name).cloned()),
-            Err(Error::NotFound(_)) | Err(Error::FailedPrecondition(_)) => Ok(None),
+            Err(Error::DirectoryNotFound { .. }) | Err(Error::FailedPrecondition(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -495,13 +496,11 @@ impl TreeEditor {
             Ok(dir) => dir,
             // A missing parent: the path does not exist. A parent that is a file says so, as
             // it does for writes.
-            Err(Error::NotFound(_)) => {
-                return Err(Error::NotFound(format!("\"{path}\" does not exist")))
-            }
+            Err(Error::DirectoryNotFound { .. }) => return Err(not_found(&path)),
             Err(e) => return Err(e),
         };
         let Some(mut entry) = dir.tree.get(&name).cloned() else {
-            return Err(Error::NotFound(format!("\"{path}\" does not exist")));
+            return Err(not_found(&path));
         };
         if let Some(mode) = mode {
             // A symlink's permission bits mean nothing on Linux; they stay 0777.
@@ -558,13 +557,11 @@ impl TreeEditor {
             Ok(dir) => dir,
             // A missing parent: the path does not exist. A parent that is a file says so, as
             // it does for writes.
-            Err(Error::NotFound(_)) => {
-                return Err(Error::NotFound(format!("\"{path}\" does not exist")))
-            }
+            Err(Error::DirectoryNotFound { .. }) => return Err(not_found(&path)),
             Err(e) => return Err(e),
         };
         let Some(mut entry) = dir.tree.get(&name).cloned() else {
-            return Err(Error::NotFound(format!("\"{path}\" does not exist")));
+            return Err(not_found(&path));
         };
         if entry.kind == EntryKind::Directory {
             // An edited subdirectory must be written first so the entry we hand back is current.
@@ -632,7 +629,7 @@ impl TreeEditor {
         Self::check_move(from, to, "move")?;
         let existing = self.get(from).await?;
         if existing.is_none() {
-            return Err(Error::NotFound(format!("\"{from}\" does not exist")));
+            return Err(not_found(from));
         }
         // Check the destination before removing the source, so a failed move changes nothing.
         self.check_destination(to, overwrite).await?;
@@ -649,7 +646,7 @@ impl TreeEditor {
     ) -> Result<()> {
         Self::check_move(from, to, "copy")?;
         let Some(mut entry) = self.get(from).await? else {
-            return Err(Error::NotFound(format!("\"{from}\" does not exist")));
+            return Err(not_found(from));
         };
         self.check_destination(to, overwrite).await?;
         if entry.kind == EntryKind::Directory {
@@ -705,9 +702,10 @@ impl TreeEditor {
                 })
             }
             None => {
-                return Err(Error::NotFound(format!(
-                    "destination directory \"{parent}\" does not exist"
-                )))
+                return Err(Error::DirectoryNotFound {
+                    path: parent.to_string(),
+                    role: "destination directory",
+                })
             }
         }
         if let Some(existing) = self.get(to).await? {
@@ -789,4 +787,11 @@ pub fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// Nothing at `path`.
+fn not_found(path: &WorkspacePath) -> Error {
+    Error::PathNotFound {
+        path: path.to_string(),
+    }
 }

@@ -7,6 +7,7 @@ use prost_types::{Duration, Timestamp};
 use crate::model::{
     AuditRecord, Binding, CheckpointRecord, PolicyRecord, SessionRecord, SourceRecord, State,
 };
+use crate::revisions::Revision;
 
 pub fn timestamp(ms: i64) -> Option<Timestamp> {
     Some(Timestamp {
@@ -23,6 +24,25 @@ pub fn duration_ms(duration: &Option<Duration>) -> Result<u64, String> {
         }
         Some(d) => Ok(d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000),
     }
+}
+
+/// The revision a request names (none: the head).
+pub fn revision(revision: &Option<pb::Revision>) -> Result<Revision, tonic::Status> {
+    let Some(r) = revision else {
+        return Ok(Revision::Head);
+    };
+    let kind = pb::RevisionKind::try_from(r.kind).map_err(|_| {
+        tonic::Status::invalid_argument(format!(
+            "unknown revision kind {}; use HEAD, BASE, CHECKPOINT or COMMIT",
+            r.kind
+        ))
+    })?;
+    Ok(match kind {
+        pb::RevisionKind::Unspecified | pb::RevisionKind::Head => Revision::Head,
+        pb::RevisionKind::Base => Revision::Base,
+        pb::RevisionKind::Checkpoint => Revision::Checkpoint(r.name.clone()),
+        pb::RevisionKind::Commit => Revision::Commit(r.name.clone()),
+    })
 }
 
 pub fn kind(kind: EntryKind) -> pb::EntryKind {

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::model::{self, ApprovalActionRecord, CheckpointRecord};
 use crate::revisions::CommitObject;
 use crate::sessions::{check_expected_version, require_open, Effect, Sessions};
@@ -92,15 +93,9 @@ impl HistoryService for HistoryGrpc {
             .add(&mut mutation.record, checkpoint.clone())
             .await?;
         let effect = Effect::new(&principal, "history.checkpoint", name.clone()).event(
-            "session.checkpoint.created",
-            pb::SessionEvent {
-                event: Some(pb::session_event::Event::CheckpointCreated(
-                    pb::NamedEvent {
-                        name: name.clone(),
-                        detail: checkpoint.root.clone(),
-                    },
-                )),
-                ..Default::default()
+            Event::CheckpointCreated {
+                name: name.clone(),
+                root: checkpoint.root.clone(),
             },
         );
         let response = pb::CreateCheckpointResponse {
@@ -174,15 +169,9 @@ impl HistoryService for HistoryGrpc {
         mutation.record.knowledge_root = checkpoint.knowledge_root.clone();
         mutation.record.head_version += 1;
         let effect = Effect::new(&principal, "history.restore", request.name.clone()).event(
-            "session.checkpoint.restored",
-            pb::SessionEvent {
-                event: Some(pb::session_event::Event::CheckpointRestored(
-                    pb::NamedEvent {
-                        name: request.name.clone(),
-                        detail: checkpoint.root.clone(),
-                    },
-                )),
-                ..Default::default()
+            Event::CheckpointRestored {
+                name: request.name.clone(),
+                root: checkpoint.root.clone(),
             },
         );
         let response = pb::RestoreCheckpointResponse {
@@ -237,16 +226,10 @@ impl HistoryService for HistoryGrpc {
         mutation.record.commit_count += 1;
         let effect = Effect::new(&principal, "history.commit", id.clone())
             .detail("approvals", approvals.join(","))
-            .event(
-                "session.commit.created",
-                pb::SessionEvent {
-                    event: Some(pb::session_event::Event::CommitCreated(pb::NamedEvent {
-                        name: id.clone(),
-                        detail: request.message.clone(),
-                    })),
-                    ..Default::default()
-                },
-            );
+            .event(Event::CommitCreated {
+                id: id.clone(),
+                message: request.message.clone(),
+            });
         let response = pb::CommitResponse {
             commit: Some(commit_info(&id, &commit)),
         };
@@ -303,10 +286,10 @@ impl HistoryService for HistoryGrpc {
             .commit_in_history(&record, &request.commit_id)
             .await?
         {
-            return Err(Error::NotFound(format!(
-                "commit {} is not in the history of session {}",
-                request.commit_id, record.id
-            ))
+            return Err(Error::CommitNotInHistory {
+                session: record.id.clone(),
+                commit: request.commit_id.clone(),
+            }
             .into());
         }
         let commit = self.sessions.load_commit(&request.commit_id).await?;

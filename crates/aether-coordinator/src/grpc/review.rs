@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::model::{
     self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, SessionRecord,
 };
@@ -80,16 +81,6 @@ fn state_from(state: i32) -> Result<ApprovalStateRecord> {
             )))
         }
     })
-}
-
-fn annotation_event(id: String, detail: String) -> pb::SessionEvent {
-    pb::SessionEvent {
-        event: Some(pb::session_event::Event::Annotation(pb::NamedEvent {
-            name: id,
-            detail,
-        })),
-        ..Default::default()
-    }
 }
 
 #[tonic::async_trait]
@@ -161,7 +152,7 @@ impl ReviewService for ReviewGrpc {
         let id = annotation.id();
         let effect = Effect::new(&principal, "review.annotation.add", id.clone())
             .detail("path", annotation.path.clone())
-            .event("session.annotation", annotation_event(id, "added".into()));
+            .event(Event::Annotation { id, what: "added" });
         let response = pb::AddAnnotationResponse {
             annotation: Some(annotation_view(&annotation)),
         };
@@ -265,8 +256,10 @@ impl ReviewService for ReviewGrpc {
         mutation.record.annotations_root = root;
         let id = annotation.id();
         let effect = Effect::new(&principal, "review.annotation.resolve", id.clone()).event(
-            "session.annotation",
-            annotation_event(id, "resolved".into()),
+            Event::Annotation {
+                id,
+                what: "resolved",
+            },
         );
         let response = pb::ResolveAnnotationResponse {
             annotation: Some(annotation_view(&annotation)),
@@ -348,18 +341,10 @@ impl ReviewService for ReviewGrpc {
             .detail("action", action_name(action))
             .detail("reviewers", approval.reviewers.join(","))
             .detail("head_version", approval.head_version.to_string())
-            .event(
-                "session.approval.requested",
-                pb::SessionEvent {
-                    event: Some(pb::session_event::Event::ApprovalRequested(
-                        pb::NamedEvent {
-                            name: id,
-                            detail: action_name(action).into(),
-                        },
-                    )),
-                    ..Default::default()
-                },
-            );
+            .event(Event::ApprovalRequested {
+                id,
+                action: action_name(action),
+            });
         let response = pb::RequestApprovalResponse {
             approval: Some(approval_view(&approval, &mutation.record)),
         };
@@ -413,16 +398,7 @@ impl ReviewService for ReviewGrpc {
             .detail("requester", approval.requester.clone())
             .detail("head_version", approval.head_version.to_string())
             .detail("comment", request.comment)
-            .event(
-                "session.approval.decided",
-                pb::SessionEvent {
-                    event: Some(pb::session_event::Event::ApprovalDecided(pb::NamedEvent {
-                        name: id,
-                        detail: outcome.into(),
-                    })),
-                    ..Default::default()
-                },
-            );
+            .event(Event::ApprovalDecided { id, outcome });
         let response = pb::DecideApprovalResponse {
             approval: Some(approval_view(&approval, &mutation.record)),
         };

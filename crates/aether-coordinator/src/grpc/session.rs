@@ -12,6 +12,7 @@ use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::caller::Caller;
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::label_index;
 
 /// Session records one ListSessions call reads at most (then it answers with what it found
@@ -105,10 +106,10 @@ impl Sessions {
             Some(Kind::Commit(c)) => {
                 let (record, _) = self.load(caller, &c.session_id).await?;
                 if !self.commit_in_history(&record, &c.commit_id).await? {
-                    return Err(Error::NotFound(format!(
-                        "commit {} is not in the history of session {}",
-                        c.commit_id, c.session_id
-                    )));
+                    return Err(Error::CommitNotInHistory {
+                        session: c.session_id.clone(),
+                        commit: c.commit_id.clone(),
+                    });
                 }
                 let commit = self.load_commit(&c.commit_id).await?;
                 (
@@ -461,16 +462,10 @@ impl SessionService for SessionGrpc {
         let effect = Effect::new(&principal, "session.transfer", request.new_owner.clone())
             .detail("previous_owner", previous)
             .detail("comment", request.comment.clone())
-            .event(
-                "session.transferred",
-                pb::SessionEvent {
-                    event: Some(pb::session_event::Event::Transferred(pb::NamedEvent {
-                        name: request.new_owner.clone(),
-                        detail: request.comment.clone(),
-                    })),
-                    ..Default::default()
-                },
-            );
+            .event(Event::Transferred {
+                new_owner: request.new_owner.clone(),
+                comment: request.comment.clone(),
+            });
         let response = pb::TransferSessionResponse {
             session: Some(self.sessions.describe(mutation.stamp()).await?),
         };
@@ -488,15 +483,8 @@ impl SessionService for SessionGrpc {
         let id = request.into_inner().session_id;
         let mut mutation = self.sessions.begin_active(&caller, &id).await?;
         mutation.record.state = State::Finalized;
-        let effect = Effect::new(&principal, "session.finalize", id.clone()).event(
-            "session.finalized",
-            pb::SessionEvent {
-                event: Some(pb::session_event::Event::Finalized(
-                    pb::NamedEvent::default(),
-                )),
-                ..Default::default()
-            },
-        );
+        let effect =
+            Effect::new(&principal, "session.finalize", id.clone()).event(Event::Finalized);
         let response = pb::FinalizeSessionResponse {
             session: Some(self.sessions.describe(mutation.stamp()).await?),
         };
@@ -540,16 +528,9 @@ impl SessionService for SessionGrpc {
         let effect = Effect::new(&principal, "session.close", request.session_id.clone())
             .detail("archive", archive_blob_hash.clone())
             .detail("approvals_used", approvals_used.join(","))
-            .event(
-                "session.closed",
-                pb::SessionEvent {
-                    event: Some(pb::session_event::Event::Closed(pb::NamedEvent {
-                        name: archive_blob_hash.clone(),
-                        detail: String::new(),
-                    })),
-                    ..Default::default()
-                },
-            );
+            .event(Event::Closed {
+                archive: archive_blob_hash.clone(),
+            });
         let response = pb::CloseSessionResponse {
             session: Some(self.sessions.describe(mutation.stamp()).await?),
             archive_blob_hash,

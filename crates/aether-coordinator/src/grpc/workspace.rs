@@ -21,6 +21,7 @@ use super::{caller_of, page_size, page_token};
 use crate::archive;
 use crate::changes::{Change, Content, Precondition, Step};
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::sessions::{check_expected_version, require_active, require_open, Effect, Sessions};
 use crate::trees::{TreeEditor, Trees};
 
@@ -389,17 +390,17 @@ impl WorkspaceService for WorkspaceGrpc {
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let path = path(&request.path)?;
-        let root = self.sessions.resolve(&record, &request.at).await?;
+        let root = self
+            .sessions
+            .resolve(&record, &convert::revision(&request.at)?)
+            .await?;
         let entry = self
             .sessions
             .trees
             .lookup(&root, &path)
             .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "\"{path}\" does not exist in session {}",
-                    record.id
-                ))
+            .ok_or_else(|| Error::PathNotFound {
+                path: path.to_string(),
             })?;
         let mut entry = convert::entry(&path, &entry);
         if entry.kind == pb::EntryKind::Symlink as i32 {
@@ -417,13 +418,18 @@ impl WorkspaceService for WorkspaceGrpc {
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let dir = path(&request.path)?;
-        let root = self.sessions.resolve(&record, &request.at).await?;
+        let root = self
+            .sessions
+            .resolve(&record, &convert::revision(&request.at)?)
+            .await?;
         let entry = self
             .sessions
             .trees
             .lookup(&root, &dir)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("\"{dir}\" does not exist")))?;
+            .ok_or_else(|| Error::PathNotFound {
+                path: dir.to_string(),
+            })?;
         if entry.kind != EntryKind::Directory {
             return Err(Error::NotADirectory {
                 path: dir.to_string(),
@@ -475,17 +481,17 @@ impl WorkspaceService for WorkspaceGrpc {
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let path = path(&request.path)?;
-        let root = self.sessions.resolve(&record, &request.at).await?;
+        let root = self
+            .sessions
+            .resolve(&record, &convert::revision(&request.at)?)
+            .await?;
         let entry = self
             .sessions
             .trees
             .lookup(&root, &path)
             .await?
-            .ok_or_else(|| {
-                Error::NotFound(format!(
-                    "\"{path}\" does not exist in session {}",
-                    record.id
-                ))
+            .ok_or_else(|| Error::PathNotFound {
+                path: path.to_string(),
             })?;
         if entry.kind == EntryKind::Directory {
             return Err(Error::NotAFile {
@@ -792,9 +798,16 @@ impl WorkspaceService for WorkspaceGrpc {
         require_open(&record)?;
         let from = match &request.from {
             None => Sessions::root(&record.base_root)?,
-            some => self.sessions.resolve(&record, some).await?,
+            some => {
+                self.sessions
+                    .resolve(&record, &convert::revision(some)?)
+                    .await?
+            }
         };
-        let to = self.sessions.resolve(&record, &request.to).await?;
+        let to = self
+            .sessions
+            .resolve(&record, &convert::revision(&request.to)?)
+            .await?;
         let prefix = path(&request.path_prefix)?;
         let trees = &self.sessions.trees;
         let subtree = |root: Hash| {
@@ -847,10 +860,9 @@ impl WorkspaceService for WorkspaceGrpc {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
-        self.sessions
-            .admit_export(&caller, &record, &request.at)
-            .await?;
-        let root = self.sessions.resolve(&record, &request.at).await?;
+        let at = convert::revision(&request.at)?;
+        self.sessions.admit_export(&caller, &record, &at).await?;
+        let root = self.sessions.resolve(&record, &at).await?;
         let dir = path(&request.path)?;
         let subtree = match self.sessions.trees.lookup(&root, &dir).await? {
             Some(e) if e.kind == EntryKind::Directory => e.hash,
@@ -860,7 +872,12 @@ impl WorkspaceService for WorkspaceGrpc {
                 ))
                 .into())
             }
-            None => return Err(Error::NotFound(format!("\"{dir}\" does not exist")).into()),
+            None => {
+                return Err(Error::PathNotFound {
+                    path: dir.to_string(),
+                }
+                .into())
+            }
         };
         // Built as the client reads it: back-pressure from the HTTP/2 window, one piece of
         // content in hand; a client that goes away drops the stream and its store reads.
@@ -922,16 +939,10 @@ impl WorkspaceService for WorkspaceGrpc {
             mutation.record.head_version += 1;
             let effect = Effect::new(&principal, "workspace.import", under.to_string())
                 .detail("files", files.to_string())
-                .event(
-                    "session.files.changed",
-                    pb::SessionEvent {
-                        event: Some(pb::session_event::Event::FilesChanged(pb::FilesChanged {
-                            paths: touched,
-                            operation: "import".into(),
-                        })),
-                        ..Default::default()
-                    },
-                );
+                .event(Event::FilesChanged {
+                    paths: touched,
+                    operation: "import".into(),
+                });
             let response = pb::ImportArchiveResponse {
                 files,
                 directories,
