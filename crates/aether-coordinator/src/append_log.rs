@@ -141,16 +141,7 @@ where
         if root.is_empty() {
             return self.put(&self.node_of(0, vec![segment_child])).await;
         }
-        // The rightmost path, root first.
-        let mut path = vec![self.node(root).await?];
-        while let Some(node) = path.last().filter(|n| n.level > 0) {
-            let last = node
-                .children
-                .last()
-                .ok_or_else(|| Error::DataLoss(format!("{} node with no children", self.kind)))?;
-            let hash = last.hash.clone();
-            path.push(self.node(&hash).await?);
-        }
+        let path = self.rightmost_path(root).await?;
         let root_first = path[0].children.first().map(|c| c.first).unwrap_or(first);
         let root_level = path[0].level;
         // Bottom-up: a node takes the new child if it has room; a full node stays as it is
@@ -197,6 +188,20 @@ where
             ],
         );
         self.put(&root).await
+    }
+
+    /// The nodes from `root` down its last children to level 0, root first.
+    async fn rightmost_path(&self, root: &str) -> Result<Vec<Node>> {
+        let mut path = vec![self.node(root).await?];
+        while let Some(node) = path.last().filter(|n| n.level > 0) {
+            let last = node
+                .children
+                .last()
+                .ok_or_else(|| Error::DataLoss(format!("{} node with no children", self.kind)))?;
+            let hash = last.hash.clone();
+            path.push(self.node(&hash).await?);
+        }
+        Ok(path)
     }
 
     fn node_of(&self, level: u32, children: Vec<Child>) -> Node {

@@ -25,8 +25,10 @@ use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt};
 
+use crate::caller::Caller;
 use crate::error::{Error, Result};
-use crate::sessions::Sessions;
+use crate::events::Event;
+use crate::sessions::{check_expected_version, Effect, Prepared, Sessions};
 use crate::trees::{TreeEditor, Trees};
 
 /// Largest archive accepted for import or produced by export.
@@ -517,55 +519,9 @@ where
     let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
     let extension = recognized
         && (kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions());
-    let mut size = header
-        .entry_size()
-        .map_err(|e| rejected(format!("malformed tar: {e}")))?;
-    if !extension && !kind.is_pax_global_extensions() {
-        // A PAX size overrides the header's (both ways: two readers must see one archive).
-        if let Some(pax_size) = pending.pax.as_ref().and_then(|pax| pax.size) {
-            size = pax_size;
-        }
-    }
-    let room = input.room();
-    if size > room {
-        let name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
-        return Err(rejected(format!(
-            "entry \"{name}\" declares {size} bytes, more than the {room} bytes the archive limit of {MAX_ARCHIVE_BYTES} leaves"
-        ))
-        .into());
-    }
+    let size = entry_size(&header, extension, pending, input.room())?;
     if extension {
-        let (bound, what) = if kind.is_pax_local_extensions() {
-            (MAX_PAX_BYTES, "PAX records")
-        } else if kind.is_gnu_longname() {
-            (MAX_NAME_RECORD_BYTES, "GNU long name")
-        } else {
-            (MAX_NAME_RECORD_BYTES, "GNU long link")
-        };
-        if size > bound {
-            return Err(rejected(format!(
-                "{what} of {size} bytes exceeds the limit of {bound} bytes"
-            ))
-            .into());
-        }
-        let record = read_record(input, size).await?;
-        let twice = || {
-            rejected("malformed tar: two extension records of one kind describe the same member")
-        };
-        if kind.is_gnu_longname() {
-            if pending.long_name.replace(trim_nul(record)).is_some() {
-                return Err(twice().into());
-            }
-        } else if kind.is_gnu_longlink() {
-            if pending.long_link.replace(trim_nul(record)).is_some() {
-                return Err(twice().into());
-            }
-        } else {
-            let pax = parse_pax(&record).map_err(rejected)?;
-            if pending.pax.replace(pax).is_some() {
-                return Err(twice().into());
-            }
-        }
+        read_extension(input, kind, size, pending).await?;
         return Ok(None);
     }
     let extensions = std::mem::take(pending);
@@ -575,29 +531,10 @@ where
         skip_entry(input, size).await?;
         return Ok(None);
     }
-    // As the `tar` crate names an entry: a GNU long name, else a PAX path, else the header's.
-    let raw = extensions
-        .long_name
-        .clone()
-        .or_else(|| extensions.pax.as_ref().and_then(|pax| pax.path.clone()))
-        .unwrap_or_else(|| header.path_bytes().into_owned());
-    let name = std::str::from_utf8(&raw).map_err(|_| {
-        rejected(format!(
-            "entry name {:?} is not valid UTF-8",
-            String::from_utf8_lossy(&raw)
-        ))
-    })?;
-    let name = name.strip_prefix("./").unwrap_or(name);
-    let name = name.trim_end_matches('/');
-    if name.is_empty() || name == "." {
+    let Some((path, name)) = entry_path(&header, &extensions, under)? else {
         skip_entry(input, size).await?;
         return Ok(None);
-    }
-    let relative = WorkspacePath::parse(name).map_err(rejected)?;
-    let mut path = under.clone();
-    for component in relative.components() {
-        path = path.join(component).map_err(Error::from)?;
-    }
+    };
     let mtime_ns = entry_mtime(&header, extensions.pax.as_ref())
         .map_err(|e| rejected(format!("entry \"{path}\": {e}")))?;
     let mode = header.mode().unwrap_or(0o644) & 0o7777;
@@ -607,29 +544,11 @@ where
             mode,
             mtime_ns,
         },
-        tar::EntryType::Symlink => {
-            let target = extensions.long_link.clone()
-                .or_else(|| extensions.pax.as_ref().and_then(|pax| pax.linkpath.clone()))
-                .or_else(|| header.link_name_bytes().map(|target| target.into_owned()))
-                .ok_or_else(|| rejected(format!("symlink \"{path}\" has no target")))?;
-            let target = String::from_utf8(target).map_err(|_| {
-                rejected(format!("symlink \"{path}\" has a target that is not UTF-8"))
-            })?;
-            if target.is_empty()
-                || target.len() > MAX_SYMLINK_TARGET_BYTES
-                || target.contains('\0')
-            {
-                return Err(rejected(format!(
-                    "symlink \"{path}\" has a target that is empty, longer than {MAX_SYMLINK_TARGET_BYTES} bytes or contains NUL"
-                ))
-                .into());
-            }
-            ArchiveItem::Symlink {
-                path,
-                target,
-                mtime_ns,
-            }
-        }
+        tar::EntryType::Symlink => ArchiveItem::Symlink {
+            target: symlink_target(&header, extensions, &path)?,
+            path,
+            mtime_ns,
+        },
         tar::EntryType::Regular | tar::EntryType::Continuous => {
             let (hash, stored) = store_file(input, size, &path, trees).await?;
             debug_assert_eq!(stored, size);
@@ -653,6 +572,128 @@ where
     };
     skip_entry(input, size).await?;
     Ok(Some(item))
+}
+
+/// The size of the entry's content: a PAX size overrides the header's (both ways: two readers
+/// must see one archive). Refused past `room`, what the archive limit leaves.
+fn entry_size(
+    header: &tar::Header,
+    extension: bool,
+    pending: &Extensions,
+    room: u64,
+) -> Result<u64> {
+    let mut size = header
+        .entry_size()
+        .map_err(|e| rejected(format!("malformed tar: {e}")))?;
+    if !extension && !header.entry_type().is_pax_global_extensions() {
+        if let Some(pax_size) = pending.pax.as_ref().and_then(|pax| pax.size) {
+            size = pax_size;
+        }
+    }
+    if size > room {
+        let name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+        return Err(rejected(format!(
+            "entry \"{name}\" declares {size} bytes, more than the {room} bytes the archive limit of {MAX_ARCHIVE_BYTES} leaves"
+        )));
+    }
+    Ok(size)
+}
+
+/// Reads an extension record (GNU long name or link, PAX records) of `size` bytes into
+/// `pending`, for the entry that follows; each kind is bounded and may come once per entry.
+async fn read_extension<S, E>(
+    input: &mut ArchiveBytes<S>,
+    kind: tar::EntryType,
+    size: u64,
+    pending: &mut Extensions,
+) -> std::result::Result<(), E>
+where
+    S: Stream<Item = std::result::Result<Bytes, E>> + Unpin + Send,
+    E: From<Error> + Send,
+{
+    let (bound, what) = if kind.is_pax_local_extensions() {
+        (MAX_PAX_BYTES, "PAX records")
+    } else if kind.is_gnu_longname() {
+        (MAX_NAME_RECORD_BYTES, "GNU long name")
+    } else {
+        (MAX_NAME_RECORD_BYTES, "GNU long link")
+    };
+    if size > bound {
+        return Err(rejected(format!(
+            "{what} of {size} bytes exceeds the limit of {bound} bytes"
+        ))
+        .into());
+    }
+    let record = read_record(input, size).await?;
+    let repeated = if kind.is_gnu_longname() {
+        pending.long_name.replace(trim_nul(record)).is_some()
+    } else if kind.is_gnu_longlink() {
+        pending.long_link.replace(trim_nul(record)).is_some()
+    } else {
+        let pax = parse_pax(&record).map_err(rejected)?;
+        pending.pax.replace(pax).is_some()
+    };
+    if repeated {
+        return Err(rejected(
+            "malformed tar: two extension records of one kind describe the same member",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Where the entry goes below `under`, and its name in the archive; `None` for the archive's
+/// own root ("", "."), which is passed over. Named as the `tar` crate names an entry: a GNU
+/// long name, else a PAX path, else the header's.
+fn entry_path(
+    header: &tar::Header,
+    extensions: &Extensions,
+    under: &WorkspacePath,
+) -> Result<Option<(WorkspacePath, String)>> {
+    let raw = extensions
+        .long_name
+        .clone()
+        .or_else(|| extensions.pax.as_ref().and_then(|pax| pax.path.clone()))
+        .unwrap_or_else(|| header.path_bytes().into_owned());
+    let name = std::str::from_utf8(&raw).map_err(|_| {
+        rejected(format!(
+            "entry name {:?} is not valid UTF-8",
+            String::from_utf8_lossy(&raw)
+        ))
+    })?;
+    let name = name.strip_prefix("./").unwrap_or(name);
+    let name = name.trim_end_matches('/');
+    if name.is_empty() || name == "." {
+        return Ok(None);
+    }
+    let relative = WorkspacePath::parse(name).map_err(rejected)?;
+    let mut path = under.clone();
+    for component in relative.components() {
+        path = path.join(component)?;
+    }
+    Ok(Some((path, name.to_string())))
+}
+
+/// A symlink entry's target: a GNU long link, else a PAX linkpath, else the header's; UTF-8,
+/// not empty, bounded, without NUL.
+fn symlink_target(
+    header: &tar::Header,
+    extensions: Extensions,
+    path: &WorkspacePath,
+) -> Result<String> {
+    let target = extensions
+        .long_link
+        .or_else(|| extensions.pax.and_then(|pax| pax.linkpath))
+        .or_else(|| header.link_name_bytes().map(|target| target.into_owned()))
+        .ok_or_else(|| rejected(format!("symlink \"{path}\" has no target")))?;
+    let target = String::from_utf8(target)
+        .map_err(|_| rejected(format!("symlink \"{path}\" has a target that is not UTF-8")))?;
+    if target.is_empty() || target.len() > MAX_SYMLINK_TARGET_BYTES || target.contains('\0') {
+        return Err(rejected(format!(
+            "symlink \"{path}\" has a target that is empty, longer than {MAX_SYMLINK_TARGET_BYTES} bytes or contains NUL"
+        )));
+    }
+    Ok(target)
 }
 
 /// Streams a regular entry's `size` bytes into the store; an entry that ends early is
@@ -743,6 +784,52 @@ fn entry_mtime(header: &tar::Header, pax: Option<&Pax>) -> std::result::Result<i
         .ok()
         .and_then(|s| s.checked_mul(NANOS_PER_SECOND))
         .ok_or_else(|| format!("mtime {seconds} is out of range"))
+}
+
+/// What an import added: counts of the archive's files and directories, and its bytes.
+pub struct Imported {
+    pub files: u64,
+    pub directories: u64,
+    pub bytes: u64,
+}
+
+impl Sessions {
+    /// Applies the items of an archive already read (and its content stored) below `under`
+    /// to the head of session `session_id`, as one change to commit with
+    /// [`Sessions::finish`].
+    pub async fn import(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        expected_version: u64,
+        under: &WorkspacePath,
+        items: Vec<ArchiveItem>,
+    ) -> Result<(Prepared, Imported)> {
+        let mut mutation = self.begin_active(caller, session_id).await?;
+        check_expected_version(&mutation.record, expected_version)?;
+        let old_root = Sessions::root(&mutation.record.head_root)?;
+        let mut editor = TreeEditor::open(&self.trees, &old_root).await?;
+        let (files, directories, bytes) = apply_items(&self.trees, &mut editor, items).await?;
+        let imported = Imported {
+            files,
+            directories,
+            bytes,
+        };
+        let touched = editor.touched().to_vec();
+        let new_root = editor.finish().await?;
+        if new_root == old_root {
+            return Ok((Prepared::unchanged(mutation), imported));
+        }
+        mutation.record.head_root = new_root.to_hex();
+        mutation.record.head_version += 1;
+        let effect = Effect::new(caller.name(), "workspace.import", under.to_string())
+            .detail("files", files.to_string())
+            .event(Event::FilesChanged {
+                paths: touched,
+                operation: "import".into(),
+            });
+        Ok((Prepared::changed(mutation, effect), imported))
+    }
 }
 
 /// Applies parsed archive items to an editor: (files, directories, bytes). Directory modes

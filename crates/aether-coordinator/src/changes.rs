@@ -169,132 +169,15 @@ impl Sessions {
         check_expected_version(&mutation.record, expected_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;
         let mut editor = TreeEditor::open(&self.trees, &old_root).await?;
-        // Name every write's content before editing. Content of up to one chunk is named
-        // here (its hash is the store's name for it) and written later, in the same round as
-        // the new trees: one round of concurrent writes, which the local store's group commit
-        // makes durable with one sync. Larger content and chunk lists go to the store now,
-        // concurrently: a batch of many files is bound by round trips, not by work. Nothing
-        // references the content until the fenced commit below. Unordered, so one slow upload
-        // does not hold the slots of those finished after it; the batch order is restored.
-        let mut named: Vec<(usize, Change, Option<Deferred>)> =
-            futures::stream::iter(changes.into_iter().enumerate())
-                .map(|(index, change)| async move {
-                    let Change { step, precondition } = change;
-                    let mut deferred = None;
-                    let step = match step {
-                        Step::Write {
-                            path,
-                            content,
-                            mode,
-                            mtime_ns,
-                        } => {
-                            let (hash, size) = match content {
-                                Content::Inline(bytes) if bytes.len() <= MAX_CHUNK => {
-                                    let hash = blob_hash(&bytes);
-                                    let size = bytes.len() as u64;
-                                    deferred = Some((hash, bytes));
-                                    (hash, size)
-                                }
-                                other => self.store_content(other).await?,
-                            };
-                            Step::Write {
-                                path,
-                                content: Content::Stored(hash, size),
-                                mode,
-                                mtime_ns,
-                            }
-                        }
-                        Step::Symlink {
-                            path,
-                            target,
-                            mtime_ns,
-                        } => {
-                            let hash = blob_hash(&target);
-                            deferred = Some((hash, target.clone()));
-                            Step::Symlink {
-                                path,
-                                target,
-                                mtime_ns,
-                            }
-                        }
-                        other => other,
-                    };
-                    Ok::<_, Error>((index, Change { step, precondition }, deferred))
-                })
-                .buffer_unordered(STORE_CONCURRENCY)
-                .try_collect()
-                .await?;
-        named.sort_unstable_by_key(|(index, _, _)| *index);
-        let mut deferred: Vec<Deferred> = Vec::new();
-        let mut changes = Vec::with_capacity(named.len());
-        for (_, change, content) in named {
-            changes.push(change);
-            deferred.extend(content);
-        }
-        deferred.sort_unstable_by_key(|(hash, _)| *hash);
-        deferred.dedup_by_key(|(hash, _)| *hash);
+        let (changes, deferred) = self.name_contents(changes).await?;
         for change in changes {
             if let Some(precondition) = &change.precondition {
                 check_precondition(&mut editor, change.step.target(), precondition).await?;
             }
-            match change.step {
-                Step::Write {
-                    path,
-                    content,
-                    mode,
-                    mtime_ns,
-                } => {
-                    let (hash, size) = self.store_content(content).await?;
-                    editor.write_file(&path, hash, size, mode, mtime_ns).await?;
-                }
-                Step::Symlink {
-                    path,
-                    target,
-                    mtime_ns,
-                } => {
-                    let size = target.len() as u64;
-                    editor
-                        .symlink(&path, blob_hash(&target), size, mtime_ns)
-                        .await?;
-                }
-                Step::SetAttributes {
-                    path,
-                    mode,
-                    mtime_ns,
-                } => editor.set_attributes(&path, mode, mtime_ns).await?,
-                Step::Delete { path, recursive } => {
-                    editor.delete(&path, recursive).await?;
-                }
-                Step::MakeDirectory { path, parents } => {
-                    editor.make_directory(&path, parents).await?
-                }
-                Step::Move {
-                    from,
-                    to,
-                    overwrite,
-                } => editor.move_path(&from, &to, overwrite).await?,
-                Step::Copy {
-                    from,
-                    to,
-                    overwrite,
-                } => editor.copy_path(&from, &to, overwrite).await?,
-            }
+            self.edit(&mut editor, change.step).await?;
         }
         let touched: Vec<String> = editor.touched().to_vec();
-        let blobs = self.trees.blobs();
-        let content = futures::stream::iter(deferred)
-            .map(|(hash, bytes)| async move {
-                let stored = blobs.put(bytes).await?;
-                if stored != hash {
-                    return Err(Error::Internal(format!(
-                        "the content store named content {stored}, expected {hash}"
-                    )));
-                }
-                Ok(())
-            })
-            .buffer_unordered(STORE_CONCURRENCY)
-            .try_collect::<Vec<()>>();
-        let (new_root, _) = futures::try_join!(editor.finish(), content)?;
+        let (new_root, _) = futures::try_join!(editor.finish(), self.put_deferred(deferred))?;
         if new_root == old_root {
             return Ok(Prepared::unchanged(mutation));
         }
@@ -308,6 +191,144 @@ impl Sessions {
                 operation: operation.to_string(),
             });
         Ok(Prepared::changed(mutation, effect))
+    }
+
+    /// Names every write's content before editing, in batch order, with the small content
+    /// still to be written (sorted, without repeats).
+    ///
+    /// Content of up to one chunk is named here (its hash is the store's name for it) and
+    /// written later, in the same round as the new trees: one round of concurrent writes,
+    /// which the local store's group commit makes durable with one sync. Larger content and
+    /// chunk lists go to the store now, concurrently: a batch of many files is bound by round
+    /// trips, not by work. Nothing references the content until the fenced commit. Unordered,
+    /// so one slow upload does not hold the slots of those finished after it; the batch order
+    /// is restored.
+    async fn name_contents(&self, changes: Vec<Change>) -> Result<(Vec<Change>, Vec<Deferred>)> {
+        let mut named: Vec<(usize, Change, Option<Deferred>)> =
+            futures::stream::iter(changes.into_iter().enumerate())
+                .map(|(index, change)| async move {
+                    let (change, deferred) = self.name_content(change).await?;
+                    Ok::<_, Error>((index, change, deferred))
+                })
+                .buffer_unordered(STORE_CONCURRENCY)
+                .try_collect()
+                .await?;
+        named.sort_unstable_by_key(|(index, _, _)| *index);
+        let mut deferred: Vec<Deferred> = Vec::new();
+        let mut changes = Vec::with_capacity(named.len());
+        for (_, change, content) in named {
+            changes.push(change);
+            deferred.extend(content);
+        }
+        deferred.sort_unstable_by_key(|(hash, _)| *hash);
+        deferred.dedup_by_key(|(hash, _)| *hash);
+        Ok((changes, deferred))
+    }
+
+    /// One change with its content named (stored now if large), and the small content it
+    /// leaves to write with the trees.
+    async fn name_content(&self, change: Change) -> Result<(Change, Option<Deferred>)> {
+        let Change { step, precondition } = change;
+        let mut deferred = None;
+        let step = match step {
+            Step::Write {
+                path,
+                content,
+                mode,
+                mtime_ns,
+            } => {
+                let (hash, size) = match content {
+                    Content::Inline(bytes) if bytes.len() <= MAX_CHUNK => {
+                        let hash = blob_hash(&bytes);
+                        let size = bytes.len() as u64;
+                        deferred = Some((hash, bytes));
+                        (hash, size)
+                    }
+                    other => self.store_content(other).await?,
+                };
+                Step::Write {
+                    path,
+                    content: Content::Stored(hash, size),
+                    mode,
+                    mtime_ns,
+                }
+            }
+            Step::Symlink {
+                path,
+                target,
+                mtime_ns,
+            } => {
+                deferred = Some((blob_hash(&target), target.clone()));
+                Step::Symlink {
+                    path,
+                    target,
+                    mtime_ns,
+                }
+            }
+            other => other,
+        };
+        Ok((Change { step, precondition }, deferred))
+    }
+
+    /// Makes one step's edit in the tree being built.
+    async fn edit(&self, editor: &mut TreeEditor, step: Step) -> Result<()> {
+        match step {
+            Step::Write {
+                path,
+                content,
+                mode,
+                mtime_ns,
+            } => {
+                let (hash, size) = self.store_content(content).await?;
+                editor.write_file(&path, hash, size, mode, mtime_ns).await
+            }
+            Step::Symlink {
+                path,
+                target,
+                mtime_ns,
+            } => {
+                let size = target.len() as u64;
+                editor
+                    .symlink(&path, blob_hash(&target), size, mtime_ns)
+                    .await
+            }
+            Step::SetAttributes {
+                path,
+                mode,
+                mtime_ns,
+            } => editor.set_attributes(&path, mode, mtime_ns).await,
+            Step::Delete { path, recursive } => editor.delete(&path, recursive).await.map(|_| ()),
+            Step::MakeDirectory { path, parents } => editor.make_directory(&path, parents).await,
+            Step::Move {
+                from,
+                to,
+                overwrite,
+            } => editor.move_path(&from, &to, overwrite).await,
+            Step::Copy {
+                from,
+                to,
+                overwrite,
+            } => editor.copy_path(&from, &to, overwrite).await,
+        }
+    }
+
+    /// Writes the small content named by [`Sessions::name_contents`], concurrently.
+    async fn put_deferred(&self, deferred: Vec<Deferred>) -> Result<()> {
+        let blobs = self.trees.blobs();
+        futures::stream::iter(deferred)
+            .map(|(hash, bytes)| async move {
+                let stored = blobs.put(bytes).await?;
+                if stored != hash {
+                    return Err(Error::Internal(format!(
+                        "the content store named content {stored}, expected {hash}"
+                    )));
+                }
+                Ok(())
+            })
+            .buffer_unordered(STORE_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(|_| ())
     }
 }
 

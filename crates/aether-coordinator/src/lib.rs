@@ -23,6 +23,7 @@ pub mod gc;
 pub mod grpc;
 pub mod knowledge;
 pub mod label_index;
+pub mod listing;
 pub mod model;
 pub mod paged_map;
 pub mod requests;

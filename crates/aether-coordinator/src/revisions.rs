@@ -1,7 +1,7 @@
 //! Naming file states: head, base, checkpoints and commits, resolved to root hashes; and
 //! commit objects, which live in the content store as JSON, named by their hash.
 
-use aether_core::Hash;
+use aether_core::{Hash, TreeEntry, WorkspacePath};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +74,22 @@ impl Sessions {
             next = self.load_commit(&id).await?.parents.first().cloned();
         }
         Ok(false)
+    }
+
+    /// The entry at `path` in the files `revision` names.
+    pub async fn entry_at(
+        &self,
+        record: &SessionRecord,
+        revision: &Revision,
+        path: &WorkspacePath,
+    ) -> Result<TreeEntry> {
+        let root = self.resolve(record, revision).await?;
+        self.trees
+            .lookup(&root, path)
+            .await?
+            .ok_or_else(|| Error::PathNotFound {
+                path: path.to_string(),
+            })
     }
 
     /// The root a revision names in a session.

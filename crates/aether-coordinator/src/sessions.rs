@@ -208,6 +208,19 @@ impl Effect {
         self.details.push((key.to_string(), value.into()));
         self
     }
+
+    /// The audit event of this effect, number `sequence` in the session's trail.
+    fn audit_record(&self, sequence: u64, time_ms: i64) -> AuditRecord {
+        AuditRecord {
+            sequence,
+            principal: self.principal.clone(),
+            action: self.action.to_string(),
+            target: self.target.clone(),
+            time_ms,
+            outcome: "ok".into(),
+            details: self.details.iter().cloned().collect(),
+        }
+    }
 }
 
 impl Sessions {
@@ -536,32 +549,8 @@ impl Sessions {
         mutation.record.audit_sequence += 1;
         // A closed session keeps only the outcome of the request that closed it.
         let closing = matches!(mutation.record.state, State::Closed | State::Expired);
-        let mut ops = Vec::new();
-        let recording = match mutation.caller.request().cloned() {
-            Some(key) => {
-                let (recording, op) = self
-                    .record_request(&mut mutation, key, closing, now)
-                    .await?;
-                ops.push(op);
-                Some(recording)
-            }
-            None => None,
-        };
-        if closing {
-            let keep = recording
-                .as_ref()
-                .map(|r| requests::generation_of(r.sequence));
-            ops.extend(requests::delete_ops(&id, keep));
-        }
-        let audit = AuditRecord {
-            sequence: mutation.record.audit_sequence,
-            principal: effect.principal.clone(),
-            action: effect.action.to_string(),
-            target: effect.target.clone(),
-            time_ms: now,
-            outcome: "ok".into(),
-            details: effect.details.iter().cloned().collect(),
-        };
+        let (recording, mut ops) = self.request_ops(&mut mutation, closing, now).await?;
+        let audit = effect.audit_record(mutation.record.audit_sequence, now);
         let appended = self
             .audit
             .append(&*self.coord, &mut mutation.record, audit)
@@ -574,44 +563,10 @@ impl Sessions {
             &mutation.record.labels,
         ));
         ops.append(&mut mutation.ops);
-        let mut compares = vec![Compare::ModRevision(
-            model::session_key(&id),
-            mutation.read_revision,
-        )];
-        compares.append(&mut mutation.compares);
-        let outcome = holder::fenced_txn(&*self.coord, &mutation.fence, compares, ops).await;
-        match outcome.map_err(|e| unconfirmed(&id, e)) {
-            Err(e) => {
-                // What is recorded is unknown now: read it again next time.
-                mutation.state.requests = None;
-                return Err(e);
-            }
-            Ok(FencedOutcome::Applied(_)) => {}
-            Ok(FencedOutcome::Conflict) => {
-                return Err(Error::Aborted(format!(
-                "session {id} changed concurrently (or a name is already taken); re-read and retry"
-            )))
-            }
-            Ok(FencedOutcome::Fenced) => {
-                self.drop_hold(&id);
-                return Err(Error::Fenced(id));
-            }
-        }
+        self.fenced_commit(&id, &mut mutation, ops).await?;
         mutation.caller.note_applied();
-        let removals =
-            model::label_index_removals(&id, &mutation.labels_read, &mutation.record.labels);
-        if !removals.is_empty() {
-            if let Err(e) = self.coord.txn(vec![], removals).await {
-                tracing::warn!(session = %id, error = %e, "removing old label index keys failed");
-            }
-        }
-        if !appended.cleanup.is_empty() {
-            // Audit keys now in the store; one left behind is never read, and the next move
-            // deletes it.
-            if let Err(e) = self.coord.txn(vec![], appended.cleanup).await {
-                tracing::warn!(session = %id, error = %e, "removing moved audit keys failed");
-            }
-        }
+        self.clean_up_after_commit(&id, &mutation, appended.cleanup)
+            .await;
         if let Some(Recording {
             key,
             sequence,
@@ -630,11 +585,81 @@ impl Sessions {
                 .publish(&id, version, effect.principal, event)
                 .await;
         }
-        if matches!(mutation.record.state, State::Closed | State::Expired) {
+        if closing {
             // Nothing can change a closed session again, so this runs once per session.
             self.events.archive(&id).await;
         }
         Ok(mutation.record)
+    }
+
+    /// The writes that record the mutation's request (its answer for retries), and those that
+    /// drop every other recorded request when the session closes.
+    async fn request_ops(
+        &self,
+        mutation: &mut Mutation,
+        closing: bool,
+        now: i64,
+    ) -> Result<(Option<Recording>, Vec<Op>)> {
+        let mut ops = Vec::new();
+        let recording = match mutation.caller.request().cloned() {
+            Some(key) => {
+                let (recording, op) = self.record_request(mutation, key, closing, now).await?;
+                ops.push(op);
+                Some(recording)
+            }
+            None => None,
+        };
+        if closing {
+            let keep = recording
+                .as_ref()
+                .map(|r| requests::generation_of(r.sequence));
+            ops.extend(requests::delete_ops(&mutation.record.id, keep));
+        }
+        Ok((recording, ops))
+    }
+
+    /// Writes `ops` if the record is as the mutation read it and this node still holds the
+    /// session.
+    async fn fenced_commit(&self, id: &str, mutation: &mut Mutation, ops: Vec<Op>) -> Result<()> {
+        let mut compares = vec![Compare::ModRevision(
+            model::session_key(id),
+            mutation.read_revision,
+        )];
+        compares.append(&mut mutation.compares);
+        let outcome = holder::fenced_txn(&*self.coord, &mutation.fence, compares, ops).await;
+        match outcome.map_err(|e| unconfirmed(id, e)) {
+            Err(e) => {
+                // What is recorded is unknown now: read it again next time.
+                mutation.state.requests = None;
+                Err(e)
+            }
+            Ok(FencedOutcome::Applied(_)) => Ok(()),
+            Ok(FencedOutcome::Conflict) => Err(Error::Aborted(format!(
+                "session {id} changed concurrently (or a name is already taken); re-read and retry"
+            ))),
+            Ok(FencedOutcome::Fenced) => {
+                self.drop_hold(id);
+                Err(Error::Fenced(id.to_string()))
+            }
+        }
+    }
+
+    /// Deletes keys a committed mutation left unused (old label index keys, audit keys moved
+    /// to the store). Best effort: a key left behind is never read.
+    async fn clean_up_after_commit(&self, id: &str, mutation: &Mutation, audit_moved: Vec<Op>) {
+        let removals =
+            model::label_index_removals(id, &mutation.labels_read, &mutation.record.labels);
+        if !removals.is_empty() {
+            if let Err(e) = self.coord.txn(vec![], removals).await {
+                tracing::warn!(session = %id, error = %e, "removing old label index keys failed");
+            }
+        }
+        if !audit_moved.is_empty() {
+            // The next move deletes one left behind.
+            if let Err(e) = self.coord.txn(vec![], audit_moved).await {
+                tracing::warn!(session = %id, error = %e, "removing moved audit keys failed");
+            }
+        }
     }
 
     /// Creates a new session record (and takes its hold) in one transaction, with `reply` as
@@ -649,31 +674,9 @@ impl Sessions {
         let id = record.id.clone();
         let lease = self.live_lease().await?;
         record.audit_sequence = 1;
-        // The creating request is the session's request 0.
         let request = caller.request();
-        let mut recorded = None;
-        if let Some(key) = &request {
-            let reply = Bytes::from(reply.encode_to_vec());
-            let entry = RequestRecord {
-                sequence: 0,
-                principal: key.principal.clone(),
-                method: key.method.clone(),
-                id: key.id.clone(),
-                time_ms: record.created_at_ms,
-                reply: requests::store_reply(self.trees.blobs().as_ref(), reply).await?,
-            };
-            recorded = Some(requests::only(&id, entry).0);
-            record.request_count = 1;
-        }
-        let audit = AuditRecord {
-            sequence: 1,
-            principal: effect.principal.clone(),
-            action: effect.action.to_string(),
-            target: effect.target.clone(),
-            time_ms: record.created_at_ms,
-            outcome: "ok".into(),
-            details: effect.details.iter().cloned().collect(),
-        };
+        let recorded = self.record_creation(&mut record, request, reply).await?;
+        let audit = effect.audit_record(1, record.created_at_ms);
         // A new trail, whatever the record was built from (a fork copies its parent's record).
         record.audit_root = String::new();
         record.audit_store_from = 0;
@@ -715,17 +718,7 @@ impl Sessions {
             .await
             .map_err(|e| unconfirmed(&id, e))?;
         if !outcome.succeeded {
-            // Another attempt of the same request may have created it meanwhile.
-            if let Some(key) = request {
-                if let Some(entry) = requests::fetch(&*self.coord, &id, 0, key).await? {
-                    return Err(self.replay(caller, &id, entry).await);
-                }
-                return Err(Error::AlreadyExists(format!(
-                    "session {id} already exists: request id {} of {} already created it and its outcome is no longer kept; use a new request id",
-                    key.id, key.method
-                )));
-            }
-            return Err(Error::AlreadyExists(format!("session {id} already exists")));
+            return Err(self.creation_refused(caller, &id).await);
         }
         caller.note_applied();
         let hold = Arc::new(Hold::new(Fence {
@@ -734,6 +727,46 @@ impl Sessions {
         }));
         self.holds.lock().expect("holds").insert(id, hold);
         Ok(record)
+    }
+
+    /// Records the creating request as the session's request 0 (its answer for retries): the
+    /// write to make with the record, if the request has an id.
+    async fn record_creation(
+        &self,
+        record: &mut SessionRecord,
+        request: Option<&RequestKey>,
+        reply: &impl prost::Message,
+    ) -> Result<Option<Op>> {
+        let Some(key) = request else {
+            return Ok(None);
+        };
+        let reply = Bytes::from(reply.encode_to_vec());
+        let entry = RequestRecord {
+            sequence: 0,
+            principal: key.principal.clone(),
+            method: key.method.clone(),
+            id: key.id.clone(),
+            time_ms: record.created_at_ms,
+            reply: requests::store_reply(self.trees.blobs().as_ref(), reply).await?,
+        };
+        record.request_count = 1;
+        Ok(Some(requests::only(&record.id, entry).0))
+    }
+
+    /// Why session `id` could not be created: another attempt of the same request may have
+    /// created it meanwhile (answered with that attempt's outcome), or the id is taken.
+    async fn creation_refused(&self, caller: &Caller, id: &str) -> Error {
+        let Some(key) = caller.request() else {
+            return Error::AlreadyExists(format!("session {id} already exists"));
+        };
+        match requests::fetch(&*self.coord, id, 0, key).await {
+            Ok(Some(entry)) => self.replay(caller, id, entry).await,
+            Ok(None) => Error::AlreadyExists(format!(
+                "session {id} already exists: request id {} of {} already created it and its outcome is no longer kept; use a new request id",
+                key.id, key.method
+            )),
+            Err(e) => e,
+        }
     }
 
     /// Releases every hold (graceful shutdown), so other nodes take over at once.

@@ -496,11 +496,11 @@ impl TreeEditor {
             Ok(dir) => dir,
             // A missing parent: the path does not exist. A parent that is a file says so, as
             // it does for writes.
-            Err(Error::DirectoryNotFound { .. }) => return Err(not_found(&path)),
+            Err(Error::DirectoryNotFound { .. }) => return Err(not_found(path)),
             Err(e) => return Err(e),
         };
         let Some(mut entry) = dir.tree.get(&name).cloned() else {
-            return Err(not_found(&path));
+            return Err(not_found(path));
         };
         if let Some(mode) = mode {
             // A symlink's permission bits mean nothing on Linux; they stay 0777.
@@ -557,11 +557,11 @@ impl TreeEditor {
             Ok(dir) => dir,
             // A missing parent: the path does not exist. A parent that is a file says so, as
             // it does for writes.
-            Err(Error::DirectoryNotFound { .. }) => return Err(not_found(&path)),
+            Err(Error::DirectoryNotFound { .. }) => return Err(not_found(path)),
             Err(e) => return Err(e),
         };
         let Some(mut entry) = dir.tree.get(&name).cloned() else {
-            return Err(not_found(&path));
+            return Err(not_found(path));
         };
         if entry.kind == EntryKind::Directory {
             // An edited subdirectory must be written first so the entry we hand back is current.

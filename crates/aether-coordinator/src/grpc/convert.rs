@@ -4,6 +4,7 @@ use aether_core::{EntryKind, TreeEntry, WorkspacePath};
 use aether_proto as pb;
 use prost_types::{Duration, Timestamp};
 
+use crate::error::{Error, Result};
 use crate::model::{
     AuditRecord, Binding, CheckpointRecord, PolicyRecord, SessionRecord, SourceRecord, State,
 };
@@ -27,12 +28,12 @@ pub fn duration_ms(duration: &Option<Duration>) -> Result<u64, String> {
 }
 
 /// The revision a request names (none: the head).
-pub fn revision(revision: &Option<pb::Revision>) -> Result<Revision, tonic::Status> {
+pub fn revision(revision: &Option<pb::Revision>) -> Result<Revision> {
     let Some(r) = revision else {
         return Ok(Revision::Head);
     };
     let kind = pb::RevisionKind::try_from(r.kind).map_err(|_| {
-        tonic::Status::invalid_argument(format!(
+        Error::InvalidArgument(format!(
             "unknown revision kind {}; use HEAD, BASE, CHECKPOINT or COMMIT",
             r.kind
         ))
@@ -71,6 +72,19 @@ pub fn state(state: State) -> pb::SessionState {
         State::Finalized => pb::SessionState::Finalized,
         State::Closed => pb::SessionState::Closed,
         State::Expired => pb::SessionState::Expired,
+    }
+}
+
+/// A session state a request names (ListSessions' filter).
+pub fn state_from(state: i32) -> Result<State> {
+    match pb::SessionState::try_from(state) {
+        Ok(pb::SessionState::Active) => Ok(State::Active),
+        Ok(pb::SessionState::Finalized) => Ok(State::Finalized),
+        Ok(pb::SessionState::Closed) => Ok(State::Closed),
+        Ok(pb::SessionState::Expired) => Ok(State::Expired),
+        _ => Err(Error::InvalidArgument(format!(
+            "states: {state} is not a session state: use SESSION_STATE_ACTIVE, _FINALIZED, _CLOSED or _EXPIRED"
+        ))),
     }
 }
 

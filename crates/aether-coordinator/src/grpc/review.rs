@@ -83,6 +83,73 @@ fn state_from(state: i32) -> Result<ApprovalStateRecord> {
     })
 }
 
+/// The lines an annotation names, if any: from 1, last at least first.
+fn line_range(lines: Option<pb::LineRange>) -> Result<Option<(u32, u32)>> {
+    let Some(pb::LineRange {
+        first_line,
+        last_line,
+    }) = lines
+    else {
+        return Ok(None);
+    };
+    if first_line == 0 || last_line < first_line {
+        return Err(Error::InvalidArgument(format!(
+            "lines {first_line}..{last_line} are not a range: lines count from 1 and last_line is at least first_line"
+        )));
+    }
+    Ok(Some((first_line, last_line)))
+}
+
+fn check_body(body: &str) -> Result<()> {
+    if body.is_empty() || body.len() > MAX_BODY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "an annotation body is 1 to {MAX_BODY_BYTES} bytes, got {}",
+            body.len()
+        )));
+    }
+    Ok(())
+}
+
+/// The reviewers an approval request names, checked and without repeats; never the requester.
+fn named_reviewers(named: &[String], requester: &str) -> Result<Vec<String>> {
+    if named.len() > MAX_REVIEWERS {
+        return Err(Error::InvalidArgument(format!(
+            "at most {MAX_REVIEWERS} reviewers can be named, got {}",
+            named.len()
+        )));
+    }
+    let mut reviewers: Vec<String> = Vec::with_capacity(named.len());
+    for reviewer in named {
+        check_principal_name(reviewer)?;
+        if reviewer == requester {
+            return Err(Error::InvalidArgument(format!(
+                "{requester} cannot review their own request; name other reviewers"
+            )));
+        }
+        if !reviewers.contains(reviewer) {
+            reviewers.push(reviewer.clone());
+        }
+    }
+    Ok(reviewers)
+}
+
+/// Whether `record` can take another approval request naming `reviewers`.
+fn check_new_approval(record: &SessionRecord, reviewers: &[String]) -> Result<()> {
+    if let Some(reviewer) = reviewers.iter().find(|r| !is_reviewer(record, r)) {
+        return Err(Error::InvalidArgument(format!(
+            "{reviewer} does not hold the reviewer role in the policy of session {}: name its owner or principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER, or name none",
+            record.id
+        )));
+    }
+    if record.approval_sequence >= MAX_APPROVALS {
+        return Err(Error::ResourceExhausted(format!(
+            "session {} has had the most approval requests allowed ({MAX_APPROVALS})",
+            record.id
+        )));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl ReviewService for ReviewGrpc {
     async fn add_annotation(
@@ -93,28 +160,8 @@ impl ReviewService for ReviewGrpc {
         let principal = caller.name().to_string();
         let request = request.into_inner();
         let path = WorkspacePath::parse(&request.path).map_err(Error::from)?;
-        let lines = match request.lines {
-            None => None,
-            Some(pb::LineRange {
-                first_line,
-                last_line,
-            }) => {
-                if first_line == 0 || last_line < first_line {
-                    return Err(Error::InvalidArgument(format!(
-                        "lines {first_line}..{last_line} are not a range: lines count from 1 and last_line is at least first_line"
-                    ))
-                    .into());
-                }
-                Some((first_line, last_line))
-            }
-        };
-        if request.body.is_empty() || request.body.len() > MAX_BODY_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "an annotation body is 1 to {MAX_BODY_BYTES} bytes, got {}",
-                request.body.len()
-            ))
-            .into());
-        }
+        let lines = line_range(request.lines)?;
+        check_body(&request.body)?;
         let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         require_open(&mutation.record)?;
         // Annotations are never deleted, so the sequence is the count.
@@ -278,45 +325,13 @@ impl ReviewService for ReviewGrpc {
         let request = request.into_inner();
         let action = action_from(request.action)?;
         check_comment(&request.comment)?;
-        if request.reviewers.len() > MAX_REVIEWERS {
-            return Err(Error::InvalidArgument(format!(
-                "at most {MAX_REVIEWERS} reviewers can be named, got {}",
-                request.reviewers.len()
-            ))
-            .into());
-        }
-        let mut reviewers: Vec<String> = Vec::with_capacity(request.reviewers.len());
-        for reviewer in &request.reviewers {
-            check_principal_name(reviewer)?;
-            if *reviewer == principal {
-                return Err(Error::InvalidArgument(format!(
-                    "{principal} cannot review their own request; name other reviewers"
-                ))
-                .into());
-            }
-            if !reviewers.contains(reviewer) {
-                reviewers.push(reviewer.clone());
-            }
-        }
+        let reviewers = named_reviewers(&request.reviewers, &principal)?;
         let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
         match action {
             ApprovalActionRecord::Commit => require_active(&mutation.record)?,
             ApprovalActionRecord::Export => require_open(&mutation.record)?,
         }
-        if let Some(reviewer) = reviewers.iter().find(|r| !is_reviewer(&mutation.record, r)) {
-            return Err(Error::InvalidArgument(format!(
-                "{reviewer} does not hold the reviewer role in the policy of session {}: name its owner or principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER, or name none",
-                mutation.record.id
-            ))
-            .into());
-        }
-        if mutation.record.approval_sequence >= MAX_APPROVALS {
-            return Err(Error::ResourceExhausted(format!(
-                "session {} has had the most approval requests allowed ({MAX_APPROVALS})",
-                mutation.record.id
-            ))
-            .into());
-        }
+        check_new_approval(&mutation.record, &reviewers)?;
         let sequence = mutation.record.approval_sequence + 1;
         let approval = ApprovalRecord {
             sequence,

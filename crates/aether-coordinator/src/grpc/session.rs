@@ -13,11 +13,7 @@ use super::{caller_of, page_size, page_token};
 use crate::caller::Caller;
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::label_index;
-
-/// Session records one ListSessions call reads at most (then it answers with what it found
-/// and a token to go on from).
-const MAX_EXAMINED_PER_PAGE: usize = 5000;
+use crate::listing::{self, SessionFilter};
 use crate::model::{self, ApprovalActionRecord, SessionRecord, SourceRecord, State};
 use crate::sessions::{require_open, validate_session_id, Effect, Sessions};
 
@@ -217,110 +213,27 @@ impl SessionService for SessionGrpc {
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
-        let selector = LabelSelector::parse(&request.label_selector)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        let size = page_size(&request.page);
-        let prefix = model::sessions_prefix();
-        let mut after = match page_token(&request.page) {
-            Some(token) => {
-                validate_session_id(&token).map_err(|_| {
-                    Error::InvalidArgument(
-                        "page_token is malformed; pass next_page_token back unchanged".into(),
-                    )
-                })?;
-                Some(token)
-            }
-            None => None,
+        let filter = SessionFilter {
+            selector: LabelSelector::parse(&request.label_selector)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?,
+            states: request
+                .states
+                .iter()
+                .map(|s| convert::state_from(*s))
+                .collect::<Result<_, _>>()?,
         };
-        let coord = &*self.sessions.coord;
-        // A "k=v" term reads only the sessions with that label (once the index is complete).
-        let indexed = match selector.required_pairs().first() {
-            Some(pair) if label_index::ready(coord).await? => Some(*pair),
-            _ => None,
-        };
-        let states: Vec<i32> = request.states.clone();
-        if let Some(bad) = states.iter().find(|s| {
-            !matches!(
-                pb::SessionState::try_from(**s),
-                Ok(pb::SessionState::Active
-                    | pb::SessionState::Finalized
-                    | pb::SessionState::Closed
-                    | pb::SessionState::Expired)
-            )
-        }) {
-            return Err(Error::InvalidArgument(format!(
-                "states: {bad} is not a session state: use SESSION_STATE_ACTIVE, _FINALIZED, _CLOSED or _EXPIRED"
-            ))
-            .into());
-        }
-        let mut sessions = Vec::new();
-        let mut next_page_token = String::new();
-        let mut examined = 0usize;
-        // Read candidates in id order, filtering, until a page is full or they run out.
-        'scan: loop {
-            let (records, last) = match indexed {
-                Some(pair) => {
-                    let want = (size + 1 - sessions.len()).clamp(1, 500);
-                    label_index::sessions_with(coord, pair, after.as_deref(), want).await?
-                }
-                None => {
-                    let start = after.as_ref().map(|id| format!("{prefix}{id}"));
-                    let batch = coord
-                        .range(&prefix, start.as_deref(), 500)
-                        .await
-                        .map_err(Error::from)?;
-                    let last = batch
-                        .last()
-                        .and_then(|kv| kv.key.strip_prefix(&prefix))
-                        .map(str::to_owned);
-                    let records = batch
-                        .iter()
-                        .filter_map(|kv| serde_json::from_slice::<SessionRecord>(&kv.value).ok())
-                        .collect::<Vec<_>>();
-                    (records, last)
-                }
-            };
-            let Some(last) = last else {
-                break;
-            };
-            examined += records.len();
-            for record in records {
-                if !selector.matches(&record.labels) || !caller.can_see(&record) {
-                    continue;
-                }
-                if !states.is_empty() && !states.contains(&(convert::state(record.state) as i32)) {
-                    continue;
-                }
-                if sessions.len() == size {
-                    next_page_token = sessions
-                        .last()
-                        .map(|s: &pb::Session| s.id.clone())
-                        .unwrap_or_default();
-                    break 'scan;
-                }
-                sessions.push(self.sessions.describe(&record).await?);
-            }
-            after = Some(last);
-            // A selector or filter that matches few sessions must not make one call read
-            // them all: past the bound, the page ends early with a token to go on from.
-            if examined >= MAX_EXAMINED_PER_PAGE {
-                // The token must not name a session the principal may not see: the last one
-                // returned, or a short prefix of the last one read (seeking after it only
-                // reads again a few records this call already passed over).
-                let prefix: String = after
-                    .as_deref()
-                    .unwrap_or_default()
-                    .chars()
-                    .take(8)
-                    .collect();
-                let returned = sessions.last().map(|s: &pb::Session| s.id.clone());
-                next_page_token = returned.filter(|r| *r > prefix).unwrap_or(prefix);
-                break;
-            }
+        let after = listing::parse_page_token(page_token(&request.page))?;
+        let page = self
+            .sessions
+            .list(&caller, &filter, page_size(&request.page), after)
+            .await?;
+        let mut sessions = Vec::with_capacity(page.records.len());
+        for record in &page.records {
+            sessions.push(self.sessions.describe(record).await?);
         }
         Ok(Response::new(pb::ListSessionsResponse {
             sessions,
-            next_page_token,
+            next_page_token: page.next_page_token,
         }))
     }
 

@@ -21,9 +21,8 @@ use super::{caller_of, page_size, page_token};
 use crate::archive;
 use crate::changes::{Change, Content, Precondition, Step};
 use crate::error::{Error, Result};
-use crate::events::Event;
-use crate::sessions::{check_expected_version, require_active, require_open, Effect, Sessions};
-use crate::trees::{TreeEditor, Trees};
+use crate::sessions::{check_expected_version, require_active, require_open, Sessions};
+use crate::trees::Trees;
 
 /// Largest file accepted inline in a WriteOp.
 pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
@@ -56,34 +55,12 @@ fn path(value: &str) -> Result<WorkspacePath> {
 fn parse_change(change: pb::Change) -> Result<Change> {
     use pb::change::Op;
     let step = match change.op {
-        Some(Op::Write(w)) => {
-            let content = if w.chunks.is_empty() {
-                if w.content.len() > MAX_INLINE_BYTES {
-                    return Err(Error::ResourceExhausted(format!(
-                        "inline content of {} bytes exceeds {MAX_INLINE_BYTES}; upload with PutBlob and pass chunks, or use WriteFile",
-                        w.content.len()
-                    )));
-                }
-                Content::Inline(w.content)
-            } else {
-                let chunks = w
-                    .chunks
-                    .iter()
-                    .map(|c| {
-                        Hash::from_hex(&c.hash)
-                            .map(|h| (h, c.size))
-                            .map_err(|e| Error::InvalidArgument(format!("chunk hash: {e}")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Content::Chunks(chunks)
-            };
-            Step::Write {
-                path: path(&w.path)?,
-                content,
-                mode: w.mode,
-                mtime_ns: w.mtime_ns,
-            }
-        }
+        Some(Op::Write(w)) => Step::Write {
+            path: path(&w.path)?,
+            content: write_content(w.content, &w.chunks)?,
+            mode: w.mode,
+            mtime_ns: w.mtime_ns,
+        },
         Some(Op::Symlink(l)) => Step::Symlink {
             path: path(&l.path)?,
             target: symlink_target(&l.target)?,
@@ -132,6 +109,94 @@ fn parse_change(change: pb::Change) -> Result<Change> {
     })
 }
 
+/// The content of a WriteFile call: its data messages, refused past
+/// [`MAX_WRITE_FILE_BYTES`] or at any message that is not data.
+fn file_body(
+    stream: Streaming<pb::WriteFileRequest>,
+) -> impl Stream<Item = std::result::Result<Bytes, Status>> {
+    let mut received = 0u64;
+    stream.map(move |message| match message?.part {
+        Some(pb::write_file_request::Part::Data(data)) => {
+            received += data.len() as u64;
+            if received > MAX_WRITE_FILE_BYTES {
+                return Err(Error::ResourceExhausted(format!(
+                    "file exceeds the WriteFile limit of {MAX_WRITE_FILE_BYTES} bytes; upload chunks with PutBlob and use ApplyChanges"
+                ))
+                .into());
+            }
+            Ok(data)
+        }
+        _ => Err(Status::invalid_argument(
+            "WriteFile takes one header, then only data messages",
+        )),
+    })
+}
+
+/// The ReadFile answer for `entry`'s bytes from `offset` (`length` of them, or to the end if
+/// 0), streamed from the store's `pieces`: the first message carries the entry, and an empty
+/// read still yields that one message.
+fn read_stream(
+    pieces: BoxStream<'static, std::result::Result<Bytes, aether_store::StoreError>>,
+    entry: pb::Entry,
+    offset: u64,
+    length: u64,
+) -> ByteStream<pb::ReadFileResponse> {
+    let empty = entry.size == 0 || length == 0 && offset == entry.size;
+    let head = if empty {
+        vec![Ok(pb::ReadFileResponse {
+            entry: Some(entry.clone()),
+            offset,
+            data: Bytes::new(),
+        })]
+    } else {
+        vec![]
+    };
+    let mut first = Some(entry);
+    let mut next = offset;
+    let stream = pieces
+        .map(move |piece| match piece {
+            Err(e) => vec![Err(Status::from(Error::from(e)))],
+            Ok(piece) => split(piece)
+                .into_iter()
+                .map(|data| {
+                    let message = pb::ReadFileResponse {
+                        entry: first.take(),
+                        offset: next,
+                        data,
+                    };
+                    next += message.data.len() as u64;
+                    Ok(message)
+                })
+                .collect(),
+        })
+        .flat_map(futures::stream::iter);
+    Box::pin(futures::stream::iter(head).chain(stream.filter(move |m| {
+        futures::future::ready(!(empty && matches!(m, Ok(r) if r.data.is_empty())))
+    })))
+}
+
+/// A write's content: inline bytes (bounded), or the chunks it was uploaded as.
+fn write_content(inline: Bytes, chunks: &[pb::ChunkRef]) -> Result<Content> {
+    if chunks.is_empty() {
+        if inline.len() > MAX_INLINE_BYTES {
+            return Err(Error::ResourceExhausted(format!(
+                "inline content of {} bytes exceeds {MAX_INLINE_BYTES}; upload with PutBlob and pass chunks, or use WriteFile",
+                inline.len()
+            )));
+        }
+        return Ok(Content::Inline(inline));
+    }
+    let chunks = chunks
+        .iter()
+        .map(|c| {
+            Hash::from_hex(&c.hash)
+                .map(|h| (h, c.size))
+                .map_err(|e| Error::InvalidArgument(format!("chunk hash: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Content::Chunks(chunks))
+}
+
 /// A path precondition of the API as the domain's; none when it asks nothing.
 fn precondition(precondition: pb::PathPrecondition) -> Option<Precondition> {
     use pb::path_precondition::Condition;
@@ -165,89 +230,91 @@ fn symlink_target(target: &str) -> Result<Bytes> {
 
 /// The files and symlinks that differ between two trees (and directories whose mode
 /// changed), walking only subtrees whose hashes differ. Changes of modification time alone
-/// are left out unless `include_time_only`. Pages: at most `limit` entries, after the path
-/// whose components (below `prefix`) are `after`, found by seeking, not by walking what
-/// precedes it.
-#[allow(clippy::too_many_arguments)]
-fn diff_walk<'a>(
+/// are left out unless `include_time_only`. Pages: at most `limit` entries in `out`.
+struct DiffWalk<'a> {
     trees: &'a Trees,
-    old: Option<Hash>,
-    new: Option<Hash>,
-    prefix: WorkspacePath,
     include_time_only: bool,
-    after: &'a [String],
     limit: usize,
-    out: &'a mut Vec<pb::DiffEntry>,
-) -> BoxFuture<'a, Result<()>> {
-    async move {
-        let old_tree = match old {
-            Some(h) => trees.load(&h).await?.as_ref().clone(),
-            None => aether_core::Tree::new(),
-        };
-        let new_tree = match new {
-            Some(h) => trees.load(&h).await?.as_ref().clone(),
-            None => aether_core::Tree::new(),
-        };
-        for change in diff_trees(&old_tree, &new_tree) {
-            if out.len() >= limit {
-                return Ok(());
-            }
-            let (old_entry, new_entry): (Option<TreeEntry>, Option<TreeEntry>) = match change {
-                EntryChange::Added(e) => (None, Some(e)),
-                EntryChange::Deleted(e) => (Some(e), None),
-                EntryChange::Modified { old, new } => (Some(old), Some(new)),
-            };
-            let name = old_entry
-                .as_ref()
-                .or(new_entry.as_ref())
-                .expect("one side")
-                .name
-                .clone();
-            // Names before the token's precede it with everything below them; the token's own
-            // entry was sent on the page before.
-            let on_token = match after.first() {
-                Some(first) if name.as_str() < first.as_str() => continue,
-                Some(first) => name == *first,
-                None => false,
-            };
-            let path = prefix.join(&name)?;
-            let is_dir = |e: &&TreeEntry| e.kind == EntryKind::Directory;
-            let old_leaf = old_entry.as_ref().filter(|e| !is_dir(e));
-            let new_leaf = new_entry.as_ref().filter(|e| !is_dir(e));
-            let old_dir = old_entry.as_ref().filter(is_dir);
-            let new_dir = new_entry.as_ref().filter(is_dir);
-            if on_token {
-                // Sent already.
-            } else if old_leaf.is_some() || new_leaf.is_some() {
-                if let Some(entry) = diff_entry(&path, old_leaf, new_leaf, include_time_only) {
-                    out.push(entry);
+    out: Vec<pb::DiffEntry>,
+}
+
+impl<'a> DiffWalk<'a> {
+    /// Walks the subtrees `old` and `new` at `prefix`, after the path whose components (below
+    /// `prefix`) are `after`, found by seeking, not by walking what precedes it.
+    fn walk<'w>(
+        &'w mut self,
+        old: Option<Hash>,
+        new: Option<Hash>,
+        prefix: WorkspacePath,
+        after: &'w [String],
+    ) -> BoxFuture<'w, Result<()>>
+    where
+        'a: 'w,
+    {
+        async move {
+            let old_tree = self.load(old).await?;
+            let new_tree = self.load(new).await?;
+            for change in diff_trees(&old_tree, &new_tree) {
+                if self.out.len() >= self.limit {
+                    return Ok(());
                 }
-            } else if let (Some(o), Some(n)) = (old_dir, new_dir) {
-                // A directory is reported only for its own attributes; its files follow.
-                let changed = Changed::between(o, n);
-                if changed.mode || (changed.mtime && include_time_only) {
-                    out.extend(diff_entry(&path, Some(o), Some(n), true));
+                let (old_entry, new_entry) = match change {
+                    EntryChange::Added(e) => (None, Some(e)),
+                    EntryChange::Deleted(e) => (Some(e), None),
+                    EntryChange::Modified { old, new } => (Some(old), Some(new)),
+                };
+                let name = &old_entry
+                    .as_ref()
+                    .or(new_entry.as_ref())
+                    .expect("one side")
+                    .name;
+                // Names before the token's precede it with everything below them; the token's
+                // own entry was sent on the page before.
+                let on_token = match after.first() {
+                    Some(first) if name.as_str() < first.as_str() => continue,
+                    Some(first) => name == first,
+                    None => false,
+                };
+                let path = prefix.join(name)?;
+                if !on_token {
+                    self.report(&path, old_entry.as_ref(), new_entry.as_ref());
+                }
+                let dir_hash = |e: Option<TreeEntry>| {
+                    e.filter(|e| e.kind == EntryKind::Directory).map(|e| e.hash)
+                };
+                let (old_dir, new_dir) = (dir_hash(old_entry), dir_hash(new_entry));
+                if old_dir.is_some() || new_dir.is_some() {
+                    let rest: &[String] = if on_token { &after[1..] } else { &[] };
+                    self.walk(old_dir, new_dir, path, rest).await?;
                 }
             }
-            let (old_dir, new_dir) = (old_dir.map(|e| e.hash), new_dir.map(|e| e.hash));
-            if old_dir.is_some() || new_dir.is_some() {
-                let rest: &[String] = if on_token { &after[1..] } else { &[] };
-                diff_walk(
-                    trees,
-                    old_dir,
-                    new_dir,
-                    path,
-                    include_time_only,
-                    rest,
-                    limit,
-                    out,
-                )
-                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    async fn load(&self, tree: Option<Hash>) -> Result<aether_core::Tree> {
+        Ok(match tree {
+            Some(h) => self.trees.load(&h).await?.as_ref().clone(),
+            None => aether_core::Tree::new(),
+        })
+    }
+
+    /// Adds the difference at `path` itself: a file or symlink on either side, or a
+    /// directory on both whose own attributes changed (its files follow).
+    fn report(&mut self, path: &WorkspacePath, old: Option<&TreeEntry>, new: Option<&TreeEntry>) {
+        let is_dir = |e: &&TreeEntry| e.kind == EntryKind::Directory;
+        let (old_leaf, new_leaf) = (old.filter(|e| !is_dir(e)), new.filter(|e| !is_dir(e)));
+        if old_leaf.is_some() || new_leaf.is_some() {
+            self.out
+                .extend(diff_entry(path, old_leaf, new_leaf, self.include_time_only));
+        } else if let (Some(o), Some(n)) = (old.filter(is_dir), new.filter(is_dir)) {
+            let changed = Changed::between(o, n);
+            if changed.mode || (changed.mtime && self.include_time_only) {
+                self.out.extend(diff_entry(path, Some(o), Some(n), true));
             }
         }
-        Ok(())
     }
-    .boxed()
 }
 
 /// One path's difference, or None for a change of time alone when those are left out.
@@ -390,18 +457,8 @@ impl WorkspaceService for WorkspaceGrpc {
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let path = path(&request.path)?;
-        let root = self
-            .sessions
-            .resolve(&record, &convert::revision(&request.at)?)
-            .await?;
-        let entry = self
-            .sessions
-            .trees
-            .lookup(&root, &path)
-            .await?
-            .ok_or_else(|| Error::PathNotFound {
-                path: path.to_string(),
-            })?;
+        let at = convert::revision(&request.at)?;
+        let entry = self.sessions.entry_at(&record, &at, &path).await?;
         let mut entry = convert::entry(&path, &entry);
         if entry.kind == pb::EntryKind::Symlink as i32 {
             entry.symlink_target = self.sessions.symlink_target(&entry.hash).await?;
@@ -481,18 +538,8 @@ impl WorkspaceService for WorkspaceGrpc {
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         require_open(&record)?;
         let path = path(&request.path)?;
-        let root = self
-            .sessions
-            .resolve(&record, &convert::revision(&request.at)?)
-            .await?;
-        let entry = self
-            .sessions
-            .trees
-            .lookup(&root, &path)
-            .await?
-            .ok_or_else(|| Error::PathNotFound {
-                path: path.to_string(),
-            })?;
+        let at = convert::revision(&request.at)?;
+        let entry = self.sessions.entry_at(&record, &at, &path).await?;
         if entry.kind == EntryKind::Directory {
             return Err(Error::NotAFile {
                 path: path.to_string(),
@@ -516,40 +563,12 @@ impl WorkspaceService for WorkspaceGrpc {
             .read(&entry.hash, request.offset, request.length)
             .await
             .map_err(Error::from)?;
-        let mut first = Some(convert::entry(&path, &entry));
-        let mut offset = request.offset;
-        let stream = pieces
-            .map(move |piece| match piece {
-                Err(e) => vec![Err(Status::from(Error::from(e)))],
-                Ok(piece) => split(piece)
-                    .into_iter()
-                    .map(|data| {
-                        let message = pb::ReadFileResponse {
-                            entry: first.take(),
-                            offset,
-                            data,
-                        };
-                        offset += message.data.len() as u64;
-                        Ok(message)
-                    })
-                    .collect(),
-            })
-            .flat_map(futures::stream::iter);
-        // An empty file still yields one message carrying the entry.
-        let empty = entry.size == 0 || request.length == 0 && request.offset == entry.size;
-        let head = if empty {
-            vec![Ok(pb::ReadFileResponse {
-                entry: Some(convert::entry(&path, &entry)),
-                offset: request.offset,
-                data: Bytes::new(),
-            })]
-        } else {
-            vec![]
-        };
-        let stream = futures::stream::iter(head).chain(stream.filter(move |m| {
-            futures::future::ready(!(empty && matches!(m, Ok(r) if r.data.is_empty())))
-        }));
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(read_stream(
+            pieces,
+            convert::entry(&path, &entry),
+            request.offset,
+            request.length,
+        )))
     }
 
     async fn write_file(
@@ -581,23 +600,7 @@ impl WorkspaceService for WorkspaceGrpc {
         // uploads do not serialize writers. Back-pressure: the next message is read when the
         // store has taken the last. Cancellation: a client that goes away ends the stream with
         // an error, which abandons the upload.
-        let mut received = 0u64;
-        let body = stream.map(move |message| match message?.part {
-            Some(pb::write_file_request::Part::Data(data)) => {
-                received += data.len() as u64;
-                if received > MAX_WRITE_FILE_BYTES {
-                    return Err(Error::ResourceExhausted(format!(
-                        "file exceeds the WriteFile limit of {MAX_WRITE_FILE_BYTES} bytes; upload chunks with PutBlob and use ApplyChanges"
-                    ))
-                    .into());
-                }
-                Ok(data)
-            }
-            _ => Err(Status::invalid_argument(
-                "WriteFile takes one header, then only data messages",
-            )),
-        });
-        let (hash, size) = self.sessions.trees.put_stream(body).await?;
+        let (hash, size) = self.sessions.trees.put_stream(file_body(stream)).await?;
         let change = Change {
             step: Step::Write {
                 path: file.clone(),
@@ -822,21 +825,17 @@ impl WorkspaceService for WorkspaceGrpc {
         let size = page_size(&request.page);
         let after = page_after(&request.page, &prefix, true)?;
         // One more than a page says whether another follows.
-        let mut out = Vec::with_capacity(size + 1);
-        diff_walk(
+        let mut walk = DiffWalk {
             trees,
-            subtree(from).await?,
-            subtree(to).await?,
-            prefix.clone(),
-            request.include_time_only,
-            &after,
-            size + 1,
-            &mut out,
-        )
-        .await?;
-        let more = out.len() > size;
-        out.truncate(size);
-        let entries = out;
+            include_time_only: request.include_time_only,
+            limit: size + 1,
+            out: Vec::with_capacity(size + 1),
+        };
+        walk.walk(subtree(from).await?, subtree(to).await?, prefix, &after)
+            .await?;
+        let mut entries = walk.out;
+        let more = entries.len() > size;
+        entries.truncate(size);
         let next_page_token = if more {
             entries.last().map(|e| e.path.clone()).unwrap_or_default()
         } else {
@@ -894,7 +893,6 @@ impl WorkspaceService for WorkspaceGrpc {
         request: Request<Streaming<pb::ImportArchiveRequest>>,
     ) -> Result<Response<pb::ImportArchiveResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::ImportArchiveRequest {
@@ -923,41 +921,23 @@ impl WorkspaceService for WorkspaceGrpc {
         // The whole archive is read and validated, its files' content stored as it passes,
         // before the session is touched: a refusal changes nothing.
         let items = archive::read_tar(Box::pin(data), &under, &self.sessions.trees).await?;
-        let mut mutation = self
+        let (prepared, imported) = self
             .sessions
-            .begin_active(&caller, &header.session_id)
+            .import(
+                &caller,
+                &header.session_id,
+                header.expected_head_version,
+                &under,
+                items,
+            )
             .await?;
-        check_expected_version(&mutation.record, header.expected_head_version)?;
-        let old_root = Sessions::root(&mutation.record.head_root)?;
-        let mut editor = TreeEditor::open(&self.sessions.trees, &old_root).await?;
-        let (files, directories, bytes) =
-            archive::apply_items(&self.sessions.trees, &mut editor, items).await?;
-        let touched = editor.touched().to_vec();
-        let new_root = editor.finish().await?;
-        if new_root != old_root {
-            mutation.record.head_root = new_root.to_hex();
-            mutation.record.head_version += 1;
-            let effect = Effect::new(&principal, "workspace.import", under.to_string())
-                .detail("files", files.to_string())
-                .event(Event::FilesChanged {
-                    paths: touched,
-                    operation: "import".into(),
-                });
-            let response = pb::ImportArchiveResponse {
-                files,
-                directories,
-                bytes,
-                head_version: mutation.record.head_version,
-            };
-            mutation.reply(&response);
-            self.sessions.commit(mutation, effect).await?;
-            return Ok(Response::new(response));
-        }
-        Ok(Response::new(pb::ImportArchiveResponse {
-            files,
-            directories,
-            bytes,
-            head_version: mutation.record.head_version,
-        }))
+        let response = pb::ImportArchiveResponse {
+            files: imported.files,
+            directories: imported.directories,
+            bytes: imported.bytes,
+            head_version: prepared.record().head_version,
+        };
+        self.sessions.finish(prepared, &response).await?;
+        Ok(Response::new(response))
     }
 }
