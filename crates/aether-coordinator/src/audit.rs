@@ -25,6 +25,20 @@ use crate::append_log::{AppendLog, Numbered};
 use crate::error::{Error, Result};
 use crate::model::{self, AuditRecord, SessionRecord, State};
 use crate::paged_map::PagedMap;
+use crate::sessions::Sessions;
+
+impl Sessions {
+    /// At most `limit` audit events of `record`'s session after sequence `after`, oldest
+    /// first; a closed session's trail reads on.
+    pub async fn audit_page(
+        &self,
+        record: &SessionRecord,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>> {
+        self.audit.page(&*self.coord, record, after, limit).await
+    }
+}
 
 /// Events kept as etcd keys before they move to the store together.
 pub const TAIL_EVENTS: u64 = 32;

@@ -15,9 +15,112 @@ use aether_coord::Coordination;
 use aether_core::Hash;
 use aether_store::Blobs;
 
+use crate::caller::Caller;
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::model::{self, CheckpointRecord, SessionRecord};
 use crate::paged_map::PagedMap;
+use crate::sessions::{check_expected_version, require_open, Effect, Prepared, Sessions};
+
+/// Bytes a checkpoint's description holds at most.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+impl Sessions {
+    /// Takes a checkpoint of the head (O(1): a name for the current roots), named `name` or,
+    /// if empty, `ckpt-N`; a name is taken once per session.
+    pub async fn create_checkpoint(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        name: &str,
+        description: &str,
+    ) -> Result<(Prepared, CheckpointRecord)> {
+        if description.len() > MAX_DESCRIPTION_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "description exceeds {MAX_DESCRIPTION_BYTES} bytes"
+            )));
+        }
+        let mut mutation = self.begin(caller, session_id).await?;
+        require_open(&mutation.record)?;
+        let name = match name {
+            "" => format!("ckpt-{}", mutation.record.checkpoint_count + 1),
+            name => name.to_string(),
+        };
+        aether_core::names::validate_checkpoint_name(&name)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        // The name is checked against the record read here; the commit compares the record's
+        // revision, so no concurrent change can take the name in between.
+        let taken = self.checkpoints.get(&*self.coord, &mutation.record, &name);
+        if taken.await?.is_some() {
+            return Err(Error::AlreadyExists(format!(
+                "checkpoint \"{name}\" already exists in session {}; choose another name",
+                mutation.record.id
+            )));
+        }
+        let checkpoint = CheckpointRecord {
+            name: name.clone(),
+            root: mutation.record.head_root.clone(),
+            head_version: mutation.record.head_version,
+            author: caller.name().to_string(),
+            created_at_ms: model::now_ms(),
+            description: description.to_string(),
+            knowledge_root: mutation.record.knowledge_root.clone(),
+        };
+        mutation.record.checkpoint_count += 1;
+        self.checkpoints
+            .add(&mut mutation.record, checkpoint.clone())
+            .await?;
+        let effect = Effect::new(caller.name(), "history.checkpoint", name.clone()).event(
+            Event::CheckpointCreated {
+                name,
+                root: checkpoint.root.clone(),
+            },
+        );
+        Ok((Prepared::changed(mutation, effect), checkpoint))
+    }
+
+    /// Points the head at checkpoint `name`'s roots (files and knowledge) again, O(1); a
+    /// restore is itself a change.
+    pub async fn restore_checkpoint(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        expected_version: u64,
+        name: &str,
+    ) -> Result<Prepared> {
+        let mut mutation = self.begin_active(caller, session_id).await?;
+        check_expected_version(&mutation.record, expected_version)?;
+        let checkpoint = self.load_checkpoint(&mutation.record, name).await?;
+        mutation.record.head_root = checkpoint.root.clone();
+        mutation.record.knowledge_root = checkpoint.knowledge_root;
+        mutation.record.head_version += 1;
+        let effect =
+            Effect::new(caller.name(), "history.restore", name).event(Event::CheckpointRestored {
+                name: name.to_string(),
+                root: checkpoint.root,
+            });
+        Ok(Prepared::changed(mutation, effect))
+    }
+
+    /// Up to `size` checkpoints of `record`'s session in name order, after name `after`.
+    pub async fn list_checkpoints(
+        &self,
+        record: &SessionRecord,
+        after: Option<&str>,
+        size: usize,
+    ) -> Result<Vec<CheckpointRecord>> {
+        if let Some(token) = after {
+            aether_core::names::validate_checkpoint_name(token).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "page_token is not one this listing returned ({e}); pass the next_page_token of the previous page"
+                ))
+            })?;
+        }
+        self.checkpoints
+            .list(&*self.coord, record, after, size)
+            .await
+    }
+}
 
 /// Checkpoints of every session.
 pub struct Checkpoints {

@@ -10,9 +10,9 @@ use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
 use crate::events::Event;
-use crate::model::{self, ApprovalActionRecord, CheckpointRecord};
+use crate::model::{self, ApprovalActionRecord};
 use crate::revisions::CommitObject;
-use crate::sessions::{check_expected_version, require_open, Effect, Sessions};
+use crate::sessions::{check_expected_version, Effect, Sessions};
 
 /// Longest commit message accepted.
 pub const MAX_COMMIT_MESSAGE_BYTES: usize = 64 * 1024;
@@ -48,61 +48,20 @@ impl HistoryService for HistoryGrpc {
         request: Request<pb::CreateCheckpointRequest>,
     ) -> Result<Response<pb::CreateCheckpointResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
-        if request.description.len() > 4096 {
-            return Err(Status::invalid_argument("description exceeds 4096 bytes"));
-        }
-        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
-        require_open(&mutation.record)?;
-        let name = if request.name.is_empty() {
-            format!("ckpt-{}", mutation.record.checkpoint_count + 1)
-        } else {
-            request.name.clone()
-        };
-        aether_core::names::validate_checkpoint_name(&name)
-            .map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        // The name is checked against the record read here; the commit compares the record's
-        // revision, so no concurrent change can take the name in between.
-        if self
+        let (prepared, checkpoint) = self
             .sessions
-            .checkpoints
-            .get(&*self.sessions.coord, &mutation.record, &name)
-            .await?
-            .is_some()
-        {
-            return Err(Error::AlreadyExists(format!(
-                "checkpoint \"{name}\" already exists in session {}; choose another name",
-                mutation.record.id
-            ))
-            .into());
-        }
-        // O(1): a checkpoint is a name for the current root.
-        let checkpoint = CheckpointRecord {
-            name: name.clone(),
-            root: mutation.record.head_root.clone(),
-            head_version: mutation.record.head_version,
-            author: principal.clone(),
-            created_at_ms: model::now_ms(),
-            description: request.description.clone(),
-            knowledge_root: mutation.record.knowledge_root.clone(),
-        };
-        mutation.record.checkpoint_count += 1;
-        self.sessions
-            .checkpoints
-            .add(&mut mutation.record, checkpoint.clone())
+            .create_checkpoint(
+                &caller,
+                &request.session_id,
+                &request.name,
+                &request.description,
+            )
             .await?;
-        let effect = Effect::new(&principal, "history.checkpoint", name.clone()).event(
-            Event::CheckpointCreated {
-                name: name.clone(),
-                root: checkpoint.root.clone(),
-            },
-        );
         let response = pb::CreateCheckpointResponse {
             checkpoint: Some(convert::checkpoint(&checkpoint)),
         };
-        mutation.reply(&response);
-        self.sessions.commit(mutation, effect).await?;
+        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
@@ -114,19 +73,11 @@ impl HistoryService for HistoryGrpc {
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
         let size = page_size(&request.page);
-        let after = page_token(&request.page);
         // A token is the last checkpoint name of the page before.
-        if let Some(token) = &after {
-            aether_core::names::validate_checkpoint_name(token).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "page_token is not one this listing returned ({e}); pass the next_page_token of the previous page"
-                ))
-            })?;
-        }
+        let after = page_token(&request.page);
         let mut checkpoints: Vec<pb::Checkpoint> = self
             .sessions
-            .checkpoints
-            .list(&*self.sessions.coord, &record, after.as_deref(), size)
+            .list_checkpoints(&record, after.as_deref(), size)
             .await?
             .iter()
             .map(convert::checkpoint)
@@ -152,34 +103,21 @@ impl HistoryService for HistoryGrpc {
         request: Request<pb::RestoreCheckpointRequest>,
     ) -> Result<Response<pb::RestoreCheckpointResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
-        let mut mutation = self
+        let prepared = self
             .sessions
-            .begin_active(&caller, &request.session_id)
+            .restore_checkpoint(
+                &caller,
+                &request.session_id,
+                request.expected_head_version,
+                &request.name,
+            )
             .await?;
-        check_expected_version(&mutation.record, request.expected_head_version)?;
-        let checkpoint = self
-            .sessions
-            .load_checkpoint(&mutation.record, &request.name)
-            .await?;
-        // O(1): the head points at the checkpoint's roots (files and knowledge) again; a restore
-        // is itself a change.
-        mutation.record.head_root = checkpoint.root.clone();
-        mutation.record.knowledge_root = checkpoint.knowledge_root.clone();
-        mutation.record.head_version += 1;
-        let effect = Effect::new(&principal, "history.restore", request.name.clone()).event(
-            Event::CheckpointRestored {
-                name: request.name.clone(),
-                root: checkpoint.root.clone(),
-            },
-        );
         let response = pb::RestoreCheckpointResponse {
-            head_version: mutation.record.head_version,
-            head_root: mutation.record.head_root.clone(),
+            head_version: prepared.record().head_version,
+            head_root: prepared.record().head_root.clone(),
         };
-        mutation.reply(&response);
-        self.sessions.commit(mutation, effect).await?;
+        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 

@@ -471,8 +471,7 @@ impl SessionService for SessionGrpc {
         };
         let events: Vec<pb::AuditEvent> = self
             .sessions
-            .audit
-            .page(&*self.sessions.coord, &record, after, size)
+            .audit_page(&record, after, size)
             .await?
             .iter()
             .map(convert::audit)
