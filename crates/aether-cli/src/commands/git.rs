@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use aether_client::{proto as pb, NewSession, Rev, SessionSource};
+use aether_client::{proto as pb, NewSession, Rev, SessionHandle, SessionSource};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 
@@ -91,18 +91,7 @@ async fn resolve(repo: &Path, rev: &str) -> Result<Option<String>, Failure> {
 
 pub async fn export(context: &Context, args: GitExportArgs) -> Result<(), Failure> {
     let repo = args.repo.clone();
-    git(&repo, &["rev-parse", "--git-dir"], &[], None)
-        .await
-        .map_err(|_| {
-            Failure::Usage(format!(
-                "{} is not a git repository: pass --repo DIR (or run `git init` there)",
-                repo.display()
-            ))
-        })?;
-    let branch_ref = format!("refs/heads/{}", args.branch);
-    git(&repo, &["check-ref-format", &branch_ref], &[], None)
-        .await
-        .map_err(|_| Failure::Usage(format!("{:?} is not a valid branch name", args.branch)))?;
+    let branch_ref = check_export_target(&repo, &args.branch).await?;
     let session = context.client.session(&args.session);
     let old_tip = resolve(&repo, &branch_ref).await?;
     let parent = match (&old_tip, &args.parent) {
@@ -115,111 +104,11 @@ pub async fn export(context: &Context, args: GitExportArgs) -> Result<(), Failur
         })?),
         (None, None) => None,
     };
-
-    // The files: the revision downloaded into a scratch work tree, added to a private index.
+    // Room for the downloaded work tree and the private index; removed when export returns.
     let scratch = tempfile::tempdir().map_err(|e| Failure::Other(format!("no temp dir: {e}")))?;
-    let tree_dir = scratch.path().join("tree");
-    session
-        .download_directory(&args.path, &args.at, &tree_dir, &aether_client::NoProgress)
-        .await?;
-    let index = scratch.path().join("index");
-    let index = index.display().to_string();
-    let git_dir = git(&repo, &["rev-parse", "--absolute-git-dir"], &[], None).await?;
-    let work_tree = tree_dir.display().to_string();
-    let private = [("GIT_INDEX_FILE", index.as_str())];
-    git(
-        &repo,
-        &[
-            "--git-dir",
-            &git_dir,
-            "--work-tree",
-            &work_tree,
-            "-c",
-            "core.autocrlf=false",
-            "-c",
-            "core.safecrlf=false",
-            "add",
-            "--all",
-            "--force",
-            ".",
-        ],
-        &private,
-        None,
-    )
-    .await?;
-    let tree = git(
-        &repo,
-        &["--git-dir", &git_dir, "write-tree"],
-        &private,
-        None,
-    )
-    .await?;
-
-    // The message and author: the session's commit, or what the revision is.
-    let (mut message, author, time) = match &args.at {
-        Rev::Commit(id) => {
-            let commit = session.get_commit(id).await?;
-            let time = commit.time.map(|t| t.seconds);
-            let mut message = commit.message.trim_end().to_string();
-            message.push_str("\n\n");
-            for approval in &commit.approvals {
-                message.push_str(&format!("Aether-Approval: {approval}\n"));
-            }
-            (message, commit.author, time)
-        }
-        other => (
-            format!("{other} of AetherFS session {}\n\n", args.session),
-            String::new(),
-            None,
-        ),
-    };
-    message.push_str(&format!("Aether-Session: {}\n", args.session));
-    message.push_str(&format!("Aether-Revision: {}\n", args.at));
-    let open = session.annotations(&args.path, false).await?;
-    for annotation in open.iter().take(MAX_ANNOTATION_TRAILERS) {
-        message.push_str(&format!(
-            "Aether-Open-Annotation: {}{} ({}): {}\n",
-            annotation.path,
-            lines(annotation),
-            annotation.author,
-            annotation.body.lines().next().unwrap_or("")
-        ));
-    }
-    if open.len() > MAX_ANNOTATION_TRAILERS {
-        message.push_str(&format!(
-            "Aether-Open-Annotations-Not-Listed: {}\n",
-            open.len() - MAX_ANNOTATION_TRAILERS
-        ));
-    }
-
-    let mut env: Vec<(String, String)> = Vec::new();
-    if !author.is_empty() {
-        let email = if author.contains('@') {
-            author.clone()
-        } else {
-            format!("{author}@aetherfs.invalid")
-        };
-        env.push(("GIT_AUTHOR_NAME".into(), author.clone()));
-        env.push(("GIT_AUTHOR_EMAIL".into(), email));
-        if let Some(seconds) = time {
-            env.push(("GIT_AUTHOR_DATE".into(), format!("@{seconds} +0000")));
-        }
-    }
-    // A repository without an identity still gets a commit, made by AetherFS.
-    if git(&repo, &["config", "user.email"], &[], None)
-        .await
-        .is_err()
-    {
-        env.push(("GIT_COMMITTER_NAME".into(), "AetherFS".into()));
-        env.push((
-            "GIT_COMMITTER_EMAIL".into(),
-            "aether@aetherfs.invalid".into(),
-        ));
-        if author.is_empty() {
-            env.push(("GIT_AUTHOR_NAME".into(), "AetherFS".into()));
-            env.push(("GIT_AUTHOR_EMAIL".into(), "aether@aetherfs.invalid".into()));
-        }
-    }
+    let tree = write_tree(&repo, &session, &args, scratch.path()).await?;
+    let (message, author, time) = commit_message(&session, &args).await?;
+    let env = commit_env(&repo, &author, time).await;
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let mut commit_args = vec!["commit-tree", tree.as_str()];
     if let Some(parent) = &parent {
@@ -258,6 +147,142 @@ pub async fn export(context: &Context, args: GitExportArgs) -> Result<(), Failur
         );
     }
     Ok(())
+}
+
+/// Checks that `repo` is a git repository and `branch` a valid branch name; the branch's
+/// full ref name.
+async fn check_export_target(repo: &Path, branch: &str) -> Result<String, Failure> {
+    git(repo, &["rev-parse", "--git-dir"], &[], None)
+        .await
+        .map_err(|_| {
+            Failure::Usage(format!(
+                "{} is not a git repository: pass --repo DIR (or run `git init` there)",
+                repo.display()
+            ))
+        })?;
+    let branch_ref = format!("refs/heads/{branch}");
+    git(repo, &["check-ref-format", &branch_ref], &[], None)
+        .await
+        .map_err(|_| Failure::Usage(format!("{branch:?} is not a valid branch name")))?;
+    Ok(branch_ref)
+}
+
+/// The files: the revision downloaded into a scratch work tree in `scratch`, added to a
+/// private index there, written as a tree of `repo`; the tree's name.
+async fn write_tree(
+    repo: &Path,
+    session: &SessionHandle,
+    args: &GitExportArgs,
+    scratch: &Path,
+) -> Result<String, Failure> {
+    let tree_dir = scratch.join("tree");
+    session
+        .download_directory(&args.path, &args.at, &tree_dir, &aether_client::NoProgress)
+        .await?;
+    let index = scratch.join("index");
+    let index = index.display().to_string();
+    let git_dir = git(repo, &["rev-parse", "--absolute-git-dir"], &[], None).await?;
+    let work_tree = tree_dir.display().to_string();
+    let private = [("GIT_INDEX_FILE", index.as_str())];
+    git(
+        repo,
+        &[
+            "--git-dir",
+            &git_dir,
+            "--work-tree",
+            &work_tree,
+            "-c",
+            "core.autocrlf=false",
+            "-c",
+            "core.safecrlf=false",
+            "add",
+            "--all",
+            "--force",
+            ".",
+        ],
+        &private,
+        None,
+    )
+    .await?;
+    git(repo, &["--git-dir", &git_dir, "write-tree"], &private, None).await
+}
+
+/// The exported commit's message (with its Aether trailers), author and time (seconds):
+/// the session's commit when the revision is one, else what the revision is.
+async fn commit_message(
+    session: &SessionHandle,
+    args: &GitExportArgs,
+) -> Result<(String, String, Option<i64>), Failure> {
+    let (mut message, author, time) = match &args.at {
+        Rev::Commit(id) => {
+            let commit = session.get_commit(id).await?;
+            let time = commit.time.map(|t| t.seconds);
+            let mut message = commit.message.trim_end().to_string();
+            message.push_str("\n\n");
+            for approval in &commit.approvals {
+                message.push_str(&format!("Aether-Approval: {approval}\n"));
+            }
+            (message, commit.author, time)
+        }
+        other => (
+            format!("{other} of AetherFS session {}\n\n", args.session),
+            String::new(),
+            None,
+        ),
+    };
+    message.push_str(&format!("Aether-Session: {}\n", args.session));
+    message.push_str(&format!("Aether-Revision: {}\n", args.at));
+    let open = session.annotations(&args.path, false).await?;
+    for annotation in open.iter().take(MAX_ANNOTATION_TRAILERS) {
+        message.push_str(&format!(
+            "Aether-Open-Annotation: {}{} ({}): {}\n",
+            annotation.path,
+            lines(annotation),
+            annotation.author,
+            annotation.body.lines().next().unwrap_or("")
+        ));
+    }
+    if open.len() > MAX_ANNOTATION_TRAILERS {
+        message.push_str(&format!(
+            "Aether-Open-Annotations-Not-Listed: {}\n",
+            open.len() - MAX_ANNOTATION_TRAILERS
+        ));
+    }
+    Ok((message, author, time))
+}
+
+/// The environment of `git commit-tree`: the session commit's author and time when there is
+/// one, and an AetherFS identity where `repo` has none.
+async fn commit_env(repo: &Path, author: &str, time: Option<i64>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    if !author.is_empty() {
+        let email = if author.contains('@') {
+            author.to_string()
+        } else {
+            format!("{author}@aetherfs.invalid")
+        };
+        env.push(("GIT_AUTHOR_NAME".into(), author.to_string()));
+        env.push(("GIT_AUTHOR_EMAIL".into(), email));
+        if let Some(seconds) = time {
+            env.push(("GIT_AUTHOR_DATE".into(), format!("@{seconds} +0000")));
+        }
+    }
+    // A repository without an identity still gets a commit, made by AetherFS.
+    if git(repo, &["config", "user.email"], &[], None)
+        .await
+        .is_err()
+    {
+        env.push(("GIT_COMMITTER_NAME".into(), "AetherFS".into()));
+        env.push((
+            "GIT_COMMITTER_EMAIL".into(),
+            "aether@aetherfs.invalid".into(),
+        ));
+        if author.is_empty() {
+            env.push(("GIT_AUTHOR_NAME".into(), "AetherFS".into()));
+            env.push(("GIT_AUTHOR_EMAIL".into(), "aether@aetherfs.invalid".into()));
+        }
+    }
+    env
 }
 
 fn lines(annotation: &pb::Annotation) -> String {

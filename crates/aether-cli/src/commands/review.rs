@@ -4,7 +4,7 @@ use aether_client::proto as pb;
 use serde_json::json;
 
 use crate::cli::{
-    ActionArg, AnnotateArgs, AnnotationsArgs, ApprovalCommand, KvCommand, ResolveArgs,
+    ActionArg, AnnotateArgs, AnnotationsArgs, ApprovalCommand, KvCommand, KvPutArgs, ResolveArgs,
 };
 use crate::output;
 use crate::{Context, Failure};
@@ -104,26 +104,7 @@ pub async fn approval(context: &Context, command: ApprovalCommand) -> Result<(),
 
 pub async fn kv(context: &Context, command: KvCommand) -> Result<(), Failure> {
     match command {
-        KvCommand::Put(args) => {
-            let value: Vec<u8> = match (&args.value, &args.file) {
-                (Some(value), _) => value.clone().into_bytes(),
-                (None, Some(path)) if path.as_os_str() == "-" => super::read_stdin().await?,
-                (None, Some(path)) => std::fs::read(path).map_err(|e| Failure::local(path, e))?,
-                (None, None) => {
-                    return Err(Failure::Usage("give a VALUE or --file".into()));
-                }
-            };
-            let entry = context
-                .client
-                .session(&args.session)
-                .put_entry(&args.key, value.into(), args.tags)
-                .await?;
-            if context.json() {
-                output::json(&output::knowledge_json(&entry))
-            } else {
-                Ok(())
-            }
-        }
+        KvCommand::Put(args) => kv_put(context, args).await,
         KvCommand::Get(args) => {
             let entry = context
                 .client
@@ -133,19 +114,7 @@ pub async fn kv(context: &Context, command: KvCommand) -> Result<(), Failure> {
             if context.json() {
                 output::json(&output::knowledge_json(&entry))
             } else {
-                use std::io::Write;
-                let mut stdout = std::io::stdout().lock();
-                stdout
-                    .write_all(&entry.value)
-                    .and_then(|_| {
-                        if entry.value.ends_with(b"\n") {
-                            Ok(())
-                        } else {
-                            stdout.write_all(b"\n")
-                        }
-                    })
-                    .and_then(|_| stdout.flush())
-                    .map_err(Failure::stdout)
+                print_value(&entry.value)
             }
         }
         KvCommand::Ls(args) => {
@@ -176,4 +145,43 @@ pub async fn kv(context: &Context, command: KvCommand) -> Result<(), Failure> {
             }
         }
     }
+}
+
+/// `aether kv put`: stores the VALUE given, or the content of --file (`-`: stdin).
+async fn kv_put(context: &Context, args: KvPutArgs) -> Result<(), Failure> {
+    let value: Vec<u8> = match (&args.value, &args.file) {
+        (Some(value), _) => value.clone().into_bytes(),
+        (None, Some(path)) if path.as_os_str() == "-" => super::read_stdin().await?,
+        (None, Some(path)) => std::fs::read(path).map_err(|e| Failure::local(path, e))?,
+        (None, None) => {
+            return Err(Failure::Usage("give a VALUE or --file".into()));
+        }
+    };
+    let entry = context
+        .client
+        .session(&args.session)
+        .put_entry(&args.key, value.into(), args.tags)
+        .await?;
+    if context.json() {
+        output::json(&output::knowledge_json(&entry))
+    } else {
+        Ok(())
+    }
+}
+
+/// Writes a kv entry's value to stdout as it is, ending it with a newline when it has none.
+fn print_value(value: &[u8]) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(value)
+        .and_then(|_| {
+            if value.ends_with(b"\n") {
+                Ok(())
+            } else {
+                stdout.write_all(b"\n")
+            }
+        })
+        .and_then(|_| stdout.flush())
+        .map_err(Failure::stdout)
 }

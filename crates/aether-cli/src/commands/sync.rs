@@ -306,69 +306,78 @@ async fn scan_local(
             } else {
                 format!("{relative}/{name}")
             };
-            let meta = std::fs::symlink_metadata(&path).map_err(|e| Failure::local(&path, e))?;
-            let stamp = stamp_of(&meta);
-            let mtime_ns = stamp.mtime_ns;
-            let kind = meta.file_type();
-            let local = if kind.is_dir() {
-                pending.push((path, key.clone()));
-                Local {
-                    state: Remote {
-                        kind: Kind::Dir,
-                        hash: String::new(),
-                        mode: meta.permissions().mode() & 0o7777,
-                    },
-                    mtime_ns,
-                    stamp,
-                    target: None,
-                }
-            } else if kind.is_symlink() {
-                let target = std::fs::read_link(&path)
-                    .map_err(|e| Failure::local(&path, e))?
-                    .into_os_string()
-                    .into_string()
-                    .map_err(|_| {
-                        Failure::Other(format!("{} points at a non-UTF-8 target", path.display()))
-                    })?;
-                Local {
-                    state: Remote {
-                        kind: Kind::Symlink,
-                        hash: aether_client::symlink_hash(&target),
-                        mode: 0,
-                    },
-                    mtime_ns,
-                    stamp,
-                    target: Some(target),
-                }
-            } else if kind.is_file() {
-                let known = agreed
-                    .get(&key)
-                    .filter(|a| a.remote.kind == Kind::File && a.stamp.as_ref() == Some(&stamp));
-                let hash = match known {
-                    Some(a) => a.remote.hash.clone(),
-                    None => content_hash(&path).await?.0.to_hex(),
-                };
-                Local {
-                    state: Remote {
-                        kind: Kind::File,
-                        hash,
-                        mode: meta.permissions().mode() & 0o7777,
-                    },
-                    mtime_ns,
-                    stamp,
-                    target: None,
-                }
-            } else {
-                eprintln!(
-                    "aether: skipped {} (not a regular file, directory or symlink)",
-                    path.display()
-                );
+            let Some(local) = local_of(&path, &key, agreed).await? else {
                 continue;
             };
+            if local.state.kind == Kind::Dir {
+                pending.push((path, key.clone()));
+            }
             out.insert(key, local);
         }
     }
     Ok(out)
+}
+
+/// The local state of `path` (`key` relative to the synced directory), reading a file only
+/// when its stamp differs from the recorded one; None (and a warning) for what cannot be
+/// synced (not a regular file, directory or symlink).
+async fn local_of(
+    path: &Path,
+    key: &str,
+    agreed: &BTreeMap<String, Agreed>,
+) -> Result<Option<Local>, Failure> {
+    let meta = std::fs::symlink_metadata(path).map_err(|e| Failure::local(path, e))?;
+    let stamp = stamp_of(&meta);
+    let mtime_ns = stamp.mtime_ns;
+    let kind = meta.file_type();
+    let (state, target) = if kind.is_dir() {
+        let state = Remote {
+            kind: Kind::Dir,
+            hash: String::new(),
+            mode: meta.permissions().mode() & 0o7777,
+        };
+        (state, None)
+    } else if kind.is_symlink() {
+        let target = std::fs::read_link(path)
+            .map_err(|e| Failure::local(path, e))?
+            .into_os_string()
+            .into_string()
+            .map_err(|_| {
+                Failure::Other(format!("{} points at a non-UTF-8 target", path.display()))
+            })?;
+        let state = Remote {
+            kind: Kind::Symlink,
+            hash: aether_client::symlink_hash(&target),
+            mode: 0,
+        };
+        (state, Some(target))
+    } else if kind.is_file() {
+        let known = agreed
+            .get(key)
+            .filter(|a| a.remote.kind == Kind::File && a.stamp.as_ref() == Some(&stamp));
+        let hash = match known {
+            Some(a) => a.remote.hash.clone(),
+            None => content_hash(path).await?.0.to_hex(),
+        };
+        let state = Remote {
+            kind: Kind::File,
+            hash,
+            mode: meta.permissions().mode() & 0o7777,
+        };
+        (state, None)
+    } else {
+        eprintln!(
+            "aether: skipped {} (not a regular file, directory or symlink)",
+            path.display()
+        );
+        return Ok(None);
+    };
+    Ok(Some(Local {
+        state,
+        mtime_ns,
+        stamp,
+        target,
+    }))
 }
 
 fn compare(
@@ -535,45 +544,7 @@ pub async fn pull(context: &Context, args: PullArgs) -> Result<(), Failure> {
     let local = scan_local(&dir, &state.entries).await?;
     let changes = compare(&state.entries, &local, &remote);
     refresh_stamps(&mut state, &local);
-    // What to bring here: remote changes not made locally, and conflicts when told to.
-    let mut take: BTreeMap<String, Option<Remote>> = BTreeMap::new();
-    let mut left = Vec::new();
-    for (path, change) in &changes.remote {
-        if changes.converged.contains(path) {
-            continue;
-        }
-        if changes.conflicts.contains(path) {
-            if args.theirs {
-                take.insert(path.clone(), change.clone());
-            } else if !args.ours {
-                left.push(path.clone());
-            }
-            continue;
-        }
-        if !changes.local.contains_key(path) {
-            take.insert(path.clone(), change.clone());
-        }
-    }
-    // A directory the session removed (or made a file or link) that still holds local work
-    // here is a conflict on the directory: it stays, and is named.
-    let kept: Vec<&String> = changes
-        .local
-        .keys()
-        .filter(|p| !take.contains_key(*p))
-        .collect();
-    let blocked: Vec<String> = take
-        .iter()
-        .filter(|(path, change)| {
-            local.get(*path).is_some_and(|l| l.state.kind == Kind::Dir)
-                && change.as_ref().is_none_or(|c| c.kind != Kind::Dir)
-                && kept.iter().any(|k| k.starts_with(&format!("{path}/")))
-        })
-        .map(|(path, _)| path.clone())
-        .collect();
-    for path in blocked {
-        take.remove(&path);
-        left.push(path);
-    }
+    let (take, left) = choose_pulled(&changes, &local, args.theirs, args.ours);
     let applied = apply_remote(&session, &dir, &state, &take, &remote).await?;
     let taken = take.len();
     for (path, change) in &take {
@@ -587,33 +558,7 @@ pub async fn pull(context: &Context, args: PullArgs) -> Result<(), Failure> {
             None => {}
         }
     }
-    // Equal on both sides, or kept local with --ours: the session's state is the new record;
-    // with --ours the local file differs from it (no stamp: read next time) and is pushed.
-    let ours = if args.ours {
-        changes.conflicts.iter().cloned().collect()
-    } else {
-        Vec::new()
-    };
-    for path in changes.converged.iter().chain(&ours) {
-        match remote.get(path) {
-            Some(entry) => {
-                let stamp = match (changes.converged.contains(path), local.get(path)) {
-                    (true, Some(l)) => settled(&l.stamp),
-                    _ => None,
-                };
-                state.entries.insert(
-                    path.clone(),
-                    Agreed {
-                        remote: remote_of(entry),
-                        stamp,
-                    },
-                );
-            }
-            None => {
-                state.entries.remove(path);
-            }
-        }
-    }
+    record_settled(&mut state, &changes, &local, &remote, args.ours);
     state.head_version = version;
     save(&dir, &state)?;
     for path in &left {
@@ -642,6 +587,93 @@ pub async fn pull(context: &Context, args: PullArgs) -> Result<(), Failure> {
     }
 }
 
+/// What a pull brings here (None: deleted): remote changes not made locally, and conflicts
+/// with `--theirs`; and the conflicts it leaves (named to the user), none with `--ours`.
+fn choose_pulled(
+    changes: &Changes,
+    local: &BTreeMap<String, Local>,
+    theirs: bool,
+    ours: bool,
+) -> (BTreeMap<String, Option<Remote>>, Vec<String>) {
+    let mut take: BTreeMap<String, Option<Remote>> = BTreeMap::new();
+    let mut left = Vec::new();
+    for (path, change) in &changes.remote {
+        if changes.converged.contains(path) {
+            continue;
+        }
+        if changes.conflicts.contains(path) {
+            if theirs {
+                take.insert(path.clone(), change.clone());
+            } else if !ours {
+                left.push(path.clone());
+            }
+            continue;
+        }
+        if !changes.local.contains_key(path) {
+            take.insert(path.clone(), change.clone());
+        }
+    }
+    // A directory the session removed (or made a file or link) that still holds local work
+    // here is a conflict on the directory: it stays, and is named.
+    let kept: Vec<&String> = changes
+        .local
+        .keys()
+        .filter(|p| !take.contains_key(*p))
+        .collect();
+    let blocked: Vec<String> = take
+        .iter()
+        .filter(|(path, change)| {
+            local.get(*path).is_some_and(|l| l.state.kind == Kind::Dir)
+                && change.as_ref().is_none_or(|c| c.kind != Kind::Dir)
+                && kept.iter().any(|k| k.starts_with(&format!("{path}/")))
+        })
+        .map(|(path, _)| path.clone())
+        .collect();
+    for path in blocked {
+        take.remove(&path);
+        left.push(path);
+    }
+    (take, left)
+}
+
+/// Records the session's state of the paths a pull settles without moving anything: those
+/// equal on both sides, and with `ours` the conflicts kept local.
+fn record_settled(
+    state: &mut State,
+    changes: &Changes,
+    local: &BTreeMap<String, Local>,
+    remote: &BTreeMap<String, pb::Entry>,
+    ours: bool,
+) {
+    // Equal on both sides, or kept local with --ours: the session's state is the new record;
+    // with --ours the local file differs from it (no stamp: read next time) and is pushed.
+    let ours = if ours {
+        changes.conflicts.iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    for path in changes.converged.iter().chain(&ours) {
+        match remote.get(path) {
+            Some(entry) => {
+                let stamp = match (changes.converged.contains(path), local.get(path)) {
+                    (true, Some(l)) => settled(&l.stamp),
+                    _ => None,
+                };
+                state.entries.insert(
+                    path.clone(),
+                    Agreed {
+                        remote: remote_of(entry),
+                        stamp,
+                    },
+                );
+            }
+            None => {
+                state.entries.remove(path);
+            }
+        }
+    }
+}
+
 /// Brings the session's state of `take` (None: deleted) into `dir`: deletions deepest first,
 /// directories shallowest first, files and links downloaded beside their place and renamed
 /// over it (an interrupted pull leaves whole files). Returns the record of each path written.
@@ -652,55 +684,9 @@ async fn apply_remote(
     take: &BTreeMap<String, Option<Remote>>,
     remote: &BTreeMap<String, pb::Entry>,
 ) -> Result<BTreeMap<String, Agreed>, Failure> {
-    let mut applied = BTreeMap::new();
-    // Deletions (and kind changes) first, deepest first.
-    for (path, change) in take.iter().rev() {
-        let local = dir.join(path);
-        let Ok(meta) = std::fs::symlink_metadata(&local) else {
-            continue;
-        };
-        let replace = match change {
-            None => true,
-            Some(r) => (r.kind == Kind::Dir) != meta.is_dir(),
-        };
-        if replace {
-            let removed = if meta.is_dir() {
-                std::fs::remove_dir(&local)
-            } else {
-                std::fs::remove_file(&local)
-            };
-            removed.map_err(|e| {
-                Failure::Other(format!(
-                    "cannot remove {} as the session did: {e} (a local file the session does not know is in the way?)",
-                    local.display()
-                ))
-            })?;
-        }
-    }
+    remove_replaced(dir, take)?;
     // Directories, shallowest first; then files and links, several at once.
-    let mut downloads = Vec::new();
-    for (path, change) in take {
-        let Some(target) = change else { continue };
-        if target.kind != Kind::Dir {
-            downloads.push(path.clone());
-            continue;
-        }
-        if let Some(link) = linked_ancestor(dir, &format!("{path}/.")) {
-            return Err(Failure::Other(format!(
-                "{} is a symlink where the session has a directory: move it away and pull again",
-                link.display()
-            )));
-        }
-        let local = dir.join(path);
-        std::fs::create_dir_all(&local).map_err(|e| Failure::local(&local, e))?;
-        applied.insert(
-            path.clone(),
-            Agreed {
-                remote: target.clone(),
-                stamp: None,
-            },
-        );
-    }
+    let (mut applied, downloads) = make_directories(dir, take)?;
     let fetched: Vec<(String, Agreed)> = futures::stream::iter(downloads)
         .map(|path| download(session, dir, state, path))
         .buffer_unordered(DOWNLOADS_AT_ONCE)
@@ -726,6 +712,68 @@ async fn apply_remote(
         }
     }
     Ok(applied)
+}
+
+/// Removes, deepest first, what the session deleted in `take` and what changes between a
+/// directory and a file or link.
+fn remove_replaced(dir: &Path, take: &BTreeMap<String, Option<Remote>>) -> Result<(), Failure> {
+    for (path, change) in take.iter().rev() {
+        let local = dir.join(path);
+        let Ok(meta) = std::fs::symlink_metadata(&local) else {
+            continue;
+        };
+        let replace = match change {
+            None => true,
+            Some(r) => (r.kind == Kind::Dir) != meta.is_dir(),
+        };
+        if replace {
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir(&local)
+            } else {
+                std::fs::remove_file(&local)
+            };
+            removed.map_err(|e| {
+                Failure::Other(format!(
+                    "cannot remove {} as the session did: {e} (a local file the session does not know is in the way?)",
+                    local.display()
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates the directories of `take`, shallowest first (never through a local symlink);
+/// their records, and the files and links left to download.
+fn make_directories(
+    dir: &Path,
+    take: &BTreeMap<String, Option<Remote>>,
+) -> Result<(BTreeMap<String, Agreed>, Vec<String>), Failure> {
+    let mut applied = BTreeMap::new();
+    let mut downloads = Vec::new();
+    for (path, change) in take {
+        let Some(target) = change else { continue };
+        if target.kind != Kind::Dir {
+            downloads.push(path.clone());
+            continue;
+        }
+        if let Some(link) = linked_ancestor(dir, &format!("{path}/.")) {
+            return Err(Failure::Other(format!(
+                "{} is a symlink where the session has a directory: move it away and pull again",
+                link.display()
+            )));
+        }
+        let local = dir.join(path);
+        std::fs::create_dir_all(&local).map_err(|e| Failure::local(&local, e))?;
+        applied.insert(
+            path.clone(),
+            Agreed {
+                remote: target.clone(),
+                stamp: None,
+            },
+        );
+    }
+    Ok((applied, downloads))
 }
 
 /// Downloads one file or link beside its place and renames it over it (an interrupted pull
@@ -827,6 +875,45 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
     let local = scan_local(&dir, &state.entries).await?;
     let changes = compare(&state.entries, &local, &remote);
     refresh_stamps(&mut state, &local);
+    let sending = changes_to_push(&changes)?;
+    let contents = file_contents(&session, &dir, &state, &sending, &local).await?;
+    let mut batch = PushBatch::new(&state, &local, &contents);
+    for (path, change) in &sending {
+        batch.add(path, change);
+    }
+    let batch = batch.into_changes();
+    let count = batch.len();
+    // Directories carry no content hash to check: a push that changes one applies only to
+    // the head it listed (any change since fails it, and it is tried again after a pull).
+    let touches_directory = sending.iter().any(|(path, change)| {
+        change.as_ref().is_some_and(|c| c.kind == Kind::Dir)
+            || state
+                .entries
+                .get(*path)
+                .is_some_and(|a| a.remote.kind == Kind::Dir)
+    });
+    let expected = if touches_directory { listed_version } else { 0 };
+    let mut version = state.head_version;
+    if !batch.is_empty() {
+        version = apply_push(&session, batch, expected).await?;
+    }
+    record_pushed(&mut state, &changes, &sending, &local, &remote);
+    state.head_version = version;
+    save(&dir, &state)?;
+    report(
+        context,
+        "pushed",
+        json!({ "head_version": version, "paths": sending.len(), "changes": count }),
+        &format!(
+            "pushed {} paths ({count} changes) in one batch: version {version}",
+            sending.len()
+        ),
+    )
+}
+
+/// The local changes a push sends (not those the session already has), after checking that
+/// the session changed none of them since the last pull and that one batch carries them.
+fn changes_to_push(changes: &Changes) -> Result<Vec<(&String, &Option<Remote>)>, Failure> {
     if let Some(path) = changes.conflicts.iter().next() {
         return Err(Failure::Other(format!(
             "{path} (and {} more) changed in the session too since the last pull: run `aether pull` and settle the conflicts first",
@@ -845,53 +932,87 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
             aether_client::MAX_BATCH_CHANGES / 2
         )));
     }
-    let contents = file_contents(&session, &dir, &state, &sending, &local).await?;
-    let precondition = |path: &str| -> Option<pb::PathPrecondition> {
-        use pb::path_precondition::Condition;
-        match state.entries.get(path).map(|a| &a.remote) {
-            None => Some(pb::PathPrecondition {
-                condition: Some(Condition::MustNotExist(true)),
-            }),
-            // The service checks a content hash on any entry that is not a directory.
-            Some(Remote {
-                kind: Kind::File | Kind::Symlink,
-                hash,
-                ..
-            }) => Some(pb::PathPrecondition {
-                condition: Some(Condition::ContentHash(hash.clone())),
-            }),
-            Some(_) => None,
+    Ok(sending)
+}
+
+/// What a push requires of a path as last agreed: that it is still free, or that it still
+/// holds the content the push replaces. None for a directory, which has no content hash (a
+/// push that changes one is tied to the head version it listed instead).
+fn precondition(state: &State, path: &str) -> Option<pb::PathPrecondition> {
+    use pb::path_precondition::Condition;
+    match state.entries.get(path).map(|a| &a.remote) {
+        None => Some(pb::PathPrecondition {
+            condition: Some(Condition::MustNotExist(true)),
+        }),
+        // The service checks a content hash on any entry that is not a directory.
+        Some(Remote {
+            kind: Kind::File | Kind::Symlink,
+            hash,
+            ..
+        }) => Some(pb::PathPrecondition {
+            condition: Some(Condition::ContentHash(hash.clone())),
+        }),
+        Some(_) => None,
+    }
+}
+
+/// The changes of one push, gathered by group: the order they are sent in is set by
+/// [`PushBatch::into_changes`].
+struct PushBatch<'a> {
+    state: &'a State,
+    local: &'a BTreeMap<String, Local>,
+    /// How each file's content travels (see [`file_contents`]).
+    contents: &'a BTreeMap<String, (bytes::Bytes, Vec<pb::ChunkRef>)>,
+    deletes: Vec<pb::Change>,
+    directories: Vec<pb::Change>,
+    writes: Vec<pb::Change>,
+    attributes: Vec<pb::Change>,
+}
+
+impl<'a> PushBatch<'a> {
+    /// An empty batch against the record `state`, of the local paths `local`.
+    fn new(
+        state: &'a State,
+        local: &'a BTreeMap<String, Local>,
+        contents: &'a BTreeMap<String, (bytes::Bytes, Vec<pb::ChunkRef>)>,
+    ) -> Self {
+        PushBatch {
+            state,
+            local,
+            contents,
+            deletes: Vec::new(),
+            directories: Vec::new(),
+            writes: Vec::new(),
+            attributes: Vec::new(),
         }
-    };
-    let mut deletes = Vec::new();
-    let mut directories = Vec::new();
-    let mut writes = Vec::new();
-    let mut attributes = Vec::new();
-    for (path, change) in &sending {
-        let remote_path = session_path(&state, path);
-        let base = state.entries.get(*path).map(|a| &a.remote);
+    }
+
+    /// Adds the changes that send the local change of `path` (None: deleted).
+    fn add(&mut self, path: &str, change: &Option<Remote>) {
+        let remote_path = session_path(self.state, path);
+        let base = self.state.entries.get(path).map(|a| &a.remote);
         let replaces_kind = matches!((base, change), (Some(b), Some(c)) if b.kind != c.kind);
         if change.is_none() || replaces_kind {
-            deletes.push(pb::Change {
+            self.deletes.push(pb::Change {
                 op: Some(pb::change::Op::Delete(pb::DeleteOp {
                     path: remote_path.clone(),
                     recursive: false,
                 })),
-                precondition: precondition(path),
+                precondition: precondition(self.state, path),
             });
         }
-        let Some(change) = change else { continue };
-        let here = &local[*path];
+        let Some(change) = change else { return };
+        let here = &self.local[path];
         // A path whose kind changes was deleted just before (with its own precondition).
         let fresh = if replaces_kind {
             None
         } else {
-            precondition(path)
+            precondition(self.state, path)
         };
         match change.kind {
             Kind::Dir => {
                 if base.is_none() || replaces_kind {
-                    directories.push(pb::Change {
+                    self.directories.push(pb::Change {
                         op: Some(pb::change::Op::MakeDirectory(pb::MakeDirectoryOp {
                             path: remote_path.clone(),
                             parents: true,
@@ -899,16 +1020,10 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
                         precondition: None,
                     });
                 }
-                attributes.push(pb::Change {
-                    op: Some(pb::change::Op::SetAttributes(pb::SetAttributesOp {
-                        path: remote_path,
-                        mode: Some(change.mode),
-                        mtime_ns: Some(here.mtime_ns),
-                    })),
-                    precondition: None,
-                });
+                let attributes = set_attributes(remote_path, change, here, None);
+                self.attributes.push(attributes);
             }
-            Kind::Symlink => writes.push(pb::Change {
+            Kind::Symlink => self.writes.push(pb::Change {
                 op: Some(pb::change::Op::Symlink(pb::SymlinkOp {
                     path: remote_path,
                     target: here.target.clone().unwrap_or_default(),
@@ -916,70 +1031,108 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
                 })),
                 precondition: fresh,
             }),
-            Kind::File => {
-                let content_same =
-                    base.is_some_and(|b| b.kind == Kind::File && b.hash == change.hash);
-                if content_same {
-                    // Only the mode changed.
-                    attributes.push(pb::Change {
-                        op: Some(pb::change::Op::SetAttributes(pb::SetAttributesOp {
-                            path: remote_path,
-                            mode: Some(change.mode),
-                            mtime_ns: Some(here.mtime_ns),
-                        })),
-                        precondition: fresh,
-                    });
-                } else {
-                    let (content, chunks) = contents.get(*path).cloned().unwrap_or_default();
-                    writes.push(pb::Change {
-                        op: Some(pb::change::Op::Write(pb::WriteOp {
-                            path: remote_path,
-                            mode: change.mode,
-                            content,
-                            chunks,
-                            mtime_ns: here.mtime_ns,
-                        })),
-                        precondition: fresh,
-                    });
-                }
-            }
+            Kind::File => self.add_file(path, remote_path, change, base, fresh),
         }
     }
-    // Deepest deletions first; directories before what goes in them; attributes last.
-    deletes.reverse();
-    let count = deletes.len() + directories.len() + writes.len() + attributes.len();
-    let mut batch = deletes;
-    batch.append(&mut directories);
-    batch.append(&mut writes);
-    attributes.reverse();
-    batch.append(&mut attributes);
-    // Directories carry no content hash to check: a push that changes one applies only to
-    // the head it listed (any change since fails it, and it is tried again after a pull).
-    let touches_directory = sending.iter().any(|(path, change)| {
-        change.as_ref().is_some_and(|c| c.kind == Kind::Dir)
-            || state
-                .entries
-                .get(*path)
-                .is_some_and(|a| a.remote.kind == Kind::Dir)
-    });
-    let expected = if touches_directory { listed_version } else { 0 };
-    let mut version = state.head_version;
-    if !batch.is_empty() {
-        let request_id = format!("push-{}", uuid::Uuid::new_v4().simple());
-        let response = session
-            .apply_changes_as(&request_id, batch, expected)
-            .await
-            .map_err(|e| match e.code() {
-                tonic::Code::FailedPrecondition | tonic::Code::Aborted => Failure::Other(format!(
-                    "the session changed since the last pull, so nothing was pushed ({}): run `aether pull`, then push again",
-                    e
-                )),
-                _ => e.into(),
-            })?;
-        version = response.head_version;
+
+    /// Adds the change of a file: its mode alone when the session holds its content, else a
+    /// write of its content (as [`file_contents`] chose to send it).
+    fn add_file(
+        &mut self,
+        path: &str,
+        remote_path: String,
+        change: &Remote,
+        base: Option<&Remote>,
+        fresh: Option<pb::PathPrecondition>,
+    ) {
+        let here = &self.local[path];
+        let content_same = base.is_some_and(|b| b.kind == Kind::File && b.hash == change.hash);
+        if content_same {
+            // Only the mode changed.
+            let attributes = set_attributes(remote_path, change, here, fresh);
+            self.attributes.push(attributes);
+        } else {
+            let (content, chunks) = self.contents.get(path).cloned().unwrap_or_default();
+            self.writes.push(pb::Change {
+                op: Some(pb::change::Op::Write(pb::WriteOp {
+                    path: remote_path,
+                    mode: change.mode,
+                    content,
+                    chunks,
+                    mtime_ns: here.mtime_ns,
+                })),
+                precondition: fresh,
+            });
+        }
     }
-    // Record the pushed and the converged paths as agreed.
-    for (path, change) in &sending {
+
+    /// The batch in the order it is applied: deepest deletions first; directories before
+    /// what goes in them; attributes last.
+    fn into_changes(self) -> Vec<pb::Change> {
+        let PushBatch {
+            mut deletes,
+            mut directories,
+            mut writes,
+            mut attributes,
+            ..
+        } = self;
+        deletes.reverse();
+        let mut batch = deletes;
+        batch.append(&mut directories);
+        batch.append(&mut writes);
+        attributes.reverse();
+        batch.append(&mut attributes);
+        batch
+    }
+}
+
+/// The change that gives `remote_path` the mode and modification time of the local path.
+fn set_attributes(
+    remote_path: String,
+    change: &Remote,
+    here: &Local,
+    precondition: Option<pb::PathPrecondition>,
+) -> pb::Change {
+    pb::Change {
+        op: Some(pb::change::Op::SetAttributes(pb::SetAttributesOp {
+            path: remote_path,
+            mode: Some(change.mode),
+            mtime_ns: Some(here.mtime_ns),
+        })),
+        precondition,
+    }
+}
+
+/// Sends a push's batch in one ApplyChanges (applied only at head version `expected`, when
+/// not 0); the new head version.
+async fn apply_push(
+    session: &SessionHandle,
+    batch: Vec<pb::Change>,
+    expected: u64,
+) -> Result<u64, Failure> {
+    let request_id = format!("push-{}", uuid::Uuid::new_v4().simple());
+    let response = session
+        .apply_changes_as(&request_id, batch, expected)
+        .await
+        .map_err(|e| match e.code() {
+            tonic::Code::FailedPrecondition | tonic::Code::Aborted => Failure::Other(format!(
+                "the session changed since the last pull, so nothing was pushed ({}): run `aether pull`, then push again",
+                e
+            )),
+            _ => e.into(),
+        })?;
+    Ok(response.head_version)
+}
+
+/// Records the pushed and the converged paths as agreed.
+fn record_pushed(
+    state: &mut State,
+    changes: &Changes,
+    sending: &[(&String, &Option<Remote>)],
+    local: &BTreeMap<String, Local>,
+    remote: &BTreeMap<String, pb::Entry>,
+) {
+    for (path, change) in sending {
         match change {
             Some(change) => {
                 let stamp = local.get(*path).and_then(|l| settled(&l.stamp));
@@ -1012,17 +1165,6 @@ pub async fn push(context: &Context, args: SyncDirArgs) -> Result<(), Failure> {
             }
         }
     }
-    state.head_version = version;
-    save(&dir, &state)?;
-    report(
-        context,
-        "pushed",
-        json!({ "head_version": version, "paths": sending.len(), "changes": count }),
-        &format!(
-            "pushed {} paths ({count} changes) in one batch: version {version}",
-            sending.len()
-        ),
-    )
 }
 
 /// How each file to push travels: a small file the store lacks goes inline; one it holds is

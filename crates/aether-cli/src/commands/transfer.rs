@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use aether_client::{
-    file_mode, mtime_ns, NoProgress, UploadFile, UploadPlan, UploadReport, UploadSource,
+    file_mode, mtime_ns, NoProgress, SessionHandle, UploadFile, UploadPlan, UploadReport,
+    UploadSource,
 };
 use serde_json::json;
 
@@ -114,28 +115,7 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), Failure> {
     let entry = session.stat(&args.source.path, &args.at).await?;
     let bar = Bar::for_terminal();
     if output::is_dir(&entry) {
-        if is_dash(&args.destination) {
-            return Err(Failure::Usage(format!(
-                "{} is a directory; give a local directory to download it into (or use export for a tar on stdout)",
-                args.source
-            )));
-        }
-        let report = session
-            .download_directory(&args.source.path, &args.at, &args.destination, &bar)
-            .await?;
-        bar.finish();
-        if context.json() {
-            return output::json(&output::download_json(&report));
-        }
-        return output::line(format!(
-            "downloaded {} to {}: {}, {}{}, {}",
-            args.source,
-            args.destination.display(),
-            output::plural(report.files, "file"),
-            output::plural(report.directories, "directory"),
-            symlinks(report.symlinks),
-            output::size(report.bytes)
-        ));
+        return get_directory(context, &session, &args, &bar).await;
     }
     if is_dash(&args.destination) {
         let mut stdout = tokio::io::stdout();
@@ -160,6 +140,48 @@ pub async fn get(context: &Context, args: GetArgs) -> Result<(), Failure> {
         .download_file(&args.source.path, &args.at, &target, &bar)
         .await?;
     bar.finish();
+    print_file_download(context, &args, &target, &entry)
+}
+
+/// `aether get` of a directory: downloads it into the local directory named (never to
+/// stdout) and prints the summary.
+async fn get_directory(
+    context: &Context,
+    session: &SessionHandle,
+    args: &GetArgs,
+    bar: &Bar,
+) -> Result<(), Failure> {
+    if is_dash(&args.destination) {
+        return Err(Failure::Usage(format!(
+            "{} is a directory; give a local directory to download it into (or use export for a tar on stdout)",
+            args.source
+        )));
+    }
+    let report = session
+        .download_directory(&args.source.path, &args.at, &args.destination, bar)
+        .await?;
+    bar.finish();
+    if context.json() {
+        return output::json(&output::download_json(&report));
+    }
+    output::line(format!(
+        "downloaded {} to {}: {}, {}{}, {}",
+        args.source,
+        args.destination.display(),
+        output::plural(report.files, "file"),
+        output::plural(report.directories, "directory"),
+        symlinks(report.symlinks),
+        output::size(report.bytes)
+    ))
+}
+
+/// The summary of `aether get` of one file or symlink, now at `target`.
+fn print_file_download(
+    context: &Context,
+    args: &GetArgs,
+    target: &Path,
+    entry: &aether_client::proto::Entry,
+) -> Result<(), Failure> {
     let link = entry.kind == aether_client::proto::EntryKind::Symlink as i32;
     if context.json() {
         return output::json(&json!({

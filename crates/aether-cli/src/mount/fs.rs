@@ -51,6 +51,19 @@ enum Open {
     },
 }
 
+/// A rename, resolved: the node moved, its parent and name before and after, its session
+/// paths before and after, and when.
+struct Rename<'a> {
+    ino: u64,
+    parent: u64,
+    name: &'a str,
+    new_parent: u64,
+    new_name: &'a str,
+    from: String,
+    to: String,
+    now: i64,
+}
+
 /// The mount.
 pub struct AetherFs {
     pub session: SessionHandle,
@@ -508,65 +521,14 @@ impl AetherFs {
         mtime: Option<TimeOrNow>,
     ) -> Fallible<FileAttr> {
         let now = now_ns();
-        {
-            let state = self.state();
-            let node = state.node(ino).ok_or(Errno::ENOENT)?;
-            // Ownership is not in the model: keeping the owner is fine, changing it is EPERM
-            // (also for root), as on a filesystem without owners.
-            if uid.is_some_and(|u| u != node.uid) || gid.is_some_and(|g| g != node.gid) {
-                return Err(Errno::EPERM);
-            }
-        }
+        self.check_owner_kept(ino, uid, gid)?;
         if let Some(size) = size {
-            if size > MAX_FILE_BYTES {
-                return Err(Errno::EFBIG);
-            }
-            self.stage(ino, size > 0)?;
-            self.staging.set_len(ino, size).map_err(io_errno)?;
-            let mut state = self.state();
-            if let Some(node) = state.node_mut(ino) {
-                node.size = size;
-                node.mtime_ns = now;
-                node.ctime_ns = now;
-            }
-            state.touch(&[ino]);
-            if state.node(ino).is_some_and(|n| n.open > 0) {
-                state.written.insert(ino);
-            } else {
-                state.queue_write(ino);
-            }
+            self.set_size(ino, size, now)?;
         }
         let mut state = self.state();
         let path = state.path(ino);
         let node = state.node_mut(ino).ok_or(Errno::ENOENT)?;
-        let mut set_mode = None;
-        let mut set_mtime = None;
-        if let Some(mode) = mode {
-            let mode = mode & 0o7777;
-            if node.kind != Kind::Symlink && mode != node.mode {
-                node.mode = mode;
-                set_mode = Some(mode);
-            }
-            node.ctime_ns = now;
-        }
-        if let Some(uid) = uid {
-            node.uid = uid;
-            node.ctime_ns = now;
-        }
-        if let Some(gid) = gid {
-            node.gid = gid;
-            node.ctime_ns = now;
-        }
-        if let Some(atime) = atime {
-            node.atime_ns = ns_of(atime);
-            node.ctime_ns = now;
-        }
-        if let Some(mtime) = mtime {
-            let mtime = ns_of(mtime);
-            node.mtime_ns = mtime;
-            node.ctime_ns = now;
-            set_mtime = Some(mtime);
-        }
+        let (set_mode, set_mtime) = set_attributes(node, mode, uid, gid, atime, mtime, now);
         let staged_file = node.kind == Kind::File && node.staged;
         if set_mode.is_some() || set_mtime.is_some() {
             state.touch(&[ino]);
@@ -582,6 +544,41 @@ impl AetherFs {
             }
         }
         self.attr_locked(&state, ino)
+    }
+
+    /// Fails with EPERM when a setattr would change the owner of `ino`.
+    fn check_owner_kept(&self, ino: u64, uid: Option<u32>, gid: Option<u32>) -> Fallible<()> {
+        let state = self.state();
+        let node = state.node(ino).ok_or(Errno::ENOENT)?;
+        // Ownership is not in the model: keeping the owner is fine, changing it is EPERM
+        // (also for root), as on a filesystem without owners.
+        if uid.is_some_and(|u| u != node.uid) || gid.is_some_and(|g| g != node.gid) {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
+    /// Truncates or extends a file's staged content to `size` and queues the write (at its
+    /// close when it is open).
+    fn set_size(&self, ino: u64, size: u64, now: i64) -> Fallible<()> {
+        if size > MAX_FILE_BYTES {
+            return Err(Errno::EFBIG);
+        }
+        self.stage(ino, size > 0)?;
+        self.staging.set_len(ino, size).map_err(io_errno)?;
+        let mut state = self.state();
+        if let Some(node) = state.node_mut(ino) {
+            node.size = size;
+            node.mtime_ns = now;
+            node.ctime_ns = now;
+        }
+        state.touch(&[ino]);
+        if state.node(ino).is_some_and(|n| n.open > 0) {
+            state.written.insert(ino);
+        } else {
+            state.queue_write(ino);
+        }
+        Ok(())
     }
 
     fn check_new_name(&self, parent: u64, name: &str) -> Fallible<()> {
@@ -726,82 +723,21 @@ impl AetherFs {
             return Err(Errno::EINVAL);
         }
         let now = now_ns();
+        let rename = Rename {
+            ino,
+            parent,
+            name,
+            new_parent,
+            new_name,
+            from,
+            to,
+            now,
+        };
         if exchange {
             let other = target.expect("checked above");
-            let other_dir = state.node(other).is_some_and(|n| n.is_dir());
-            if other_dir && state.is_within(parent, other) {
-                return Err(Errno::EINVAL);
-            }
-            let temp = format!("{to}.aether-exchange-{ino}");
-            state.queue(Op::Move {
-                from: to.clone(),
-                to: temp.clone(),
-            });
-            state.queue(Op::Move {
-                from: from.clone(),
-                to: to.clone(),
-            });
-            state.queue(Op::Move {
-                from: temp,
-                to: from,
-            });
-            // Swap the two nodes' places.
-            let (a_parent, a_name) = (parent, name.to_string());
-            let (b_parent, b_name) = (new_parent, new_name.to_string());
-            if let Some(c) = state.node_mut(a_parent).and_then(|p| p.children.as_mut()) {
-                c.insert(a_name.clone(), other);
-            }
-            if let Some(c) = state.node_mut(b_parent).and_then(|p| p.children.as_mut()) {
-                c.insert(b_name.clone(), ino);
-            }
-            if let Some(n) = state.node_mut(ino) {
-                n.parent = b_parent;
-                n.name = b_name;
-                n.ctime_ns = now;
-            }
-            if let Some(n) = state.node_mut(other) {
-                n.parent = a_parent;
-                n.name = a_name;
-                n.ctime_ns = now;
-            }
+            Self::rename_exchange(&mut state, rename, other)?;
         } else {
-            if let Some(target) = target {
-                let target_dir = state.node(target).is_some_and(|n| n.is_dir());
-                match (source_dir, target_dir) {
-                    (true, false) => return Err(Errno::ENOTDIR),
-                    (false, true) => return Err(Errno::EISDIR),
-                    (true, true) => {
-                        drop(state);
-                        self.ensure_listed(target)?;
-                        state = self.state();
-                        if state
-                            .node(target)
-                            .and_then(|n| n.children.as_ref())
-                            .is_some_and(|c| !c.is_empty())
-                        {
-                            return Err(Errno::ENOTEMPTY);
-                        }
-                        // The session moves onto files only: remove the empty directory first.
-                        state.queue(Op::Delete {
-                            path: to.clone(),
-                            recursive: false,
-                        });
-                    }
-                    (false, false) => {}
-                }
-                state.unlink(target);
-                if let Some(node) = state.node_mut(target) {
-                    node.ctime_ns = now;
-                }
-            }
-            state.queue(Op::Move {
-                from,
-                to: to.clone(),
-            });
-            state.relink(ino, new_parent, new_name);
-            if let Some(node) = state.node_mut(ino) {
-                node.ctime_ns = now;
-            }
+            state = self.rename_plain(state, rename, source_dir, target)?;
         }
         Self::touch_dir(&mut state, parent, now);
         Self::touch_dir(&mut state, new_parent, now);
@@ -809,6 +745,100 @@ impl AetherFs {
         drop(state);
         self.remove_orphans();
         Ok(())
+    }
+
+    /// RENAME_EXCHANGE: the two nodes swap places; the session does it in three moves,
+    /// through a temporary name.
+    fn rename_exchange(state: &mut State, rename: Rename<'_>, other: u64) -> Fallible<()> {
+        let other_dir = state.node(other).is_some_and(|n| n.is_dir());
+        if other_dir && state.is_within(rename.parent, other) {
+            return Err(Errno::EINVAL);
+        }
+        let (from, to) = (rename.from, rename.to);
+        let temp = format!("{to}.aether-exchange-{}", rename.ino);
+        state.queue(Op::Move {
+            from: to.clone(),
+            to: temp.clone(),
+        });
+        state.queue(Op::Move {
+            from: from.clone(),
+            to: to.clone(),
+        });
+        state.queue(Op::Move {
+            from: temp,
+            to: from,
+        });
+        // Swap the two nodes' places.
+        let (a_parent, a_name) = (rename.parent, rename.name.to_string());
+        let (b_parent, b_name) = (rename.new_parent, rename.new_name.to_string());
+        if let Some(c) = state.node_mut(a_parent).and_then(|p| p.children.as_mut()) {
+            c.insert(a_name.clone(), other);
+        }
+        if let Some(c) = state.node_mut(b_parent).and_then(|p| p.children.as_mut()) {
+            c.insert(b_name.clone(), rename.ino);
+        }
+        if let Some(n) = state.node_mut(rename.ino) {
+            n.parent = b_parent;
+            n.name = b_name;
+            n.ctime_ns = rename.now;
+        }
+        if let Some(n) = state.node_mut(other) {
+            n.parent = a_parent;
+            n.name = a_name;
+            n.ctime_ns = rename.now;
+        }
+        Ok(())
+    }
+
+    /// A plain rename: the node moves to its new name, replacing the `target` there (a file,
+    /// or an empty directory when the node is one). Listing the target directory unlocks the
+    /// state, so the guard is handed in and back.
+    fn rename_plain<'s>(
+        &'s self,
+        mut state: MutexGuard<'s, State>,
+        rename: Rename<'_>,
+        source_dir: bool,
+        target: Option<u64>,
+    ) -> Fallible<MutexGuard<'s, State>> {
+        let (from, to, now) = (rename.from, rename.to, rename.now);
+        if let Some(target) = target {
+            let target_dir = state.node(target).is_some_and(|n| n.is_dir());
+            match (source_dir, target_dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) => {
+                    drop(state);
+                    self.ensure_listed(target)?;
+                    state = self.state();
+                    if state
+                        .node(target)
+                        .and_then(|n| n.children.as_ref())
+                        .is_some_and(|c| !c.is_empty())
+                    {
+                        return Err(Errno::ENOTEMPTY);
+                    }
+                    // The session moves onto files only: remove the empty directory first.
+                    state.queue(Op::Delete {
+                        path: to.clone(),
+                        recursive: false,
+                    });
+                }
+                (false, false) => {}
+            }
+            state.unlink(target);
+            if let Some(node) = state.node_mut(target) {
+                node.ctime_ns = now;
+            }
+        }
+        state.queue(Op::Move {
+            from,
+            to: to.clone(),
+        });
+        state.relink(rename.ino, rename.new_parent, rename.new_name);
+        if let Some(node) = state.node_mut(rename.ino) {
+            node.ctime_ns = now;
+        }
+        Ok(state)
     }
 
     /// What close(2) of a file opened for writing needs: without `--sync-close` nothing
@@ -995,6 +1025,49 @@ impl AetherFs {
         drop(state);
         Ok(self.new_fh(Open::Dir { entries }))
     }
+}
+
+/// Sets the attributes a setattr gives on `node` (times, owner, mode; a symlink keeps its
+/// mode), moving its ctime; what the session must learn: the mode when it changed, the
+/// mtime when one was given.
+fn set_attributes(
+    node: &mut Node,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    atime: Option<TimeOrNow>,
+    mtime: Option<TimeOrNow>,
+    now: i64,
+) -> (Option<u32>, Option<i64>) {
+    let mut set_mode = None;
+    let mut set_mtime = None;
+    if let Some(mode) = mode {
+        let mode = mode & 0o7777;
+        if node.kind != Kind::Symlink && mode != node.mode {
+            node.mode = mode;
+            set_mode = Some(mode);
+        }
+        node.ctime_ns = now;
+    }
+    if let Some(uid) = uid {
+        node.uid = uid;
+        node.ctime_ns = now;
+    }
+    if let Some(gid) = gid {
+        node.gid = gid;
+        node.ctime_ns = now;
+    }
+    if let Some(atime) = atime {
+        node.atime_ns = ns_of(atime);
+        node.ctime_ns = now;
+    }
+    if let Some(mtime) = mtime {
+        let mtime = ns_of(mtime);
+        node.mtime_ns = mtime;
+        node.ctime_ns = now;
+        set_mtime = Some(mtime);
+    }
+    (set_mode, set_mtime)
 }
 
 fn node_open(state: &State, ino: u64) -> u32 {

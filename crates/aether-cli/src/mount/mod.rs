@@ -39,8 +39,64 @@ use content::LocalContent;
 use fs::{AetherFs, Mounted};
 use staging::Staging;
 
+/// Where the FUSE thread sends what the session loop returned, once it ends.
+type SessionEnd = tokio::sync::oneshot::Receiver<std::io::Result<()>>;
+
 /// Runs `aether mount`: mounts, serves until unmounted, unmounts on SIGINT/SIGTERM.
 pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
+    let meta = check_mount_point(&args.dir)?;
+    let session = context.client.session(args.session.clone());
+    // Fails early (exit 3) when the session does not exist.
+    session.stat("", &Rev::Head).await?;
+    let (content, staging) = open_cache(&args)?;
+    let fs = Arc::new(AetherFs::new(
+        session,
+        Handle::current(),
+        content,
+        staging,
+        (meta.uid(), meta.gid()),
+        args.sync_close,
+    ));
+    let interval = Duration::from_millis(args.commit_interval_ms.max(1));
+    let flusher = {
+        let fs = fs.clone();
+        std::thread::Builder::new()
+            .name("aether-flush".to_string())
+            .spawn(move || flush::run(fs, interval))
+            .map_err(|e| Failure::Other(format!("cannot start the flusher: {e}")))?
+    };
+    let events = tokio::spawn(flush::follow_events(fs.clone()));
+    let (mut unmounter, done_rx) = start_fuse(Mounted(fs.clone()), &args).await?;
+    eprintln!(
+        "aether: mounted session {} at {} (Ctrl-C or `fusermount3 -u {}` to unmount)",
+        args.session,
+        args.dir.display(),
+        args.dir.display()
+    );
+    let result = wait_for_unmount(&mut unmounter, &args.dir, done_rx).await?;
+    // Send what is queued, then stop following events.
+    fs.flusher.stop();
+    let _ = tokio::task::spawn_blocking(move || flusher.join()).await;
+    events.abort();
+    fs.staging.remove_all();
+    match result {
+        Ok(Ok(())) => {
+            eprintln!("aether: unmounted {}", args.dir.display());
+            Ok(())
+        }
+        Ok(Err(e)) => Err(Failure::Other(format!(
+            "the FUSE session of {} ended with an error: {e}",
+            args.dir.display()
+        ))),
+        Err(_) => Err(Failure::Other(
+            "the FUSE thread ended abnormally".to_string(),
+        )),
+    }
+}
+
+/// Checks that FUSE is available and `dir` is a directory to mount on; its metadata (the
+/// mount's files are owned by its owner).
+fn check_mount_point(dir: &Path) -> Result<std::fs::Metadata, Failure> {
     if !Path::new("/dev/fuse").exists() {
         return Err(Failure::Other(
             "/dev/fuse is missing: load the FUSE module (`modprobe fuse`), or run the container \
@@ -49,17 +105,19 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
                 .to_string(),
         ));
     }
-    let meta = std::fs::metadata(&args.dir).map_err(|e| Failure::local(&args.dir, e))?;
+    let meta = std::fs::metadata(dir).map_err(|e| Failure::local(dir, e))?;
     if !meta.is_dir() {
         return Err(Failure::Usage(format!(
             "{} is not a directory",
-            args.dir.display()
+            dir.display()
         )));
     }
-    let session = context.client.session(args.session.clone());
-    // Fails early (exit 3) when the session does not exist.
-    session.stat("", &Rev::Head).await?;
+    Ok(meta)
+}
 
+/// Opens the mount's content cache and its own staging directory in the cache directory
+/// (which must be outside the mount point), removing what dead mounts left there.
+fn open_cache(args: &MountArgs) -> Result<(LocalContent, Staging), Failure> {
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     // The mount would wait on itself to stage or cache content inside itself.
     let inside = |path: &Path| {
@@ -86,23 +144,34 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
     let content = LocalContent::open(cache.join("content")).map_err(cache_error)?;
     let memory = args.staging_memory_mib.saturating_mul(1024 * 1024);
     let staging = Staging::open(staging, memory).map_err(cache_error)?;
-    let fs = Arc::new(AetherFs::new(
-        session,
-        Handle::current(),
-        content,
-        staging,
-        (meta.uid(), meta.gid()),
-        args.sync_close,
-    ));
-    let interval = Duration::from_millis(args.commit_interval_ms.max(1));
-    let flusher = {
-        let fs = fs.clone();
-        std::thread::Builder::new()
-            .name("aether-flush".to_string())
-            .spawn(move || flush::run(fs, interval))
-            .map_err(|e| Failure::Other(format!("cannot start the flusher: {e}")))?
-    };
-    let events = tokio::spawn(flush::follow_events(fs.clone()));
+    Ok((content, staging))
+}
+
+/// Mounts `mounted` at the mount point and serves it on a thread of its own; the means to
+/// unmount it, and what the session loop returned once it ends.
+async fn start_fuse(
+    mounted: Mounted,
+    args: &MountArgs,
+) -> Result<(fuser::SessionUnmounter, SessionEnd), Failure> {
+    let config = fuse_config(args);
+    let dir = args.dir.clone();
+    let mut fuse = tokio::task::spawn_blocking(move || fuser::Session::new(mounted, &dir, &config))
+        .await
+        .map_err(|e| Failure::Other(format!("mount task failed: {e}")))?
+        .map_err(|e| Failure::Other(format!("cannot mount {}: {e}", args.dir.display())))?;
+    let unmounter = fuse.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("aether-fuse".to_string())
+        .spawn(move || {
+            let _ = done_tx.send(fuse.run());
+        })
+        .map_err(|e| Failure::Other(format!("cannot start the FUSE thread: {e}")))?;
+    Ok((unmounter, done_rx))
+}
+
+/// The mount's options and request loop threads.
+fn fuse_config(args: &MountArgs) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("aether:{}", args.session)),
@@ -121,62 +190,32 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
     // other requests proceed while one waits on the session (fetching uncached content).
     config.n_threads = Some(args.threads.clamp(1, 64));
     config.clone_fd = args.threads > 1;
-    let dir = args.dir.clone();
-    let mounted = Mounted(fs.clone());
-    let mut fuse = tokio::task::spawn_blocking(move || fuser::Session::new(mounted, &dir, &config))
-        .await
-        .map_err(|e| Failure::Other(format!("mount task failed: {e}")))?
-        .map_err(|e| Failure::Other(format!("cannot mount {}: {e}", args.dir.display())))?;
-    let mut unmounter = fuse.unmount_callable();
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("aether-fuse".to_string())
-        .spawn(move || {
-            let _ = done_tx.send(fuse.run());
-        })
-        .map_err(|e| Failure::Other(format!("cannot start the FUSE thread: {e}")))?;
-    eprintln!(
-        "aether: mounted session {} at {} (Ctrl-C or `fusermount3 -u {}` to unmount)",
-        args.session,
-        args.dir.display(),
-        args.dir.display()
-    );
+    config
+}
 
+/// Waits until the FUSE session ends, unmounting on SIGINT or SIGTERM; what the session
+/// loop returned (an error when its thread ended without saying).
+async fn wait_for_unmount(
+    unmounter: &mut fuser::SessionUnmounter,
+    dir: &Path,
+    mut done_rx: SessionEnd,
+) -> Result<Result<std::io::Result<()>, tokio::sync::oneshot::error::RecvError>, Failure> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt = signal(SignalKind::interrupt())
         .map_err(|e| Failure::Other(format!("cannot handle SIGINT: {e}")))?;
     let mut terminate = signal(SignalKind::terminate())
         .map_err(|e| Failure::Other(format!("cannot handle SIGTERM: {e}")))?;
-    let mut done_rx = done_rx;
-    let result = tokio::select! {
+    Ok(tokio::select! {
         result = &mut done_rx => result,
         _ = interrupt.recv() => {
-            unmount(&mut unmounter, &args.dir).await?;
+            unmount(unmounter, dir).await?;
             done_rx.await
         }
         _ = terminate.recv() => {
-            unmount(&mut unmounter, &args.dir).await?;
+            unmount(unmounter, dir).await?;
             done_rx.await
         }
-    };
-    // Send what is queued, then stop following events.
-    fs.flusher.stop();
-    let _ = tokio::task::spawn_blocking(move || flusher.join()).await;
-    events.abort();
-    fs.staging.remove_all();
-    match result {
-        Ok(Ok(())) => {
-            eprintln!("aether: unmounted {}", args.dir.display());
-            Ok(())
-        }
-        Ok(Err(e)) => Err(Failure::Other(format!(
-            "the FUSE session of {} ended with an error: {e}",
-            args.dir.display()
-        ))),
-        Err(_) => Err(Failure::Other(
-            "the FUSE thread ended abnormally".to_string(),
-        )),
-    }
+    })
 }
 
 async fn unmount(unmounter: &mut fuser::SessionUnmounter, dir: &Path) -> Result<(), Failure> {
