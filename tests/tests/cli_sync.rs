@@ -306,6 +306,7 @@ async fn sync_handles_large_pushes_removed_directories_and_links_in_the_way() {
     std::os::unix::fs::symlink(&outside, clone.join("e")).unwrap();
     aether.write("y.txt", b"y\n");
     aether.ok(&["put", "y.txt", &format!("{session}:s/e/y.txt")]);
+    aether.ok(&["put", "y.txt", &format!("{session}:s/e/deeper/z.txt")]);
     aether.run(&["pull", "--theirs", "w"]);
     assert!(
         std::fs::read_dir(&outside).unwrap().next().is_none(),

@@ -94,7 +94,7 @@ impl Step {
 }
 
 impl Sessions {
-    /// A symlink's target, from its content (hex hash as in [`pb::Entry`]).
+    /// A symlink's target, from its content (hex hash as in the API's `Entry`).
     pub async fn symlink_target(&self, hash: &str) -> Result<String> {
         let hash = Hash::from_hex(hash).map_err(|e| Error::Internal(e.to_string()))?;
         let bytes = self.trees.blobs().get(&hash).await?;

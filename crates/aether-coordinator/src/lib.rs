@@ -1,13 +1,23 @@
 //! The session-coordinator: sessions, trees, history, review, knowledge and audit.
 //!
+//! The domain is plain Rust at the crate root: functions on [`Sessions`] take validated domain
+//! types and an explicit [`Caller`] and return [`Error`], one variant per cause. [`grpc`] only
+//! turns protobuf into those types, calls the domain, and maps errors to status codes in one
+//! match (`impl From<Error> for Status` in [`error`]); wire types appear in the domain only
+//! as the encoded answer a change records for retries.
+//!
 //! - [`sessions`] owns records, holds and fenced mutations (promises 1, 2, 4);
+//! - [`changes`] applies file changes atomically, with their preconditions;
+//! - [`listing`] pages through the sessions a caller may see;
 //! - [`requests`] records the outcomes of recent changes by request id (promise 9);
 //! - [`trees`] reads and edits content-addressed trees in the content store;
-//! - [`revisions`] resolves head/base/checkpoint/commit to roots;
+//! - [`revisions`] resolves head/base/checkpoint/commit to roots; [`checkpoints`] names them;
 //! - [`archive`] imports and exports tar;
 //! - [`review`] keeps annotations and the approvals that gate commits and exports;
 //! - [`knowledge`] keeps knowledge entries, versioned with the files through [`paged_map`];
-//! - [`events`] publishes session events on the bus;
+//! - [`audit`] keeps each session's trail, its tail in etcd and the rest in the store;
+//! - [`events`] says what happened ([`events::Event`]) and publishes it on the bus;
+//! - [`rpcs`] is the one table of every RPC: the role it needs, change or read, forwarding;
 //! - [`grpc`] adapts all of it to the v1 services.
 
 pub mod append_log;

@@ -787,15 +787,15 @@ async fn download(
 ) -> Result<(String, Agreed), Failure> {
     let local = dir.join(&path);
     let parent = local.parent().unwrap_or(dir).to_path_buf();
-    std::fs::create_dir_all(&parent).map_err(|e| Failure::local(&parent, e))?;
-    // Never through a link: a local symlink where the session has a directory would send
-    // the download outside the synced directory.
+    // Never through a link, not even to make a missing parent: a local symlink where the
+    // session has a directory would send the download outside the synced directory.
     if let Some(link) = linked_ancestor(dir, &path) {
         return Err(Failure::Other(format!(
             "{} is a symlink where the session has a directory: move it away and pull again",
             link.display()
         )));
     }
+    std::fs::create_dir_all(&parent).map_err(|e| Failure::local(&parent, e))?;
     // Downloads land in the record's folder (same filesystem, never synced), are flushed to
     // disk, then renamed into place: a pull killed or cut by power loss leaves whole files.
     let scratch = dir.join(STATE_DIR).join(TMP_DIR);
