@@ -127,10 +127,10 @@ impl Sessions {
                 let hashes: Vec<Hash> = chunks.iter().map(|c| c.0).collect();
                 let missing = blobs.missing(&hashes).await?;
                 if let Some(first) = missing.first() {
-                    return Err(Error::FailedPrecondition(format!(
-                        "{} chunk(s) are not in the content store (first: {first}); upload them with PutBlob first",
-                        missing.len()
-                    )));
+                    return Err(Error::ChunksMissing {
+                        count: missing.len(),
+                        first: first.to_string(),
+                    });
                 }
                 if chunks.len() == 1 {
                     let size = blobs.size(&chunks[0].0).await?;

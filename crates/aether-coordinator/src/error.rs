@@ -78,9 +78,32 @@ pub enum Error {
         /// Approvals that went stale when the head moved after them.
         stale: u32,
     },
+    /// An approval can no longer be decided or used: it went stale, was rejected or was used.
+    #[error("{id} {why}")]
+    ApprovalClosed { id: String, why: String },
+    /// A reviewer decides an approval a second time.
+    #[error("{reviewer} already decided {id}")]
+    AlreadyDecided { reviewer: String, id: String },
     /// A path names a directory (or symlink) where the request needs a file.
     #[error("\"{path}\" is a directory; {hint}")]
     NotAFile { path: String, hint: &'static str },
+    /// Something is already at a path the change would create; `hint` says how to go on.
+    #[error("\"{path}\" already exists{hint}")]
+    PathExists { path: String, hint: &'static str },
+    /// A change would replace a directory (or put one in place of a file), which it never does
+    /// implicitly.
+    #[error("\"{path}\" {what}; delete it first{purpose}")]
+    DirectoryInTheWay {
+        path: String,
+        what: &'static str,
+        purpose: String,
+    },
+    /// A directory to delete holds entries and the delete is not recursive.
+    #[error("directory \"{path}\" is not empty; set recursive to delete it with its contents")]
+    DirectoryNotEmpty { path: String },
+    /// A write names chunks the content store does not have.
+    #[error("{count} chunk(s) are not in the content store (first: {first}); upload them with PutBlob first")]
+    ChunksMissing { count: usize, first: String },
     /// A path names a file or symlink where the request needs a directory.
     #[error("\"{path}\" is {what}, not a directory")]
     NotADirectory { path: String, what: &'static str },
@@ -173,12 +196,17 @@ impl From<Error> for Status {
             | Error::DirectoryNotFound { .. }
             | Error::CheckpointNotFound { .. }
             | Error::CommitNotInHistory { .. } => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::AlreadyExists(_) | Error::PathExists { .. } => Code::AlreadyExists,
             Error::FailedPrecondition(_)
             | Error::Finalized { .. }
             | Error::Closed { .. }
             | Error::ApprovalMissing { .. }
             | Error::NotAFile { .. }
+            | Error::ApprovalClosed { .. }
+            | Error::AlreadyDecided { .. }
+            | Error::DirectoryInTheWay { .. }
+            | Error::DirectoryNotEmpty { .. }
+            | Error::ChunksMissing { .. }
             | Error::NotADirectory { .. } => Code::FailedPrecondition,
             Error::Aborted(_) => Code::Aborted,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,

@@ -236,27 +236,32 @@ pub fn decide(
     match approval.effective(record) {
         ApprovalStateRecord::Pending | ApprovalStateRecord::Approved => {}
         ApprovalStateRecord::Stale => {
-            return Err(Error::FailedPrecondition(format!(
-                "{id} was made at head version {} and the head is now at {}: it no longer applies; request approval again",
-                approval.head_version, record.head_version
-            )))
+            return Err(Error::ApprovalClosed {
+                id,
+                why: format!(
+                    "was made at head version {} and the head is now at {}: it no longer applies; request approval again",
+                    approval.head_version, record.head_version
+                ),
+            })
         }
         ApprovalStateRecord::Rejected => {
-            return Err(Error::FailedPrecondition(format!(
-                "{id} was rejected; request approval again"
-            )))
+            return Err(Error::ApprovalClosed {
+                id,
+                why: "was rejected; request approval again".into(),
+            })
         }
         ApprovalStateRecord::Used => {
-            return Err(Error::FailedPrecondition(format!(
-                "{id} was already used by {}",
-                approval.used_by
-            )))
+            return Err(Error::ApprovalClosed {
+                id,
+                why: format!("was already used by {}", approval.used_by),
+            })
         }
     }
     if approval.decisions.iter().any(|d| d.reviewer == principal) {
-        return Err(Error::FailedPrecondition(format!(
-            "{principal} already decided {id}"
-        )));
+        return Err(Error::AlreadyDecided {
+            reviewer: principal.to_string(),
+            id,
+        });
     }
     approval.decisions.push(DecisionRecord {
         reviewer: principal.to_string(),
@@ -493,7 +498,11 @@ mod tests {
                         decided.push(who);
                         rejected |= !approve;
                     }
-                    Err(Error::PermissionDenied(_) | Error::FailedPrecondition(_)) => {
+                    Err(
+                        Error::PermissionDenied(_)
+                        | Error::ApprovalClosed { .. }
+                        | Error::AlreadyDecided { .. },
+                    ) => {
                         prop_assert_eq!(&approval, &before);
                     }
                     Err(other) => prop_assert!(false, "unexpected {:?}", other),

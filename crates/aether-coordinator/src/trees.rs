@@ -466,9 +466,11 @@ impl TreeEditor {
             .await?;
         match dir.tree.get(&name) {
             Some(existing) if existing.kind == EntryKind::Directory => {
-                return Err(Error::FailedPrecondition(format!(
-                    "\"{path}\" is a directory; delete it first to {what} there"
-                )));
+                return Err(Error::DirectoryInTheWay {
+                    path: path.to_string(),
+                    what: "is a directory",
+                    purpose: format!(" to {what} there"),
+                });
             }
             Some(_) => {}
             None => dir.names_changed = true,
@@ -531,7 +533,12 @@ impl TreeEditor {
             .await?;
         match dir.tree.get(&name) {
             Some(e) if e.kind == EntryKind::Directory && parents => return Ok(()),
-            Some(_) => return Err(Error::AlreadyExists(format!("\"{path}\" already exists"))),
+            Some(_) => {
+                return Err(Error::PathExists {
+                    path: path.to_string(),
+                    hint: "",
+                })
+            }
             None => {}
         }
         dir.tree.insert(TreeEntry {
@@ -575,9 +582,9 @@ impl TreeEditor {
                 entry.size = size;
             }
             if !recursive && entry.hash != empty_tree_hash() {
-                return Err(Error::FailedPrecondition(format!(
-                    "directory \"{path}\" is not empty; set recursive to delete it with its contents"
-                )));
+                return Err(Error::DirectoryNotEmpty {
+                    path: path.to_string(),
+                });
             }
         }
         let dir = self.dir_mut(&parent, false).await?;
@@ -602,14 +609,17 @@ impl TreeEditor {
             .await?;
         if let Some(existing) = dir.tree.get(&name) {
             if !overwrite {
-                return Err(Error::AlreadyExists(format!(
-                    "\"{path}\" already exists; set overwrite to replace it"
-                )));
+                return Err(Error::PathExists {
+                    path: path.to_string(),
+                    hint: OVERWRITE_HINT,
+                });
             }
             if existing.kind == EntryKind::Directory || entry.kind == EntryKind::Directory {
-                return Err(Error::FailedPrecondition(format!(
-                    "\"{path}\" exists and one side is a directory; delete it first"
-                )));
+                return Err(Error::DirectoryInTheWay {
+                    path: path.to_string(),
+                    what: "exists and one side is a directory",
+                    purpose: String::new(),
+                });
             }
         } else {
             dir.names_changed = true;
@@ -710,14 +720,17 @@ impl TreeEditor {
         }
         if let Some(existing) = self.get(to).await? {
             if !overwrite {
-                return Err(Error::AlreadyExists(format!(
-                    "\"{to}\" already exists; set overwrite to replace it"
-                )));
+                return Err(Error::PathExists {
+                    path: to.to_string(),
+                    hint: OVERWRITE_HINT,
+                });
             }
             if existing.kind == EntryKind::Directory {
-                return Err(Error::FailedPrecondition(format!(
-                    "\"{to}\" is a directory; delete it first"
-                )));
+                return Err(Error::DirectoryInTheWay {
+                    path: to.to_string(),
+                    what: "is a directory",
+                    purpose: String::new(),
+                });
             }
         }
         Ok(())
@@ -788,6 +801,9 @@ pub fn now_ns() -> i64 {
         .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
+
+/// How a refused move, copy or placement onto an existing path can go on.
+const OVERWRITE_HINT: &str = "; set overwrite to replace it";
 
 /// Nothing at `path`.
 fn not_found(path: &WorkspacePath) -> Error {
