@@ -22,6 +22,7 @@
 //! s3s-fs figures need `cargo install s3s-fs@0.14.1 --locked --features binary` and are skipped
 //! with a note without it).
 
+use std::future::Future;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -250,75 +251,87 @@ async fn workspace_figures(
     let session = new_session(channel).await?;
     apply(channel, &session, 0..files, 0).await?;
     let mut history = HistoryServiceClient::new(channel.clone());
+    checkpoint(&mut history, &session, "initial".into()).await?;
+
+    let sides = Sides {
+        channel,
+        session: &session,
+        repo: &repo,
+    };
+    Ok(vec![
+        sides.checkpoint_row(&mut history, files, runs).await?,
+        sides.fork_row(&scratch, files, runs).await?,
+        sides.diff_row(files, runs).await?,
+    ])
+}
+
+/// Creates checkpoint `name` of `session`.
+async fn checkpoint(
+    history: &mut HistoryServiceClient<Channel>,
+    session: &str,
+    name: String,
+) -> Result<()> {
     history
         .create_checkpoint(pb::CreateCheckpointRequest {
-            session_id: session.clone(),
-            name: "initial".into(),
+            session_id: session.to_string(),
+            name,
             description: String::new(),
         })
         .await?;
+    Ok(())
+}
 
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for run in 1..=runs {
-        let round = fresh_round();
-        settle();
-        let start = Instant::now();
-        apply(channel, &session, 0..10, round).await?;
-        history
-            .create_checkpoint(pb::CreateCheckpointRequest {
-                session_id: session.clone(),
-                name: format!("r{run}"),
-                description: String::new(),
-            })
-            .await?;
-        ours.push(start.elapsed());
-        settle();
-        let start = Instant::now();
-        write_tree(&repo, files, round, Some(10))?;
-        git(&repo, &["add", "-A"])?;
-        git(&repo, &["commit", "-q", "-m", "edit"])?;
-        theirs.push(start.elapsed());
+/// The same tree on both sides: a session, and a git repository.
+struct Sides<'a> {
+    channel: &'a Channel,
+    session: &'a str,
+    repo: &'a Path,
+}
+
+impl Sides<'_> {
+    /// Editing 10 files then a checkpoint, vs `git add -A && git commit`.
+    async fn checkpoint_row(
+        &self,
+        history: &mut HistoryServiceClient<Channel>,
+        files: usize,
+        runs: usize,
+    ) -> Result<Row> {
+        let mut timings = Timings::default();
+        for run in 1..=runs {
+            let round = fresh_round();
+            timings
+                .ours(async {
+                    apply(self.channel, self.session, 0..10, round).await?;
+                    checkpoint(history, self.session, format!("r{run}")).await
+                })
+                .await?;
+            timings.theirs(|| {
+                write_tree(self.repo, files, round, Some(10))?;
+                git(self.repo, &["add", "-A"])?;
+                git(self.repo, &["commit", "-q", "-m", "edit"])
+            })?;
+        }
+        Ok(timings.row(format!(
+            "edit 10 files + checkpoint / git add -A && git commit ({files} files)"
+        )))
     }
-    let checkpoint = Row {
-        what: format!("edit 10 files + checkpoint / git add -A && git commit ({files} files)"),
-        ours: Timing(ours),
-        theirs: Timing(theirs),
-        unit_count: None,
-        ceiling: None,
-    };
 
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 0..runs {
-        settle();
-        let start = Instant::now();
-        SessionServiceClient::new(channel.clone())
+    /// Forks the session.
+    async fn fork(&self) -> Result<()> {
+        SessionServiceClient::new(self.channel.clone())
             .fork_session(pb::ForkSessionRequest {
-                session_id: session.clone(),
+                session_id: self.session.to_string(),
                 ..Default::default()
             })
             .await?;
-        ours.push(start.elapsed());
-        let tree = scratch.join(format!("worktree{round}"));
-        settle();
-        let start = Instant::now();
-        git(&repo, &["worktree", "add", "-q", tree.to_str().unwrap()])?;
-        theirs.push(start.elapsed());
+        Ok(())
     }
-    let fork = Row {
-        what: format!("fork / git worktree add ({files} files)"),
-        ours: Timing(ours),
-        theirs: Timing(theirs),
-        unit_count: None,
-        ceiling: None,
-    };
 
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        settle();
-        let start = Instant::now();
-        WorkspaceServiceClient::new(channel.clone())
+    /// Diffs the session against its first state (checkpoint "initial").
+    async fn diff(&self) -> Result<()> {
+        WorkspaceServiceClient::new(self.channel.clone())
             .diff(pb::DiffRequest {
-                session_id: session.clone(),
+                session_id: self.session.to_string(),
                 from: Some(pb::Revision {
                     kind: pb::RevisionKind::Checkpoint as i32,
                     name: "initial".into(),
@@ -326,20 +339,74 @@ async fn workspace_figures(
                 ..Default::default()
             })
             .await?;
-        ours.push(start.elapsed());
+        Ok(())
+    }
+
+    /// A fork vs `git worktree add` (the worktrees go under `scratch`).
+    async fn fork_row(&self, scratch: &Path, files: usize, runs: usize) -> Result<Row> {
+        let mut timings = Timings::default();
+        for round in 0..runs {
+            timings.ours(self.fork()).await?;
+            let tree = scratch.join(format!("worktree{round}"));
+            timings.theirs(|| {
+                git(
+                    self.repo,
+                    &["worktree", "add", "-q", tree.to_str().unwrap()],
+                )
+            })?;
+        }
+        Ok(timings.row(format!("fork / git worktree add ({files} files)")))
+    }
+
+    /// A diff against the first state vs `git diff --stat HEAD~1`.
+    async fn diff_row(&self, files: usize, runs: usize) -> Result<Row> {
+        let mut timings = Timings::default();
+        for _ in 0..runs {
+            timings.ours(self.diff()).await?;
+            timings.theirs(|| git(self.repo, &["diff", "--stat", "HEAD~1"]))?;
+        }
+        Ok(timings.row(format!(
+            "diff vs first state / git diff --stat ({files} files)"
+        )))
+    }
+}
+
+/// The timings of both sides of a figure, each operation timed after [`settle`].
+#[derive(Default)]
+struct Timings {
+    ours: Vec<Duration>,
+    theirs: Vec<Duration>,
+}
+
+impl Timings {
+    /// Times one AetherFS operation (`operation` does nothing until it is awaited here).
+    async fn ours(&mut self, operation: impl Future<Output = Result<()>>) -> Result<()> {
         settle();
         let start = Instant::now();
-        git(&repo, &["diff", "--stat", "HEAD~1"])?;
-        theirs.push(start.elapsed());
+        operation.await?;
+        self.ours.push(start.elapsed());
+        Ok(())
     }
-    let diff = Row {
-        what: format!("diff vs first state / git diff --stat ({files} files)"),
-        ours: Timing(ours),
-        theirs: Timing(theirs),
-        unit_count: None,
-        ceiling: None,
-    };
-    Ok(vec![checkpoint, fork, diff])
+
+    /// Times one baseline operation.
+    fn theirs(&mut self, operation: impl FnOnce() -> Result<()>) -> Result<()> {
+        settle();
+        let start = Instant::now();
+        operation()?;
+        self.theirs.push(start.elapsed());
+        Ok(())
+    }
+
+    /// The row of these timings, with no unit count and no ceiling.
+    fn row(self, what: String) -> Row {
+        Row {
+            what,
+            ours: Timing(self.ours),
+            theirs: Timing(self.theirs),
+            unit_count: None,
+            ceiling: None,
+        }
+    }
 }
 
 /// Ingest through the API vs the same files written to local disk; with `s3`, also the raw
@@ -463,6 +530,35 @@ async fn main() -> Result<()> {
     let mut servers: Vec<ServiceProcess> = Vec::new();
     let mut clusters: Vec<Cluster> = Vec::new();
     let mut rows = Vec::new();
+    print_setup(&args);
+    if !args.no_embedded {
+        let dev = embedded_rows(&args, &scratch, &mut rows).await?;
+        servers.push(dev);
+    }
+    let mut notes = Vec::new();
+    for choice in args.s3.iter().filter(|_| !args.no_cluster) {
+        let kind = choice.kind();
+        if let Err(error) = kind.program() {
+            notes.push(format!("etcd + S3 ({}) skipped: {error:#}", kind.name()));
+            continue;
+        }
+        let cluster = cluster_rows(&args, kind, &scratch, &mut rows).await?;
+        clusters.push(cluster);
+    }
+    print(&rows);
+    for note in notes {
+        println!("Note: {note}");
+    }
+    println!("\nLarge blobs vs raw object_store: cargo bench -p aether-store --bench store_vs_raw");
+    println!("Bus vs nats-server:             cargo bench -p aether-bus --bench bus_vs_nats");
+    println!(
+        "Fork/checkpoint/restore O(1):   cargo bench -p aether-coordinator --bench lifecycle_o1"
+    );
+    Ok(())
+}
+
+/// Describes what the figures below are measured on.
+fn print_setup(args: &Args) {
     if !args.no_embedded {
         println!("Setup: aetherd dev (embedded coordination fsynced per change, local-filesystem store durable by group commit) over gRPC on loopback;");
         println!(
@@ -479,59 +575,57 @@ async fn main() -> Result<()> {
         );
     }
     println!();
-    if !args.no_embedded {
-        let data = scratch.dir()?;
-        let dev =
-            ServiceProcess::start(&["dev".into(), "--data".into(), data.display().to_string()])
-                .await
-                .context("starting aetherd dev (build it in the same profile first)")?;
-        let channel = tonic::transport::Endpoint::from_shared(dev.endpoint())?
-            .connect()
-            .await?;
-        for &files in &args.sizes {
-            rows.extend(workspace_figures(&channel, files, args.runs, &scratch).await?);
-            rows.push(ingest(&channel, files, args.runs, "embedded", None, &scratch).await?);
-        }
-        servers.push(dev);
-    }
-    let mut notes = Vec::new();
-    for choice in args.s3.iter().filter(|_| !args.no_cluster) {
-        let kind = choice.kind();
-        if let Err(error) = kind.program() {
-            notes.push(format!("etcd + S3 ({}) skipped: {error:#}", kind.name()));
-            continue;
-        }
-        let cluster = Cluster::start(ClusterSpec {
-            s3: kind,
-            ..Default::default()
-        })
+}
+
+/// Measures every figure on `aetherd dev`, for each size, onto `rows`; returns the server,
+/// which the caller keeps up until the end.
+async fn embedded_rows(
+    args: &Args,
+    scratch: &Scratch,
+    rows: &mut Vec<Row>,
+) -> Result<ServiceProcess> {
+    let data = scratch.dir()?;
+    let dev = ServiceProcess::start(&["dev".into(), "--data".into(), data.display().to_string()])
         .await
-        .with_context(|| format!("starting etcd + S3 ({}) cluster", kind.name()))?;
-        let channel = tonic::transport::Endpoint::from_shared(cluster.coordinator_endpoint())?
-            .connect()
-            .await?;
-        let label = format!("etcd + S3 ({})", kind.name());
-        // moto takes seconds per thousand objects.
-        let runs = if kind == S3Kind::Moto {
-            args.runs.min(3)
-        } else {
-            args.runs
-        };
-        for &files in &args.sizes {
-            rows.push(ingest(&channel, files, runs, &label, Some(&cluster.s3), &scratch).await?);
-        }
-        clusters.push(cluster);
+        .context("starting aetherd dev (build it in the same profile first)")?;
+    let channel = tonic::transport::Endpoint::from_shared(dev.endpoint())?
+        .connect()
+        .await?;
+    for &files in &args.sizes {
+        rows.extend(workspace_figures(&channel, files, args.runs, scratch).await?);
+        rows.push(ingest(&channel, files, args.runs, "embedded", None, scratch).await?);
     }
-    print(&rows);
-    for note in notes {
-        println!("Note: {note}");
+    Ok(dev)
+}
+
+/// Measures ingest on an etcd + S3 (`kind`) cluster, for each size, onto `rows`; returns the
+/// cluster, which the caller keeps up until the end.
+async fn cluster_rows(
+    args: &Args,
+    kind: S3Kind,
+    scratch: &Scratch,
+    rows: &mut Vec<Row>,
+) -> Result<Cluster> {
+    let cluster = Cluster::start(ClusterSpec {
+        s3: kind,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("starting etcd + S3 ({}) cluster", kind.name()))?;
+    let channel = tonic::transport::Endpoint::from_shared(cluster.coordinator_endpoint())?
+        .connect()
+        .await?;
+    let label = format!("etcd + S3 ({})", kind.name());
+    // moto takes seconds per thousand objects.
+    let runs = if kind == S3Kind::Moto {
+        args.runs.min(3)
+    } else {
+        args.runs
+    };
+    for &files in &args.sizes {
+        rows.push(ingest(&channel, files, runs, &label, Some(&cluster.s3), scratch).await?);
     }
-    println!("\nLarge blobs vs raw object_store: cargo bench -p aether-store --bench store_vs_raw");
-    println!("Bus vs nats-server:             cargo bench -p aether-bus --bench bus_vs_nats");
-    println!(
-        "Fork/checkpoint/restore O(1):   cargo bench -p aether-coordinator --bench lifecycle_o1"
-    );
-    Ok(())
+    Ok(cluster)
 }
 
 fn git_version() -> String {

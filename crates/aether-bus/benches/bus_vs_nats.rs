@@ -609,45 +609,47 @@ fn micros_cell(s: &Spread) -> String {
     format!("{:>6.0} [{:.0}–{:.0}]", s.median, s.min, s.max)
 }
 
-fn main() -> Result<()> {
-    // `cargo test --benches` runs bench binaries without `--bench`: nothing to check then.
-    if !std::env::args().any(|arg| arg == "--bench") {
-        println!("bus_vs_nats: run it with `cargo bench -p aether-bus --bench bus_vs_nats`");
-        return Ok(());
+/// The run's parameters, from the environment.
+struct Settings {
+    repetitions: usize,
+    /// Messages per throughput run.
+    messages: u64,
+    /// Measured time per latency run, after the warm-up.
+    measured: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        Settings {
+            repetitions: env_or("AETHER_BENCH_REPETITIONS", 7).max(1),
+            messages: env_or("AETHER_BENCH_MESSAGES", 500_000).max(1),
+            measured: Duration::from_secs_f64(
+                env_or("AETHER_BENCH_LATENCY_SECS", 3.0_f64).max(0.1),
+            ),
+        }
     }
-    let repetitions: usize = env_or("AETHER_BENCH_REPETITIONS", 7).max(1);
-    let messages: u64 = env_or("AETHER_BENCH_MESSAGES", 500_000).max(1);
-    let measured = Duration::from_secs_f64(env_or("AETHER_BENCH_LATENCY_SECS", 3.0_f64).max(0.1));
+}
 
-    let dir = tempfile::tempdir()?;
-    let nats = NatsServer::start(dir.path().join("nats-server.log"))?;
-    let data = dir.path().join("bus");
-    std::fs::create_dir_all(&data)?;
-    let (server, bus, bus_addr) = start_bus(data)?;
-    let targets = Targets {
-        nats: nats.addr.clone(),
-        bus: bus_addr,
-    };
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    println!(
-        "bus_vs_nats: {repetitions} repetitions; {PAYLOAD_BYTES}-byte messages, 1 publisher, 1 subscriber; \
-         {messages} messages per throughput run; {:.1} s at {LATENCY_RATE} msgs/s per latency run \
-         (+{} ms warm-up); {cpus} CPUs shared by servers and clients, so expect noise; {}",
-        measured.as_secs_f64(),
-        WARM_UP.as_millis(),
-        nats.version,
-    );
+/// Every repetition's samples, indexed by system (in [`System::ALL`] order), then repetition.
+struct Samples {
+    repetitions: usize,
+    rates: Vec<Vec<ThroughputSample>>,
+    latencies: Vec<Vec<LatencySample>>,
+}
 
-    let client = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let mut rates: Vec<Vec<ThroughputSample>> = System::ALL.iter().map(|_| Vec::new()).collect();
-    let mut latencies: Vec<Vec<LatencySample>> = System::ALL.iter().map(|_| Vec::new()).collect();
-    client.block_on(async {
-        for rep in 0..repetitions {
+impl Samples {
+    /// Runs every repetition: throughput of each system, then latency of each, the systems
+    /// interleaved.
+    async fn measure(targets: &Targets, settings: &Settings) -> Result<Samples> {
+        let mut samples = Samples {
+            repetitions: settings.repetitions,
+            rates: System::ALL.iter().map(|_| Vec::new()).collect(),
+            latencies: System::ALL.iter().map(|_| Vec::new()).collect(),
+        };
+        for rep in 0..settings.repetitions {
             for (i, system) in System::ALL.into_iter().enumerate() {
                 let session = format!("bench-throughput-{i}-{rep}");
-                let sample = throughput(system, &targets, &session, messages).await?;
+                let sample = throughput(system, targets, &session, settings.messages).await?;
                 eprintln!(
                     "  rep {rep} throughput {:<20} {:>9.0} msgs/s (lost {}, lagged {})",
                     system.label(),
@@ -655,11 +657,11 @@ fn main() -> Result<()> {
                     sample.lost,
                     sample.lagged
                 );
-                rates[i].push(sample);
+                samples.rates[i].push(sample);
             }
             for (i, system) in System::ALL.into_iter().enumerate() {
                 let session = format!("bench-latency-{i}-{rep}");
-                let sample = latency(system, &targets, &session, measured).await?;
+                let sample = latency(system, targets, &session, settings.measured).await?;
                 eprintln!(
                     "  rep {rep} latency    {:<20} p50 {:>5} µs, p90 {:>5} µs, p99 {:>5} µs, p99.9 {:>6} µs, max {:>6} µs (sent {:.0}/s, lost {}, lagged {})",
                     system.label(),
@@ -672,93 +674,161 @@ fn main() -> Result<()> {
                     sample.lost,
                     sample.lagged
                 );
-                latencies[i].push(sample);
+                samples.latencies[i].push(sample);
             }
         }
-        anyhow::Ok(())
-    })?;
+        Ok(samples)
+    }
+
+    /// System `i`'s figure `of` over NATS's, per repetition. Ratios are taken per repetition,
+    /// where both systems ran seconds apart on the same machine, so noise that hits a whole
+    /// repetition cancels out.
+    fn ratios(&self, i: usize, of: impl Fn(usize, usize) -> f64) -> Spread {
+        spread((0..self.repetitions).map(|rep| of(i, rep) / of(0, rep)))
+    }
+
+    fn rate_ratios(&self, i: usize) -> Spread {
+        self.ratios(i, |i, rep| self.rates[i][rep].rate)
+    }
+
+    fn p99_ratios(&self, i: usize) -> Spread {
+        self.ratios(i, |i, rep| self.latencies[i][rep].p99 as f64)
+    }
+
+    /// The median over the repetitions of system `i`'s publish→deliver p99, in µs.
+    fn p99_median(&self, i: usize) -> f64 {
+        spread(self.latencies[i].iter().map(|s| micros(s.p99))).median
+    }
+
+    fn print_throughput(&self) {
+        println!();
+        println!("throughput, messages/s delivered: median [min–max] over the repetitions");
+        println!(
+            "  {:<20} {:>28} {:>20} {:>16} {:>18}",
+            "system", "msgs/s", "× NATS", "lost (all runs)", "lagged (all runs)"
+        );
+        for (i, system) in System::ALL.into_iter().enumerate() {
+            let rates = &self.rates[i];
+            println!(
+                "  {:<20} {:>28} {:>20} {:>16} {:>18}",
+                system.label(),
+                rate_cell(&spread(rates.iter().map(|s| s.rate))),
+                ratio_cell(&self.rate_ratios(i)),
+                rates.iter().map(|s| s.lost).sum::<u64>(),
+                rates.iter().map(|s| s.lagged).sum::<u64>(),
+            );
+        }
+    }
+
+    fn print_latency(&self) {
+        println!();
+        println!(
+            "latency at {LATENCY_RATE} msgs/s, µs: median [min–max] over the repetitions of each run's percentile"
+        );
+        println!(
+            "  {:<20} {:>20} {:>20} {:>20} {:>20} {:>20} {:>5}",
+            "system",
+            "publish→deliver p50",
+            "publish→deliver p99",
+            "p99 × NATS",
+            "publish→ack p50",
+            "publish→ack p99",
+            "lost"
+        );
+        for (i, system) in System::ALL.into_iter().enumerate() {
+            let samples = &self.latencies[i];
+            let ack = |pick: fn(&LatencySample) -> Option<u64>| {
+                if samples.iter().all(|s| pick(s).is_some()) {
+                    micros_cell(&spread(samples.iter().filter_map(|s| pick(s).map(micros))))
+                } else {
+                    "—".to_string()
+                }
+            };
+            println!(
+                "  {:<20} {:>20} {:>20} {:>20} {:>20} {:>20} {:>5}",
+                system.label(),
+                micros_cell(&spread(samples.iter().map(|s| micros(s.p50)))),
+                micros_cell(&spread(samples.iter().map(|s| micros(s.p99)))),
+                ratio_cell(&self.p99_ratios(i)),
+                ack(|s| s.ack_p50),
+                ack(|s| s.ack_p99),
+                samples.iter().map(|s| s.lost).sum::<u64>(),
+            );
+        }
+    }
+
+    fn print_verdicts(&self) {
+        println!();
+        // The targets are for the bus as a high-rate publisher uses it (DURABILITY_ACCEPTED);
+        // PERSISTED is held to the same marks for comparison.
+        let nats_p99 = self.p99_median(0);
+        let verdict = |met: bool| if met { "met" } else { "MISSED" };
+        for (i, system) in System::ALL.into_iter().enumerate().skip(1) {
+            let ratio = self.rate_ratios(i).median;
+            let p99 = self.p99_median(i);
+            println!(
+                "{} {:<14} throughput {ratio:.2}× NATS (≥ {TARGET_RATIO}×: {}), \
+                 p99 {:.2} ms (≤ {} ms: {}; nats-server's own p99 here: {:.2} ms)",
+                if i == 1 { "targets:  " } else { "also:     " },
+                system.label(),
+                verdict(ratio >= TARGET_RATIO),
+                p99 / 1000.0,
+                TARGET_P99.as_millis(),
+                verdict(p99 <= TARGET_P99.as_micros() as f64),
+                nats_p99 / 1000.0,
+            );
+        }
+    }
+}
+
+/// Nanoseconds as microseconds.
+fn micros(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn print_setup(settings: &Settings, nats_version: &str) {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!(
+        "bus_vs_nats: {} repetitions; {PAYLOAD_BYTES}-byte messages, 1 publisher, 1 subscriber; \
+         {} messages per throughput run; {:.1} s at {LATENCY_RATE} msgs/s per latency run \
+         (+{} ms warm-up); {cpus} CPUs shared by servers and clients, so expect noise; {}",
+        settings.repetitions,
+        settings.messages,
+        settings.measured.as_secs_f64(),
+        WARM_UP.as_millis(),
+        nats_version,
+    );
+}
+
+fn main() -> Result<()> {
+    // `cargo test --benches` runs bench binaries without `--bench`: nothing to check then.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("bus_vs_nats: run it with `cargo bench -p aether-bus --bench bus_vs_nats`");
+        return Ok(());
+    }
+    let settings = Settings::from_env();
+
+    let dir = tempfile::tempdir()?;
+    let nats = NatsServer::start(dir.path().join("nats-server.log"))?;
+    let data = dir.path().join("bus");
+    std::fs::create_dir_all(&data)?;
+    let (server, bus, bus_addr) = start_bus(data)?;
+    let targets = Targets {
+        nats: nats.addr.clone(),
+        bus: bus_addr,
+    };
+    print_setup(&settings, &nats.version);
+
+    let client = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let samples = client.block_on(Samples::measure(&targets, &settings))?;
     client.block_on(bus.shutdown());
     server.shutdown_background();
     drop(nats);
 
-    let us = |ns: u64| ns as f64 / 1000.0;
-    // Ratios are taken per repetition, where both systems ran seconds apart on the same
-    // machine, so noise that hits a whole repetition cancels out.
-    let ratios = |of: &dyn Fn(usize, usize) -> f64, i: usize| {
-        spread((0..repetitions).map(|rep| of(i, rep) / of(0, rep)))
-    };
-    let rate_of = |i: usize, rep: usize| rates[i][rep].rate;
-    let p99_of = |i: usize, rep: usize| latencies[i][rep].p99 as f64;
-    println!();
-    println!("throughput, messages/s delivered: median [min–max] over the repetitions");
-    println!(
-        "  {:<20} {:>28} {:>20} {:>16} {:>18}",
-        "system", "msgs/s", "× NATS", "lost (all runs)", "lagged (all runs)"
-    );
-    for (i, system) in System::ALL.into_iter().enumerate() {
-        println!(
-            "  {:<20} {:>28} {:>20} {:>16} {:>18}",
-            system.label(),
-            rate_cell(&spread(rates[i].iter().map(|s| s.rate))),
-            ratio_cell(&ratios(&rate_of, i)),
-            rates[i].iter().map(|s| s.lost).sum::<u64>(),
-            rates[i].iter().map(|s| s.lagged).sum::<u64>(),
-        );
-    }
-    println!();
-    println!(
-        "latency at {LATENCY_RATE} msgs/s, µs: median [min–max] over the repetitions of each run's percentile"
-    );
-    println!(
-        "  {:<20} {:>20} {:>20} {:>20} {:>20} {:>20} {:>5}",
-        "system",
-        "publish→deliver p50",
-        "publish→deliver p99",
-        "p99 × NATS",
-        "publish→ack p50",
-        "publish→ack p99",
-        "lost"
-    );
-    for (i, system) in System::ALL.into_iter().enumerate() {
-        let samples = &latencies[i];
-        let ack = |pick: fn(&LatencySample) -> Option<u64>| {
-            if samples.iter().all(|s| pick(s).is_some()) {
-                micros_cell(&spread(samples.iter().filter_map(|s| pick(s).map(us))))
-            } else {
-                "—".to_string()
-            }
-        };
-        println!(
-            "  {:<20} {:>20} {:>20} {:>20} {:>20} {:>20} {:>5}",
-            system.label(),
-            micros_cell(&spread(samples.iter().map(|s| us(s.p50)))),
-            micros_cell(&spread(samples.iter().map(|s| us(s.p99)))),
-            ratio_cell(&ratios(&p99_of, i)),
-            ack(|s| s.ack_p50),
-            ack(|s| s.ack_p99),
-            samples.iter().map(|s| s.lost).sum::<u64>(),
-        );
-    }
-
-    println!();
-    // The targets are for the bus as a high-rate publisher uses it (DURABILITY_ACCEPTED);
-    // PERSISTED is held to the same marks for comparison.
-    let nats_p99 = spread(latencies[0].iter().map(|s| us(s.p99))).median;
-    let verdict = |met: bool| if met { "met" } else { "MISSED" };
-    for (i, system) in System::ALL.into_iter().enumerate().skip(1) {
-        let ratio = ratios(&rate_of, i).median;
-        let p99 = spread(latencies[i].iter().map(|s| us(s.p99))).median;
-        println!(
-            "{} {:<14} throughput {ratio:.2}× NATS (≥ {TARGET_RATIO}×: {}), \
-             p99 {:.2} ms (≤ {} ms: {}; nats-server's own p99 here: {:.2} ms)",
-            if i == 1 { "targets:  " } else { "also:     " },
-            system.label(),
-            verdict(ratio >= TARGET_RATIO),
-            p99 / 1000.0,
-            TARGET_P99.as_millis(),
-            verdict(p99 <= TARGET_P99.as_micros() as f64),
-            nats_p99 / 1000.0,
-        );
-    }
+    samples.print_throughput();
+    samples.print_latency();
+    samples.print_verdicts();
     Ok(())
 }

@@ -173,6 +173,54 @@ struct State {
 }
 
 impl State {
+    /// The state of a stream with no segments: numbering starts at 1.
+    fn empty(config: &BusConfig, settings: StreamSettings) -> State {
+        State {
+            next_offset: 1,
+            first_retained: 1,
+            persisted_through: 0,
+            segments: BTreeMap::new(),
+            tail: VecDeque::new(),
+            unpersisted_bytes: 0,
+            store_error: None,
+            last_activity: Instant::now(),
+            closed: false,
+            retention: settings.retention.map_or(config.retention, Retention::from),
+            settings,
+            archiving: false,
+        }
+    }
+
+    /// Takes up the stream where its segments end: `found` lists them by first offset and
+    /// written time, oldest first, and `newest` holds the messages of the last one.
+    fn recover(
+        &mut self,
+        found: &[(u64, SystemTime)],
+        newest: Vec<BusMessage>,
+        max_buffered_messages: usize,
+    ) {
+        let Some(&(newest_first, _)) = found.last() else {
+            return;
+        };
+        let last = newest_first + newest.len() as u64 - 1;
+        for (i, &(first, written)) in found.iter().enumerate() {
+            let segment_last = found.get(i + 1).map_or(last, |(next, _)| next - 1);
+            self.segments.insert(
+                first,
+                SegmentMeta {
+                    last: segment_last,
+                    written,
+                },
+            );
+        }
+        self.next_offset = last + 1;
+        self.persisted_through = last;
+        self.first_retained = found[0].0;
+        // The newest segment seeds the tail: fresh subscribers near the end read no store.
+        self.tail = newest.into_iter().map(Arc::new).collect();
+        self.trim_tail(max_buffered_messages);
+    }
+
     fn tail_front(&self) -> u64 {
         self.tail.front().map_or(self.next_offset, |m| m.offset)
     }
@@ -285,35 +333,8 @@ impl Stream {
             .await
             .map_err(|e| BusError::from_object_store(e, prefix.as_ref()))?;
         let stream_settings = settings::read(&*shared.objects, session_id).await?;
-        let mut found: Vec<(u64, SystemTime)> = listed
-            .iter()
-            .filter(|meta| meta.location.filename() != Some(settings::FILE_NAME))
-            .filter_map(|meta| {
-                let first = meta.location.filename().and_then(parse_segment_name);
-                if first.is_none() {
-                    tracing::warn!(object = %meta.location, "ignoring a foreign object among bus segments");
-                }
-                Some((first?, meta.last_modified.into()))
-            })
-            .collect();
-        found.sort_by_key(|(first, _)| *first);
-
-        let mut state = State {
-            next_offset: 1,
-            first_retained: 1,
-            persisted_through: 0,
-            segments: BTreeMap::new(),
-            tail: VecDeque::new(),
-            unpersisted_bytes: 0,
-            store_error: None,
-            last_activity: Instant::now(),
-            closed: false,
-            retention: stream_settings
-                .retention
-                .map_or(shared.config.retention, Retention::from),
-            settings: stream_settings,
-            archiving: false,
-        };
+        let found = listed_segments(&listed);
+        let mut state = State::empty(&shared.config, stream_settings);
         if let Some(&(newest, _)) = found.last() {
             let messages = read_segment(&*shared.objects, session_id, newest)
                 .await?
@@ -323,23 +344,7 @@ impl Stream {
                         segment_path(session_id, newest)
                     ))
                 })?;
-            let last = newest + messages.len() as u64 - 1;
-            for (i, &(first, written)) in found.iter().enumerate() {
-                let segment_last = found.get(i + 1).map_or(last, |(next, _)| next - 1);
-                state.segments.insert(
-                    first,
-                    SegmentMeta {
-                        last: segment_last,
-                        written,
-                    },
-                );
-            }
-            state.next_offset = last + 1;
-            state.persisted_through = last;
-            state.first_retained = found[0].0;
-            // The newest segment seeds the tail: fresh subscribers near the end read no store.
-            state.tail = messages.into_iter().map(Arc::new).collect();
-            state.trim_tail(shared.config.max_buffered_messages);
+            state.recover(&found, messages, shared.config.max_buffered_messages);
         }
         if let Some(archived) = &mut state.settings.archived {
             // An archive write that failed after landing, followed by more publishes: the
@@ -354,7 +359,11 @@ impl Stream {
             segments = state.segments.len(),
             "loaded bus stream"
         );
+        Ok(Stream::start(shared, session_id, state))
+    }
 
+    /// Wraps loaded state in a stream and spawns its flusher.
+    fn start(shared: Arc<Shared>, session_id: &str, state: State) -> Arc<Stream> {
         let persisted = watch::Sender::new(state.persisted_through);
         let sealed = CancellationToken::new();
         if state.settings.archived.is_some() {
@@ -373,7 +382,7 @@ impl Stream {
         shared
             .tasks
             .spawn(run_flusher(shared.clone(), stream.clone()));
-        Ok(stream)
+        stream
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -670,28 +679,49 @@ impl Stream {
     /// Writes the oldest pending messages as one segment, retrying until it lands. Returns
     /// false when the stream had to be dropped instead.
     async fn flush_once(self: &Arc<Self>, shared: &Shared) -> bool {
-        let batch: Vec<Arc<BusMessage>> = {
-            let state = self.lock();
-            let start = (state.persisted_through + 1 - state.tail_front()) as usize;
-            let mut bytes = 0;
-            state
-                .tail
-                .range(start..)
-                .take(shared.config.max_segment_messages)
-                .take_while(|m| {
-                    let fits = bytes < SEGMENT_TARGET_BYTES;
-                    bytes += m.encoded_len();
-                    fits
-                })
-                .cloned()
-                .collect()
-        };
+        let batch = self.next_segment(&shared.config);
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             return true;
         };
         let (first, last) = (first.offset, last.offset);
         let data = segment::encode(&batch);
         let path = segment_path(&self.session_id, first);
+        if !self.write_until_landed(shared, &path, data).await {
+            return false;
+        }
+        let bytes: usize = batch.iter().map(|m| m.encoded_len()).sum();
+        self.mark_persisted(&shared.config, first, last, bytes);
+        true
+    }
+
+    /// The oldest pending messages that make one segment: at most `max_segment_messages`,
+    /// cut once they reach [`SEGMENT_TARGET_BYTES`].
+    fn next_segment(&self, config: &BusConfig) -> Vec<Arc<BusMessage>> {
+        let state = self.lock();
+        let start = (state.persisted_through + 1 - state.tail_front()) as usize;
+        let mut bytes = 0;
+        state
+            .tail
+            .range(start..)
+            .take(config.max_segment_messages)
+            .take_while(|m| {
+                let fits = bytes < SEGMENT_TARGET_BYTES;
+                bytes += m.encoded_len();
+                fits
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Writes a segment, retrying with backoff until it lands. Returns false when the stream
+    /// had to be dropped instead: another writer holds it, or the bus is stopping and the
+    /// store still fails after `persist_timeout`.
+    async fn write_until_landed(
+        self: &Arc<Self>,
+        shared: &Shared,
+        path: &Path,
+        data: Bytes,
+    ) -> bool {
         let mut backoff = INITIAL_BACKOFF;
         // Retry several times within a publisher's deadline, so a store that comes back is
         // noticed before waiting publishes give up.
@@ -700,8 +730,8 @@ impl Stream {
             .max(Duration::from_millis(1));
         let mut give_up_at = None;
         loop {
-            match write_segment(&*shared.objects, &path, data.clone()).await {
-                Ok(()) => break,
+            match write_segment(&*shared.objects, path, data.clone()).await {
+                Ok(()) => return true,
                 Err(WriteError::Conflict) => {
                     tracing::error!(
                         object = %path,
@@ -714,19 +744,8 @@ impl Stream {
                     tracing::warn!(object = %path, %error, "writing a bus segment failed; retrying");
                     self.lock().store_error = Some(format!("writing {path} failed: {error}"));
                     let stopping = shared.shutdown.is_cancelled();
-                    if stopping {
-                        let deadline = *give_up_at
-                            .get_or_insert_with(|| Instant::now() + shared.config.persist_timeout);
-                        if Instant::now() >= deadline {
-                            let lost = self.lock().unpersisted();
-                            tracing::error!(
-                                session_id = %self.session_id,
-                                lost,
-                                "the bus is stopping and the object store still fails: accepted messages that were not persisted are lost"
-                            );
-                            self.reset(shared);
-                            return false;
-                        }
+                    if stopping && self.give_up(shared, &mut give_up_at) {
+                        return false;
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -736,7 +755,30 @@ impl Stream {
                 }
             }
         }
-        let bytes: usize = batch.iter().map(|m| m.encoded_len()).sum();
+    }
+
+    /// While stopping, whether to stop retrying a failing write: once `persist_timeout` has
+    /// passed since the first failure seen while stopping, the pending messages are given up
+    /// and the stream is dropped.
+    fn give_up(self: &Arc<Self>, shared: &Shared, give_up_at: &mut Option<Instant>) -> bool {
+        let deadline =
+            *give_up_at.get_or_insert_with(|| Instant::now() + shared.config.persist_timeout);
+        if Instant::now() < deadline {
+            return false;
+        }
+        let lost = self.lock().unpersisted();
+        tracing::error!(
+            session_id = %self.session_id,
+            lost,
+            "the bus is stopping and the object store still fails: accepted messages that were not persisted are lost"
+        );
+        self.reset(shared);
+        true
+    }
+
+    /// Records that the segment `first..=last` (`bytes` encoded) landed and moves the
+    /// persisted watermark.
+    fn mark_persisted(&self, config: &BusConfig, first: u64, last: u64, bytes: usize) {
         {
             let mut state = self.lock();
             state.persisted_through = last;
@@ -749,11 +791,10 @@ impl Stream {
                 },
             );
             state.store_error = None;
-            state.trim_tail(shared.config.max_buffered_messages);
+            state.trim_tail(config.max_buffered_messages);
             state.retain(SystemTime::now());
         }
         self.persisted.send_replace(last);
-        true
     }
 
     /// Deletes the segments retention no longer keeps, oldest first, stopping at the first
@@ -833,6 +874,24 @@ async fn write_segment(
     }
 }
 
+/// The segments among a stream's listed objects, by first offset and written time, oldest
+/// first; `stream.json` is skipped and any other foreign object is logged and skipped.
+fn listed_segments(listed: &[object_store::ObjectMeta]) -> Vec<(u64, SystemTime)> {
+    let mut found: Vec<(u64, SystemTime)> = listed
+        .iter()
+        .filter(|meta| meta.location.filename() != Some(settings::FILE_NAME))
+        .filter_map(|meta| {
+            let first = meta.location.filename().and_then(parse_segment_name);
+            if first.is_none() {
+                tracing::warn!(object = %meta.location, "ignoring a foreign object among bus segments");
+            }
+            Some((first?, meta.last_modified.into()))
+        })
+        .collect();
+    found.sort_by_key(|(first, _)| *first);
+    found
+}
+
 /// Whether this many unpersisted messages make a full segment, to be written without waiting
 /// for the group commit window.
 fn segment_full(config: &BusConfig, pending: u64, pending_bytes: usize) -> bool {
@@ -847,70 +906,27 @@ async fn run_flusher(shared: Arc<Shared>, stream: Arc<Stream>) {
     let mut next_retention = Instant::now();
     let mut last_flush: Option<Instant> = None;
     loop {
-        // Read each time round: SetRetention may change it.
-        let retention_tick = stream
-            .lock()
-            .retention
-            .max_age
-            .map(|age| (age / 4).clamp(Duration::from_millis(10), Duration::from_secs(60)));
-        if let Some(tick) = retention_tick {
-            next_retention = next_retention.min(Instant::now() + tick);
-        }
-        if Instant::now() >= next_retention {
-            stream.enforce_retention(&shared).await;
-            next_retention =
-                Instant::now() + retention_tick.unwrap_or(Duration::from_secs(86_400 * 365));
-        }
-        let (pending, pending_bytes, idle_at) = {
-            let state = stream.lock();
-            if state.closed {
-                return;
-            }
-            (
-                state.unpersisted(),
-                state.unpersisted_bytes,
-                state.last_activity + config.stream_idle_timeout,
-            )
+        let retention_tick = stream.retention_timer(&shared, &mut next_retention).await;
+        let Some((pending, pending_bytes, idle_at)) = stream.backlog(config) else {
+            return;
         };
         let stopping = shared.shutdown.is_cancelled();
         if pending == 0 {
-            if stopping {
-                if stream.close_if_drained() {
-                    return;
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = stream.wake.notified() => {}
-                _ = shared.shutdown.cancelled() => {}
-                _ = sleep_until(idle_at.into()) => {
-                    if stream.try_evict(&shared) {
-                        return;
-                    }
-                }
-                _ = sleep_until(next_retention.into()), if retention_tick.is_some() => {}
+            let stop = if stopping {
+                stream.close_if_drained()
+            } else {
+                let retention_at = retention_tick.map(|_| next_retention);
+                stream.wait_idle(&shared, idle_at, retention_at).await
+            };
+            if stop {
+                return;
             }
             continue;
         }
         let full = segment_full(config, pending, pending_bytes);
-        if !full && !stopping {
-            // Someone waiting for persistence (a persisted publish, or a publisher held back by
-            // the backlog) gets the short window; accepted-only traffic the long one.
-            let window = if stream.persisted.receiver_count() > 0 {
-                config.flush_interval
-            } else {
-                config.accepted_flush_interval.max(config.flush_interval)
-            };
-            if let Some(window_end) = last_flush.map(|at| at + window) {
-                if Instant::now() < window_end {
-                    tokio::select! {
-                        _ = sleep_until(window_end.into()) => {}
-                        // A full segment or a waiter arrived: look again.
-                        _ = stream.wake.notified() => continue,
-                        _ = shared.shutdown.cancelled() => {}
-                    }
-                }
-            }
+        if !full && !stopping && !stream.wait_window(&shared, last_flush).await {
+            // A full segment or a waiter arrived: look again.
+            continue;
         }
         last_flush = Some(Instant::now());
         if !stream.flush_once(&shared).await {
@@ -920,6 +936,91 @@ async fn run_flusher(shared: Arc<Shared>, stream: Arc<Stream>) {
         if has_doomed {
             stream.enforce_retention(&shared).await;
         }
+    }
+}
+
+impl Stream {
+    /// Applies retention if `next_retention` has come, then schedules the next run; returns
+    /// the timer's period, None when the retention has no age limit.
+    async fn retention_timer(
+        &self,
+        shared: &Shared,
+        next_retention: &mut Instant,
+    ) -> Option<Duration> {
+        // Read each time round: SetRetention may change it.
+        let retention_tick = self
+            .lock()
+            .retention
+            .max_age
+            .map(|age| (age / 4).clamp(Duration::from_millis(10), Duration::from_secs(60)));
+        if let Some(tick) = retention_tick {
+            *next_retention = (*next_retention).min(Instant::now() + tick);
+        }
+        if Instant::now() >= *next_retention {
+            self.enforce_retention(shared).await;
+            *next_retention =
+                Instant::now() + retention_tick.unwrap_or(Duration::from_secs(86_400 * 365));
+        }
+        retention_tick
+    }
+
+    /// The unpersisted messages and bytes, and when the stream counts as idle; None once the
+    /// stream is closed.
+    fn backlog(&self, config: &BusConfig) -> Option<(u64, usize, Instant)> {
+        let state = self.lock();
+        if state.closed {
+            return None;
+        }
+        Some((
+            state.unpersisted(),
+            state.unpersisted_bytes,
+            state.last_activity + config.stream_idle_timeout,
+        ))
+    }
+
+    /// With nothing pending, waits for a publish, shutdown, idleness (then tries to evict) or
+    /// the retention timer at `retention_at`. Returns true when the stream was evicted.
+    async fn wait_idle(
+        self: &Arc<Self>,
+        shared: &Shared,
+        idle_at: Instant,
+        retention_at: Option<Instant>,
+    ) -> bool {
+        let next_retention = retention_at.unwrap_or(idle_at);
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = shared.shutdown.cancelled() => {}
+            _ = sleep_until(idle_at.into()) => {
+                if self.try_evict(shared) {
+                    return true;
+                }
+            }
+            _ = sleep_until(next_retention.into()), if retention_at.is_some() => {}
+        }
+        false
+    }
+
+    /// Waits out the group-commit window that started at `last_flush`. Returns false when a
+    /// full segment or a waiter arrived first.
+    async fn wait_window(&self, shared: &Shared, last_flush: Option<Instant>) -> bool {
+        let config = &shared.config;
+        // Someone waiting for persistence (a persisted publish, or a publisher held back by
+        // the backlog) gets the short window; accepted-only traffic the long one.
+        let window = if self.persisted.receiver_count() > 0 {
+            config.flush_interval
+        } else {
+            config.accepted_flush_interval.max(config.flush_interval)
+        };
+        if let Some(window_end) = last_flush.map(|at| at + window) {
+            if Instant::now() < window_end {
+                tokio::select! {
+                    _ = sleep_until(window_end.into()) => {}
+                    _ = self.wake.notified() => return false,
+                    _ = shared.shutdown.cancelled() => {}
+                }
+            }
+        }
+        true
     }
 }
 

@@ -272,85 +272,67 @@ impl SessionHandle {
         };
 
         // 1. Hash.
-        let total = total_size(&plan.files).await?;
-        progress.phase("hashing", Some(total));
-        let hashed: Vec<Hashed> = futures::stream::iter(plan.files.iter())
-            .map(|file| hash_source(&file.source, progress))
-            .buffered(CONCURRENCY)
-            .try_collect()
-            .await?;
+        let hashed = hash_files(&plan.files, progress).await?;
         report.bytes = hashed.iter().map(|h| h.size).sum();
 
         // 2. Ask which chunks are missing. Each distinct chunk is located once.
-        let mut located: HashMap<Hash, (usize, Chunk)> = HashMap::new();
-        let mut order: Vec<Hash> = Vec::new();
-        for (index, file) in hashed.iter().enumerate() {
-            for chunk in &file.chunks {
-                if let std::collections::hash_map::Entry::Vacant(slot) = located.entry(chunk.hash) {
-                    slot.insert((index, *chunk));
-                    order.push(chunk.hash);
-                }
-            }
-        }
-        report.chunks = order.len() as u64;
-        let asked: Vec<String> = order.iter().map(Hash::to_hex).collect();
-        let missing: HashSet<String> = self
-            .client
-            .missing_blobs(&asked)
-            .await?
-            .into_iter()
-            .collect();
+        let located = Located::new(&hashed);
+        report.chunks = located.order.len() as u64;
+        let asked: Vec<String> = located.order.iter().map(Hash::to_hex).collect();
+        let missing = self.missing(&asked).await?;
         report.chunks_present = report.chunks - missing.len() as u64;
 
         // 3. Decide how each file's content travels, then send the chunks that must go alone.
-        // A missing content goes inline only when it is one small chunk that no other file
-        // shares; anything shared is sent once by PutBlob and referenced by every file, so
-        // each distinct content crosses the wire once.
-        let mut uses: HashMap<Hash, usize> = HashMap::new();
-        for file in &hashed {
-            for chunk in &file.chunks {
-                *uses.entry(chunk.hash).or_default() += 1;
-            }
-        }
-        let inline = |file: &Hashed| {
-            file.size == 0
-                || (file.size <= MAX_INLINE_BYTES
-                    && file.chunks.len() == 1
-                    && uses[&file.chunks[0].hash] == 1
-                    && missing.contains(&file.chunks[0].hash.to_hex()))
-        };
-        let mut to_send: Vec<Hash> = Vec::new();
-        let mut sending: HashSet<Hash> = HashSet::new();
-        for file in hashed.iter().filter(|f| !inline(f)) {
-            for chunk in &file.chunks {
-                if missing.contains(&chunk.hash.to_hex()) && sending.insert(chunk.hash) {
-                    to_send.push(chunk.hash);
-                }
-            }
-        }
-        let contents: Vec<Content> = hashed
-            .iter()
-            .map(|file| {
-                if inline(file) {
-                    Content::Inline
-                } else {
-                    Content::Chunks
-                }
-            })
-            .collect();
+        let routes = Routes::new(&hashed, &missing);
+        self.send_alone(
+            &plan.files,
+            &hashed,
+            &located,
+            &routes,
+            progress,
+            &mut report,
+        )
+        .await?;
 
-        let upload_bytes: u64 = to_send.iter().map(|h| located[h].1.len).sum();
+        // 4. Write, batch by batch.
+        self.write_plan(&plan, &hashed, &routes.contents, progress, &mut report)
+            .await?;
+        Ok(report)
+    }
+
+    /// Which of `asked` (chunk names) the store lacks.
+    async fn missing(&self, asked: &[String]) -> Result<HashSet<String>> {
+        Ok(self
+            .client
+            .missing_blobs(asked)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// Sends the chunks `routes` says must go alone, `CONCURRENCY` at a time, each re-read from
+    /// the first file that holds it, and counts them in `report`.
+    async fn send_alone(
+        &self,
+        files: &[UploadFile],
+        hashed: &[Hashed],
+        located: &Located,
+        routes: &Routes,
+        progress: &dyn Progress,
+        report: &mut UploadReport,
+    ) -> Result<()> {
+        let upload_bytes: u64 = routes.to_send.iter().map(|h| located.chunks[h].1.len).sum();
         let inline_bytes: u64 = hashed
             .iter()
-            .zip(&contents)
+            .zip(&routes.contents)
             .filter(|(_, c)| matches!(c, Content::Inline))
             .map(|(h, _)| h.size)
             .sum();
         progress.phase("uploading", Some(upload_bytes + inline_bytes));
-        let sent: Vec<u64> = futures::stream::iter(to_send.iter())
+        let sent: Vec<u64> = futures::stream::iter(routes.to_send.iter())
             .map(|hash| {
-                let (index, chunk) = located[hash];
-                self.send_chunk(&plan.files[index].source, chunk, progress)
+                let (index, chunk) = located.chunks[hash];
+                self.send_chunk(&files[index].source, chunk, progress)
             })
             .buffer_unordered(CONCURRENCY)
             .try_collect()
@@ -358,80 +340,52 @@ impl SessionHandle {
         report.chunks_uploaded = sent.len() as u64;
         report.bytes_uploaded = upload_bytes;
         report.bytes_stored = sent.iter().sum();
+        Ok(())
+    }
 
-        // 4. Write, batch by batch.
+    /// Applies the plan's changes in batches: directories, files, symlinks, then attributes.
+    async fn write_plan(
+        &self,
+        plan: &UploadPlan,
+        hashed: &[Hashed],
+        contents: &[Content],
+        progress: &dyn Progress,
+        report: &mut UploadReport,
+    ) -> Result<()> {
         let mut batch = Batch::default();
         for directory in &plan.directories {
-            let change = pb::Change {
-                op: Some(pb::change::Op::MakeDirectory(pb::MakeDirectoryOp {
-                    path: directory.clone(),
-                    parents: true,
-                })),
-                precondition: None,
-            };
-            self.add_to_batch(&mut batch, change, &mut report).await?;
+            let change = unconditional(pb::change::Op::MakeDirectory(pb::MakeDirectoryOp {
+                path: directory.clone(),
+                parents: true,
+            }));
+            self.add_to_batch(&mut batch, change, report).await?;
         }
-        for ((file, hashed), content) in plan.files.iter().zip(&hashed).zip(&contents) {
-            let mut write = pb::WriteOp {
-                path: file.path.clone(),
-                mode: file.mode,
-                mtime_ns: file.mtime_ns,
-                ..Default::default()
-            };
-            match content {
-                Content::Inline => {
-                    if hashed.size > 0 {
-                        write.content = read_whole(&file.source, hashed).await?;
-                        report.inline_files += 1;
-                        report.inline_bytes += hashed.size;
-                        progress.advance(hashed.size);
-                    }
-                }
-                Content::Chunks => {
-                    write.chunks = hashed
-                        .chunks
-                        .iter()
-                        .map(|c| pb::ChunkRef {
-                            hash: c.hash.to_hex(),
-                            size: c.len,
-                        })
-                        .collect();
-                }
-            }
-            let change = pb::Change {
-                op: Some(pb::change::Op::Write(write)),
-                precondition: None,
-            };
-            self.add_to_batch(&mut batch, change, &mut report).await?;
+        for ((file, hashed), content) in plan.files.iter().zip(hashed).zip(contents) {
+            let write = file_write(file, hashed, content, progress, report).await?;
+            let change = unconditional(pb::change::Op::Write(write));
+            self.add_to_batch(&mut batch, change, report).await?;
         }
         for link in &plan.symlinks {
-            let change = pb::Change {
-                op: Some(pb::change::Op::Symlink(pb::SymlinkOp {
-                    path: link.path.clone(),
-                    target: link.target.clone(),
-                    mtime_ns: link.mtime_ns,
-                })),
-                precondition: None,
-            };
-            self.add_to_batch(&mut batch, change, &mut report).await?;
+            let change = unconditional(pb::change::Op::Symlink(pb::SymlinkOp {
+                path: link.path.clone(),
+                target: link.target.clone(),
+                mtime_ns: link.mtime_ns,
+            }));
+            self.add_to_batch(&mut batch, change, report).await?;
         }
         // Last, so that nothing written after them moves the directories' times again.
         for attributes in &plan.attributes {
             if attributes.mode.is_none() && attributes.mtime_ns.is_none() {
                 continue;
             }
-            let change = pb::Change {
-                op: Some(pb::change::Op::SetAttributes(pb::SetAttributesOp {
-                    path: attributes.path.clone(),
-                    mode: attributes.mode,
-                    mtime_ns: attributes.mtime_ns,
-                })),
-                precondition: None,
-            };
-            self.add_to_batch(&mut batch, change, &mut report).await?;
+            let change = unconditional(pb::change::Op::SetAttributes(pb::SetAttributesOp {
+                path: attributes.path.clone(),
+                mode: attributes.mode,
+                mtime_ns: attributes.mtime_ns,
+            }));
+            self.add_to_batch(&mut batch, change, report).await?;
         }
-        self.flush_batch(&mut batch, &mut report).await?;
-        Ok(report)
+        self.flush_batch(&mut batch, report).await
     }
 
     /// Stores one file's content in the content store, sending only the chunks it lacks, and
@@ -447,12 +401,7 @@ impl SessionHandle {
             }
         }
         let asked: Vec<String> = distinct.iter().map(|c| c.hash.to_hex()).collect();
-        let missing: HashSet<String> = self
-            .client
-            .missing_blobs(&asked)
-            .await?
-            .into_iter()
-            .collect();
+        let missing = self.missing(&asked).await?;
         futures::stream::iter(
             distinct
                 .iter()
@@ -462,14 +411,7 @@ impl SessionHandle {
         .buffer_unordered(CONCURRENCY)
         .try_collect::<Vec<u64>>()
         .await?;
-        Ok(hashed
-            .chunks
-            .iter()
-            .map(|c| pb::ChunkRef {
-                hash: c.hash.to_hex(),
-                size: c.len,
-            })
-            .collect())
+        Ok(chunk_refs(&hashed.chunks))
     }
 
     /// Uploads one file held in memory.
@@ -568,6 +510,137 @@ impl SessionHandle {
 struct Batch {
     changes: Vec<pb::Change>,
     bytes: usize,
+}
+
+/// Where each distinct chunk of an upload can be read from.
+struct Located {
+    /// Each distinct chunk, with the index of the first file holding it.
+    chunks: HashMap<Hash, (usize, Chunk)>,
+    /// The distinct chunks in the order they first appear.
+    order: Vec<Hash>,
+}
+
+impl Located {
+    fn new(hashed: &[Hashed]) -> Located {
+        let mut chunks: HashMap<Hash, (usize, Chunk)> = HashMap::new();
+        let mut order: Vec<Hash> = Vec::new();
+        for (index, file) in hashed.iter().enumerate() {
+            for chunk in &file.chunks {
+                if let std::collections::hash_map::Entry::Vacant(slot) = chunks.entry(chunk.hash) {
+                    slot.insert((index, *chunk));
+                    order.push(chunk.hash);
+                }
+            }
+        }
+        Located { chunks, order }
+    }
+}
+
+/// How each file's content travels, and the chunks that must be sent alone.
+struct Routes {
+    /// One per file, in plan order.
+    contents: Vec<Content>,
+    /// Missing chunks to send with PutBlob, each once, in the order first needed.
+    to_send: Vec<Hash>,
+}
+
+impl Routes {
+    fn new(hashed: &[Hashed], missing: &HashSet<String>) -> Routes {
+        // A missing content goes inline only when it is one small chunk that no other file
+        // shares; anything shared is sent once by PutBlob and referenced by every file, so
+        // each distinct content crosses the wire once.
+        let mut uses: HashMap<Hash, usize> = HashMap::new();
+        for file in hashed {
+            for chunk in &file.chunks {
+                *uses.entry(chunk.hash).or_default() += 1;
+            }
+        }
+        let inline = |file: &Hashed| {
+            file.size == 0
+                || (file.size <= MAX_INLINE_BYTES
+                    && file.chunks.len() == 1
+                    && uses[&file.chunks[0].hash] == 1
+                    && missing.contains(&file.chunks[0].hash.to_hex()))
+        };
+        let mut to_send: Vec<Hash> = Vec::new();
+        let mut sending: HashSet<Hash> = HashSet::new();
+        for file in hashed.iter().filter(|f| !inline(f)) {
+            for chunk in &file.chunks {
+                if missing.contains(&chunk.hash.to_hex()) && sending.insert(chunk.hash) {
+                    to_send.push(chunk.hash);
+                }
+            }
+        }
+        let contents: Vec<Content> = hashed
+            .iter()
+            .map(|file| {
+                if inline(file) {
+                    Content::Inline
+                } else {
+                    Content::Chunks
+                }
+            })
+            .collect();
+        Routes { contents, to_send }
+    }
+}
+
+/// Hashes every file, `CONCURRENCY` at a time, after announcing the total size.
+async fn hash_files(files: &[UploadFile], progress: &dyn Progress) -> Result<Vec<Hashed>> {
+    let total = total_size(files).await?;
+    progress.phase("hashing", Some(total));
+    futures::stream::iter(files.iter())
+        .map(|file| hash_source(&file.source, progress))
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await
+}
+
+/// The WriteOp of one file: its content inline (read again now) or by chunk reference.
+async fn file_write(
+    file: &UploadFile,
+    hashed: &Hashed,
+    content: &Content,
+    progress: &dyn Progress,
+    report: &mut UploadReport,
+) -> Result<pb::WriteOp> {
+    let mut write = pb::WriteOp {
+        path: file.path.clone(),
+        mode: file.mode,
+        mtime_ns: file.mtime_ns,
+        ..Default::default()
+    };
+    match content {
+        Content::Inline => {
+            if hashed.size > 0 {
+                write.content = read_whole(&file.source, hashed).await?;
+                report.inline_files += 1;
+                report.inline_bytes += hashed.size;
+                progress.advance(hashed.size);
+            }
+        }
+        Content::Chunks => write.chunks = chunk_refs(&hashed.chunks),
+    }
+    Ok(write)
+}
+
+/// A change without a precondition.
+fn unconditional(op: pb::change::Op) -> pb::Change {
+    pb::Change {
+        op: Some(op),
+        precondition: None,
+    }
+}
+
+/// The chunk list a WriteOp references.
+fn chunk_refs(chunks: &[Chunk]) -> Vec<pb::ChunkRef> {
+    chunks
+        .iter()
+        .map(|c| pb::ChunkRef {
+            hash: c.hash.to_hex(),
+            size: c.len,
+        })
+        .collect()
 }
 
 fn changed(source: &UploadSource) -> Error {

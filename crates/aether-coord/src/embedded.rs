@@ -222,6 +222,91 @@ impl State {
         }
     }
 
+    /// Refuses a transaction that puts a key under a lease that does not exist.
+    fn check_leases(&self, ops: &[Op]) -> Result<()> {
+        for op in ops {
+            if let Op::Put {
+                lease: Some(lease), ..
+            } = op
+            {
+                if !self.leases.contains_key(lease) {
+                    return Err(CoordError::LeaseNotFound(*lease));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the transaction at `revision` to the log and syncs it (lease-bound puts are
+    /// logged as deletes: they do not survive a restart). Returns whether the log is due for
+    /// compaction. Without a log, does nothing.
+    fn log_txn(&mut self, revision: i64, ops: &[Op]) -> Result<bool> {
+        let mut puts = Vec::new();
+        let mut deletes = Vec::new();
+        for op in ops.iter() {
+            match op {
+                Op::Put {
+                    key,
+                    value,
+                    lease: None,
+                } => puts.push((key.clone(), value.clone())),
+                Op::Put { key, .. } | Op::Delete { key } => deletes.push(key.clone()),
+            }
+        }
+        let Some(log) = self.log.as_mut() else {
+            return Ok(false);
+        };
+        let record = LogRecord::Txn {
+            revision,
+            puts,
+            deletes,
+        };
+        let mut line = serde_json::to_vec(&record).map_err(storage)?;
+        line.push(b'\n');
+        log.file.write_all(&line).map_err(storage)?;
+        log.file.sync_data().map_err(storage)?;
+        log.appended += 1;
+        Ok(log.appended >= COMPACT_AFTER)
+    }
+
+    /// Applies logged operations to the in-memory keys at `revision`.
+    fn apply(&mut self, revision: i64, ops: Vec<Op>) {
+        for op in ops {
+            match op {
+                Op::Put { key, value, lease } => {
+                    let create_revision = self
+                        .kv
+                        .get(&key)
+                        .map(|e| e.create_revision)
+                        .unwrap_or(revision);
+                    self.kv.insert(
+                        key.clone(),
+                        KeyValue {
+                            key,
+                            value,
+                            create_revision,
+                            mod_revision: revision,
+                            lease: lease.unwrap_or(0),
+                        },
+                    );
+                }
+                Op::Delete { key } => {
+                    self.kv.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Rewrites the log as a snapshot of the keys at `revision`.
+    fn compact(&mut self, revision: i64) -> Result<()> {
+        let path = self.log.as_ref().map(|l| l.path.clone());
+        if let Some(path) = path {
+            let log = write_snapshot(&path, &self.kv, revision)?;
+            self.log = Some(log);
+        }
+        Ok(())
+    }
+
     fn holds(&self, compare: &Compare) -> bool {
         match compare {
             Compare::Missing(key) => !self.kv.contains_key(key),
@@ -269,75 +354,14 @@ impl Coordination for EmbeddedCoordination {
                 revision: state.revision,
             });
         }
-        for op in &ops {
-            if let Op::Put {
-                lease: Some(lease), ..
-            } = op
-            {
-                if !state.leases.contains_key(lease) {
-                    return Err(CoordError::LeaseNotFound(*lease));
-                }
-            }
-        }
+        state.check_leases(&ops)?;
         let revision = state.revision + 1;
         // Log first: a transaction is visible only once it is durable.
-        let mut puts = Vec::new();
-        let mut deletes = Vec::new();
-        for op in &ops {
-            match op {
-                Op::Put {
-                    key,
-                    value,
-                    lease: None,
-                } => puts.push((key.clone(), value.clone())),
-                Op::Put { key, .. } | Op::Delete { key } => deletes.push(key.clone()),
-            }
-        }
-        let mut compact = false;
-        if let Some(log) = state.log.as_mut() {
-            let record = LogRecord::Txn {
-                revision,
-                puts,
-                deletes,
-            };
-            let mut line = serde_json::to_vec(&record).map_err(storage)?;
-            line.push(b'\n');
-            log.file.write_all(&line).map_err(storage)?;
-            log.file.sync_data().map_err(storage)?;
-            log.appended += 1;
-            compact = log.appended >= COMPACT_AFTER;
-        }
-        for op in ops {
-            match op {
-                Op::Put { key, value, lease } => {
-                    let create_revision = state
-                        .kv
-                        .get(&key)
-                        .map(|e| e.create_revision)
-                        .unwrap_or(revision);
-                    state.kv.insert(
-                        key.clone(),
-                        KeyValue {
-                            key,
-                            value,
-                            create_revision,
-                            mod_revision: revision,
-                            lease: lease.unwrap_or(0),
-                        },
-                    );
-                }
-                Op::Delete { key } => {
-                    state.kv.remove(&key);
-                }
-            }
-        }
+        let compact = state.log_txn(revision, &ops)?;
+        state.apply(revision, ops);
         state.revision = revision;
         if compact {
-            let path = state.log.as_ref().map(|l| l.path.clone());
-            if let Some(path) = path {
-                let log = write_snapshot(&path, &state.kv, revision)?;
-                state.log = Some(log);
-            }
+            state.compact(revision)?;
         }
         Ok(TxnOutcome {
             succeeded: true,

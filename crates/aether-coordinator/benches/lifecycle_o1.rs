@@ -52,62 +52,12 @@ where
 async fn measure(channel: &Channel, files: usize) -> Vec<(&'static str, Figures)> {
     let id = filled_session(channel, files).await;
     let mut sessions = SessionServiceClient::new(channel.clone());
-    let mut history = HistoryServiceClient::new(channel.clone());
-    history
-        .create_checkpoint(pb::CreateCheckpointRequest {
-            session_id: id.clone(),
-            name: "base".into(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    let fork = {
-        let id = id.clone();
-        time(|_| {
-            let (mut sessions, id) = (sessions.clone(), id.clone());
-            async move {
-                sessions
-                    .fork_session(pb::ForkSessionRequest {
-                        session_id: id,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-            }
-        })
-        .await
-    };
-    let checkpoint = {
-        let id = id.clone();
-        time(|i| {
-            let (mut history, id) = (history.clone(), id.clone());
-            async move {
-                history
-                    .create_checkpoint(pb::CreateCheckpointRequest {
-                        session_id: id,
-                        name: format!("c{i}"),
-                        description: String::new(),
-                    })
-                    .await
-                    .unwrap();
-            }
-        })
-        .await
-    };
-    let restore = time(|_| {
-        let (mut history, id) = (history.clone(), id.clone());
-        async move {
-            history
-                .restore_checkpoint(pb::RestoreCheckpointRequest {
-                    session_id: id,
-                    name: "base".into(),
-                    expected_head_version: 0,
-                })
-                .await
-                .unwrap();
-        }
-    })
-    .await;
+    let history = HistoryServiceClient::new(channel.clone());
+    create_checkpoint(history.clone(), id.clone(), "base".into()).await;
+    let fork = time(|_| fork_session(sessions.clone(), id.clone())).await;
+    let checkpoint =
+        time(|i| create_checkpoint(history.clone(), id.clone(), format!("c{i}"))).await;
+    let restore = time(|_| restore_base(history.clone(), id.clone())).await;
     // The forks share the parent's tree: check one to be sure the work was real.
     let last = sessions
         .list_sessions(pb::ListSessionsRequest::default())
@@ -121,6 +71,41 @@ async fn measure(channel: &Channel, files: usize) -> Vec<(&'static str, Figures)
         ("checkpoint", checkpoint),
         ("restore", restore),
     ]
+}
+
+/// Forks session `id`.
+async fn fork_session(mut sessions: SessionServiceClient<Channel>, id: String) {
+    sessions
+        .fork_session(pb::ForkSessionRequest {
+            session_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// Creates checkpoint `name` of session `id`.
+async fn create_checkpoint(mut history: HistoryServiceClient<Channel>, id: String, name: String) {
+    history
+        .create_checkpoint(pb::CreateCheckpointRequest {
+            session_id: id,
+            name,
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Restores session `id` to its checkpoint "base".
+async fn restore_base(mut history: HistoryServiceClient<Channel>, id: String) {
+    history
+        .restore_checkpoint(pb::RestoreCheckpointRequest {
+            session_id: id,
+            name: "base".into(),
+            expected_head_version: 0,
+        })
+        .await
+        .unwrap();
 }
 
 #[tokio::main]

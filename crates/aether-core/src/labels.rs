@@ -275,86 +275,106 @@ fn split_terms(s: &str) -> Vec<&str> {
 }
 
 fn parse_term(raw: &str) -> Result<Requirement, LabelError> {
-    let term = raw.trim();
-    let fail = |reason: String| LabelError::InvalidSelector {
-        term: crate::excerpt(term, EXCERPT_CHARS),
-        reason,
-    };
-    let key_of = |key: &str| -> Result<String, LabelError> {
-        let key = key.trim();
-        validate_key(key).map_err(|e| fail(e.to_string()))?;
-        Ok(key.to_owned())
-    };
-    let values_of = |key: &str, values: &[&str]| -> Result<Vec<String>, LabelError> {
-        values
-            .iter()
-            .map(|v| {
-                let v = v.trim();
-                validate_value(key, v).map_err(|e| fail(e.to_string()))?;
-                Ok(v.to_owned())
-            })
-            .collect()
-    };
-
-    if term.is_empty() {
-        return Err(fail(format!("the term is empty: {SELECTOR_FORMS}")));
+    let term = Term { text: raw.trim() };
+    if term.text.is_empty() {
+        return Err(term.fail(format!("the term is empty: {SELECTOR_FORMS}")));
     }
-    if let Some(key) = term.strip_prefix('!') {
-        let key = key_of(key)?;
+    if let Some(key) = term.text.strip_prefix('!') {
+        let key = term.key(key)?;
         return Ok(Requirement {
             key,
             op: Op::NotExists,
         });
     }
-    if let Some((key, value)) = term.split_once("!=") {
-        let key = key_of(key)?;
-        let op = Op::NotIn(values_of(&key, &[value])?);
+    if let Some((key, value)) = term.text.split_once("!=") {
+        let key = term.key(key)?;
+        let op = Op::NotIn(term.values(&key, &[value])?);
         return Ok(Requirement { key, op });
     }
-    if let Some((key, value)) = term.split_once("==").or_else(|| term.split_once('=')) {
-        let key = key_of(key)?;
-        let op = Op::In(values_of(&key, &[value])?);
+    if let Some((key, value)) = term
+        .text
+        .split_once("==")
+        .or_else(|| term.text.split_once('='))
+    {
+        let key = term.key(key)?;
+        let op = Op::In(term.values(&key, &[value])?);
         return Ok(Requirement { key, op });
     }
-    let Some(key_end) = term.find(|c: char| c.is_whitespace() || c == '(') else {
-        let key = key_of(term)?;
+    let Some(key_end) = term.text.find(|c: char| c.is_whitespace() || c == '(') else {
+        let key = term.key(term.text)?;
         return Ok(Requirement {
             key,
             op: Op::Exists,
         });
     };
-    let key = key_of(&term[..key_end])?;
-    let rest = term[key_end..].trim_start();
-    let (negated, list) = if let Some(list) = rest.strip_prefix("notin") {
-        (true, list)
-    } else if let Some(list) = rest.strip_prefix("in") {
-        (false, list)
-    } else {
-        return Err(fail(format!(
-            "expected 'in' or 'notin' after the key: {SELECTOR_FORMS}"
-        )));
-    };
-    let Some(list) = list
-        .trim()
-        .strip_prefix('(')
-        .and_then(|l| l.strip_suffix(')'))
-    else {
-        return Err(fail(
-            "the values of 'in' and 'notin' go in parentheses, as in k in (v1,v2)".into(),
-        ));
-    };
-    if list.trim().is_empty() {
-        return Err(fail(
-            "the value list is empty: give at least one value".into(),
-        ));
+    term.parse_set(key_end)
+}
+
+/// One selector term, trimmed, for the parts of [`parse_term`] that name it in their errors.
+struct Term<'a> {
+    text: &'a str,
+}
+
+impl Term<'_> {
+    fn fail(&self, reason: String) -> LabelError {
+        LabelError::InvalidSelector {
+            term: crate::excerpt(self.text, EXCERPT_CHARS),
+            reason,
+        }
     }
-    let values = values_of(&key, &list.split(',').collect::<Vec<_>>())?;
-    let op = if negated {
-        Op::NotIn(values)
-    } else {
-        Op::In(values)
-    };
-    Ok(Requirement { key, op })
+
+    /// A validated key, trimmed.
+    fn key(&self, key: &str) -> Result<String, LabelError> {
+        let key = key.trim();
+        validate_key(key).map_err(|e| self.fail(e.to_string()))?;
+        Ok(key.to_owned())
+    }
+
+    /// Validated values of `key`, each trimmed.
+    fn values(&self, key: &str, values: &[&str]) -> Result<Vec<String>, LabelError> {
+        values
+            .iter()
+            .map(|v| {
+                let v = v.trim();
+                validate_value(key, v).map_err(|e| self.fail(e.to_string()))?;
+                Ok(v.to_owned())
+            })
+            .collect()
+    }
+
+    /// "k in (a,b)" or "k notin (a,b)", the key ending at `key_end`.
+    fn parse_set(&self, key_end: usize) -> Result<Requirement, LabelError> {
+        let key = self.key(&self.text[..key_end])?;
+        let rest = self.text[key_end..].trim_start();
+        let (negated, list) = if let Some(list) = rest.strip_prefix("notin") {
+            (true, list)
+        } else if let Some(list) = rest.strip_prefix("in") {
+            (false, list)
+        } else {
+            return Err(self.fail(format!(
+                "expected 'in' or 'notin' after the key: {SELECTOR_FORMS}"
+            )));
+        };
+        let Some(list) = list
+            .trim()
+            .strip_prefix('(')
+            .and_then(|l| l.strip_suffix(')'))
+        else {
+            return Err(self.fail(
+                "the values of 'in' and 'notin' go in parentheses, as in k in (v1,v2)".into(),
+            ));
+        };
+        if list.trim().is_empty() {
+            return Err(self.fail("the value list is empty: give at least one value".into()));
+        }
+        let values = self.values(&key, &list.split(',').collect::<Vec<_>>())?;
+        let op = if negated {
+            Op::NotIn(values)
+        } else {
+            Op::In(values)
+        };
+        Ok(Requirement { key, op })
+    }
 }
 
 #[cfg(test)]

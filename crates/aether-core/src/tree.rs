@@ -258,71 +258,14 @@ impl Tree {
     /// Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Tree, TreeError> {
         let mut reader = Reader { bytes, offset: 0 };
-        let v1 = match reader.take(4, "magic").ok() {
-            Some(magic) if magic == MAGIC_V1.as_slice() => true,
-            Some(magic) if magic == MAGIC_V2.as_slice() => false,
-            _ => return Err(TreeError::BadMagic),
-        };
-        let count = u32::from_le_bytes(reader.array("entry count")?);
-        // Every entry has a header and a name of at least one byte; checking this first
-        // bounds the allocation below by the input size.
-        let min = if v1 {
-            ENTRY_HEADER_BYTES
-        } else {
-            ENTRY_HEADER_BYTES_V2
-        } + 1;
-        let remaining = bytes.len() - reader.offset;
-        if count as usize > remaining / min {
-            return Err(TreeError::CountTooLarge {
-                count,
-                remaining,
-                min,
-            });
-        }
-        let mut entries: Vec<TreeEntry> = Vec::with_capacity(count as usize);
-        for index in 0..count as usize {
-            let kind = match reader.array::<1>("entry kind")?[0] {
-                KIND_FILE => EntryKind::File,
-                KIND_DIRECTORY => EntryKind::Directory,
-                KIND_SYMLINK if !v1 => EntryKind::Symlink,
-                kind => return Err(TreeError::UnknownKind { index, kind }),
-            };
-            let mode = u32::from_le_bytes(reader.array("entry mode")?);
-            let size = u64::from_le_bytes(reader.array("entry size")?);
-            let mtime_ns = if v1 {
-                0
-            } else {
-                i64::from_le_bytes(reader.array("entry modification time")?)
-            };
-            let hash = Hash(reader.array("entry hash")?);
-            let name_len = u16::from_le_bytes(reader.array("entry name length")?);
-            let name = reader.take(name_len as usize, "entry name")?;
-            let name = std::str::from_utf8(name).map_err(|_| TreeError::NameNotUtf8 { index })?;
-            validate_name(name).map_err(TreeError::InvalidName)?;
+        let (v1, count) = reader.header()?;
+        let mut entries: Vec<TreeEntry> = Vec::with_capacity(count);
+        for index in 0..count {
+            let entry = reader.entry(v1, index)?;
             if let Some(previous) = entries.last() {
-                match previous.name.as_str().cmp(name) {
-                    Ordering::Less => {}
-                    Ordering::Equal => {
-                        return Err(TreeError::DuplicateName {
-                            name: name.to_owned(),
-                        })
-                    }
-                    Ordering::Greater => {
-                        return Err(TreeError::Unsorted {
-                            index,
-                            name: name.to_owned(),
-                        })
-                    }
-                }
+                check_order(previous, &entry.name, index)?;
             }
-            entries.push(TreeEntry {
-                name: name.to_owned(),
-                kind,
-                mode,
-                size,
-                mtime_ns,
-                hash,
-            });
+            entries.push(entry);
         }
         let trailing = bytes.len() - reader.offset;
         if trailing != 0 {
@@ -453,6 +396,77 @@ impl<'a> Reader<'a> {
     fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], TreeError> {
         let field = self.take(N, what)?;
         Ok(field.try_into().expect("take returns exactly N bytes"))
+    }
+
+    /// The magic and the entry count: whether the encoding is `AFT1`, and how many entries
+    /// follow (at most what the remaining bytes can hold).
+    fn header(&mut self) -> Result<(bool, usize), TreeError> {
+        let v1 = match self.take(4, "magic").ok() {
+            Some(magic) if magic == MAGIC_V1.as_slice() => true,
+            Some(magic) if magic == MAGIC_V2.as_slice() => false,
+            _ => return Err(TreeError::BadMagic),
+        };
+        let count = u32::from_le_bytes(self.array("entry count")?);
+        // Every entry has a header and a name of at least one byte; checking this first
+        // bounds the caller's allocation by the input size.
+        let min = if v1 {
+            ENTRY_HEADER_BYTES
+        } else {
+            ENTRY_HEADER_BYTES_V2
+        } + 1;
+        let remaining = self.bytes.len() - self.offset;
+        if count as usize > remaining / min {
+            return Err(TreeError::CountTooLarge {
+                count,
+                remaining,
+                min,
+            });
+        }
+        Ok((v1, count as usize))
+    }
+
+    /// Entry `index`, its name validated (but not yet checked against its predecessor).
+    fn entry(&mut self, v1: bool, index: usize) -> Result<TreeEntry, TreeError> {
+        let kind = match self.array::<1>("entry kind")?[0] {
+            KIND_FILE => EntryKind::File,
+            KIND_DIRECTORY => EntryKind::Directory,
+            KIND_SYMLINK if !v1 => EntryKind::Symlink,
+            kind => return Err(TreeError::UnknownKind { index, kind }),
+        };
+        let mode = u32::from_le_bytes(self.array("entry mode")?);
+        let size = u64::from_le_bytes(self.array("entry size")?);
+        let mtime_ns = if v1 {
+            0
+        } else {
+            i64::from_le_bytes(self.array("entry modification time")?)
+        };
+        let hash = Hash(self.array("entry hash")?);
+        let name_len = u16::from_le_bytes(self.array("entry name length")?);
+        let name = self.take(name_len as usize, "entry name")?;
+        let name = std::str::from_utf8(name).map_err(|_| TreeError::NameNotUtf8 { index })?;
+        validate_name(name).map_err(TreeError::InvalidName)?;
+        Ok(TreeEntry {
+            name: name.to_owned(),
+            kind,
+            mode,
+            size,
+            mtime_ns,
+            hash,
+        })
+    }
+}
+
+/// Entry `index`, called `name`, must sort strictly after `previous`.
+fn check_order(previous: &TreeEntry, name: &str, index: usize) -> Result<(), TreeError> {
+    match previous.name.as_str().cmp(name) {
+        Ordering::Less => Ok(()),
+        Ordering::Equal => Err(TreeError::DuplicateName {
+            name: name.to_owned(),
+        }),
+        Ordering::Greater => Err(TreeError::Unsorted {
+            index,
+            name: name.to_owned(),
+        }),
     }
 }
 

@@ -462,41 +462,16 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         return run_gc(cmd, shutdown).await;
     }
     let auth = configure_auth(&common.auth, matches!(service, Service::Dev(_)))?;
-    // TLS files are checked before anything starts.
-    let tls = common.tls.client()?;
-    let server_tls = common.tls.server(common.tls_client_ca.as_deref())?;
-    let scheme = if server_tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let mut server = aether_proto::transport::tune_server(tonic::transport::Server::builder());
-    if let Some(config) = server_tls {
-        server = server
-            .tls_config(config)
-            .context("cannot serve TLS with --tls-cert and --tls-key")?;
-    }
-    let listener = TcpListener::bind(common.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", common.listen))?;
-    let addr = listener.local_addr()?;
-    let node = Node {
-        own_endpoint: format!("{scheme}://{addr}"),
-        scheme,
-        tls,
-        shutdown: shutdown.clone(),
-    };
+    let Listening {
+        server,
+        listener,
+        addr,
+        node,
+    } = listen(&common, &shutdown).await?;
     let mut serving = Serving::build(&service, &node, &auth).await?;
     serving.add_health_and_reflection().await?;
-
-    // Live subscriptions never end by themselves: end them as soon as shutdown starts so the
-    // server's drain can finish (pending messages are flushed first).
     if let Some(bus) = serving.bus.clone() {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            bus.shutdown().await;
-        });
+        end_subscriptions_on_shutdown(bus, shutdown.clone());
     }
 
     // Tests and scripts wait for this exact line.
@@ -531,6 +506,57 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         holds.release_all().await;
     }
     Ok(())
+}
+
+/// A bound listener with the server that will serve on it.
+struct Listening {
+    server: tonic::transport::Server,
+    listener: TcpListener,
+    addr: SocketAddr,
+    node: Node,
+}
+
+/// Checks the TLS files (before anything starts), configures the server and binds
+/// `--listen`.
+async fn listen(common: &CommonArgs, shutdown: &CancellationToken) -> Result<Listening> {
+    let tls = common.tls.client()?;
+    let server_tls = common.tls.server(common.tls_client_ca.as_deref())?;
+    let scheme = if server_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut server = aether_proto::transport::tune_server(tonic::transport::Server::builder());
+    if let Some(config) = server_tls {
+        server = server
+            .tls_config(config)
+            .context("cannot serve TLS with --tls-cert and --tls-key")?;
+    }
+    let listener = TcpListener::bind(common.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", common.listen))?;
+    let addr = listener.local_addr()?;
+    let node = Node {
+        own_endpoint: format!("{scheme}://{addr}"),
+        scheme,
+        tls,
+        shutdown: shutdown.clone(),
+    };
+    Ok(Listening {
+        server,
+        listener,
+        addr,
+        node,
+    })
+}
+
+/// Live subscriptions never end by themselves: end them as soon as shutdown starts so the
+/// server's drain can finish (pending messages are flushed first).
+fn end_subscriptions_on_shutdown(bus: aether_bus::Bus, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        bus.shutdown().await;
+    });
 }
 
 /// What every service of this process shares: how others reach it, and when it stops.

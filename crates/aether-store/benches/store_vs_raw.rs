@@ -170,38 +170,55 @@ async fn bench_backend(name: &str, backend: &BackendArgs, iterations: usize) -> 
         "{:<28} {:<6} {:>24} {:>24} {:>7} {:>6}",
         "workload", "op", "raw MB/s", "service MB/s", "ratio", "target"
     );
-    let mut seed = 1;
-    let mut last_written: Vec<Bytes> = Vec::new();
+    let mut bench = Bench {
+        objects,
+        store,
+        remote,
+        iterations,
+        seed: 1,
+        last_written: Vec::new(),
+    };
     for workload in WORKLOADS {
+        let samples = bench.workload(workload).await?;
+        samples.report(&workload, has_targets);
+    }
+    bench.reupload().await?;
+    shutdown.cancel();
+    Ok(())
+}
+
+/// One backend under measurement: raw access to it, and the service over it.
+struct Bench {
+    objects: Arc<dyn ObjectStore>,
+    store: BlobStore,
+    remote: RemoteBlobs,
+    iterations: usize,
+    /// The seed of the last blob made: every blob is new content.
+    seed: u64,
+    /// The last round's 1 MiB and 64 MiB content, kept for the dedup check.
+    last_written: Vec<Bytes>,
+}
+
+impl Bench {
+    /// Runs one untimed warm-up round of `workload`, then the measured ones.
+    async fn workload(&mut self, workload: Workload) -> anyhow::Result<Samples> {
         let mut samples = Samples::default();
-        // One untimed warm-up round, then the measured ones.
-        for iteration in 0..=iterations {
+        for iteration in 0..=self.iterations {
             let blobs: Vec<Bytes> = (0..workload.count)
                 .map(|_| {
-                    seed += 1;
-                    random_bytes(workload.blob_bytes, seed)
+                    self.seed += 1;
+                    random_bytes(workload.blob_bytes, self.seed)
                 })
                 .collect();
+            let seed = self.seed;
             let raw_keys: Vec<Path> = (0..blobs.len())
                 .map(|i| Path::from(format!("raw/{seed}/{i}")))
                 .collect();
-            let concurrency = workload.concurrency;
-
             // Raw and service alternate which goes first, so drift in the machine's load
             // does not favour one side.
-            let mut raw = (0.0, 0.0);
-            let mut service = (0.0, 0.0);
-            let mut hashes = Vec::new();
-            for side in if iteration % 2 == 0 { [0, 1] } else { [1, 0] } {
-                if side == 0 {
-                    raw = raw_round(&objects, &raw_keys, &blobs, concurrency).await?;
-                } else {
-                    let (write, read, written) =
-                        service_round(&remote, &blobs, concurrency).await?;
-                    service = (write, read);
-                    hashes = written;
-                }
-            }
+            let (raw, service, hashes) = self
+                .round(iteration % 2 == 0, &raw_keys, &blobs, workload.concurrency)
+                .await?;
             if iteration > 0 {
                 samples.raw_write.push(raw.0);
                 samples.raw_read.push(raw.1);
@@ -211,14 +228,64 @@ async fn bench_backend(name: &str, backend: &BackendArgs, iterations: usize) -> 
             // Keep the backend small (moto holds everything in memory): remove this round,
             // except the last 1 MiB / 64 MiB content, which the dedup check re-uploads.
             for key in &raw_keys {
-                objects.delete(key).await?;
+                self.objects.delete(key).await?;
             }
-            if iteration == iterations && workload.count <= 32 {
-                last_written.extend(blobs);
+            if iteration == self.iterations && workload.count <= 32 {
+                self.last_written.extend(blobs);
             } else {
-                remove_blobs(&store, &hashes).await?;
+                remove_blobs(&self.store, &hashes).await?;
             }
         }
+        Ok(samples)
+    }
+
+    /// One round of both sides, raw first if `raw_first`: (write, read) seconds of raw, then
+    /// of the service, and the names the service gave the blobs.
+    async fn round(
+        &self,
+        raw_first: bool,
+        raw_keys: &[Path],
+        blobs: &[Bytes],
+        concurrency: usize,
+    ) -> anyhow::Result<((f64, f64), (f64, f64), Vec<Hash>)> {
+        let mut raw = (0.0, 0.0);
+        let mut service = (0.0, 0.0);
+        let mut hashes = Vec::new();
+        for side in if raw_first { [0, 1] } else { [1, 0] } {
+            if side == 0 {
+                raw = raw_round(&self.objects, raw_keys, blobs, concurrency).await?;
+            } else {
+                let (write, read, written) =
+                    service_round(&self.remote, blobs, concurrency).await?;
+                service = (write, read);
+                hashes = written;
+            }
+        }
+        Ok((raw, service, hashes))
+    }
+
+    /// Identical content again: the client names it, asks HasBlobs, and sends nothing.
+    async fn reupload(&self) -> anyhow::Result<()> {
+        let total: usize = self.last_written.iter().map(Bytes::len).sum();
+        let mut sent = 0;
+        let mut stored = 0;
+        for blob in &self.last_written {
+            let uploaded = self.remote.upload(blob.clone()).await?;
+            sent += uploaded.sent_bytes;
+            stored += uploaded.stored_bytes;
+        }
+        println!(
+            "re-upload of identical content ({} blobs, {total} bytes) after HasBlobs: {sent} content bytes sent, {stored} bytes stored",
+            self.last_written.len()
+        );
+        anyhow::ensure!(sent == 0, "identical content must not be sent again");
+        Ok(())
+    }
+}
+
+impl Samples {
+    /// Prints the write and read rows of `workload`, with the targets when `has_targets`.
+    fn report(&self, workload: &Workload, has_targets: bool) {
         let bytes = (workload.blob_bytes * workload.count) as f64;
         let label = format!(
             "{} x {} ({} in flight)",
@@ -228,36 +295,19 @@ async fn bench_backend(name: &str, backend: &BackendArgs, iterations: usize) -> 
             &label,
             "write",
             bytes,
-            &samples.raw_write,
-            &samples.service_write,
+            &self.raw_write,
+            &self.service_write,
             if has_targets { 0.8 } else { 0.0 },
         );
         report(
             &label,
             "read",
             bytes,
-            &samples.raw_read,
-            &samples.service_read,
+            &self.raw_read,
+            &self.service_read,
             if has_targets { 0.9 } else { 0.0 },
         );
     }
-
-    // Identical content again: the client names it, asks HasBlobs, and sends nothing.
-    let total: usize = last_written.iter().map(Bytes::len).sum();
-    let mut sent = 0;
-    let mut stored = 0;
-    for blob in &last_written {
-        let uploaded = remote.upload(blob.clone()).await?;
-        sent += uploaded.sent_bytes;
-        stored += uploaded.stored_bytes;
-    }
-    println!(
-        "re-upload of identical content ({} blobs, {total} bytes) after HasBlobs: {sent} content bytes sent, {stored} bytes stored",
-        last_written.len()
-    );
-    anyhow::ensure!(sent == 0, "identical content must not be sent again");
-    shutdown.cancel();
-    Ok(())
 }
 
 /// Raw object_store: one object per blob. Returns (write seconds, read seconds).

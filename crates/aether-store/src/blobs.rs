@@ -328,21 +328,7 @@ impl BlobStore {
             None => self.get_manifest(hash).await?,
         };
         let end = check_range(hash, offset, length, manifest.total_size())?;
-        // The chunks overlapping [offset, end), with the slice of each to return.
-        let mut wanted = Vec::new();
-        let mut position = 0u64;
-        for &(chunk, chunk_size) in &manifest.chunks {
-            let chunk_end = position + chunk_size;
-            if chunk_end > offset && position < end {
-                let from = offset.saturating_sub(position) as usize;
-                let to = (end.min(chunk_end) - position) as usize;
-                wanted.push((chunk, chunk_size, from, to));
-            }
-            position = chunk_end;
-            if position >= end {
-                break;
-            }
-        }
+        let wanted = chunks_in_range(&manifest, offset, end);
         let store = self.clone();
         let manifest = manifest_path(hash);
         Ok(stream::iter(wanted)
@@ -350,30 +336,44 @@ impl BlobStore {
                 let store = store.clone();
                 let manifest = manifest.clone();
                 task::spawn(async move {
-                    let data = match store.get_chunk(&chunk).await {
-                        // The manifest promised this chunk: its absence is data loss.
-                        Err(StoreError::NotFound(_)) => {
-                            return Err(StoreError::Corrupt {
-                                object: chunk_path(&chunk).to_string(),
-                                detail: format!("missing, but listed in {manifest}"),
-                            })
-                        }
-                        other => other?,
-                    };
-                    if data.len() as u64 != chunk_size {
-                        return Err(StoreError::Corrupt {
-                            object: chunk_path(&chunk).to_string(),
-                            detail: format!(
-                                "{manifest} says {chunk_size} bytes, the object holds {}",
-                                data.len()
-                            ),
-                        });
-                    }
+                    let data = store
+                        .get_listed_chunk(&chunk, chunk_size, &manifest)
+                        .await?;
                     Ok(data.slice(from..to))
                 })
             })
             .buffered(self.limits.concurrency)
             .boxed())
+    }
+
+    /// A chunk that `manifest` lists with `chunk_size` bytes, verified; its absence or another
+    /// size is corruption.
+    async fn get_listed_chunk(
+        &self,
+        chunk: &Hash,
+        chunk_size: u64,
+        manifest: &Path,
+    ) -> Result<Bytes, StoreError> {
+        let data = match self.get_chunk(chunk).await {
+            // The manifest promised this chunk: its absence is data loss.
+            Err(StoreError::NotFound(_)) => {
+                return Err(StoreError::Corrupt {
+                    object: chunk_path(chunk).to_string(),
+                    detail: format!("missing, but listed in {manifest}"),
+                })
+            }
+            other => other?,
+        };
+        if data.len() as u64 != chunk_size {
+            return Err(StoreError::Corrupt {
+                object: chunk_path(chunk).to_string(),
+                detail: format!(
+                    "{manifest} says {chunk_size} bytes, the object holds {}",
+                    data.len()
+                ),
+            });
+        }
+        Ok(data)
     }
 
     /// Reads a whole blob into memory, verified.
@@ -638,6 +638,30 @@ fn check_range(hash: &Hash, offset: u64, length: u64, size: u64) -> Result<u64, 
             size,
         }),
     }
+}
+
+/// The chunks of `manifest` that overlap `[offset, end)`, each with its size and the slice of
+/// it to return (`from..to` within the chunk).
+fn chunks_in_range(
+    manifest: &ChunkManifest,
+    offset: u64,
+    end: u64,
+) -> Vec<(Hash, u64, usize, usize)> {
+    let mut wanted = Vec::new();
+    let mut position = 0u64;
+    for &(chunk, chunk_size) in &manifest.chunks {
+        let chunk_end = position + chunk_size;
+        if chunk_end > offset && position < end {
+            let from = offset.saturating_sub(position) as usize;
+            let to = (end.min(chunk_end) - position) as usize;
+            wanted.push((chunk, chunk_size, from, to));
+        }
+        position = chunk_end;
+        if position >= end {
+            break;
+        }
+    }
+    wanted
 }
 
 fn verify(path: &Path, expected: &Hash, actual: Hash) -> Result<(), StoreError> {

@@ -56,27 +56,7 @@ impl BlobStore {
     ) -> Result<SweepReport, StoreError> {
         let cutoff = now_ms() - grace.as_millis() as i64;
         let mut report = SweepReport::default();
-        let mut live_chunks: HashSet<Hash> = live.clone();
-        // Every live manifest keeps its chunks.
-        for hash in live {
-            let path = manifest_path(hash);
-            match self.objects().get(&path).await {
-                Ok(result) => {
-                    let bytes = result
-                        .bytes()
-                        .await
-                        .map_err(|e| StoreError::from_object_store(e, path.as_ref()))?;
-                    let manifest =
-                        ChunkManifest::decode(&bytes).map_err(|e| StoreError::Corrupt {
-                            object: path.to_string(),
-                            detail: e.to_string(),
-                        })?;
-                    live_chunks.extend(manifest.chunks.iter().map(|(h, _)| *h));
-                }
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(StoreError::from_object_store(e, path.as_ref())),
-            }
-        }
+        let live_chunks = self.live_chunks(live).await?;
         for prefix in ["chunks", "manifests"] {
             let listed: Vec<_> = self
                 .objects()
@@ -98,29 +78,65 @@ impl BlobStore {
                 } else if meta.last_modified.timestamp_millis() > cutoff {
                     report.kept_young += 1;
                 } else {
-                    // Look again right before deleting: a writer may have renewed it since
-                    // the listing (object stores have no conditional delete to close this).
-                    match self.objects().head(&meta.location).await {
-                        Ok(now) if now.last_modified.timestamp_millis() > cutoff => {
-                            report.kept_young += 1;
-                            continue;
-                        }
-                        Err(object_store::Error::NotFound { .. }) => continue,
-                        _ => {}
-                    }
-                    match self.objects().delete(&meta.location).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                            report.deleted_objects += 1;
-                            report.deleted_bytes += meta.size;
-                        }
-                        Err(e) => {
-                            return Err(StoreError::from_object_store(e, meta.location.as_ref()))
-                        }
-                    }
+                    self.delete_if_still_old(&meta, cutoff, &mut report).await?;
                 }
             }
         }
         Ok(report)
+    }
+
+    /// The live blobs with the chunks of every live manifest: what a sweep keeps.
+    async fn live_chunks(&self, live: &HashSet<Hash>) -> Result<HashSet<Hash>, StoreError> {
+        let mut live_chunks: HashSet<Hash> = live.clone();
+        // Every live manifest keeps its chunks.
+        for hash in live {
+            let path = manifest_path(hash);
+            match self.objects().get(&path).await {
+                Ok(result) => {
+                    let bytes = result
+                        .bytes()
+                        .await
+                        .map_err(|e| StoreError::from_object_store(e, path.as_ref()))?;
+                    let manifest =
+                        ChunkManifest::decode(&bytes).map_err(|e| StoreError::Corrupt {
+                            object: path.to_string(),
+                            detail: e.to_string(),
+                        })?;
+                    live_chunks.extend(manifest.chunks.iter().map(|(h, _)| *h));
+                }
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(StoreError::from_object_store(e, path.as_ref())),
+            }
+        }
+        Ok(live_chunks)
+    }
+
+    /// Deletes one unreferenced object the listing showed older than `cutoff`, unless it has
+    /// been renewed or removed since, and counts the outcome in `report`.
+    async fn delete_if_still_old(
+        &self,
+        meta: &object_store::ObjectMeta,
+        cutoff: i64,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        // Look again right before deleting: a writer may have renewed it since
+        // the listing (object stores have no conditional delete to close this).
+        match self.objects().head(&meta.location).await {
+            Ok(now) if now.last_modified.timestamp_millis() > cutoff => {
+                report.kept_young += 1;
+                return Ok(());
+            }
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            _ => {}
+        }
+        match self.objects().delete(&meta.location).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                report.deleted_objects += 1;
+                report.deleted_bytes += meta.size;
+                Ok(())
+            }
+            Err(e) => Err(StoreError::from_object_store(e, meta.location.as_ref())),
+        }
     }
 
     /// Renews the age of one object if it is older than [`REFRESH_AFTER`], by writing its

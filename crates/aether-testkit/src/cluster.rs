@@ -3,6 +3,7 @@
 //! coordinators, each on its own loopback port.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 
@@ -85,30 +86,21 @@ impl Cluster {
             TlsMode::Off => None,
             TlsMode::On | TlsMode::Mutual => Some(TestCa::generate()?),
         };
-        let tls_args = tls
-            .as_ref()
-            .map(|ca| ca.aetherd_args(spec.tls == TlsMode::Mutual))
-            .unwrap_or_default();
-        let env: Vec<(String, String)> = match spec.otlp_endpoint {
-            Some(addr) => [
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
-                ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-                ("OTEL_METRIC_EXPORT_INTERVAL", "200".into()),
-            ]
-            .map(|(k, v)| (k.to_owned(), v))
-            .into(),
-            None => Vec::new(),
+        let launcher = Launcher {
+            aetherd,
+            tls_args: tls
+                .as_ref()
+                .map(|ca| ca.aetherd_args(spec.tls == TlsMode::Mutual))
+                .unwrap_or_default(),
+            env: otlp_env(spec.otlp_endpoint),
+            lease_ttl_secs: spec.lease_ttl_secs,
         };
 
         let mut stores = Vec::with_capacity(spec.stores);
         for index in 0..spec.stores {
             let mut args = vec!["store".to_owned()];
             args.extend(s3.aetherd_args());
-            args.extend(tls_args.iter().cloned());
-            let store = ServiceProcess::start_with_env(&aetherd, &args, &env)
-                .await
-                .with_context(|| format!("cannot start store {index}"))?;
-            stores.push(store);
+            stores.push(launcher.start("store", index, args, false).await?);
         }
 
         let mut buses = Vec::with_capacity(spec.buses);
@@ -116,19 +108,12 @@ impl Cluster {
             let mut args = vec!["bus".to_owned()];
             args.extend(s3.aetherd_args());
             args.extend(["--etcd-endpoints".to_owned(), etcd_endpoints.clone()]);
-            if let Some(ttl) = spec.lease_ttl_secs {
-                args.extend(["--lease-ttl-secs".to_owned(), ttl.to_string()]);
-            }
-            args.extend(tls_args.iter().cloned());
-            let bus = ServiceProcess::start_with_env(&aetherd, &args, &env)
-                .await
-                .with_context(|| format!("cannot start bus {index}"))?;
-            buses.push(bus);
+            buses.push(launcher.start("bus", index, args, true).await?);
         }
 
         let mut coordinators = Vec::with_capacity(spec.coordinators);
         for index in 0..spec.coordinators {
-            let mut args = vec![
+            let args = vec![
                 "coordinator".to_owned(),
                 "--etcd-endpoints".to_owned(),
                 etcd_endpoints.clone(),
@@ -137,14 +122,7 @@ impl Cluster {
                 "--bus-endpoint".to_owned(),
                 buses[index % buses.len()].endpoint(),
             ];
-            if let Some(ttl) = spec.lease_ttl_secs {
-                args.extend(["--lease-ttl-secs".to_owned(), ttl.to_string()]);
-            }
-            args.extend(tls_args.iter().cloned());
-            let coordinator = ServiceProcess::start_with_env(&aetherd, &args, &env)
-                .await
-                .with_context(|| format!("cannot start coordinator {index}"))?;
-            coordinators.push(coordinator);
+            coordinators.push(launcher.start("coordinator", index, args, true).await?);
         }
 
         Ok(Cluster {
@@ -166,5 +144,50 @@ impl Cluster {
             .first()
             .expect("the cluster was started with `coordinators: 0`")
             .endpoint()
+    }
+}
+
+/// What every `aetherd` of a cluster is started with.
+struct Launcher {
+    aetherd: PathBuf,
+    /// [`TestCa::aetherd_args`], or nothing without TLS.
+    tls_args: Vec<String>,
+    /// The OTLP export settings, if any ([`otlp_env`]).
+    env: Vec<(String, String)>,
+    lease_ttl_secs: Option<u64>,
+}
+
+impl Launcher {
+    /// Starts `aetherd` with `args`, then `--lease-ttl-secs` (if `lease` and the spec sets
+    /// one), then the TLS arguments; errors name the process as `what index`.
+    async fn start(
+        &self,
+        what: &str,
+        index: usize,
+        mut args: Vec<String>,
+        lease: bool,
+    ) -> Result<ServiceProcess> {
+        if let Some(ttl) = self.lease_ttl_secs.filter(|_| lease) {
+            args.extend(["--lease-ttl-secs".to_owned(), ttl.to_string()]);
+        }
+        args.extend(self.tls_args.iter().cloned());
+        ServiceProcess::start_with_env(&self.aetherd, &args, &self.env)
+            .await
+            .with_context(|| format!("cannot start {what} {index}"))
+    }
+}
+
+/// The environment that makes a process export its spans and metrics to `endpoint`, with
+/// export delays short enough for a test to wait on; empty without one.
+fn otlp_env(endpoint: Option<SocketAddr>) -> Vec<(String, String)> {
+    match endpoint {
+        Some(addr) => [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200".into()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v))
+        .into(),
+        None => Vec::new(),
     }
 }

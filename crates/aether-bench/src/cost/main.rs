@@ -521,21 +521,7 @@ async fn main() -> Result<()> {
     let deployment = Deployment::start(kind, args.coordinators)
         .await
         .with_context(|| format!("starting etcd + {} + aetherd", kind.name()))?;
-    let connect = |endpoint: String| async move {
-        anyhow::Ok(
-            tonic::transport::Endpoint::from_shared(endpoint)?
-                .connect()
-                .await?,
-        )
-    };
-    let mut channels = Vec::new();
-    for coordinator in &deployment.coordinators {
-        channels.push(connect(coordinator.endpoint()).await?);
-    }
-    let clients = Clients {
-        coordinator: channels[0].clone(),
-        bus: connect(deployment.bus.endpoint()).await?,
-    };
+    let (channels, clients) = connect(&deployment).await?;
     println!(
         "Cluster: etcd 1 member, {} behind a counting proxy, 1 store, 1 bus, {} coordinator(s), each its own process on loopback; {} cores.",
         kind.name(),
@@ -553,21 +539,57 @@ async fn main() -> Result<()> {
     }
     print_costs(&rows);
     if args.show_s3_requests {
-        let session = new_session(&clients.coordinator).await?;
-        write_one(&clients.coordinator, &session, next_tag()).await?;
-        deployment.meter.record();
-        write_one(&clients.coordinator, &session, next_tag()).await?;
-        println!("\nS3 requests of one one-file ApplyChanges:");
-        for line in deployment.meter.recorded() {
-            println!("    {line}");
-        }
+        print_s3_requests(&deployment, &clients).await?;
     }
     let db = EtcdCounts::scrape(&deployment.etcd.metrics_endpoint(0)).await?;
     println!(
         "\netcd database after the runs: {:.1} MiB",
         db.db_size / 1_048_576.0
     );
+    throughput_figures(&deployment, &channels, &args).await
+}
 
+/// A channel to every coordinator, and the clients the per-operation runs use (the first
+/// coordinator, and the bus).
+async fn connect(deployment: &Deployment) -> Result<(Vec<Channel>, Clients)> {
+    let connect = |endpoint: String| async move {
+        anyhow::Ok(
+            tonic::transport::Endpoint::from_shared(endpoint)?
+                .connect()
+                .await?,
+        )
+    };
+    let mut channels = Vec::new();
+    for coordinator in &deployment.coordinators {
+        channels.push(connect(coordinator.endpoint()).await?);
+    }
+    let clients = Clients {
+        coordinator: channels[0].clone(),
+        bus: connect(deployment.bus.endpoint()).await?,
+    };
+    Ok((channels, clients))
+}
+
+/// Lists the S3 requests of one more one-file ApplyChanges (after an unrecorded one).
+async fn print_s3_requests(deployment: &Deployment, clients: &Clients) -> Result<()> {
+    let session = new_session(&clients.coordinator).await?;
+    write_one(&clients.coordinator, &session, next_tag()).await?;
+    deployment.meter.record();
+    write_one(&clients.coordinator, &session, next_tag()).await?;
+    println!("\nS3 requests of one one-file ApplyChanges:");
+    for line in deployment.meter.recorded() {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
+/// One-file batches on many sessions at once through the first coordinator, then through all
+/// of them, with how the throughput scales.
+async fn throughput_figures(
+    deployment: &Deployment,
+    channels: &[Channel],
+    args: &Args,
+) -> Result<()> {
     println!(
         "\nOne-file ApplyChanges on {} sessions at once for {} s:\n",
         args.sessions, args.seconds
@@ -576,10 +598,10 @@ async fn main() -> Result<()> {
         "| through | batches/s | p50 ms | p99 ms | refused, tried again | etcd fsyncs/s | CPU |"
     );
     println!("|---|---|---|---|---|---|---|");
-    let one = throughput(&deployment, &channels[..1], args.sessions, args.seconds).await?;
+    let one = throughput(deployment, &channels[..1], args.sessions, args.seconds).await?;
     print_throughput("coordinator 1", &one);
     if channels.len() > 1 {
-        let all = throughput(&deployment, &channels, args.sessions, args.seconds).await?;
+        let all = throughput(deployment, channels, args.sessions, args.seconds).await?;
         print_throughput(
             &format!("{} coordinators, round robin", channels.len()),
             &all,

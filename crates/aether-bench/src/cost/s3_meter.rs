@@ -204,39 +204,15 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
     reader: &mut R,
     no_body: bool,
 ) -> Result<Option<Message>> {
-    let mut bytes = Vec::new();
-    let mut first_line = String::new();
-    let mut length = 0usize;
-    let mut chunked = false;
-    loop {
-        let mut line = Vec::new();
-        if read_line(reader, &mut line).await? == 0 {
-            if bytes.is_empty() {
-                return Ok(None);
-            }
-            bail!("connection closed inside a message head");
-        }
-        bytes.extend_from_slice(&line);
-        if bytes.len() > MAX_MESSAGE_BYTES {
-            bail!("an HTTP head over {MAX_MESSAGE_BYTES} bytes");
-        }
-        let text = String::from_utf8_lossy(&line).trim_end().to_string();
-        if first_line.is_empty() {
-            first_line = text;
-            continue;
-        }
-        if text.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = text.split_once(':') {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().context("bad content-length")?;
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.eq_ignore_ascii_case("chunked");
-            }
-        }
-    }
+    let Some(head) = read_head(reader).await? else {
+        return Ok(None);
+    };
+    let Head {
+        mut bytes,
+        first_line,
+        length,
+        chunked,
+    } = head;
     let status_without_body = first_line.starts_with("HTTP/1.1 204")
         || first_line.starts_with("HTTP/1.1 304")
         || first_line.starts_with("HTTP/1.1 1");
@@ -244,29 +220,7 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
         return Ok(Some(Message { bytes, first_line }));
     }
     if chunked {
-        loop {
-            let mut line = Vec::new();
-            read_line(reader, &mut line).await?;
-            bytes.extend_from_slice(&line);
-            let size = usize::from_str_radix(
-                String::from_utf8_lossy(&line)
-                    .trim()
-                    .split(';')
-                    .next()
-                    .unwrap_or(""),
-                16,
-            )
-            .context("bad chunk size")?;
-            if size > MAX_MESSAGE_BYTES.saturating_sub(bytes.len()) {
-                bail!("an HTTP message over {MAX_MESSAGE_BYTES} bytes");
-            }
-            let mut chunk = vec![0; size + 2];
-            reader.read_exact(&mut chunk).await?;
-            bytes.extend_from_slice(&chunk);
-            if size == 0 {
-                break;
-            }
-        }
+        read_chunked_body(reader, &mut bytes).await?;
     } else {
         if length > MAX_MESSAGE_BYTES {
             bail!("an HTTP body of {length} bytes is over {MAX_MESSAGE_BYTES}");
@@ -276,4 +230,84 @@ async fn read_message<R: AsyncBufReadExt + Unpin>(
         reader.read_exact(&mut bytes[start..]).await?;
     }
     Ok(Some(Message { bytes, first_line }))
+}
+
+/// A message head as read, with what it says of the body.
+struct Head {
+    /// The head's bytes, as received.
+    bytes: Vec<u8>,
+    first_line: String,
+    /// Content-Length (0 when absent).
+    length: usize,
+    /// Transfer-Encoding: chunked.
+    chunked: bool,
+}
+
+/// Reads a message head up to its empty line. None at a clean end of stream before it.
+async fn read_head<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> Result<Option<Head>> {
+    let mut head = Head {
+        bytes: Vec::new(),
+        first_line: String::new(),
+        length: 0,
+        chunked: false,
+    };
+    loop {
+        let mut line = Vec::new();
+        if read_line(reader, &mut line).await? == 0 {
+            if head.bytes.is_empty() {
+                return Ok(None);
+            }
+            bail!("connection closed inside a message head");
+        }
+        head.bytes.extend_from_slice(&line);
+        if head.bytes.len() > MAX_MESSAGE_BYTES {
+            bail!("an HTTP head over {MAX_MESSAGE_BYTES} bytes");
+        }
+        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+        if head.first_line.is_empty() {
+            head.first_line = text;
+            continue;
+        }
+        if text.is_empty() {
+            return Ok(Some(head));
+        }
+        if let Some((name, value)) = text.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                head.length = value.parse().context("bad content-length")?;
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                head.chunked = value.eq_ignore_ascii_case("chunked");
+            }
+        }
+    }
+}
+
+/// Reads a chunked body, through its last (empty) chunk, onto `bytes`.
+async fn read_chunked_body<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    bytes: &mut Vec<u8>,
+) -> Result<()> {
+    loop {
+        let mut line = Vec::new();
+        read_line(reader, &mut line).await?;
+        bytes.extend_from_slice(&line);
+        let size = usize::from_str_radix(
+            String::from_utf8_lossy(&line)
+                .trim()
+                .split(';')
+                .next()
+                .unwrap_or(""),
+            16,
+        )
+        .context("bad chunk size")?;
+        if size > MAX_MESSAGE_BYTES.saturating_sub(bytes.len()) {
+            bail!("an HTTP message over {MAX_MESSAGE_BYTES} bytes");
+        }
+        let mut chunk = vec![0; size + 2];
+        reader.read_exact(&mut chunk).await?;
+        bytes.extend_from_slice(&chunk);
+        if size == 0 {
+            return Ok(());
+        }
+    }
 }
