@@ -301,13 +301,18 @@ impl SessionHandle {
     }
 
     /// Which of `asked` (chunk names) the store lacks.
+    /// Which of `asked` the store lacks; a name the store returns that was not asked is
+    /// ignored (it cannot be ours to send).
     async fn missing(&self, asked: &[String]) -> Result<HashSet<String>> {
-        Ok(self
+        let mut missing: HashSet<String> = self
             .client
             .missing_blobs(asked)
             .await?
             .into_iter()
-            .collect())
+            .collect();
+        let asked: HashSet<&String> = asked.iter().collect();
+        missing.retain(|name| asked.contains(name));
+        Ok(missing)
     }
 
     /// Sends the chunks `routes` says must go alone, `CONCURRENCY` at a time, each re-read from

@@ -126,8 +126,10 @@ impl BlobStore {
                 report.kept_young += 1;
                 return Ok(());
             }
+            Ok(_) => {}
             Err(object_store::Error::NotFound { .. }) => return Ok(()),
-            _ => {}
+            // Whether a writer renewed it is unknown: stop rather than delete it.
+            Err(e) => return Err(StoreError::from_object_store(e, meta.location.as_ref())),
         }
         match self.objects().delete(&meta.location).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {

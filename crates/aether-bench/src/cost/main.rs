@@ -58,8 +58,8 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// Coordinators started (the throughput runs use the first, then all).
-    #[arg(long, default_value_t = 2)]
-    coordinators: usize,
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
+    coordinators: u16,
     /// Also list the S3 requests of one more one-file ApplyChanges.
     #[arg(long)]
     show_s3_requests: bool,
@@ -518,7 +518,7 @@ fn print_throughput(label: &str, cost: &Cost) {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let kind = args.s3.kind();
-    let deployment = Deployment::start(kind, args.coordinators)
+    let deployment = Deployment::start(kind, usize::from(args.coordinators))
         .await
         .with_context(|| format!("starting etcd + {} + aetherd", kind.name()))?;
     let (channels, clients) = connect(&deployment).await?;
