@@ -480,6 +480,142 @@ async fn mount_killed_mid_copy_leaves_whole_files_and_keeps_what_was_fsynced() {
     assert!(in_flight.len() <= 1, "files left empty: {in_flight:?}");
 }
 
+/// Kills a mount with `kill -9` and clears its mount point.
+fn kill_mount(dir: &Path, mount: &mut Mount) {
+    sh(dir, "kill", &["-9", &mount.pid().to_string()]);
+    mount.wait();
+    let _ = Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(dir)
+        .status();
+}
+
+/// The files of the mount journal directory of `session`.
+fn journal_files(aether: &Aether, session: &str) -> Vec<String> {
+    let dir = aether.path("mount-cache").join("journal").join(session);
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+async fn head_version(channel: &tonic::transport::Channel, session: &str) -> u64 {
+    aether_proto::session_service_client::SessionServiceClient::new(channel.clone())
+        .get_session(pb::GetSessionRequest {
+            session_id: session.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .head_version
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_killed_after_close_loses_nothing_closed_the_next_mount_sends_it() {
+    require_fuse();
+    let (aether, channel, session) = start().await;
+    let (_mountpoint, dir) = mount_point();
+    // Nothing is sent by the interval while the test runs: only the journal holds the changes.
+    let slow = ["--commit-interval-ms", "600000"];
+    let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    let big = common::test_bytes(3 * 1024 * 1024 + 17, 5);
+    std::fs::create_dir(dir.join("d")).unwrap();
+    std::fs::write(dir.join("d/a.txt"), b"alpha\n").unwrap();
+    std::fs::write(dir.join("big.bin"), &big).unwrap();
+    std::os::unix::fs::symlink("d/a.txt", dir.join("link")).unwrap();
+    std::fs::write(dir.join("tmp.txt"), b"renamed\n").unwrap();
+    std::fs::rename(dir.join("tmp.txt"), dir.join("d/b.txt")).unwrap();
+    std::fs::set_permissions(dir.join("d/b.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A file still open at the kill: what it had at its last close is all that counts.
+    std::fs::write(dir.join("open.txt"), b"closed once\n").unwrap();
+    let open = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("open.txt"))
+        .unwrap();
+    open.write_all_at(b"never closed", 0).unwrap();
+    assert!(
+        names(&channel, &session, "").await.is_empty(),
+        "the changes must not have reached the session before the kill"
+    );
+    kill_mount(&dir, &mut mount);
+    drop(open);
+    assert!(names(&channel, &session, "").await.is_empty());
+
+    // The next mount of the session sends what the killed one had journaled, before serving.
+    let mut again = Mount::start_with(&aether, &session, &dir, "again.log", &slow);
+    assert!(
+        again.log().contains("change(s) an earlier mount"),
+        "{}",
+        again.log()
+    );
+    assert_eq!(read(&channel, &session, "d/a.txt").await, b"alpha\n");
+    assert_eq!(read(&channel, &session, "big.bin").await, big);
+    assert_eq!(read(&channel, &session, "d/b.txt").await, b"renamed\n");
+    assert_eq!(stat(&channel, &session, "d/b.txt").await.mode, 0o600);
+    assert_eq!(read(&channel, &session, "open.txt").await, b"closed once\n");
+    let link = stat(&channel, &session, "link").await;
+    assert_eq!(link.kind, pb::EntryKind::Symlink as i32);
+    assert_eq!(link.symlink_target, "d/a.txt");
+    let mut top = names(&channel, &session, "").await;
+    top.sort();
+    assert_eq!(top, ["big.bin", "d", "link", "open.txt"]);
+    // The mount shows them too, and the dead mount's journal is gone: one lock, one segment.
+    assert_eq!(std::fs::read(dir.join("d/b.txt")).unwrap(), b"renamed\n");
+    let files = journal_files(&aether, &session);
+    assert_eq!(files.len(), 2, "{files:?}");
+    sh(&dir, "fusermount3", &["-u", &dir.display().to_string()]);
+    again.wait();
+    assert!(journal_files(&aether, &session).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
+    require_fuse();
+    let (aether, channel, session) = start().await;
+    let (_mountpoint, dir) = mount_point();
+    let slow = ["--commit-interval-ms", "600000"];
+    let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    // Applied twice, this sequence would leave b.txt with the second content.
+    std::fs::write(dir.join("a.txt"), b"first\n").unwrap();
+    std::fs::rename(dir.join("a.txt"), dir.join("b.txt")).unwrap();
+    std::fs::write(dir.join("a.txt"), b"second\n").unwrap();
+    // Keep the journal as a mount killed right after its batch applied would leave it.
+    let journal = aether.path("mount-cache").join("journal").join(&session);
+    let kept = aether.path("kept-journal");
+    std::fs::create_dir_all(&kept).unwrap();
+    for name in journal_files(&aether, &session) {
+        std::fs::copy(journal.join(&name), kept.join(&name)).unwrap();
+    }
+    sh(&dir, "sync", &["a.txt"]);
+    assert_eq!(read(&channel, &session, "b.txt").await, b"first\n");
+    let version = head_version(&channel, &session).await;
+    sh(&dir, "fusermount3", &["-u", &dir.display().to_string()]);
+    mount.wait();
+    for entry in std::fs::read_dir(&kept).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), journal.join(entry.file_name())).unwrap();
+    }
+
+    let again = Mount::start_with(&aether, &session, &dir, "again.log", &slow);
+    assert!(
+        again.log().contains("change(s) an earlier mount"),
+        "{}",
+        again.log()
+    );
+    assert_eq!(read(&channel, &session, "b.txt").await, b"first\n");
+    assert_eq!(read(&channel, &session, "a.txt").await, b"second\n");
+    assert_eq!(
+        head_version(&channel, &session).await,
+        version,
+        "the recovered batch was applied again"
+    );
+    drop(again);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_passes_pjdfstest_for_what_the_model_holds() {
     require_fuse();

@@ -118,8 +118,19 @@ pub fn run(fs: Arc<AetherFs>, interval: Duration) {
             std::thread::sleep(Duration::from_secs(1));
             result = flush_once(&fs, &mut retry);
         }
-        if stopping && (result.is_err() || retry.is_some()) {
-            eprintln!("aether mount: the session could not take the last changes; they are lost");
+        if stopping {
+            let journal = fs.state().journal.take();
+            match journal {
+                // Everything reached the session: the journal has nothing left to give.
+                Some(journal) if result.is_ok() && retry.is_none() => journal.close(),
+                Some(_) => eprintln!(
+                    "aether mount: the session could not take the last changes; they are kept in the journal under the cache directory and the next `aether mount` of this session sends them"
+                ),
+                None if result.is_err() || retry.is_some() => eprintln!(
+                    "aether mount: the session could not take the last changes; they are lost"
+                ),
+                None => {}
+            }
         }
         let mut state = flusher.lock();
         if let Err(errno) = result {
@@ -141,45 +152,94 @@ pub struct Batch {
     generation: u64,
     /// Each part of the batch (cut at the coordinator's limits) is `{id}-{index}`.
     id: String,
+    /// The journal segment that holds its changes, forgotten once the session has them.
+    segment: Option<u64>,
 }
 
-/// Sends the batch that failed before (if any), then takes the queue and sends it.
-fn flush_once(fs: &AetherFs, retry: &mut Option<Batch>) -> Result<(), Errno> {
-    if let Some(batch) = retry.take() {
-        flush_batch(fs, batch, retry)?;
+/// What a flush could not finish; the next flush does it first, so batches keep their order.
+pub enum Retry {
+    /// A batch that failed for a transient reason: sent again as it was.
+    Send(Batch),
+    /// Queued changes whose staged content could not be read: built again, as the same batch.
+    Build {
+        ops: Vec<Op>,
+        generation: u64,
+        segment: Option<u64>,
+    },
+}
+
+/// Finishes what the last flush could not, then takes the queue and sends it.
+fn flush_once(fs: &AetherFs, retry: &mut Option<Retry>) -> Result<(), Errno> {
+    match retry.take() {
+        Some(Retry::Send(batch)) => flush_batch(fs, batch, retry)?,
+        Some(Retry::Build {
+            ops,
+            generation,
+            segment,
+        }) => build_and_send(fs, ops, generation, segment, retry)?,
+        None => {}
     }
-    let (ops, generation) = fs.state().take_ops();
+    let (ops, generation, segment) = fs.state().take_ops();
     if ops.is_empty() {
-        let mut state = fs.state();
-        state.acknowledged = state.acknowledged.max(generation);
+        acknowledge(fs, generation, segment);
         return Ok(());
     }
-    let batch = match build_changes(fs, &ops) {
-        Ok(changes) => Batch {
-            changes,
-            generation,
-            id: uuid::Uuid::new_v4().simple().to_string(),
-        },
+    build_and_send(fs, ops, generation, segment, retry)
+}
+
+/// Builds the batch of `ops` (reading staged content now) and sends it.
+fn build_and_send(
+    fs: &AetherFs,
+    ops: Vec<Op>,
+    generation: u64,
+    segment: Option<u64>,
+    retry: &mut Option<Retry>,
+) -> Result<(), Errno> {
+    let changes = match build_changes(fs, &ops) {
+        Ok(changes) => changes,
         Err(error) => {
             eprintln!("aether mount: cannot read staged content, will retry: {error}");
-            fs.state().requeue(ops);
+            *retry = Some(Retry::Build {
+                ops,
+                generation,
+                segment,
+            });
             return Err(Errno::EIO);
         }
+    };
+    // The journal names the batch, so a mount that recovers the segment sends it as the same
+    // request.
+    let id = segment
+        .and_then(|segment| fs.state().journal.as_ref().map(|j| j.batch_id(segment)))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let batch = Batch {
+        changes,
+        generation,
+        id,
+        segment,
     };
     flush_batch(fs, batch, retry)
 }
 
+/// The session has every change up to `generation` (those of journal segment `segment`).
+fn acknowledge(fs: &AetherFs, generation: u64, segment: Option<u64>) {
+    let mut state = fs.state();
+    state.acknowledged = state.acknowledged.max(generation);
+    if let (Some(segment), Some(journal)) = (segment, state.journal.as_mut()) {
+        journal.remove_through(segment);
+    }
+}
+
 /// Sends one batch; keeps it in `retry` after a transient failure.
-fn flush_batch(fs: &AetherFs, batch: Batch, retry: &mut Option<Batch>) -> Result<(), Errno> {
+fn flush_batch(fs: &AetherFs, batch: Batch, retry: &mut Option<Retry>) -> Result<(), Errno> {
     match send(fs, &batch) {
         Ok(()) => {
-            let mut state = fs.state();
-            state.acknowledged = state.acknowledged.max(batch.generation);
+            acknowledge(fs, batch.generation, batch.segment);
             Ok(())
         }
         Err((error, _)) if is_transient(&error) => {
             eprintln!("aether mount: commit failed, will send the same batch again: {error}");
-            *retry = Some(batch);
+            *retry = Some(Retry::Send(batch));
             Err(Errno::EIO)
         }
         Err((error, applied)) => {
@@ -193,9 +253,8 @@ fn flush_batch(fs: &AetherFs, batch: Batch, retry: &mut Option<Batch>) -> Result
                     failed = true;
                 }
             }
-            let mut state = fs.state();
-            state.acknowledged = state.acknowledged.max(batch.generation);
-            drop(state);
+            // What could be applied is; the rest is reported, not kept.
+            acknowledge(fs, batch.generation, batch.segment);
             // Our view may now differ from the session: list everything again.
             fs.mark_all_stale();
             if failed {
@@ -205,6 +264,65 @@ fn flush_batch(fs: &AetherFs, batch: Batch, retry: &mut Option<Batch>) -> Result
             }
         }
     }
+}
+
+/// Sends what killed mounts of this session left in their journals under `cache`, each
+/// segment as the request its mount sent or would have sent (so none applies twice), before
+/// this mount serves anything. Returns the changes sent; on an error the journals stay for
+/// the next mount.
+pub fn recover(fs: &AetherFs, cache: &std::path::Path, session: &str) -> Result<usize, String> {
+    let orphans = super::journal::orphans(cache, session)
+        .map_err(|e| format!("cannot read the journals under {}: {e}", cache.display()))?;
+    let mut sent = 0;
+    for orphan in orphans {
+        for (number, path) in &orphan.segments {
+            let changes = recovered_changes(fs, path)?;
+            if changes.is_empty() {
+                continue;
+            }
+            sent += changes.len();
+            let batch = Batch {
+                changes,
+                generation: 0,
+                id: orphan.batch_id(*number),
+                segment: None,
+            };
+            let mut retry = None;
+            if flush_batch(fs, batch, &mut retry).is_err() && retry.is_some() {
+                return Err(format!(
+                    "the session did not take the changes a killed mount left in {}; they stay for the next mount",
+                    path.display()
+                ));
+            }
+        }
+        orphan.remove();
+    }
+    Ok(sent)
+}
+
+/// The changes of one journal segment, large content uploaded to the store as chunks.
+fn recovered_changes(fs: &AetherFs, segment: &std::path::Path) -> Result<Vec<pb::Change>, String> {
+    use super::journal::Entry;
+    let entries = super::journal::read_segment(segment)
+        .map_err(|e| format!("cannot read the journal {}: {e}", segment.display()))?;
+    let mut changes = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let change = match entry {
+            Entry::Change(change) => change,
+            Entry::LargeWrite { mut write, content } => {
+                write.chunks = fs
+                    .runtime
+                    .block_on(fs.session.store_chunks(UploadSource::File(content)))
+                    .map_err(|e| format!("cannot upload journaled content: {e}"))?;
+                pb::Change {
+                    op: Some(pb::change::Op::Write(write)),
+                    precondition: None,
+                }
+            }
+        };
+        changes.push(change);
+    }
+    Ok(changes)
 }
 
 fn is_transient(error: &aether_client::Error) -> bool {
@@ -278,37 +396,10 @@ fn build_changes(fs: &AetherFs, ops: &[Op]) -> aether_client::Result<Vec<pb::Cha
                 }
                 C::Write(write_op(fs, *ino, path)?)
             }
-            Op::Symlink {
-                path,
-                target,
-                mtime_ns,
-            } => C::Symlink(pb::SymlinkOp {
-                path: path.clone(),
-                target: target.clone(),
-                mtime_ns: *mtime_ns,
-            }),
-            Op::Mkdir { path } => C::MakeDirectory(pb::MakeDirectoryOp {
-                path: path.clone(),
-                parents: true,
-            }),
-            Op::Delete { path, recursive } => C::Delete(pb::DeleteOp {
-                path: path.clone(),
-                recursive: *recursive,
-            }),
-            Op::Move { from, to } => C::Move(pb::MoveOp {
-                from: from.clone(),
-                to: to.clone(),
-                overwrite: true,
-            }),
-            Op::SetAttributes {
-                path,
-                mode,
-                mtime_ns,
-            } => C::SetAttributes(pb::SetAttributesOp {
-                path: path.clone(),
-                mode: *mode,
-                mtime_ns: *mtime_ns,
-            }),
+            other => {
+                changes.extend(fs.state().namespace_change(other));
+                continue;
+            }
         };
         changes.push(pb::Change {
             op: Some(change),

@@ -181,6 +181,13 @@ impl AetherFs {
         }
     }
 
+    /// Queues the content of file `ino` for the next batch (it was just closed, or changed
+    /// while closed) and journals it as it is now.
+    fn queue_content(&self, state: &mut State, ino: u64) {
+        state.queue_write(ino);
+        state.journal_content(ino, &self.staging);
+    }
+
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -534,7 +541,7 @@ impl AetherFs {
             state.touch(&[ino]);
             if let Some(path) = path.filter(|p| !p.is_empty()) {
                 if staged_file && state.written.contains(&ino) && node_open(&state, ino) == 0 {
-                    state.queue_write(ino);
+                    self.queue_content(&mut state, ino);
                 }
                 state.queue(Op::SetAttributes {
                     path,
@@ -576,7 +583,7 @@ impl AetherFs {
         if state.node(ino).is_some_and(|n| n.open > 0) {
             state.written.insert(ino);
         } else {
-            state.queue_write(ino);
+            self.queue_content(&mut state, ino);
         }
         Ok(())
     }
@@ -966,7 +973,7 @@ impl AetherFs {
         };
         let mut state = self.state();
         if state.written.contains(&ino) {
-            state.queue_write(ino);
+            self.queue_content(&mut state, ino);
         }
         let mut gone = false;
         let mut last = false;
@@ -1372,7 +1379,7 @@ impl Filesystem for Mounted {
         {
             let mut state = self.state();
             if state.written.contains(&ino.0) {
-                state.queue_write(ino.0);
+                self.queue_content(&mut state, ino.0);
             }
         }
         let result = if self.sync_close {

@@ -19,11 +19,12 @@
 mod content;
 mod flush;
 mod fs;
+mod journal;
 mod staging;
 mod state;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,7 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
     let session = context.client.session(args.session.clone());
     // Fails early (exit 3) when the session does not exist.
     session.stat("", &Rev::Head).await?;
-    let (content, staging) = open_cache(&args)?;
+    let (content, staging, cache) = open_cache(&args)?;
     let fs = Arc::new(AetherFs::new(
         session,
         Handle::current(),
@@ -57,6 +58,7 @@ pub async fn run(context: &Context, args: MountArgs) -> Result<(), Failure> {
         (meta.uid(), meta.gid()),
         args.sync_close,
     ));
+    recover_and_journal(&fs, cache, &args.session).await?;
     let interval = Duration::from_millis(args.commit_interval_ms.max(1));
     let flusher = {
         let fs = fs.clone();
@@ -117,7 +119,7 @@ fn check_mount_point(dir: &Path) -> Result<std::fs::Metadata, Failure> {
 
 /// Opens the mount's content cache and its own staging directory in the cache directory
 /// (which must be outside the mount point), removing what dead mounts left there.
-fn open_cache(args: &MountArgs) -> Result<(LocalContent, Staging), Failure> {
+fn open_cache(args: &MountArgs) -> Result<(LocalContent, Staging, PathBuf), Failure> {
     let cache = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
     // The mount would wait on itself to stage or cache content inside itself.
     let inside = |path: &Path| {
@@ -144,7 +146,35 @@ fn open_cache(args: &MountArgs) -> Result<(LocalContent, Staging), Failure> {
     let content = LocalContent::open(cache.join("content")).map_err(cache_error)?;
     let memory = args.staging_memory_mib.saturating_mul(1024 * 1024);
     let staging = Staging::open(staging, memory).map_err(cache_error)?;
-    Ok((content, staging))
+    Ok((content, staging, cache))
+}
+
+/// Sends what killed mounts of the session left in their journals, then starts this mount's
+/// own journal: before the mount serves anything, so it shows the session with those changes.
+async fn recover_and_journal(
+    fs: &Arc<AetherFs>,
+    cache: PathBuf,
+    session: &str,
+) -> Result<(), Failure> {
+    let (recovering, session) = (fs.clone(), session.to_string());
+    let recovered = tokio::task::spawn_blocking(move || {
+        let sent = flush::recover(&recovering, &cache, &session)?;
+        let journal = journal::Journal::open(&cache, &session).map_err(|e| {
+            format!(
+                "cannot start the mount's journal in {}: {e}; pass --cache-dir",
+                cache.display()
+            )
+        })?;
+        recovering.state().journal = Some(journal);
+        Ok::<_, String>(sent)
+    })
+    .await
+    .map_err(|e| Failure::Other(format!("journal recovery failed: {e}")))?
+    .map_err(Failure::Other)?;
+    if recovered > 0 {
+        eprintln!("aether: sent {recovered} change(s) an earlier mount of this session had not sent before it ended");
+    }
+    Ok(())
 }
 
 /// Mounts `mounted` at the mount point and serves it on a thread of its own; the means to

@@ -12,6 +12,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use aether_client::proto as pb;
 
+use super::journal::Journal;
+use super::staging::Staging;
+
 /// The root's inode number (FUSE's).
 pub const ROOT: u64 = 1;
 
@@ -148,6 +151,10 @@ pub struct State {
     /// Files written since their content was last queued: their content is queued when they
     /// are closed or fsynced, so a batch never carries a file half-written.
     pub written: std::collections::HashSet<u64>,
+    /// Where every queued change is also written as it is queued (none in unit tests).
+    pub journal: Option<Journal>,
+    /// A journal write failed: said once, the changes still go to the session.
+    journal_failed: bool,
 }
 
 impl State {
@@ -164,6 +171,8 @@ impl State {
             pending_bytes: 0,
             written: std::collections::HashSet::new(),
             orphans: Vec::new(),
+            journal: None,
+            journal_failed: false,
         }
     }
 
@@ -335,7 +344,110 @@ impl State {
     /// Queues a namespace change; the next write of any file is queued again after it.
     pub fn queue(&mut self, op: Op) {
         self.write_queued.clear();
+        if let Some(change) = self.namespace_change(&op) {
+            self.journal_with(|journal| journal.append(&change));
+        }
         self.ops.push(op);
+    }
+
+    /// A queued change that carries no file content, as it goes to the session: all but a
+    /// Write (and a Create, sent as an empty write with the file's mode and time).
+    pub fn namespace_change(&self, op: &Op) -> Option<pb::Change> {
+        use pb::change::Op as C;
+        let change = match op {
+            Op::Write { .. } => return None,
+            Op::Create { ino, path } => {
+                let (mode, mtime_ns) = self
+                    .node(*ino)
+                    .map(|n| (n.mode, n.mtime_ns))
+                    .unwrap_or((0o644, 0));
+                C::Write(pb::WriteOp {
+                    path: path.clone(),
+                    mode,
+                    mtime_ns,
+                    ..Default::default()
+                })
+            }
+            Op::Symlink {
+                path,
+                target,
+                mtime_ns,
+            } => C::Symlink(pb::SymlinkOp {
+                path: path.clone(),
+                target: target.clone(),
+                mtime_ns: *mtime_ns,
+            }),
+            Op::Mkdir { path } => C::MakeDirectory(pb::MakeDirectoryOp {
+                path: path.clone(),
+                parents: true,
+            }),
+            Op::Delete { path, recursive } => C::Delete(pb::DeleteOp {
+                path: path.clone(),
+                recursive: *recursive,
+            }),
+            Op::Move { from, to } => C::Move(pb::MoveOp {
+                from: from.clone(),
+                to: to.clone(),
+                overwrite: true,
+            }),
+            Op::SetAttributes {
+                path,
+                mode,
+                mtime_ns,
+            } => C::SetAttributes(pb::SetAttributesOp {
+                path: path.clone(),
+                mode: *mode,
+                mtime_ns: *mtime_ns,
+            }),
+        };
+        Some(pb::Change {
+            op: Some(change),
+            precondition: None,
+        })
+    }
+
+    /// Journals the content of file `ino` as it is now (it was just closed or fsynced).
+    pub fn journal_content(&mut self, ino: u64, staging: &Staging) {
+        if self.journal.is_none() {
+            return;
+        }
+        let Some(path) = self.path(ino).filter(|p| !p.is_empty()) else {
+            return; // unlinked: its delete follows
+        };
+        let Some(node) = self.node(ino) else {
+            return;
+        };
+        let (staged, size) = (node.staged, node.size);
+        let mut write = pb::WriteOp {
+            path,
+            mode: node.mode,
+            mtime_ns: node.mtime_ns,
+            ..Default::default()
+        };
+        self.journal_with(|journal| {
+            if !staged || size == 0 {
+                return journal.append(&file_write(write));
+            }
+            if size <= super::journal::INLINE_CONTENT_BYTES {
+                write.content = staging.read_all(ino, size)?.into();
+                return journal.append(&file_write(write));
+            }
+            journal.append_large_write(&write, &staging.file_path(ino)?, size)
+        });
+    }
+
+    fn journal_with(&mut self, append: impl FnOnce(&mut Journal) -> std::io::Result<()>) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        if let Err(error) = append(journal) {
+            if !self.journal_failed {
+                self.journal_failed = true;
+                eprintln!(
+                    "aether mount: cannot write the journal ({error}); changes still reach the session, but a kill of this mount before they do loses them"
+                );
+            }
+        }
     }
 
     /// Queues the content of a file (once until the next namespace change).
@@ -351,13 +463,6 @@ impl State {
         self.ops.push(Op::Write { ino, path });
     }
 
-    /// Puts changes a batch could not send back in front of the queue.
-    pub fn requeue(&mut self, mut ops: Vec<Op>) {
-        ops.append(&mut self.ops);
-        self.ops = ops;
-        self.write_queued.clear();
-    }
-
     /// Queues the content of every file written and not yet queued (fsync of the mount).
     pub fn queue_all_written(&mut self) {
         let mut written: Vec<u64> = self.written.iter().copied().collect();
@@ -367,11 +472,26 @@ impl State {
         }
     }
 
-    /// Takes the queue for a batch: (ops, the generation they cover).
-    pub fn take_ops(&mut self) -> (Vec<Op>, u64) {
+    /// Takes the queue for a batch: (ops, the generation they cover, the journal segment
+    /// that holds them).
+    pub fn take_ops(&mut self) -> (Vec<Op>, u64, Option<u64>) {
         self.write_queued.clear();
         self.pending_bytes = 0;
-        (std::mem::take(&mut self.ops), self.generation)
+        if self.ops.is_empty() {
+            return (Vec::new(), self.generation, None);
+        }
+        let segment = match self.journal.as_mut().map(Journal::rotate) {
+            None => None,
+            Some(Ok(segment)) => Some(segment),
+            Some(Err(error)) => {
+                eprintln!(
+                    "aether mount: cannot start a journal segment ({error}); journaling stops"
+                );
+                self.journal = None;
+                None
+            }
+        };
+        (std::mem::take(&mut self.ops), self.generation, segment)
     }
 
     /// Fills a listed directory's children from the session's entries, keeping dirty nodes
@@ -470,5 +590,12 @@ fn update_from(node: &mut Node, entry: &pb::Entry) {
     }
     if !dir {
         node.staged = false;
+    }
+}
+
+fn file_write(write: pb::WriteOp) -> pb::Change {
+    pb::Change {
+        op: Some(pb::change::Op::Write(write)),
+        precondition: None,
     }
 }
