@@ -501,19 +501,6 @@ fn journal_files(aether: &Aether, session: &str) -> Vec<String> {
     names
 }
 
-async fn head_version(channel: &tonic::transport::Channel, session: &str) -> u64 {
-    aether_proto::session_service_client::SessionServiceClient::new(channel.clone())
-        .get_session(pb::GetSessionRequest {
-            session_id: session.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .head_version
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_killed_after_close_loses_nothing_closed_the_next_mount_sends_it() {
     require_fuse();
@@ -592,7 +579,7 @@ async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
     }
     sh(&dir, "sync", &["a.txt"]);
     assert_eq!(read(&channel, &session, "b.txt").await, b"first\n");
-    let version = head_version(&channel, &session).await;
+    let version = common::head_version(&channel, &session).await;
     sh(&dir, "fusermount3", &["-u", &dir.display().to_string()]);
     mount.wait();
     for entry in std::fs::read_dir(&kept).unwrap() {
@@ -609,7 +596,7 @@ async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
     assert_eq!(read(&channel, &session, "b.txt").await, b"first\n");
     assert_eq!(read(&channel, &session, "a.txt").await, b"second\n");
     assert_eq!(
-        head_version(&channel, &session).await,
+        common::head_version(&channel, &session).await,
         version,
         "the recovered batch was applied again"
     );

@@ -63,6 +63,20 @@ pub async fn write_file(
         .into_inner())
 }
 
+/// The session's head version.
+pub async fn head_version(channel: &Channel, session: &str) -> u64 {
+    aether_proto::session_service_client::SessionServiceClient::new(channel.clone())
+        .get_session(pb::GetSessionRequest {
+            session_id: session.to_string(),
+        })
+        .await
+        .expect("GetSession")
+        .into_inner()
+        .session
+        .expect("a session")
+        .head_version
+}
+
 pub async fn read_file(channel: &Channel, session_id: &str, path: &str) -> Result<Vec<u8>> {
     let mut stream = WorkspaceServiceClient::new(channel.clone())
         .read_file(pb::ReadFileRequest {

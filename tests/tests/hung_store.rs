@@ -4,12 +4,11 @@
 //! applies anything, and the coordinator keeps serving; once the store resumes, the same
 //! mutation succeeds.
 
-use crate::common::{connect, create_session};
+use crate::common::{self, connect, create_session};
 
 use std::time::{Duration, Instant};
 
 use aether_proto as pb;
-use aether_proto::session_service_client::SessionServiceClient;
 use aether_proto::workspace_service_client::WorkspaceServiceClient;
 use aether_testkit::{Cluster, ClusterSpec};
 
@@ -28,19 +27,6 @@ fn write(session: &str, path: &str) -> pb::ApplyChangesRequest {
     }
 }
 
-async fn head_version(channel: &tonic::transport::Channel, session: &str) -> u64 {
-    SessionServiceClient::new(channel.clone())
-        .get_session(pb::GetSessionRequest {
-            session_id: session.to_string(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .session
-        .unwrap()
-        .head_version
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_store_fails_mutations_by_their_deadline_and_applies_nothing() {
     let cluster = Cluster::start(ClusterSpec {
@@ -56,7 +42,7 @@ async fn stopped_store_fails_mutations_by_their_deadline_and_applies_nothing() {
         .apply_changes(write(&session, "before.txt"))
         .await
         .unwrap();
-    let version = head_version(&channel, &session).await;
+    let version = common::head_version(&channel, &session).await;
 
     cluster.stores[0].pause().unwrap();
 
@@ -99,11 +85,11 @@ async fn stopped_store_fails_mutations_by_their_deadline_and_applies_nothing() {
     );
 
     // The coordinator still answers what needs no store (the session's record).
-    assert_eq!(head_version(&channel, &session).await, version);
+    assert_eq!(common::head_version(&channel, &session).await, version);
 
     cluster.stores[0].resume().unwrap();
     assert_eq!(
-        head_version(&channel, &session).await,
+        common::head_version(&channel, &session).await,
         version,
         "a mutation that failed on the stopped store changed the session"
     );
@@ -111,7 +97,7 @@ async fn stopped_store_fails_mutations_by_their_deadline_and_applies_nothing() {
         .apply_changes(write(&session, "after.txt"))
         .await
         .unwrap();
-    assert_eq!(head_version(&channel, &session).await, version + 1);
+    assert_eq!(common::head_version(&channel, &session).await, version + 1);
     for (path, present) in [
         ("before.txt", true),
         ("with-deadline.txt", false),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response};
 
-use crate::common::connect;
+use crate::common::{self, connect};
 
 const REQUEST_ID: &str = "x-aether-request-id";
 const REPLAYED: &str = "x-aether-replayed";
@@ -58,19 +58,6 @@ fn commit_request(session: &str, message: &str) -> pb::CommitRequest {
         message: message.to_string(),
         expected_head_version: 0,
     }
-}
-
-async fn head_version(channel: &Channel, session: &str) -> u64 {
-    SessionServiceClient::new(channel.clone())
-        .get_session(pb::GetSessionRequest {
-            session_id: session.to_string(),
-        })
-        .await
-        .expect("get session")
-        .into_inner()
-        .session
-        .expect("session")
-        .head_version
 }
 
 async fn commits(channel: &Channel, session: &str) -> Vec<pb::CommitInfo> {
@@ -126,7 +113,7 @@ async fn a_change_sent_twice_with_one_id_applies_once_through_any_coordinator() 
 
     // ApplyChanges: one version bump for two sends; the retry (through the other coordinator,
     // which forwards it) gets the same answer.
-    let version = head_version(&holder, &session).await;
+    let version = common::head_version(&holder, &session).await;
     let first = workspace
         .apply_changes(with_id("write-a", write_one(&session, "a.txt", "one")))
         .await
@@ -142,7 +129,7 @@ async fn a_change_sent_twice_with_one_id_applies_once_through_any_coordinator() 
     );
     assert_eq!(first.get_ref(), again.get_ref());
     assert_eq!(first.get_ref().head_version, version + 1);
-    assert_eq!(head_version(&other, &session).await, version + 1);
+    assert_eq!(common::head_version(&other, &session).await, version + 1);
     // The id names the request: a retry gets the first outcome even if the body differs.
     let same_id = workspace
         .apply_changes(with_id("write-a", write_one(&session, "b.txt", "two")))
@@ -201,7 +188,7 @@ async fn a_change_sent_twice_with_one_id_applies_once_through_any_coordinator() 
             },
         ])
     };
-    let version = head_version(&holder, &session).await;
+    let version = common::head_version(&holder, &session).await;
     let first = workspace
         .write_file(with_id("file-1", file(b"first body")))
         .await
@@ -212,10 +199,10 @@ async fn a_change_sent_twice_with_one_id_applies_once_through_any_coordinator() 
         .unwrap();
     assert!(replayed(&again));
     assert_eq!(first.get_ref(), again.get_ref());
-    assert_eq!(head_version(&holder, &session).await, version + 1);
+    assert_eq!(common::head_version(&holder, &session).await, version + 1);
 
     // A malformed id is refused before anything happens, and says so.
-    let version = head_version(&holder, &session).await;
+    let version = common::head_version(&holder, &session).await;
     let long = "x".repeat(129);
     for bad in ["has space", long.as_str(), "caf\u{e9}-ish"] {
         let mut request = Request::new(write_one(&session, "bad.txt", "bad"));
@@ -238,7 +225,7 @@ async fn a_change_sent_twice_with_one_id_applies_once_through_any_coordinator() 
         .insert(REQUEST_ID, tonic::metadata::MetadataValue::from_static(""));
     let status = history.commit(empty).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert_eq!(head_version(&holder, &session).await, version);
+    assert_eq!(common::head_version(&holder, &session).await, version);
     assert_eq!(commits(&holder, &session).await.len(), 2);
 
     // Errors of changes say whether they were applied.
@@ -461,11 +448,17 @@ async fn a_batch_sent_again_under_its_own_id_applies_once() {
         .await
         .unwrap();
     assert_eq!(first, again);
-    assert_eq!(head_version(&channel, &session).await, first.head_version);
+    assert_eq!(
+        common::head_version(&channel, &session).await,
+        first.head_version
+    );
     let error = handle
         .apply_changes_as("not a valid id", batch(), 0)
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::InvalidArgument, "{error}");
-    assert_eq!(head_version(&channel, &session).await, first.head_version);
+    assert_eq!(
+        common::head_version(&channel, &session).await,
+        first.head_version
+    );
 }

@@ -227,47 +227,28 @@ impl Sessions {
 
     /// One change with its content named (stored now if large), and the small content it
     /// leaves to write with the trees.
-    async fn name_content(&self, change: Change) -> Result<(Change, Option<Deferred>)> {
-        let Change { step, precondition } = change;
-        let mut deferred = None;
-        let step = match step {
-            Step::Write {
-                path,
-                content,
-                mode,
-                mtime_ns,
-            } => {
-                let (hash, size) = match content {
-                    Content::Inline(bytes) if bytes.len() <= MAX_CHUNK => {
-                        let hash = blob_hash(&bytes);
-                        let size = bytes.len() as u64;
-                        deferred = Some((hash, bytes));
-                        (hash, size)
-                    }
-                    other => self.store_content(other).await?,
-                };
-                Step::Write {
-                    path,
-                    content: Content::Stored(hash, size),
-                    mode,
-                    mtime_ns,
-                }
+    async fn name_content(&self, mut change: Change) -> Result<(Change, Option<Deferred>)> {
+        let deferred = match &mut change.step {
+            Step::Write { content, .. } => {
+                let (named, deferred) =
+                    match std::mem::replace(content, Content::Inline(Bytes::new())) {
+                        Content::Inline(bytes) if bytes.len() <= MAX_CHUNK => {
+                            let hash = blob_hash(&bytes);
+                            let named = Content::Stored(hash, bytes.len() as u64);
+                            (named, Some((hash, bytes)))
+                        }
+                        other => {
+                            let (hash, size) = self.store_content(other).await?;
+                            (Content::Stored(hash, size), None)
+                        }
+                    };
+                *content = named;
+                deferred
             }
-            Step::Symlink {
-                path,
-                target,
-                mtime_ns,
-            } => {
-                deferred = Some((blob_hash(&target), target.clone()));
-                Step::Symlink {
-                    path,
-                    target,
-                    mtime_ns,
-                }
-            }
-            other => other,
+            Step::Symlink { target, .. } => Some((blob_hash(target), target.clone())),
+            _ => None,
         };
-        Ok((Change { step, precondition }, deferred))
+        Ok((change, deferred))
     }
 
     /// Makes one step's edit in the tree being built.
