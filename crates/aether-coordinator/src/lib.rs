@@ -7,6 +7,7 @@
 //! as the encoded answer a change records for retries.
 //!
 //! - [`sessions`] owns records, holds and fenced mutations (promises 1, 2, 4);
+//! - [`lifecycle`] creates, forks, updates, hands over, finalizes and closes sessions;
 //! - [`changes`] applies file changes atomically, with their preconditions;
 //! - [`listing`] pages through the sessions a caller may see;
 //! - [`requests`] records the outcomes of recent changes by request id (promise 9);
@@ -33,6 +34,7 @@ pub mod gc;
 pub mod grpc;
 pub mod knowledge;
 pub mod label_index;
+pub mod lifecycle;
 pub mod listing;
 pub mod model;
 pub mod paged_map;

@@ -144,6 +144,11 @@ impl Prepared {
     pub fn record(&self) -> &SessionRecord {
         &self.mutation.record
     }
+
+    /// The record with its update time set now, for answers that show it.
+    pub fn stamp(&mut self) -> &SessionRecord {
+        self.mutation.stamp()
+    }
 }
 
 /// A request outcome being committed with a change.

@@ -88,6 +88,28 @@ pub fn state_from(state: i32) -> Result<State> {
     }
 }
 
+/// Where a new session comes from (none: empty).
+pub fn source_from(source: &Option<pb::Source>) -> SourceRecord {
+    use pb::source::Kind;
+    match source.as_ref().and_then(|s| s.kind.as_ref()) {
+        None | Some(Kind::Empty(_)) => SourceRecord::Empty,
+        Some(Kind::Session(s)) => SourceRecord::Session {
+            session_id: s.session_id.clone(),
+        },
+        Some(Kind::Checkpoint(c)) => SourceRecord::Checkpoint {
+            session_id: c.session_id.clone(),
+            name: c.name.clone(),
+        },
+        Some(Kind::Commit(c)) => SourceRecord::Commit {
+            session_id: c.session_id.clone(),
+            commit_id: c.commit_id.clone(),
+        },
+        Some(Kind::Archive(a)) => SourceRecord::Archive {
+            blob_hash: a.blob_hash.clone(),
+        },
+    }
+}
+
 pub fn policy_from(policy: &Option<pb::Policy>) -> PolicyRecord {
     let Some(policy) = policy else {
         return PolicyRecord::default();
