@@ -19,8 +19,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::caller::Caller;
 use crate::error::{Error, Result};
+use crate::model::{self, SessionRecord};
 use crate::paged_map::PagedMap;
+use crate::sessions::{require_active, require_open, Effect, Prepared, Sessions};
 
 /// Largest value, in bytes.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
@@ -230,5 +233,95 @@ impl Knowledge {
             .try_collect()
             .await?;
         Ok((entries, more))
+    }
+}
+
+/// No entry `key` in the session.
+fn not_found(key: &str, session_id: &str) -> Error {
+    Error::NotFound(format!(
+        "knowledge entry \"{}\" not found in session {session_id}",
+        excerpt(key)
+    ))
+}
+
+impl Sessions {
+    /// Sets entry `key` of the session's knowledge (versioned with its files).
+    pub async fn put_entry(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        key: &str,
+        value: Bytes,
+        tags: &[String],
+    ) -> Result<(Prepared, EntryRecord)> {
+        validate_key(key)?;
+        validate_value(&value)?;
+        let tags = validate_tags(tags)?;
+        let mut mutation = self.begin(caller, session_id).await?;
+        require_active(&mutation.record)?;
+        let root = &mutation.record.knowledge_root;
+        let now = model::now_ms();
+        let put = self
+            .knowledge
+            .put(root, key, value, tags, caller.name(), now);
+        let (root, record) = put.await?;
+        mutation.record.knowledge_root = root;
+        let effect = Effect::new(caller.name(), "knowledge.put", key)
+            .detail("size", record.size.to_string())
+            .detail("value", record.value.clone());
+        Ok((Prepared::changed(mutation, effect), record))
+    }
+
+    /// Removes entry `key`; NOT_FOUND if there is none.
+    pub async fn delete_entry(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        key: &str,
+    ) -> Result<Prepared> {
+        validate_key(key)?;
+        let mut mutation = self.begin(caller, session_id).await?;
+        require_active(&mutation.record)?;
+        let root = self
+            .knowledge
+            .delete(&mutation.record.knowledge_root, key)
+            .await?
+            .ok_or_else(|| not_found(key, &mutation.record.id))?;
+        mutation.record.knowledge_root = root;
+        let effect = Effect::new(caller.name(), "knowledge.delete", key);
+        Ok(Prepared::changed(mutation, effect))
+    }
+
+    /// Entry `key` of `record`'s session, with its value.
+    pub async fn get_entry(
+        &self,
+        record: &SessionRecord,
+        key: &str,
+    ) -> Result<(EntryRecord, Bytes)> {
+        validate_key(key)?;
+        require_open(record)?;
+        let found = self
+            .knowledge
+            .get(&record.knowledge_root, key)
+            .await?
+            .ok_or_else(|| not_found(key, &record.id))?;
+        let value = self.knowledge.value(&found).await?;
+        Ok((found, value))
+    }
+
+    /// Up to `size` entries of `record`'s session whose keys start with `prefix` (and carry
+    /// `tag`, if not empty), after key `after`, with their values; and whether more follow.
+    pub async fn list_entries(
+        &self,
+        record: &SessionRecord,
+        prefix: &str,
+        tag: &str,
+        after: Option<&str>,
+        size: usize,
+    ) -> Result<(Vec<(String, EntryRecord, Bytes)>, bool)> {
+        require_open(record)?;
+        self.knowledge
+            .list(&record.knowledge_root, prefix, tag, after, size)
+            .await
     }
 }

@@ -28,11 +28,12 @@ use aether_store::Blobs;
 
 use crate::caller::Caller;
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::model::{
     self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, DecisionRecord, SessionRecord,
 };
 use crate::paged_map::PagedMap;
-use crate::sessions::{Effect, Mutation, Sessions};
+use crate::sessions::{require_active, require_open, Effect, Mutation, Prepared, Sessions};
 
 /// Longest annotation body, in bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -314,7 +315,222 @@ impl Admission {
     }
 }
 
+/// An annotation as asked for: a path, optionally lines of it (from 1), a note.
+pub struct NewAnnotation {
+    pub path: aether_core::WorkspacePath,
+    pub lines: Option<(u32, u32)>,
+    pub body: String,
+}
+
 impl Sessions {
+    /// Adds an annotation at the current head (annotations are never deleted: at most
+    /// [`MAX_ANNOTATIONS`] per session).
+    pub async fn add_annotation(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        new: NewAnnotation,
+    ) -> Result<(Prepared, AnnotationRecord)> {
+        let mut mutation = self.begin(caller, session_id).await?;
+        require_open(&mutation.record)?;
+        // Annotations are never deleted, so the sequence is the count.
+        if mutation.record.annotation_sequence >= MAX_ANNOTATIONS {
+            return Err(Error::ResourceExhausted(format!(
+                "session {} holds the most annotations allowed ({MAX_ANNOTATIONS}); fork a fresh session to keep reviewing",
+                mutation.record.id
+            )));
+        }
+        let sequence = mutation.record.annotation_sequence + 1;
+        let annotation = AnnotationRecord {
+            sequence,
+            path: new.path.to_string(),
+            lines: new.lines,
+            body: new.body,
+            author: caller.name().to_string(),
+            created_at_ms: model::now_ms(),
+            head_version: mutation.record.head_version,
+            resolved: false,
+            resolved_by: String::new(),
+            resolved_at_ms: 0,
+        };
+        let record = &mut mutation.record;
+        let key = annotation_key(sequence);
+        let inserted =
+            self.annotations
+                .map
+                .insert(&record.annotations_root, key, annotation.clone());
+        record.annotations_root = inserted.await?.0;
+        record.annotation_sequence = sequence;
+        let id = annotation.id();
+        let effect = Effect::new(caller.name(), "review.annotation.add", id.clone())
+            .detail("path", annotation.path.clone())
+            .event(Event::Annotation { id, what: "added" });
+        Ok((Prepared::changed(mutation, effect), annotation))
+    }
+
+    /// Marks annotation number `sequence` resolved; resolving it again changes nothing.
+    pub async fn resolve_annotation(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        sequence: u64,
+    ) -> Result<(Prepared, AnnotationRecord)> {
+        let mut mutation = self.begin(caller, session_id).await?;
+        require_open(&mutation.record)?;
+        let key = annotation_key(sequence);
+        let found = self
+            .annotations
+            .map
+            .get(&mutation.record.annotations_root, &key);
+        let Some(mut annotation) = found.await? else {
+            return Err(Error::NotFound(format!(
+                "annotation ann-{sequence} not found in session {}",
+                mutation.record.id
+            )));
+        };
+        if annotation.resolved {
+            return Ok((Prepared::unchanged(mutation), annotation));
+        }
+        annotation.resolved = true;
+        annotation.resolved_by = caller.name().to_string();
+        annotation.resolved_at_ms = model::now_ms();
+        let record = &mut mutation.record;
+        let inserted =
+            self.annotations
+                .map
+                .insert(&record.annotations_root, key, annotation.clone());
+        record.annotations_root = inserted.await?.0;
+        let id = annotation.id();
+        let effect = Effect::new(caller.name(), "review.annotation.resolve", id.clone()).event(
+            Event::Annotation {
+                id,
+                what: "resolved",
+            },
+        );
+        Ok((Prepared::changed(mutation, effect), annotation))
+    }
+
+    /// Up to `size` annotations under `prefix` after annotation key `after`, oldest first,
+    /// resolved ones only if asked; and whether more follow.
+    pub async fn list_annotations(
+        &self,
+        record: &SessionRecord,
+        prefix: &aether_core::WorkspacePath,
+        include_resolved: bool,
+        after: Option<String>,
+        size: usize,
+    ) -> Result<(Vec<AnnotationRecord>, bool)> {
+        let start = match &after {
+            Some(key) => std::ops::Bound::Excluded(key.as_str()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut annotations = Vec::new();
+        let mut more = false;
+        self.annotations
+            .map
+            .scan(&record.annotations_root, start, |_, annotation| {
+                if annotation.resolved && !include_resolved {
+                    return true;
+                }
+                let under = aether_core::WorkspacePath::parse(&annotation.path)
+                    .map(|p| p.starts_with(prefix))
+                    .unwrap_or(false);
+                if !under {
+                    return true;
+                }
+                if annotations.len() == size {
+                    more = true;
+                    return false;
+                }
+                annotations.push(annotation.clone());
+                true
+            })
+            .await?;
+        Ok((annotations, more))
+    }
+
+    /// Asks for approval of `action` at the current head, by `reviewers` (none: any of the
+    /// session's reviewers).
+    pub async fn request_approval(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        action: ApprovalActionRecord,
+        reviewers: Vec<String>,
+        comment: String,
+    ) -> Result<(Prepared, ApprovalRecord)> {
+        let mut mutation = self.begin(caller, session_id).await?;
+        match action {
+            ApprovalActionRecord::Commit => require_active(&mutation.record)?,
+            ApprovalActionRecord::Export => require_open(&mutation.record)?,
+        }
+        check_new_approval(&mutation.record, &reviewers)?;
+        let sequence = mutation.record.approval_sequence + 1;
+        let approval = ApprovalRecord {
+            sequence,
+            action,
+            requester: caller.name().to_string(),
+            reviewers,
+            state: ApprovalStateRecord::Pending,
+            head_version: mutation.record.head_version,
+            head_root: mutation.record.head_root.clone(),
+            decisions: Vec::new(),
+            comment,
+            created_at_ms: model::now_ms(),
+            used_by: String::new(),
+        };
+        mutation.record.approval_sequence = sequence;
+        let id = approval.id();
+        self.approvals
+            .put(&mut mutation.record, approval.clone())
+            .await?;
+        let effect = Effect::new(caller.name(), "review.approval.request", id.clone())
+            .detail("action", action_name(action))
+            .detail("reviewers", approval.reviewers.join(","))
+            .detail("head_version", approval.head_version.to_string())
+            .event(Event::ApprovalRequested {
+                id,
+                action: action_name(action),
+            });
+        Ok((Prepared::changed(mutation, effect), approval))
+    }
+
+    /// Decides approval request number `sequence` by the rules of [`decide`].
+    pub async fn decide_approval(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        sequence: u64,
+        approve: bool,
+        comment: &str,
+    ) -> Result<(Prepared, ApprovalRecord)> {
+        let mut mutation = self.begin(caller, session_id).await?;
+        require_open(&mutation.record)?;
+        let mut approval = self.load_approval(&mutation.record, sequence).await?;
+        let id = approval.id();
+        let now = model::now_ms();
+        decide(
+            &mutation.record,
+            &mut approval,
+            caller.name(),
+            approve,
+            comment,
+            now,
+        )?;
+        self.approvals
+            .put(&mut mutation.record, approval.clone())
+            .await?;
+        let outcome = if approve { "approved" } else { "rejected" };
+        let effect = Effect::new(caller.name(), "review.approval.decide", id.clone())
+            .detail("decision", outcome)
+            .detail("action", action_name(approval.action))
+            .detail("requester", approval.requester.clone())
+            .detail("head_version", approval.head_version.to_string())
+            .detail("comment", comment)
+            .event(Event::ApprovalDecided { id, outcome });
+        Ok((Prepared::changed(mutation, effect), approval))
+    }
+
     /// Every approval request of a session, oldest first.
     pub async fn load_approvals(&self, record: &SessionRecord) -> Result<Vec<ApprovalRecord>> {
         self.approvals.all(&*self.coord, record).await
@@ -418,6 +634,23 @@ impl Sessions {
         self.commit(mutation, effect).await?;
         Ok(())
     }
+}
+
+/// Whether `record` can take another approval request naming `reviewers`.
+fn check_new_approval(record: &SessionRecord, reviewers: &[String]) -> Result<()> {
+    if let Some(reviewer) = reviewers.iter().find(|r| !is_reviewer(record, r)) {
+        return Err(Error::InvalidArgument(format!(
+            "{reviewer} does not hold the reviewer role in the policy of session {}: name its owner or principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER, or name none",
+            record.id
+        )));
+    }
+    if record.approval_sequence >= MAX_APPROVALS {
+        return Err(Error::ResourceExhausted(format!(
+            "session {} has had the most approval requests allowed ({MAX_APPROVALS})",
+            record.id
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

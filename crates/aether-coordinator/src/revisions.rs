@@ -5,9 +5,11 @@ use aether_core::{Hash, TreeEntry, WorkspacePath};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::caller::Caller;
 use crate::error::{Error, Result};
-use crate::model::{CheckpointRecord, SessionRecord};
-use crate::sessions::Sessions;
+use crate::events::Event;
+use crate::model::{ApprovalActionRecord, CheckpointRecord, SessionRecord};
+use crate::sessions::{check_expected_version, Effect, Prepared, Sessions};
 
 /// A state of a session's files a read can name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +34,58 @@ pub struct CommitObject {
     pub approvals: Vec<String>,
 }
 
+/// Bytes of a commit message at most.
+pub const MAX_COMMIT_MESSAGE_BYTES: usize = 64 * 1024;
+
 impl Sessions {
+    /// Commits the head: a commit object naming its root and parent, admitted and used up by
+    /// the approvals the policy requires of this exact head. Returns the change, the commit's
+    /// id and the commit.
+    pub async fn create_commit(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        expected_version: u64,
+        message: &str,
+    ) -> Result<(Prepared, String, CommitObject)> {
+        if message.trim().is_empty() {
+            return Err(Error::InvalidArgument("a commit needs a message".into()));
+        }
+        if message.len() > MAX_COMMIT_MESSAGE_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "commit message exceeds {MAX_COMMIT_MESSAGE_BYTES} bytes"
+            )));
+        }
+        let mut mutation = self.begin_active(caller, session_id).await?;
+        check_expected_version(&mutation.record, expected_version)?;
+        let required = mutation.record.policy.required_commit_approvals;
+        let admission = self
+            .admit(&mutation.record, ApprovalActionRecord::Commit, required)
+            .await?;
+        let approvals = admission.ids();
+        let commit = CommitObject {
+            root: mutation.record.head_root.clone(),
+            parents: mutation.record.head_commit.iter().cloned().collect(),
+            author: caller.name().to_string(),
+            message: message.to_string(),
+            time_ms: crate::model::now_ms(),
+            approvals: approvals.clone(),
+        };
+        let id = self.store_commit(&commit).await?.to_hex();
+        admission
+            .consume(self, &mut mutation, &format!("commit:{id}"))
+            .await?;
+        mutation.record.head_commit = Some(id.clone());
+        mutation.record.commit_count += 1;
+        let effect = Effect::new(caller.name(), "history.commit", id.clone())
+            .detail("approvals", approvals.join(","))
+            .event(Event::CommitCreated {
+                id: id.clone(),
+                message: message.to_string(),
+            });
+        Ok((Prepared::changed(mutation, effect), id, commit))
+    }
+
     pub async fn load_checkpoint(
         &self,
         record: &SessionRecord,

@@ -71,6 +71,10 @@ pub struct Sessions {
     pub(crate) checkpoints: crate::checkpoints::Checkpoints,
     /// Approval requests, in the content store.
     pub(crate) approvals: crate::review::Approvals,
+    /// Annotations, in the content store.
+    pub(crate) annotations: crate::review::Annotations,
+    /// Knowledge entries, in the content store.
+    pub(crate) knowledge: crate::knowledge::Knowledge,
     node: Node,
     /// The node lease every hold is bound to; replaced when lost (after a pause or partition).
     lease: Mutex<Arc<LeaseKeeper>>,
@@ -239,6 +243,8 @@ impl Sessions {
         let audit = crate::audit::AuditLog::new(trees.blobs().clone());
         let checkpoints = crate::checkpoints::Checkpoints::new(trees.blobs().clone());
         let approvals = crate::review::Approvals::new(trees.blobs().clone());
+        let annotations = crate::review::Annotations::new(trees.blobs().clone());
+        let knowledge = crate::knowledge::Knowledge::new(trees.blobs().clone());
         Arc::new(Self {
             coord,
             trees,
@@ -246,6 +252,8 @@ impl Sessions {
             audit,
             checkpoints,
             approvals,
+            annotations,
+            knowledge,
             node,
             lease: Mutex::new(Arc::new(lease)),
             renewing: tokio::sync::Mutex::new(()),

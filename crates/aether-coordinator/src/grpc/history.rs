@@ -9,13 +9,8 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
-use crate::events::Event;
-use crate::model::{self, ApprovalActionRecord};
 use crate::revisions::CommitObject;
-use crate::sessions::{check_expected_version, Effect, Sessions};
-
-/// Longest commit message accepted.
-pub const MAX_COMMIT_MESSAGE_BYTES: usize = 64 * 1024;
+use crate::sessions::Sessions;
 
 /// The `HistoryService` implementation.
 #[derive(Clone)]
@@ -126,53 +121,20 @@ impl HistoryService for HistoryGrpc {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
-        if request.message.trim().is_empty() {
-            return Err(Status::invalid_argument("a commit needs a message"));
-        }
-        if request.message.len() > MAX_COMMIT_MESSAGE_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "commit message exceeds {MAX_COMMIT_MESSAGE_BYTES} bytes"
-            )));
-        }
-        let mut mutation = self
+        let (prepared, id, commit) = self
             .sessions
-            .begin_active(&caller, &request.session_id)
+            .create_commit(
+                &caller,
+                &request.session_id,
+                request.expected_head_version,
+                &request.message,
+            )
             .await?;
-        check_expected_version(&mutation.record, request.expected_head_version)?;
-        // Approvals of this exact head admit the commit; they are recorded in it and used up.
-        let required = mutation.record.policy.required_commit_approvals;
-        let admission = self
-            .sessions
-            .admit(&mutation.record, ApprovalActionRecord::Commit, required)
-            .await?;
-        let approvals = admission.ids();
-        let commit = CommitObject {
-            root: mutation.record.head_root.clone(),
-            parents: mutation.record.head_commit.iter().cloned().collect(),
-            author: principal.clone(),
-            message: request.message.clone(),
-            time_ms: model::now_ms(),
-            approvals: approvals.clone(),
-        };
-        let id = self.sessions.store_commit(&commit).await?.to_hex();
-        admission
-            .consume(&self.sessions, &mut mutation, &format!("commit:{id}"))
-            .await?;
-        mutation.record.head_commit = Some(id.clone());
-        mutation.record.commit_count += 1;
-        let effect = Effect::new(&principal, "history.commit", id.clone())
-            .detail("approvals", approvals.join(","))
-            .event(Event::CommitCreated {
-                id: id.clone(),
-                message: request.message.clone(),
-            });
         let response = pb::CommitResponse {
             commit: Some(commit_info(&id, &commit)),
         };
-        mutation.reply(&response);
-        self.sessions.commit(mutation, effect).await?;
+        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 

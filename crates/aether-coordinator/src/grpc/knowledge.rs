@@ -11,24 +11,17 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
-use crate::knowledge::{
-    excerpt, validate_key, validate_tag, validate_tags, validate_value, EntryRecord, Knowledge,
-};
-use crate::model;
-use crate::sessions::{require_active, require_open, Effect, Sessions};
+use crate::knowledge::{validate_key, validate_tag, EntryRecord};
+use crate::sessions::Sessions;
 
 /// The `KnowledgeService` implementation.
 pub struct KnowledgeGrpc {
     sessions: Arc<Sessions>,
-    knowledge: Knowledge,
 }
 
 impl KnowledgeGrpc {
     pub fn new(sessions: Arc<Sessions>) -> Self {
-        Self {
-            knowledge: Knowledge::new(sessions.trees.blobs().clone()),
-            sessions,
-        }
+        Self { sessions }
     }
 }
 
@@ -42,13 +35,6 @@ fn entry(key: String, record: &EntryRecord, value: Bytes) -> pb::KnowledgeEntry 
     }
 }
 
-fn not_found(key: &str, session_id: &str) -> Error {
-    Error::NotFound(format!(
-        "knowledge entry \"{}\" not found in session {session_id}",
-        excerpt(key)
-    ))
-}
-
 #[tonic::async_trait]
 impl KnowledgeService for KnowledgeGrpc {
     async fn put_entry(
@@ -56,36 +42,24 @@ impl KnowledgeService for KnowledgeGrpc {
         request: Request<pb::PutEntryRequest>,
     ) -> Result<Response<pb::PutEntryResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
         let Some(put) = request.entry else {
             return Err(Error::InvalidArgument("entry is required".into()).into());
         };
-        validate_key(&put.key)?;
-        validate_value(&put.value)?;
-        let tags = validate_tags(&put.tags)?;
-        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
-        require_active(&mutation.record)?;
-        let (root, record) = self
-            .knowledge
-            .put(
-                &mutation.record.knowledge_root,
+        let (prepared, record) = self
+            .sessions
+            .put_entry(
+                &caller,
+                &request.session_id,
                 &put.key,
                 put.value.clone(),
-                tags,
-                &principal,
-                model::now_ms(),
+                &put.tags,
             )
             .await?;
-        mutation.record.knowledge_root = root;
-        let effect = Effect::new(&principal, "knowledge.put", put.key.clone())
-            .detail("size", record.size.to_string())
-            .detail("value", record.value.clone());
         let response = pb::PutEntryResponse {
             entry: Some(entry(put.key, &record, put.value)),
         };
-        mutation.reply(&response);
-        self.sessions.commit(mutation, effect).await?;
+        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
@@ -97,13 +71,7 @@ impl KnowledgeService for KnowledgeGrpc {
         let request = request.into_inner();
         validate_key(&request.key)?;
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
-        require_open(&record)?;
-        let found = self
-            .knowledge
-            .get(&record.knowledge_root, &request.key)
-            .await?
-            .ok_or_else(|| not_found(&request.key, &record.id))?;
-        let value = self.knowledge.value(&found).await?;
+        let (found, value) = self.sessions.get_entry(&record, &request.key).await?;
         Ok(Response::new(pb::GetEntryResponse {
             entry: Some(entry(request.key, &found, value)),
         }))
@@ -130,11 +98,10 @@ impl KnowledgeService for KnowledgeGrpc {
             })?;
         }
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
-        require_open(&record)?;
         let (found, more) = self
-            .knowledge
-            .list(
-                &record.knowledge_root,
+            .sessions
+            .list_entries(
+                &record,
                 &request.prefix,
                 &request.tag,
                 after.as_deref(),
@@ -159,20 +126,13 @@ impl KnowledgeService for KnowledgeGrpc {
         request: Request<pb::DeleteEntryRequest>,
     ) -> Result<Response<pb::DeleteEntryResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
-        validate_key(&request.key)?;
-        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
-        require_active(&mutation.record)?;
-        let root = self
-            .knowledge
-            .delete(&mutation.record.knowledge_root, &request.key)
-            .await?
-            .ok_or_else(|| not_found(&request.key, &mutation.record.id))?;
-        mutation.record.knowledge_root = root;
-        let effect = Effect::new(&principal, "knowledge.delete", request.key.clone());
-        mutation.reply(&pb::DeleteEntryResponse {});
-        self.sessions.commit(mutation, effect).await?;
-        Ok(Response::new(pb::DeleteEntryResponse {}))
+        let prepared = self
+            .sessions
+            .delete_entry(&caller, &request.session_id, &request.key)
+            .await?;
+        let response = pb::DeleteEntryResponse {};
+        self.sessions.finish(prepared, &response).await?;
+        Ok(Response::new(response))
     }
 }

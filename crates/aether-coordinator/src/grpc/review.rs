@@ -1,7 +1,6 @@
 //! `ReviewService`: annotations on paths, and approval requests and decisions (see
 //! [`crate::review`] for where they live and how approvals gate commits and exports).
 
-use std::ops::Bound;
 use std::sync::Arc;
 
 use aether_core::WorkspacePath;
@@ -12,29 +11,21 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
-use crate::events::Event;
-use crate::model::{
-    self, ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, SessionRecord,
-};
+use crate::model::{ApprovalActionRecord, ApprovalRecord, ApprovalStateRecord, SessionRecord};
 use crate::review::{
-    action_name, annotation_key, is_reviewer, parse_annotation_id, parse_approval_id,
-    AnnotationRecord, Annotations, MAX_ANNOTATIONS, MAX_APPROVALS, MAX_BODY_BYTES,
-    MAX_COMMENT_BYTES, MAX_REVIEWERS,
+    annotation_key, parse_annotation_id, parse_approval_id, AnnotationRecord, NewAnnotation,
+    MAX_BODY_BYTES, MAX_COMMENT_BYTES, MAX_REVIEWERS,
 };
-use crate::sessions::{require_active, require_open, Effect, Sessions};
+use crate::sessions::Sessions;
 
 /// The `ReviewService` implementation.
 pub struct ReviewGrpc {
     sessions: Arc<Sessions>,
-    annotations: Annotations,
 }
 
 impl ReviewGrpc {
     pub fn new(sessions: Arc<Sessions>) -> Self {
-        Self {
-            annotations: Annotations::new(sessions.trees.blobs().clone()),
-            sessions,
-        }
+        Self { sessions }
     }
 }
 
@@ -133,23 +124,6 @@ fn named_reviewers(named: &[String], requester: &str) -> Result<Vec<String>> {
     Ok(reviewers)
 }
 
-/// Whether `record` can take another approval request naming `reviewers`.
-fn check_new_approval(record: &SessionRecord, reviewers: &[String]) -> Result<()> {
-    if let Some(reviewer) = reviewers.iter().find(|r| !is_reviewer(record, r)) {
-        return Err(Error::InvalidArgument(format!(
-            "{reviewer} does not hold the reviewer role in the policy of session {}: name its owner or principals bound as \"user:NAME\" to ROLE_REVIEWER or ROLE_OWNER, or name none",
-            record.id
-        )));
-    }
-    if record.approval_sequence >= MAX_APPROVALS {
-        return Err(Error::ResourceExhausted(format!(
-            "session {} has had the most approval requests allowed ({MAX_APPROVALS})",
-            record.id
-        )));
-    }
-    Ok(())
-}
-
 #[tonic::async_trait]
 impl ReviewService for ReviewGrpc {
     async fn add_annotation(
@@ -157,54 +131,21 @@ impl ReviewService for ReviewGrpc {
         request: Request<pb::AddAnnotationRequest>,
     ) -> Result<Response<pb::AddAnnotationResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
-        let path = WorkspacePath::parse(&request.path).map_err(Error::from)?;
-        let lines = line_range(request.lines)?;
-        check_body(&request.body)?;
-        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
-        require_open(&mutation.record)?;
-        // Annotations are never deleted, so the sequence is the count.
-        if mutation.record.annotation_sequence >= MAX_ANNOTATIONS {
-            return Err(Error::ResourceExhausted(format!(
-                "session {} holds the most annotations allowed ({MAX_ANNOTATIONS}); fork a fresh session to keep reviewing",
-                mutation.record.id
-            ))
-            .into());
-        }
-        let sequence = mutation.record.annotation_sequence + 1;
-        let annotation = AnnotationRecord {
-            sequence,
-            path: path.to_string(),
-            lines,
+        let new = NewAnnotation {
+            path: WorkspacePath::parse(&request.path).map_err(Error::from)?,
+            lines: line_range(request.lines)?,
             body: request.body,
-            author: principal.clone(),
-            created_at_ms: model::now_ms(),
-            head_version: mutation.record.head_version,
-            resolved: false,
-            resolved_by: String::new(),
-            resolved_at_ms: 0,
         };
-        let (root, _) = self
-            .annotations
-            .map
-            .insert(
-                &mutation.record.annotations_root,
-                annotation_key(sequence),
-                annotation.clone(),
-            )
+        check_body(&new.body)?;
+        let (prepared, annotation) = self
+            .sessions
+            .add_annotation(&caller, &request.session_id, new)
             .await?;
-        mutation.record.annotations_root = root;
-        mutation.record.annotation_sequence = sequence;
-        let id = annotation.id();
-        let effect = Effect::new(&principal, "review.annotation.add", id.clone())
-            .detail("path", annotation.path.clone())
-            .event(Event::Annotation { id, what: "added" });
         let response = pb::AddAnnotationResponse {
             annotation: Some(annotation_view(&annotation)),
         };
-        mutation.reply(&response);
-        self.sessions.commit(mutation, effect).await?;
+        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
@@ -227,32 +168,11 @@ impl ReviewService for ReviewGrpc {
             )?)),
             None => None,
         };
-        let start = match &after {
-            Some(key) => Bound::Excluded(key.as_str()),
-            None => Bound::Unbounded,
-        };
-        let mut annotations = Vec::new();
-        let mut more = false;
-        self.annotations
-            .map
-            .scan(&record.annotations_root, start, |_, annotation| {
-                if annotation.resolved && !request.include_resolved {
-                    return true;
-                }
-                let under = WorkspacePath::parse(&annotation.path)
-                    .map(|p| p.starts_with(&prefix))
-                    .unwrap_or(false);
-                if !under {
-                    return true;
-                }
-                if annotations.len() == size {
-                    more = true;
-                    return false;
-                }
-                annotations.push(annotation_view(annotation));
-                true
-            })
+        let (found, more) = self
+            .sessions
+            .list_annotations(&record, &prefix, request.include_resolved, after, size)
             .await?;
+        let annotations: Vec<pb::Annotation> = found.iter().map(annotation_view).collect();
         let next_page_token = match annotations.last() {
             Some(last) if more => last.id.clone(),
             _ => String::new(),
@@ -268,51 +188,16 @@ impl ReviewService for ReviewGrpc {
         request: Request<pb::ResolveAnnotationRequest>,
     ) -> Result<Response<pb::ResolveAnnotationResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
         let sequence = parse_annotation_id(&request.annotation_id)?;
-        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
-        require_open(&mutation.record)?;
-        let key = annotation_key(sequence);
-        let Some(mut annotation) = self
-            .annotations
-            .map
-            .get(&mutation.record.annotations_root, &key)
-            .await?
-        else {
-            return Err(Error::NotFound(format!(
-                "annotation {} not found in session {}",
-                request.annotation_id, mutation.record.id
-            ))
-            .into());
-        };
-        // Resolving twice changes nothing.
-        if annotation.resolved {
-            return Ok(Response::new(pb::ResolveAnnotationResponse {
-                annotation: Some(annotation_view(&annotation)),
-            }));
-        }
-        annotation.resolved = true;
-        annotation.resolved_by = principal.clone();
-        annotation.resolved_at_ms = model::now_ms();
-        let (root, _) = self
-            .annotations
-            .map
-            .insert(&mutation.record.annotations_root, key, annotation.clone())
+        let (prepared, annotation) = self
+            .sessions
+            .resolve_annotation(&caller, &request.session_id, sequence)
             .await?;
-        mutation.record.annotations_root = root;
-        let id = annotation.id();
-        let effect = Effect::new(&principal, "review.annotation.resolve", id.clone()).event(
-            Event::Annotation {
-                id,
-                what: "resolved",
-            },
-        );
         let response = pb::ResolveAnnotationResponse {
             annotation: Some(annotation_view(&annotation)),
         };
-        mutation.reply(&response);
-        self.sessions.commit(mutation, effect).await?;
+        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
@@ -321,50 +206,24 @@ impl ReviewService for ReviewGrpc {
         request: Request<pb::RequestApprovalRequest>,
     ) -> Result<Response<pb::RequestApprovalResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
         let action = action_from(request.action)?;
         check_comment(&request.comment)?;
-        let reviewers = named_reviewers(&request.reviewers, &principal)?;
-        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
-        match action {
-            ApprovalActionRecord::Commit => require_active(&mutation.record)?,
-            ApprovalActionRecord::Export => require_open(&mutation.record)?,
-        }
-        check_new_approval(&mutation.record, &reviewers)?;
-        let sequence = mutation.record.approval_sequence + 1;
-        let approval = ApprovalRecord {
-            sequence,
-            action,
-            requester: principal.clone(),
-            reviewers,
-            state: ApprovalStateRecord::Pending,
-            head_version: mutation.record.head_version,
-            head_root: mutation.record.head_root.clone(),
-            decisions: Vec::new(),
-            comment: request.comment,
-            created_at_ms: model::now_ms(),
-            used_by: String::new(),
-        };
-        mutation.record.approval_sequence = sequence;
-        let id = approval.id();
-        self.sessions
-            .approvals
-            .put(&mut mutation.record, approval.clone())
+        let reviewers = named_reviewers(&request.reviewers, caller.name())?;
+        let (prepared, approval) = self
+            .sessions
+            .request_approval(
+                &caller,
+                &request.session_id,
+                action,
+                reviewers,
+                request.comment,
+            )
             .await?;
-        let effect = Effect::new(&principal, "review.approval.request", id.clone())
-            .detail("action", action_name(action))
-            .detail("reviewers", approval.reviewers.join(","))
-            .detail("head_version", approval.head_version.to_string())
-            .event(Event::ApprovalRequested {
-                id,
-                action: action_name(action),
-            });
         let response = pb::RequestApprovalResponse {
-            approval: Some(approval_view(&approval, &mutation.record)),
+            approval: Some(approval_view(&approval, prepared.record())),
         };
-        mutation.reply(&response);
-        self.sessions.commit(mutation, effect).await?;
+        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
@@ -373,7 +232,6 @@ impl ReviewService for ReviewGrpc {
         request: Request<pb::DecideApprovalRequest>,
     ) -> Result<Response<pb::DecideApprovalResponse>, Status> {
         let caller = caller_of(&request)?;
-        let principal = caller.name().to_string();
         let request = request.into_inner();
         let approve = match pb::Decision::try_from(request.decision) {
             Ok(pb::Decision::Approve) => true,
@@ -387,38 +245,20 @@ impl ReviewService for ReviewGrpc {
         };
         check_comment(&request.comment)?;
         let sequence = parse_approval_id(&request.approval_id)?;
-        let mut mutation = self.sessions.begin(&caller, &request.session_id).await?;
-        require_open(&mutation.record)?;
-        let mut approval = self
+        let (prepared, approval) = self
             .sessions
-            .load_approval(&mutation.record, sequence)
+            .decide_approval(
+                &caller,
+                &request.session_id,
+                sequence,
+                approve,
+                &request.comment,
+            )
             .await?;
-        let id = approval.id();
-        crate::review::decide(
-            &mutation.record,
-            &mut approval,
-            &principal,
-            approve,
-            &request.comment,
-            model::now_ms(),
-        )?;
-        self.sessions
-            .approvals
-            .put(&mut mutation.record, approval.clone())
-            .await?;
-        let outcome = if approve { "approved" } else { "rejected" };
-        let effect = Effect::new(&principal, "review.approval.decide", id.clone())
-            .detail("decision", outcome)
-            .detail("action", action_name(approval.action))
-            .detail("requester", approval.requester.clone())
-            .detail("head_version", approval.head_version.to_string())
-            .detail("comment", request.comment)
-            .event(Event::ApprovalDecided { id, outcome });
         let response = pb::DecideApprovalResponse {
-            approval: Some(approval_view(&approval, &mutation.record)),
+            approval: Some(approval_view(&approval, prepared.record())),
         };
-        mutation.reply(&response);
-        self.sessions.commit(mutation, effect).await?;
+        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
