@@ -474,6 +474,24 @@ async fn lifecycle_owner_reviews_and_an_archived_close_needs_export_approval() {
     );
 }
 
+/// The counts GetSession gives for session `id`.
+async fn counts(t: &Trusting, id: &str) -> pb::SessionCounts {
+    t.sessions()
+        .get_session(as_user(
+            "agent",
+            pb::GetSessionRequest {
+                session_id: id.to_string(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap()
+        .counts
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_two_required_approvals_need_two_distinct_reviewers() {
     use pb::ApprovalAction::Commit;
@@ -510,12 +528,49 @@ async fn lifecycle_two_required_approvals_need_two_distinct_reviewers() {
         .into_inner()
         .approval
         .unwrap();
+    review
+        .add_annotation(as_user(
+            "agent",
+            pb::AddAnnotationRequest {
+                session_id: id.clone(),
+                path: "README.md".into(),
+                body: "two keys?".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    t.knowledge()
+        .put_entry(as_user(
+            "agent",
+            pb::PutEntryRequest {
+                session_id: id.clone(),
+                entry: Some(pb::KnowledgeEntry {
+                    key: "policy".into(),
+                    value: b"two reviewers".to_vec().into(),
+                    ..Default::default()
+                }),
+            },
+        ))
+        .await
+        .unwrap();
+    let before = counts(&t, &id).await;
+    assert_eq!(
+        (
+            before.pending_approvals,
+            before.annotations,
+            before.knowledge_entries,
+            before.files
+        ),
+        (2, 1, 1, 1)
+    );
     for approval in [&a, &b] {
         review
             .decide_approval(as_user("alice", decide(&id, &approval.id, Approve)))
             .await
             .unwrap();
     }
+    assert_eq!(counts(&t, &id).await.pending_approvals, 0, "decided");
     let refused = status_of(
         history
             .commit(as_user("agent", commit_request(&id, "one key")))

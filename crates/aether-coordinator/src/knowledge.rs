@@ -154,6 +154,11 @@ impl Knowledge {
         Ok((root, record))
     }
 
+    /// How many entries the knowledge at `root` holds (one index read).
+    pub async fn len(&self, root: &str) -> Result<u64> {
+        self.map.len(root).await
+    }
+
     pub async fn get(&self, root: &str, key: &str) -> Result<Option<EntryRecord>> {
         self.map.get(root, key).await
     }

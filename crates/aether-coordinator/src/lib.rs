@@ -10,6 +10,7 @@
 //! - [`lifecycle`] creates, forks, updates, hands over, finalizes and closes sessions;
 //! - [`changes`] applies file changes atomically, with their preconditions;
 //! - [`listing`] pages through the sessions a caller may see;
+//! - [`browse`] lists, diffs and exports a session's files as of a revision;
 //! - [`requests`] records the outcomes of recent changes by request id (promise 9);
 //! - [`trees`] reads and edits content-addressed trees in the content store;
 //! - [`revisions`] resolves head/base/checkpoint/commit to roots; [`checkpoints`] names them;
@@ -24,6 +25,7 @@
 pub mod append_log;
 pub mod archive;
 pub mod audit;
+pub mod browse;
 pub mod caller;
 pub mod changes;
 pub mod checkpoints;

@@ -13,7 +13,7 @@ use super::{caller_of, page_size, page_token};
 use crate::error::{Error, Result};
 use crate::lifecycle::{ForkOptions, NewSession, SessionUpdate};
 use crate::listing::{self, SessionFilter};
-use crate::model::{SessionRecord, State};
+use crate::model::SessionRecord;
 use crate::sessions::Sessions;
 
 /// The `SessionService` implementation.
@@ -26,6 +26,10 @@ impl SessionGrpc {
     pub fn new(sessions: Arc<Sessions>) -> Self {
         Self { sessions }
     }
+}
+
+fn saturating_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 fn map(map: std::collections::HashMap<String, String>) -> BTreeMap<String, String> {
@@ -59,18 +63,17 @@ fn updates(request: pb::UpdateSessionRequest) -> Result<Vec<SessionUpdate>> {
 impl Sessions {
     /// The API view of a session, with counts of its head.
     pub async fn describe(&self, record: &SessionRecord) -> Result<pb::Session> {
-        let mut counts = pb::SessionCounts {
+        let counts = self.counts(record).await?;
+        let counts = pb::SessionCounts {
             checkpoints: record.checkpoint_count,
             commits: record.commit_count,
-            ..Default::default()
+            files: counts.files,
+            directories: counts.directories,
+            bytes: counts.bytes,
+            annotations: saturating_u32(counts.annotations),
+            knowledge_entries: saturating_u32(counts.knowledge_entries),
+            pending_approvals: saturating_u32(counts.pending_approvals),
         };
-        if matches!(record.state, State::Active | State::Finalized) {
-            let root = Sessions::root(&record.head_root)?;
-            let (files, directories) = self.trees.count(root).await?;
-            counts.files = files;
-            counts.directories = directories;
-            counts.bytes = self.trees.load(&root).await?.total_size();
-        }
         Ok(convert::session(record, counts))
     }
 }

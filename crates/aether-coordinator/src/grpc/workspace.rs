@@ -4,25 +4,22 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use aether_core::{
-    diff_trees, Changed, EntryChange, EntryKind, Hash, TreeEntry, WorkspacePath,
-    MAX_SYMLINK_TARGET_BYTES,
-};
+use aether_core::{EntryKind, Hash, WorkspacePath, MAX_SYMLINK_TARGET_BYTES};
 use aether_proto as pb;
 use aether_proto::workspace_service_server::WorkspaceService;
 use bytes::{Bytes, BytesMut};
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert;
 use super::{caller_of, page_size, page_token};
 use crate::archive;
+use crate::browse::Difference;
 use crate::changes::{Change, Content, Precondition, Step};
 use crate::error::{Error, Result};
+use crate::revisions::Revision;
 use crate::sessions::{check_expected_version, require_active, require_open, Sessions};
-use crate::trees::Trees;
 
 /// Largest file accepted inline in a WriteOp.
 pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
@@ -228,112 +225,20 @@ fn symlink_target(target: &str) -> Result<Bytes> {
     Ok(Bytes::copy_from_slice(target.as_bytes()))
 }
 
-/// The files and symlinks that differ between two trees (and directories whose mode
-/// changed), walking only subtrees whose hashes differ. Changes of modification time alone
-/// are left out unless `include_time_only`. Pages: at most `limit` entries in `out`.
-struct DiffWalk<'a> {
-    trees: &'a Trees,
-    include_time_only: bool,
-    limit: usize,
-    out: Vec<pb::DiffEntry>,
-}
-
-impl<'a> DiffWalk<'a> {
-    /// Walks the subtrees `old` and `new` at `prefix`, after the path whose components (below
-    /// `prefix`) are `after`, found by seeking, not by walking what precedes it.
-    fn walk<'w>(
-        &'w mut self,
-        old: Option<Hash>,
-        new: Option<Hash>,
-        prefix: WorkspacePath,
-        after: &'w [String],
-    ) -> BoxFuture<'w, Result<()>>
-    where
-        'a: 'w,
-    {
-        async move {
-            let old_tree = self.load(old).await?;
-            let new_tree = self.load(new).await?;
-            for change in diff_trees(&old_tree, &new_tree) {
-                if self.out.len() >= self.limit {
-                    return Ok(());
-                }
-                let (old_entry, new_entry) = match change {
-                    EntryChange::Added(e) => (None, Some(e)),
-                    EntryChange::Deleted(e) => (Some(e), None),
-                    EntryChange::Modified { old, new } => (Some(old), Some(new)),
-                };
-                let name = &old_entry
-                    .as_ref()
-                    .or(new_entry.as_ref())
-                    .expect("one side")
-                    .name;
-                // Names before the token's precede it with everything below them; the token's
-                // own entry was sent on the page before.
-                let on_token = match after.first() {
-                    Some(first) if name.as_str() < first.as_str() => continue,
-                    Some(first) => name == first,
-                    None => false,
-                };
-                let path = prefix.join(name)?;
-                if !on_token {
-                    self.report(&path, old_entry.as_ref(), new_entry.as_ref());
-                }
-                let dir_hash = |e: Option<TreeEntry>| {
-                    e.filter(|e| e.kind == EntryKind::Directory).map(|e| e.hash)
-                };
-                let (old_dir, new_dir) = (dir_hash(old_entry), dir_hash(new_entry));
-                if old_dir.is_some() || new_dir.is_some() {
-                    let rest: &[String] = if on_token { &after[1..] } else { &[] };
-                    self.walk(old_dir, new_dir, path, rest).await?;
-                }
-            }
-            Ok(())
-        }
-        .boxed()
-    }
-
-    async fn load(&self, tree: Option<Hash>) -> Result<aether_core::Tree> {
-        Ok(match tree {
-            Some(h) => self.trees.load(&h).await?.as_ref().clone(),
-            None => aether_core::Tree::new(),
-        })
-    }
-
-    /// Adds the difference at `path` itself: a file or symlink on either side, or a
-    /// directory on both whose own attributes changed (its files follow).
-    fn report(&mut self, path: &WorkspacePath, old: Option<&TreeEntry>, new: Option<&TreeEntry>) {
-        let is_dir = |e: &&TreeEntry| e.kind == EntryKind::Directory;
-        let (old_leaf, new_leaf) = (old.filter(|e| !is_dir(e)), new.filter(|e| !is_dir(e)));
-        if old_leaf.is_some() || new_leaf.is_some() {
-            self.out
-                .extend(diff_entry(path, old_leaf, new_leaf, self.include_time_only));
-        } else if let (Some(o), Some(n)) = (old.filter(is_dir), new.filter(is_dir)) {
-            let changed = Changed::between(o, n);
-            if changed.mode || (changed.mtime && self.include_time_only) {
-                self.out.extend(diff_entry(path, Some(o), Some(n), true));
-            }
-        }
-    }
-}
-
-/// One path's difference, or None for a change of time alone when those are left out.
-fn diff_entry(
-    path: &WorkspacePath,
-    old: Option<&TreeEntry>,
-    new: Option<&TreeEntry>,
-    include_time_only: bool,
-) -> Option<pb::DiffEntry> {
-    let (kind, changed) = match (old, new) {
-        (Some(o), Some(n)) => (pb::DiffKind::Modified, Changed::between(o, n)),
-        (None, _) => (pb::DiffKind::Added, Changed::default()),
-        (Some(_), None) => (pb::DiffKind::Deleted, Changed::default()),
+/// One path's difference as the API says it.
+fn diff_entry(difference: &Difference) -> pb::DiffEntry {
+    let (old, new, changed) = (
+        difference.old.as_ref(),
+        difference.new.as_ref(),
+        &difference.changed,
+    );
+    let kind = match (old, new) {
+        (Some(_), Some(_)) => pb::DiffKind::Modified,
+        (None, _) => pb::DiffKind::Added,
+        (Some(_), None) => pb::DiffKind::Deleted,
     };
-    if changed.mtime_only() && !include_time_only {
-        return None;
-    }
-    Some(pb::DiffEntry {
-        path: path.to_string(),
+    pb::DiffEntry {
+        path: difference.path.to_string(),
         kind: kind as i32,
         old_size: old.map(|e| e.size).unwrap_or(0),
         new_size: new.map(|e| e.size).unwrap_or(0),
@@ -349,7 +254,7 @@ fn diff_entry(
         mode_changed: changed.mode,
         kind_changed: changed.kind,
         mtime_changed: changed.mtime,
-    })
+    }
 }
 
 /// The components (below `dir`) of the path a page token names: the last path of the page
@@ -473,57 +378,27 @@ impl WorkspaceService for WorkspaceGrpc {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
-        require_open(&record)?;
         let dir = path(&request.path)?;
-        let root = self
-            .sessions
-            .resolve(&record, &convert::revision(&request.at)?)
-            .await?;
-        let entry = self
-            .sessions
-            .trees
-            .lookup(&root, &dir)
-            .await?
-            .ok_or_else(|| Error::PathNotFound {
-                path: dir.to_string(),
-            })?;
-        if entry.kind != EntryKind::Directory {
-            return Err(Error::NotADirectory {
-                path: dir.to_string(),
-                what: "a file",
-            }
-            .into());
-        }
+        let at = convert::revision(&request.at)?;
         let size = page_size(&request.page);
         let after = page_after(&request.page, &dir, request.recursive)?;
-        // One more than a page says whether another follows.
-        let mut found = Vec::with_capacity(size + 1);
-        self.sessions
-            .trees
-            .walk_page(
-                entry.hash,
-                dir,
-                request.recursive,
-                &after,
-                size + 1,
-                &mut found,
-            )
+        let listing = self
+            .sessions
+            .list_tree(&record, &at, dir, request.recursive, &after, size)
             .await?;
-        let more = found.len() > size;
-        let page: Vec<pb::Entry> = found
+        let entries: Vec<pb::Entry> = listing
+            .entries
             .iter()
-            .take(size)
             .map(|(p, e)| convert::entry(p, e))
             .collect();
-        let next_page_token = if more {
-            page.last().map(|e| e.path.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let next_page_token = match entries.last() {
+            Some(last) if listing.more => last.path.clone(),
+            _ => String::new(),
         };
         Ok(Response::new(pb::ListTreeResponse {
-            entries: page,
+            entries,
             next_page_token,
-            root: root.to_hex(),
+            root: listing.root.to_hex(),
         }))
     }
 
@@ -798,54 +673,34 @@ impl WorkspaceService for WorkspaceGrpc {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
-        require_open(&record)?;
         let from = match &request.from {
-            None => Sessions::root(&record.base_root)?,
-            some => {
-                self.sessions
-                    .resolve(&record, &convert::revision(some)?)
-                    .await?
-            }
+            None => Revision::Base,
+            some => convert::revision(some)?,
         };
-        let to = self
-            .sessions
-            .resolve(&record, &convert::revision(&request.to)?)
-            .await?;
+        let to = convert::revision(&request.to)?;
         let prefix = path(&request.path_prefix)?;
-        let trees = &self.sessions.trees;
-        let subtree = |root: Hash| {
-            let prefix = prefix.clone();
-            async move {
-                Ok::<_, Error>(match trees.lookup(&root, &prefix).await? {
-                    Some(e) if e.kind == EntryKind::Directory => Some(e.hash),
-                    _ => None,
-                })
-            }
-        };
-        let size = page_size(&request.page);
         let after = page_after(&request.page, &prefix, true)?;
-        // One more than a page says whether another follows.
-        let mut walk = DiffWalk {
-            trees,
-            include_time_only: request.include_time_only,
-            limit: size + 1,
-            out: Vec::with_capacity(size + 1),
-        };
-        walk.walk(subtree(from).await?, subtree(to).await?, prefix, &after)
+        let diff = self
+            .sessions
+            .diff(
+                &record,
+                (&from, &to),
+                prefix,
+                request.include_time_only,
+                &after,
+                page_size(&request.page),
+            )
             .await?;
-        let mut entries = walk.out;
-        let more = entries.len() > size;
-        entries.truncate(size);
-        let next_page_token = if more {
-            entries.last().map(|e| e.path.clone()).unwrap_or_default()
-        } else {
-            String::new()
+        let entries: Vec<pb::DiffEntry> = diff.entries.iter().map(diff_entry).collect();
+        let next_page_token = match entries.last() {
+            Some(last) if diff.more => last.path.clone(),
+            _ => String::new(),
         };
         Ok(Response::new(pb::DiffResponse {
             entries,
             next_page_token,
-            from_root: from.to_hex(),
-            to_root: to.to_hex(),
+            from_root: diff.from_root.to_hex(),
+            to_root: diff.to_root.to_hex(),
         }))
     }
 
@@ -858,29 +713,9 @@ impl WorkspaceService for WorkspaceGrpc {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
-        require_open(&record)?;
         let at = convert::revision(&request.at)?;
-        self.sessions.admit_export(&caller, &record, &at).await?;
-        let root = self.sessions.resolve(&record, &at).await?;
         let dir = path(&request.path)?;
-        let subtree = match self.sessions.trees.lookup(&root, &dir).await? {
-            Some(e) if e.kind == EntryKind::Directory => e.hash,
-            Some(_) => {
-                return Err(Error::FailedPrecondition(format!(
-                    "\"{dir}\" is a file; export a directory"
-                ))
-                .into())
-            }
-            None => {
-                return Err(Error::PathNotFound {
-                    path: dir.to_string(),
-                }
-                .into())
-            }
-        };
-        // Built as the client reads it: back-pressure from the HTTP/2 window, one piece of
-        // content in hand; a client that goes away drops the stream and its store reads.
-        let tar = archive::tar_stream(&self.sessions.trees, &subtree).await?;
+        let tar = self.sessions.export(&caller, &record, &at, &dir).await?;
         let messages = regroup(tar, MESSAGE_BYTES).map(|piece| match piece {
             Ok(data) => Ok(pb::ExportArchiveResponse { data }),
             Err(e) => Err(Status::from(e)),
