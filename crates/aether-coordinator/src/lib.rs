@@ -3,8 +3,9 @@
 //! The domain is plain Rust at the crate root: functions on [`Sessions`] take validated domain
 //! types and an explicit [`Caller`] and return [`Error`], one variant per cause. [`grpc`] only
 //! turns protobuf into those types, calls the domain, and maps errors to status codes in one
-//! match (`impl From<Error> for Status` in [`error`]); wire types appear in the domain only
-//! as the encoded answer a change records for retries.
+//! match ([`grpc::status`]). Outside [`grpc`] only [`events`] (a client of the bus) touches
+//! tonic; wire types appear in the domain only as the encoded answer a change records for
+//! retries and as the role numbers a policy stores.
 //!
 //! - [`sessions`] owns records, holds and fenced mutations (promises 1, 2, 4);
 //! - [`lifecycle`] creates, forks, updates, hands over, finalizes and closes sessions;

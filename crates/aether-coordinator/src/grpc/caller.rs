@@ -35,9 +35,9 @@ use tonic::codegen::{http, Service};
 use tonic::server::NamedService;
 use tonic::Status;
 
+use super::status::{Outcome, OUTCOME_HEADER};
 use super::Principal;
 use crate::caller::Caller;
-use crate::error::{Outcome, OUTCOME_HEADER};
 use crate::requests::{self, RequestKey, REPLAYED_HEADER, REQUEST_ID_HEADER};
 use crate::rpcs::Rpc;
 
@@ -146,7 +146,7 @@ where
             Some(value) => match requests::parse_request_id(value.as_bytes()) {
                 Ok(id) => Some(id),
                 Err(message) => {
-                    let status = crate::error::status(
+                    let status = super::status::status(
                         tonic::Code::InvalidArgument,
                         message,
                         Some(Outcome::NotApplied),

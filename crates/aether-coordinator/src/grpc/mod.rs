@@ -1,5 +1,6 @@
-//! gRPC adapters: one module per service of the v1 API, each a thin layer from the wire to
-//! [`crate::sessions::Sessions`] and the tree operations.
+//! gRPC adapters: one module per service of the v1 API, each converting protobuf to validated
+//! domain types, calling the domain ([`crate::sessions::Sessions`]) and answering with its
+//! result; [`status`] maps its errors to status codes.
 
 pub mod caller;
 mod convert;
@@ -7,6 +8,7 @@ pub mod history;
 pub mod knowledge;
 pub mod review;
 pub mod session;
+pub mod status;
 pub mod workspace;
 
 use tonic::Request;
