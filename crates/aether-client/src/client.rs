@@ -110,6 +110,20 @@ impl tonic::service::Interceptor for Auth {
 /// A channel with the token interceptor.
 pub type AuthChannel = InterceptedService<Channel, Auth>;
 
+/// One unary call: `rpc!(client, Mutating, review.add_annotation, request)` sends `request`
+/// to `ReviewService.AddAnnotation` through [`Client::unary`], retried as
+/// [`Idempotence::Mutating`] allows.
+macro_rules! rpc {
+    ($client:expr, $idempotence:ident, $service:ident . $method:ident, $request:expr) => {
+        $client.unary(
+            $crate::client::Idempotence::$idempotence,
+            $request,
+            |mut c, r| async move { c.$service.$method(r).await },
+        )
+    };
+}
+pub(crate) use rpc;
+
 /// Whether, and how, a call may be repeated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Idempotence {
@@ -227,11 +241,7 @@ impl Client {
             policy: spec.policy,
             ttl: spec.ttl.map(duration),
         };
-        let response = self
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.sessions.create_session(r).await
-            })
-            .await?;
+        let response = rpc!(self, Mutating, sessions.create_session, request).await?;
         let session = response
             .session
             .ok_or_else(|| Error::missing("CreateSession", "session"))?;
@@ -255,11 +265,7 @@ impl Client {
                 page: Some(page(token)),
             };
             async move {
-                let response = self
-                    .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                        c.sessions.list_sessions(r).await
-                    })
-                    .await?;
+                let response = rpc!(self, Idempotent, sessions.list_sessions, request).await?;
                 Ok((response.sessions, response.next_page_token))
             }
         })
@@ -273,11 +279,7 @@ impl Client {
             let request = pb::HasBlobsRequest {
                 hashes: batch.to_vec(),
             };
-            let response = self
-                .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                    c.content.has_blobs(r).await
-                })
-                .await?;
+            let response = rpc!(self, Idempotent, content.has_blobs, request).await?;
             missing.extend(response.missing);
         }
         Ok(missing)
@@ -401,10 +403,7 @@ impl Client {
         let request = pb::StatBlobRequest {
             hash: hash.to_string(),
         };
-        self.unary(Idempotence::Idempotent, request, |mut c, r| async move {
-            c.content.stat_blob(r).await
-        })
-        .await
+        rpc!(self, Idempotent, content.stat_blob, request).await
     }
 
     /// One unary call with a deadline and retries. `call` gets a clone of this client and the

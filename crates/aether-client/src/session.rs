@@ -9,6 +9,7 @@ use aether_proto as pb;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::client::rpc;
 use crate::client::{collect_pages, deadline, duration, page, Client, Idempotence};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
@@ -71,10 +72,7 @@ impl SessionHandle {
         let request = pb::GetSessionRequest {
             session_id: self.sid(),
         };
-        self.client
-            .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                c.sessions.get_session(r).await
-            })
+        rpc!(self.client, Idempotent, sessions.get_session, request)
             .await?
             .session
             .ok_or_else(|| Error::missing("GetSession", "session"))
@@ -84,10 +82,7 @@ impl SessionHandle {
     /// is filled in).
     pub async fn update(&self, mut request: pb::UpdateSessionRequest) -> Result<pb::Session> {
         request.session_id = self.sid();
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.sessions.update_session(r).await
-            })
+        rpc!(self.client, Mutating, sessions.update_session, request)
             .await?
             .session
             .ok_or_else(|| Error::missing("UpdateSession", "session"))
@@ -106,11 +101,7 @@ impl SessionHandle {
             metadata: metadata.into_iter().collect(),
             ttl: ttl.map(duration),
         };
-        let session = self
-            .client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.sessions.fork_session(r).await
-            })
+        let session = rpc!(self.client, Mutating, sessions.fork_session, request)
             .await?
             .session
             .ok_or_else(|| Error::missing("ForkSession", "session"))?;
@@ -133,10 +124,7 @@ impl SessionHandle {
             previous_owner_role: previous_owner_role as i32,
             comment: comment.to_string(),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.sessions.transfer_session(r).await
-            })
+        rpc!(self.client, Mutating, sessions.transfer_session, request)
             .await?
             .session
             .ok_or_else(|| Error::missing("TransferSession", "session"))
@@ -147,10 +135,7 @@ impl SessionHandle {
         let request = pb::FinalizeSessionRequest {
             session_id: self.sid(),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.sessions.finalize_session(r).await
-            })
+        rpc!(self.client, Mutating, sessions.finalize_session, request)
             .await?
             .session
             .ok_or_else(|| Error::missing("FinalizeSession", "session"))
@@ -162,11 +147,7 @@ impl SessionHandle {
             session_id: self.sid(),
             archive,
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.sessions.close_session(r).await
-            })
-            .await
+        rpc!(self.client, Mutating, sessions.close_session, request).await
     }
 
     /// The whole audit trail, oldest first.
@@ -177,12 +158,8 @@ impl SessionHandle {
                 page: Some(page(token)),
             };
             async move {
-                let response = self
-                    .client
-                    .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                        c.sessions.list_audit_events(r).await
-                    })
-                    .await?;
+                let response =
+                    rpc!(self.client, Idempotent, sessions.list_audit_events, request).await?;
                 Ok((response.events, response.next_page_token))
             }
         })
@@ -198,10 +175,7 @@ impl SessionHandle {
             path: path.to_string(),
             at: at.to_proto(),
         };
-        self.client
-            .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                c.workspace.stat(r).await
-            })
+        rpc!(self.client, Idempotent, workspace.stat, request)
             .await?
             .entry
             .ok_or_else(|| Error::missing("Stat", "entry"))
@@ -253,12 +227,7 @@ impl SessionHandle {
                     at: at.to_proto(),
                     page: Some(page(token)),
                 };
-                let response = self
-                    .client
-                    .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                        c.workspace.list_tree(r).await
-                    })
-                    .await?;
+                let response = rpc!(self.client, Idempotent, workspace.list_tree, request).await?;
                 match &root {
                     None => root = Some(response.root.clone()),
                     Some(first) if *first != response.root => {
@@ -404,12 +373,7 @@ impl SessionHandle {
                 page: Some(page(token)),
                 include_time_only,
             };
-            let response = self
-                .client
-                .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                    c.workspace.diff(r).await
-                })
-                .await?;
+            let response = rpc!(self.client, Idempotent, workspace.diff, request).await?;
             result.from_root = response.from_root;
             result.to_root = response.to_root;
             result.entries.extend(response.entries);
@@ -472,11 +436,7 @@ impl SessionHandle {
             changes,
             expected_head_version,
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.workspace.apply_changes(r).await
-            })
-            .await
+        rpc!(self.client, Mutating, workspace.apply_changes, request).await
     }
 
     /// [`Self::apply_changes`] under the caller's request id: sending the same batch again with
@@ -562,11 +522,7 @@ impl SessionHandle {
             recursive,
             expected_head_version: 0,
         };
-        Ok(self
-            .client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.workspace.delete_path(r).await
-            })
+        Ok(rpc!(self.client, Mutating, workspace.delete_path, request)
             .await?
             .head_version)
     }
@@ -578,11 +534,7 @@ impl SessionHandle {
             path: path.to_string(),
             parents,
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.workspace.make_directory(r).await
-            })
-            .await
+        rpc!(self.client, Mutating, workspace.make_directory, request).await
     }
 
     /// Moves a path; returns the new head version.
@@ -594,11 +546,7 @@ impl SessionHandle {
             overwrite,
             expected_head_version: 0,
         };
-        Ok(self
-            .client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.workspace.move_path(r).await
-            })
+        Ok(rpc!(self.client, Mutating, workspace.move_path, request)
             .await?
             .head_version)
     }
@@ -612,11 +560,7 @@ impl SessionHandle {
             overwrite,
             expected_head_version: 0,
         };
-        Ok(self
-            .client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.workspace.copy_path(r).await
-            })
+        Ok(rpc!(self.client, Mutating, workspace.copy_path, request)
             .await?
             .head_version)
     }
@@ -686,10 +630,7 @@ impl SessionHandle {
             name: name.to_string(),
             description: description.to_string(),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.history.create_checkpoint(r).await
-            })
+        rpc!(self.client, Mutating, history.create_checkpoint, request)
             .await?
             .checkpoint
             .ok_or_else(|| Error::missing("CreateCheckpoint", "checkpoint"))
@@ -703,12 +644,8 @@ impl SessionHandle {
                 page: Some(page(token)),
             };
             async move {
-                let response = self
-                    .client
-                    .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                        c.history.list_checkpoints(r).await
-                    })
-                    .await?;
+                let response =
+                    rpc!(self.client, Idempotent, history.list_checkpoints, request).await?;
                 Ok((response.checkpoints, response.next_page_token))
             }
         })
@@ -722,11 +659,7 @@ impl SessionHandle {
             name: name.to_string(),
             expected_head_version: 0,
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.history.restore_checkpoint(r).await
-            })
-            .await
+        rpc!(self.client, Mutating, history.restore_checkpoint, request).await
     }
 
     /// Records the head as a commit.
@@ -736,10 +669,7 @@ impl SessionHandle {
             message: message.to_string(),
             expected_head_version: 0,
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.history.commit(r).await
-            })
+        rpc!(self.client, Mutating, history.commit, request)
             .await?
             .commit
             .ok_or_else(|| Error::missing("Commit", "commit"))
@@ -753,12 +683,7 @@ impl SessionHandle {
                 page: Some(page(token)),
             };
             async move {
-                let response = self
-                    .client
-                    .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                        c.history.list_commits(r).await
-                    })
-                    .await?;
+                let response = rpc!(self.client, Idempotent, history.list_commits, request).await?;
                 Ok((response.commits, response.next_page_token))
             }
         })
@@ -771,10 +696,7 @@ impl SessionHandle {
             session_id: self.sid(),
             commit_id: commit_id.to_string(),
         };
-        self.client
-            .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                c.history.get_commit(r).await
-            })
+        rpc!(self.client, Idempotent, history.get_commit, request)
             .await?
             .commit
             .ok_or_else(|| Error::missing("GetCommit", "commit"))
@@ -798,10 +720,7 @@ impl SessionHandle {
             }),
             body: body.to_string(),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.review.add_annotation(r).await
-            })
+        rpc!(self.client, Mutating, review.add_annotation, request)
             .await?
             .annotation
             .ok_or_else(|| Error::missing("AddAnnotation", "annotation"))
@@ -821,12 +740,8 @@ impl SessionHandle {
                 page: Some(page(token)),
             };
             async move {
-                let response = self
-                    .client
-                    .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                        c.review.list_annotations(r).await
-                    })
-                    .await?;
+                let response =
+                    rpc!(self.client, Idempotent, review.list_annotations, request).await?;
                 Ok((response.annotations, response.next_page_token))
             }
         })
@@ -839,10 +754,7 @@ impl SessionHandle {
             session_id: self.sid(),
             annotation_id: annotation_id.to_string(),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.review.resolve_annotation(r).await
-            })
+        rpc!(self.client, Mutating, review.resolve_annotation, request)
             .await?
             .annotation
             .ok_or_else(|| Error::missing("ResolveAnnotation", "annotation"))
@@ -861,10 +773,7 @@ impl SessionHandle {
             reviewers,
             comment: comment.to_string(),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.review.request_approval(r).await
-            })
+        rpc!(self.client, Mutating, review.request_approval, request)
             .await?
             .approval
             .ok_or_else(|| Error::missing("RequestApproval", "approval"))
@@ -883,10 +792,7 @@ impl SessionHandle {
             decision: decision as i32,
             comment: comment.to_string(),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.review.decide_approval(r).await
-            })
+        rpc!(self.client, Mutating, review.decide_approval, request)
             .await?
             .approval
             .ok_or_else(|| Error::missing("DecideApproval", "approval"))
@@ -902,12 +808,8 @@ impl SessionHandle {
                 page: Some(page(token)),
             };
             async move {
-                let response = self
-                    .client
-                    .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                        c.review.list_approvals(r).await
-                    })
-                    .await?;
+                let response =
+                    rpc!(self.client, Idempotent, review.list_approvals, request).await?;
                 Ok((response.approvals, response.next_page_token))
             }
         })
@@ -932,10 +834,7 @@ impl SessionHandle {
                 ..Default::default()
             }),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.knowledge.put_entry(r).await
-            })
+        rpc!(self.client, Mutating, knowledge.put_entry, request)
             .await?
             .entry
             .ok_or_else(|| Error::missing("PutEntry", "entry"))
@@ -947,10 +846,7 @@ impl SessionHandle {
             session_id: self.sid(),
             key: key.to_string(),
         };
-        self.client
-            .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                c.knowledge.get_entry(r).await
-            })
+        rpc!(self.client, Idempotent, knowledge.get_entry, request)
             .await?
             .entry
             .ok_or_else(|| Error::missing("GetEntry", "entry"))
@@ -966,12 +862,8 @@ impl SessionHandle {
                 page: Some(page(token)),
             };
             async move {
-                let response = self
-                    .client
-                    .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                        c.knowledge.list_entries(r).await
-                    })
-                    .await?;
+                let response =
+                    rpc!(self.client, Idempotent, knowledge.list_entries, request).await?;
                 Ok((response.entries, response.next_page_token))
             }
         })
@@ -984,11 +876,7 @@ impl SessionHandle {
             session_id: self.sid(),
             key: key.to_string(),
         };
-        self.client
-            .unary(Idempotence::Mutating, request, |mut c, r| async move {
-                c.knowledge.delete_entry(r).await
-            })
-            .await?;
+        rpc!(self.client, Mutating, knowledge.delete_entry, request).await?;
         Ok(())
     }
 
@@ -1006,12 +894,7 @@ impl SessionHandle {
             durability: durability as i32,
         };
         // The bus keeps no request ids: a publish is repeated only if it surely did not apply.
-        let response = self
-            .client
-            .unary(Idempotence::Unrepeatable, request, |mut c, r| async move {
-                c.bus.publish(r).await
-            })
-            .await?;
+        let response = rpc!(self.client, Unrepeatable, bus.publish, request).await?;
         Ok((response.first_offset, response.last_offset))
     }
 
@@ -1054,11 +937,7 @@ impl SessionHandle {
                 max_age,
             }),
         };
-        self.client
-            .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                c.bus.set_retention(r).await
-            })
-            .await
+        rpc!(self.client, Idempotent, bus.set_retention, request).await
     }
 
     /// Offsets and retention of the session's stream.
@@ -1066,11 +945,7 @@ impl SessionHandle {
         let request = pb::GetStreamInfoRequest {
             session_id: self.sid(),
         };
-        self.client
-            .unary(Idempotence::Idempotent, request, |mut c, r| async move {
-                c.bus.get_stream_info(r).await
-            })
-            .await
+        rpc!(self.client, Idempotent, bus.get_stream_info, request).await
     }
 }
 

@@ -154,6 +154,20 @@ impl Sessions {
         }
     }
 
+    /// Whether the caller may change session `session_id` now, asked before an upload reads a
+    /// byte of content: a principal that may not write, a session that cannot change or a head
+    /// already past `expected_version` (0: any) is refused at once.
+    pub async fn admit_upload(
+        &self,
+        caller: &Caller,
+        session_id: &str,
+        expected_version: u64,
+    ) -> Result<()> {
+        let (record, _) = self.load_for_change(caller, session_id).await?;
+        crate::sessions::require_active(&record)?;
+        check_expected_version(&record, expected_version)
+    }
+
     /// Applies validated changes atomically to the head: one new root, one version, one
     /// fenced commit ([`Sessions::finish`], with the answer); a failed step or precondition
     /// changes nothing.

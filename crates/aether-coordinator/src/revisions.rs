@@ -136,6 +136,7 @@ impl Sessions {
         revision: &Revision,
         path: &WorkspacePath,
     ) -> Result<TreeEntry> {
+        crate::sessions::require_open(record)?;
         let root = self.resolve(record, revision).await?;
         self.trees
             .lookup(&root, path)

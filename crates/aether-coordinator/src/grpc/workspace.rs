@@ -19,7 +19,7 @@ use crate::browse::Difference;
 use crate::changes::{Change, Content, Precondition, Step};
 use crate::error::{Error, Result};
 use crate::revisions::Revision;
-use crate::sessions::{check_expected_version, require_active, require_open, Sessions};
+use crate::sessions::Sessions;
 
 /// Largest file accepted inline in a WriteOp.
 pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
@@ -351,6 +351,27 @@ fn regroup<E: Send + 'static>(
     .boxed()
 }
 
+impl WorkspaceGrpc {
+    /// Applies one step as operation `operation`, if the head is at `expected` (0: any), and
+    /// answers with `respond(new head version)` (recorded for retries).
+    async fn apply_one<R: prost::Message>(
+        &self,
+        caller: &crate::caller::Caller,
+        session_id: &str,
+        (expected, operation): (u64, &'static str),
+        step: Step,
+        respond: impl FnOnce(u64) -> R,
+    ) -> Result<R> {
+        let prepared = self
+            .sessions
+            .apply_step(session_id, caller, expected, step, operation)
+            .await?;
+        let response = respond(prepared.record().head_version);
+        self.sessions.finish(prepared, &response).await?;
+        Ok(response)
+    }
+}
+
 #[tonic::async_trait]
 impl WorkspaceService for WorkspaceGrpc {
     async fn stat(
@@ -360,7 +381,6 @@ impl WorkspaceService for WorkspaceGrpc {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
-        require_open(&record)?;
         let path = path(&request.path)?;
         let at = convert::revision(&request.at)?;
         let entry = self.sessions.entry_at(&record, &at, &path).await?;
@@ -411,7 +431,6 @@ impl WorkspaceService for WorkspaceGrpc {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
-        require_open(&record)?;
         let path = path(&request.path)?;
         let at = convert::revision(&request.at)?;
         let entry = self.sessions.entry_at(&record, &at, &path).await?;
@@ -463,14 +482,9 @@ impl WorkspaceService for WorkspaceGrpc {
             }
         };
         let file = path(&header.path)?;
-        // Refused before a byte of content is read: a principal that may not write (the load
-        // authorizes), a session that cannot change, a head already past the expected version.
-        let (record, _) = self
-            .sessions
-            .load_for_change(&caller, &header.session_id)
+        self.sessions
+            .admit_upload(&caller, &header.session_id, header.expected_head_version)
             .await?;
-        require_active(&record)?;
-        check_expected_version(&record, header.expected_head_version)?;
         // Stored as it arrives (a few chunks in memory), before the session lock is taken:
         // uploads do not serialize writers. Back-pressure: the next message is read when the
         // store has taken the last. Cancellation: a client that goes away ends the stream with
@@ -562,20 +576,12 @@ impl WorkspaceService for WorkspaceGrpc {
             path: path(&r.path)?,
             recursive: r.recursive,
         };
-        let prepared = self
-            .sessions
-            .apply_step(
-                &r.session_id,
-                &caller,
-                r.expected_head_version,
-                step,
-                "delete",
-            )
+        let version = (r.expected_head_version, "delete");
+        let response = self
+            .apply_one(&caller, &r.session_id, version, step, |head_version| {
+                pb::DeletePathResponse { head_version }
+            })
             .await?;
-        let response = pb::DeletePathResponse {
-            head_version: prepared.record().head_version,
-        };
-        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
@@ -621,20 +627,12 @@ impl WorkspaceService for WorkspaceGrpc {
             to: path(&r.to)?,
             overwrite: r.overwrite,
         };
-        let prepared = self
-            .sessions
-            .apply_step(
-                &r.session_id,
-                &caller,
-                r.expected_head_version,
-                step,
-                "move",
-            )
+        let version = (r.expected_head_version, "move");
+        let response = self
+            .apply_one(&caller, &r.session_id, version, step, |head_version| {
+                pb::MovePathResponse { head_version }
+            })
             .await?;
-        let response = pb::MovePathResponse {
-            head_version: prepared.record().head_version,
-        };
-        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
@@ -649,20 +647,12 @@ impl WorkspaceService for WorkspaceGrpc {
             to: path(&r.to)?,
             overwrite: r.overwrite,
         };
-        let prepared = self
-            .sessions
-            .apply_step(
-                &r.session_id,
-                &caller,
-                r.expected_head_version,
-                step,
-                "copy",
-            )
+        let version = (r.expected_head_version, "copy");
+        let response = self
+            .apply_one(&caller, &r.session_id, version, step, |head_version| {
+                pb::CopyPathResponse { head_version }
+            })
             .await?;
-        let response = pb::CopyPathResponse {
-            head_version: prepared.record().head_version,
-        };
-        self.sessions.finish(prepared, &response).await?;
         Ok(Response::new(response))
     }
 
@@ -740,13 +730,9 @@ impl WorkspaceService for WorkspaceGrpc {
             }
         };
         let under = path(&header.path)?;
-        // Refused before a byte of the archive is read, as in WriteFile.
-        let (record, _) = self
-            .sessions
-            .load_for_change(&caller, &header.session_id)
+        self.sessions
+            .admit_upload(&caller, &header.session_id, header.expected_head_version)
             .await?;
-        require_active(&record)?;
-        check_expected_version(&record, header.expected_head_version)?;
         let data = stream.map(|message| match message?.part {
             Some(pb::import_archive_request::Part::Data(data)) => Ok(data),
             _ => Err(Status::invalid_argument(
