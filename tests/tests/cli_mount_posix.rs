@@ -192,6 +192,35 @@ async fn mount_make_rebuilds_after_an_edit_and_keeps_modes_times_and_symlinks() 
     settle(&dir);
     assert_eq!(read(&channel, &session, "build/left").await, b"R");
     assert_eq!(read(&channel, &session, "build/right").await, b"L");
+    // Names at the length limit swap too (the exchange's temporary name stays short), and a
+    // file named like one is left alone.
+    let (long_a, long_b) = ("a".repeat(255), "b".repeat(255));
+    std::fs::write(project.join(&long_a), b"A").unwrap();
+    std::fs::write(project.join(&long_b), b"B").unwrap();
+    let ino = std::fs::metadata(project.join(&long_a)).unwrap().ino();
+    let bystander = format!(".aether-exchange-{ino}-0");
+    std::fs::write(project.join(&bystander), b"bystander").unwrap();
+    assert_eq!(
+        renameat2(
+            &project.join(&long_a),
+            &project.join(&long_b),
+            libc::RENAME_EXCHANGE
+        ),
+        Ok(())
+    );
+    settle(&dir);
+    assert_eq!(
+        read(&channel, &session, &format!("build/{long_a}")).await,
+        b"B"
+    );
+    assert_eq!(
+        read(&channel, &session, &format!("build/{long_b}")).await,
+        b"A"
+    );
+    assert_eq!(
+        read(&channel, &session, &format!("build/{bystander}")).await,
+        b"bystander"
+    );
 
     // O_EXCL on an existing name, O_APPEND at the end.
     let exclusive = std::fs::OpenOptions::new()

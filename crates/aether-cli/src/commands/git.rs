@@ -234,12 +234,13 @@ async fn commit_message(
     message.push_str(&format!("Aether-Revision: {}\n", args.at));
     let open = session.annotations(&args.path, false).await?;
     for annotation in open.iter().take(MAX_ANNOTATION_TRAILERS) {
+        // One line per trailer, whatever the path, author or body hold.
         message.push_str(&format!(
             "Aether-Open-Annotation: {}{} ({}): {}\n",
-            annotation.path,
+            one_line(&annotation.path),
             lines(annotation),
-            annotation.author,
-            annotation.body.lines().next().unwrap_or("")
+            one_line(&annotation.author),
+            one_line(annotation.body.lines().next().unwrap_or(""))
         ));
     }
     if open.len() > MAX_ANNOTATION_TRAILERS {
@@ -249,6 +250,13 @@ async fn commit_message(
         ));
     }
     Ok((message, author, time))
+}
+
+/// `text` with its line breaks (and other control characters) as spaces, for a trailer.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// The environment of `git commit-tree`: the session commit's author and time when there is

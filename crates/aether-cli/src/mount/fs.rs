@@ -143,6 +143,21 @@ fn join(parent: &str, name: &str) -> String {
     }
 }
 
+/// A free name beside `to` (in directory `dir`) to move it through in an exchange: short (a
+/// long `to` plus a suffix could pass the name limit, and the session would refuse the move)
+/// and used by nothing the mount knows of in that directory.
+fn exchange_name(state: &State, dir: u64, to: &str, ino: u64) -> String {
+    let children = state.node(dir).and_then(|d| d.children.as_ref());
+    let name = (0u64..)
+        .map(|n| format!(".aether-exchange-{ino}-{n}"))
+        .find(|name| !children.is_some_and(|c| c.contains_key(name)))
+        .expect("an unused name");
+    match to.rsplit_once('/') {
+        Some((parent, _)) => format!("{parent}/{name}"),
+        None => name,
+    }
+}
+
 /// The errno for a session error met while serving a request.
 fn errno(error: &aether_client::Error) -> Errno {
     use tonic::Code;
@@ -762,7 +777,7 @@ impl AetherFs {
             return Err(Errno::EINVAL);
         }
         let (from, to) = (rename.from, rename.to);
-        let temp = format!("{to}.aether-exchange-{}", rename.ino);
+        let temp = exchange_name(state, rename.new_parent, &to, rename.ino);
         state.queue(Op::Move {
             from: to.clone(),
             to: temp.clone(),
