@@ -207,18 +207,36 @@ fn build_and_send(
             return Err(Errno::EIO);
         }
     };
-    // The journal names the batch, so a mount that recovers the segment sends it as the same
-    // request.
-    let id = segment
-        .and_then(|segment| fs.state().journal.as_ref().map(|j| j.batch_id(segment)))
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let batch = Batch {
+        id: journaled_id(fs, segment, &changes),
         changes,
         generation,
-        id,
         segment,
     };
     flush_batch(fs, batch, retry)
+}
+
+/// The request id of the batch of journal segment `segment`, once the batch is in that
+/// segment as built (its sent block), so a mount that recovers the segment sends the very same
+/// requests; a random id without a journal.
+fn journaled_id(fs: &AetherFs, segment: Option<u64>, changes: &[pb::Change]) -> String {
+    let named = {
+        let state = fs.state();
+        let journal = state.journal.as_ref();
+        segment.and_then(|s| journal.map(|j| (j.batch_id(s), j.segment_path(s))))
+    };
+    let Some((id, path)) = named else {
+        return uuid::Uuid::new_v4().simple().to_string();
+    };
+    // Written outside the state lock: the taken segment is the flusher's alone.
+    match super::journal::write_sent(&path, changes) {
+        Ok(()) => id,
+        Err(error) => {
+            // Recovered without it, the segment would be sent under this id as something else.
+            fs.state().stop_journal(&error);
+            uuid::Uuid::new_v4().simple().to_string()
+        }
+    }
 }
 
 /// The session has every change up to `generation` (those of journal segment `segment`).
@@ -267,32 +285,44 @@ fn flush_batch(fs: &AetherFs, batch: Batch, retry: &mut Option<Retry>) -> Result
 }
 
 /// Sends what killed mounts of this session left in their journals under `cache`, each
-/// segment as the request its mount sent or would have sent (so none applies twice), before
-/// this mount serves anything. Returns the changes sent; on an error the journals stay for
-/// the next mount.
+/// segment as the requests its mount sent or would have sent (so none applies twice), before
+/// this mount serves anything. Returns the changes sent. A journal that cannot be read back
+/// is set aside (renamed) and reported; when the session does not take the changes, the
+/// journals stay for the next mount and this one does not start.
 pub fn recover(fs: &AetherFs, cache: &std::path::Path, session: &str) -> Result<usize, String> {
     let orphans = super::journal::orphans(cache, session)
         .map_err(|e| format!("cannot read the journals under {}: {e}", cache.display()))?;
     let mut sent = 0;
     for orphan in orphans {
-        for (number, path) in &orphan.segments {
-            let changes = recovered_changes(fs, path)?;
-            if changes.is_empty() {
-                continue;
-            }
-            sent += changes.len();
-            let batch = Batch {
-                changes,
-                generation: 0,
-                id: orphan.batch_id(*number),
-                segment: None,
-            };
-            let mut retry = None;
-            if flush_batch(fs, batch, &mut retry).is_err() && retry.is_some() {
-                return Err(format!(
-                    "the session did not take the changes a killed mount left in {}; they stay for the next mount",
-                    path.display()
-                ));
+        let last = orphan.segments.len().saturating_sub(1);
+        for (at, (number, path)) in orphan.segments.iter().enumerate() {
+            match recover_segment(fs, path, &orphan.batch_id(*number)) {
+                // A kill mid-append leaves a torn last record: expected at the very end.
+                Ok((count, whole)) if whole || at == last => sent += count,
+                Ok((count, _)) => {
+                    // Damage before the end: what follows it cannot be trusted.
+                    sent += count;
+                    eprintln!(
+                        "aether: the journal {} is damaged after {count} change(s); the changes after the damage are not sent",
+                        path.display()
+                    );
+                    break;
+                }
+                Err(Recovery::Session(error)) => {
+                    return Err(format!(
+                        "the session did not take the changes a killed mount left in {} ({error}); they stay for the next mount",
+                        path.display()
+                    ))
+                }
+                Err(Recovery::Journal(error)) => {
+                    let aside = orphan.set_aside();
+                    eprintln!(
+                        "aether: cannot read the journal {} ({error}); its changes are not sent, the journal is kept in {}",
+                        path.display(),
+                        aside.display()
+                    );
+                    break;
+                }
             }
         }
         orphan.remove();
@@ -300,29 +330,126 @@ pub fn recover(fs: &AetherFs, cache: &std::path::Path, session: &str) -> Result<
     Ok(sent)
 }
 
-/// The changes of one journal segment, large content uploaded to the store as chunks.
-fn recovered_changes(fs: &AetherFs, segment: &std::path::Path) -> Result<Vec<pb::Change>, String> {
-    use super::journal::Entry;
-    let entries = super::journal::read_segment(segment)
-        .map_err(|e| format!("cannot read the journal {}: {e}", segment.display()))?;
-    let mut changes = Vec::with_capacity(entries.len());
-    for entry in entries {
+/// Why a journal segment could not be sent.
+enum Recovery {
+    /// The session refused or could not be reached: try again later.
+    Session(aether_client::Error),
+    /// The journal itself is unreadable.
+    Journal(String),
+}
+
+/// Sends one segment as request `id`, streamed part by part: the batch as it was built when
+/// the segment has a whole sent block, else the changes as they were queued. Returns the
+/// changes sent and whether the segment read back whole.
+fn recover_segment(
+    fs: &AetherFs,
+    segment: &std::path::Path,
+    id: &str,
+) -> Result<(usize, bool), Recovery> {
+    use super::journal::{has_sent_block, Entry, SegmentReader};
+    let unreadable = |e: std::io::Error| Recovery::Journal(format!("{}: {e}", segment.display()));
+    let sent_block = has_sent_block(segment).map_err(unreadable)?;
+    let mut reader = SegmentReader::open(segment).map_err(unreadable)?;
+    let mut sender = PartSender::new(fs, id);
+    while let Some(entry) = reader.next_entry().map_err(unreadable)? {
         let change = match entry {
-            Entry::Change(change) => change,
-            Entry::LargeWrite { mut write, content } => {
+            Entry::Sent(change) if sent_block => change,
+            Entry::Change(change) if !sent_block => change,
+            Entry::LargeWrite { mut write, content } if !sent_block => {
                 write.chunks = fs
                     .runtime
                     .block_on(fs.session.store_chunks(UploadSource::File(content)))
-                    .map_err(|e| format!("cannot upload journaled content: {e}"))?;
-                pb::Change {
-                    op: Some(pb::change::Op::Write(write)),
-                    precondition: None,
-                }
+                    .map_err(|e| match e {
+                        aether_client::Error::Io { .. } => Recovery::Journal(e.to_string()),
+                        other => Recovery::Session(other),
+                    })?;
+                file_change(write)
             }
+            _ => continue,
         };
-        changes.push(change);
+        sender.push(change)?;
     }
-    Ok(changes)
+    let count = sender.finish()?;
+    Ok((count, reader.whole() || sent_block))
+}
+
+/// Sends changes of one recovered batch as its parts fill, as the live flusher did: a part
+/// the session refuses is applied one change at a time, as are the changes after it.
+struct PartSender<'a> {
+    fs: &'a AetherFs,
+    parts: Parts<'a>,
+    /// A part was refused: the rest goes one change at a time.
+    singly: bool,
+    count: usize,
+}
+
+impl<'a> PartSender<'a> {
+    fn new(fs: &'a AetherFs, id: &'a str) -> Self {
+        PartSender {
+            fs,
+            parts: Parts::new(id),
+            singly: false,
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, change: pb::Change) -> Result<(), Recovery> {
+        if self.singly {
+            return self.send_single(change);
+        }
+        match self.parts.push(change) {
+            Some(part) => self.send_part(part),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(mut self) -> Result<usize, Recovery> {
+        if let Some(part) = self.parts.finish() {
+            self.send_part(part)?;
+        }
+        Ok(self.count)
+    }
+
+    fn send_part(
+        &mut self,
+        (id, part, _): (String, Vec<pb::Change>, usize),
+    ) -> Result<(), Recovery> {
+        let count = part.len();
+        match apply(self.fs, &id, part.clone()) {
+            Ok(()) => {
+                self.count += count;
+                Ok(())
+            }
+            Err(error) if is_transient(&error) => Err(Recovery::Session(error)),
+            Err(error) => {
+                eprintln!("aether: the session refused recovered changes ({error}); applying them one by one");
+                self.singly = true;
+                part.into_iter()
+                    .try_for_each(|change| self.send_single(change))
+            }
+        }
+    }
+
+    /// One change alone, as `{batch id}-single-{index in the batch}` like the live fallback.
+    fn send_single(&mut self, change: pb::Change) -> Result<(), Recovery> {
+        let id = format!("{}-single-{}", self.parts.id, self.count);
+        let described = describe(&change);
+        match apply(self.fs, &id, vec![change]) {
+            Err(error) if is_transient(&error) => return Err(Recovery::Session(error)),
+            Err(error) => eprintln!("aether: could not apply recovered {described}: {error}"),
+            Ok(()) => {}
+        }
+        self.count += 1;
+        self.fs.mark_all_stale();
+        Ok(())
+    }
+}
+
+fn file_change(write: pb::WriteOp) -> pb::Change {
+    pb::Change {
+        op: Some(pb::change::Op::Write(write)),
+        precondition: None,
+    }
 }
 
 fn is_transient(error: &aether_client::Error) -> bool {
@@ -336,29 +463,67 @@ fn is_transient(error: &aether_client::Error) -> bool {
 /// Sends a batch in as few ApplyChanges as the coordinator's limits allow, in order; on
 /// failure also says how many changes the parts before the failing one applied.
 fn send(fs: &AetherFs, batch: &Batch) -> Result<(), (aether_client::Error, usize)> {
-    let mut part: Vec<pb::Change> = Vec::new();
-    let (mut bytes, mut sent, mut index) = (0, 0, 0);
+    let mut parts = Parts::new(&batch.id);
     for change in &batch.changes {
-        let size = change.encoded_len() + 8;
-        if !part.is_empty() && (part.len() >= MAX_BATCH_CHANGES || bytes + size > MAX_BATCH_BYTES) {
-            let count = part.len();
-            apply(
-                fs,
-                &format!("{}-{index}", batch.id),
-                std::mem::take(&mut part),
-            )
-            .map_err(|e| (e, sent))?;
-            sent += count;
-            index += 1;
-            bytes = 0;
+        if let Some((id, part, before)) = parts.push(change.clone()) {
+            apply(fs, &id, part).map_err(|e| (e, before))?;
         }
-        bytes += size;
-        part.push(change.clone());
     }
-    if !part.is_empty() {
-        apply(fs, &format!("{}-{index}", batch.id), part).map_err(|e| (e, sent))?;
+    if let Some((id, part, before)) = parts.finish() {
+        apply(fs, &id, part).map_err(|e| (e, before))?;
     }
     Ok(())
+}
+
+/// Cuts a batch into parts at the coordinator's limits, each sent as `{id}-{index}`: the same
+/// cut for the same changes, live or recovered from the journal.
+struct Parts<'a> {
+    id: &'a str,
+    part: Vec<pb::Change>,
+    bytes: usize,
+    index: usize,
+    /// Changes in the parts handed out so far.
+    before: usize,
+}
+
+impl<'a> Parts<'a> {
+    fn new(id: &'a str) -> Self {
+        Parts {
+            id,
+            part: Vec::new(),
+            bytes: 0,
+            index: 0,
+            before: 0,
+        }
+    }
+
+    /// Adds a change; the part it closed, if any: (request id, changes, changes before it).
+    fn push(&mut self, change: pb::Change) -> Option<(String, Vec<pb::Change>, usize)> {
+        let size = change.encoded_len() + 8;
+        let full = !self.part.is_empty()
+            && (self.part.len() >= MAX_BATCH_CHANGES || self.bytes + size > MAX_BATCH_BYTES);
+        let closed = if full { self.take() } else { None };
+        self.bytes += size;
+        self.part.push(change);
+        closed
+    }
+
+    /// The last part, if any.
+    fn finish(&mut self) -> Option<(String, Vec<pb::Change>, usize)> {
+        self.take()
+    }
+
+    fn take(&mut self) -> Option<(String, Vec<pb::Change>, usize)> {
+        if self.part.is_empty() {
+            return None;
+        }
+        let part = std::mem::take(&mut self.part);
+        let taken = (format!("{}-{}", self.id, self.index), part, self.before);
+        self.before += taken.1.len();
+        self.index += 1;
+        self.bytes = 0;
+        Some(taken)
+    }
 }
 
 fn apply(fs: &AetherFs, id: &str, changes: Vec<pb::Change>) -> aether_client::Result<()> {

@@ -495,7 +495,7 @@ impl AetherFs {
     /// fsync and fsyncdir, the durability point: every change made through the mount before
     /// it (file contents still open included) is in the session when this returns.
     fn sync_all(&self) -> Fallible<()> {
-        self.state().queue_all_written();
+        self.state().queue_all_written(&self.staging);
         self.flusher.flush_and_wait()
     }
 
@@ -973,7 +973,7 @@ impl AetherFs {
         let early = state.pending_bytes >= EARLY_FLUSH_BYTES;
         if early {
             // Much staged content: send it now rather than hold it all locally.
-            state.queue_all_written();
+            state.queue_all_written(&self.staging);
         }
         drop(state);
         if early {

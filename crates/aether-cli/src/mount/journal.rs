@@ -33,8 +33,12 @@ const FRAME_BYTES: usize = 4 + 8;
 
 const KIND_CHANGE: u8 = 1;
 const KIND_LARGE_WRITE: u8 = 2;
+/// One change of the batch as built and sent.
+const KIND_SENT_CHANGE: u8 = 3;
+/// The end of the sent block: how many changes it holds.
+const KIND_SENT_END: u8 = 4;
 
-/// One queued change as the journal holds it.
+/// One record of a segment.
 #[derive(Debug, PartialEq)]
 pub enum Entry {
     /// A change as it goes to the session, content inline.
@@ -44,6 +48,10 @@ pub enum Entry {
         write: pb::WriteOp,
         content: PathBuf,
     },
+    /// A change of the batch as it was built and sent.
+    Sent(pb::Change),
+    /// The end of the sent block, of this many changes.
+    SentEnd(u64),
 }
 
 /// The journal of a running mount.
@@ -128,6 +136,11 @@ impl Journal {
         Ok(taken)
     }
 
+    /// Where segment `segment` is.
+    pub fn segment_path(&self, segment: u64) -> PathBuf {
+        segment_path(&self.dir, &self.mount, segment)
+    }
+
     /// Forgets segments up to `segment` (never the current one): the session has their
     /// changes.
     pub fn remove_through(&mut self, segment: u64) {
@@ -147,18 +160,7 @@ impl Journal {
     }
 
     fn write_record(&mut self, payload: &[u8]) -> std::io::Result<()> {
-        if payload.len() > MAX_RECORD_BYTES as usize {
-            return Err(std::io::Error::other(format!(
-                "a journal record of {} bytes is over the limit of {MAX_RECORD_BYTES}",
-                payload.len()
-            )));
-        }
-        // One write per record, so a kill leaves whole records and at most one torn tail.
-        let mut record = Vec::with_capacity(FRAME_BYTES + payload.len());
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        record.extend_from_slice(&checksum(payload));
-        record.extend_from_slice(payload);
-        self.file.write_all(&record)?;
+        write_record(&mut self.file, payload)?;
         self.records += 1;
         Ok(())
     }
@@ -166,6 +168,39 @@ impl Journal {
     fn data_path(&self, segment: u64, record: u64) -> PathBuf {
         data_path(&segment_path(&self.dir, &self.mount, segment), record)
     }
+}
+
+/// Appends the sent block of a batch, `changes` as built, to the (taken) segment at `path`:
+/// written whole before the batch is first sent, so a recovering mount sends the very same
+/// requests.
+pub fn write_sent(path: &Path, changes: &[pb::Change]) -> std::io::Result<()> {
+    let mut file = OpenOptions::new().append(true).open(path)?;
+    let mut payload = Vec::new();
+    for change in changes {
+        payload.clear();
+        payload.push(KIND_SENT_CHANGE);
+        change.encode(&mut payload).expect("a Vec grows");
+        write_record(&mut file, &payload)?;
+    }
+    let mut end = vec![KIND_SENT_END];
+    end.extend_from_slice(&(changes.len() as u64).to_le_bytes());
+    write_record(&mut file, &end)
+}
+
+/// Writes one framed record; one write, so a kill leaves whole records and at most one torn
+/// tail.
+fn write_record(file: &mut File, payload: &[u8]) -> std::io::Result<()> {
+    if payload.len() > MAX_RECORD_BYTES as usize {
+        return Err(std::io::Error::other(format!(
+            "a journal record of {} bytes is over the limit of {MAX_RECORD_BYTES}",
+            payload.len()
+        )));
+    }
+    let mut record = Vec::with_capacity(FRAME_BYTES + payload.len());
+    record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    record.extend_from_slice(&checksum(payload));
+    record.extend_from_slice(payload);
+    file.write_all(&record)
 }
 
 /// A dead mount's journal, locked while it is recovered.
@@ -181,6 +216,20 @@ impl Orphan {
     /// The request id its batch of segment `segment` was (or would have been) sent as.
     pub fn batch_id(&self, segment: u64) -> String {
         format!("{}-{segment}", self.mount)
+    }
+
+    /// Moves the journal into a directory of its own beside the others (where no mount looks
+    /// for it), for someone to read; returns that directory.
+    pub fn set_aside(&self) -> PathBuf {
+        let aside = self.dir.join(format!("set-aside-{}", self.mount));
+        let _ = std::fs::create_dir_all(&aside);
+        let prefix = format!("{}.", self.mount);
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = std::fs::rename(entry.path(), aside.join(entry.file_name()));
+            }
+        }
+        aside
     }
 
     /// Removes the journal: the session has all of it.
@@ -205,14 +254,36 @@ pub fn orphans(cache: &Path, session: &str) -> std::io::Result<Vec<Orphan>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
+        // Another mount may recover (and remove) the same journal meanwhile: gone is skipped.
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        if name.ends_with(".locking") {
+            // A mount killed while it started its journal left this; nothing refers to it.
+            match File::open(entry.path()) {
+                Ok(lock) if try_lock(&lock)? => {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                Ok(_) => {}
+                Err(e) if gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
         let Some(mount) = name.strip_suffix(".lock") else {
             continue;
         };
-        let lock = File::open(entry.path())?;
+        let lock = match File::open(entry.path()) {
+            Ok(lock) => lock,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
         if !try_lock(&lock)? {
             continue; // a running mount
         }
-        let modified = entry.metadata()?.modified()?;
+        let modified = match lock.metadata() {
+            Ok(meta) => meta.modified()?,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(e),
+        };
         let segments = segments(&dir, mount);
         found.push((
             modified,
@@ -228,34 +299,82 @@ pub fn orphans(cache: &Path, session: &str) -> std::io::Result<Vec<Orphan>> {
     Ok(found.into_iter().map(|(_, orphan)| orphan).collect())
 }
 
-/// The entries of a segment, up to the first record that is cut short or damaged.
-pub fn read_segment(path: &Path) -> std::io::Result<Vec<Entry>> {
-    let mut file = File::open(path)?;
-    let mut left = file.metadata()?.len();
-    let mut entries = Vec::new();
-    loop {
-        let mut frame = [0u8; FRAME_BYTES];
-        if left < FRAME_BYTES as u64 || file.read_exact(&mut frame).is_err() {
-            break;
+/// Reads a segment one record at a time; stops at the first record that is cut short or
+/// damaged (after which [`SegmentReader::whole`] is false).
+pub struct SegmentReader {
+    path: PathBuf,
+    file: std::io::BufReader<File>,
+    left: u64,
+    index: u64,
+    damaged: bool,
+}
+
+impl SegmentReader {
+    pub fn open(path: &Path) -> std::io::Result<SegmentReader> {
+        let file = File::open(path)?;
+        let left = file.metadata()?.len();
+        Ok(SegmentReader {
+            path: path.to_path_buf(),
+            file: std::io::BufReader::new(file),
+            left,
+            index: 0,
+            damaged: false,
+        })
+    }
+
+    /// The next record; `None` at the end or at damage.
+    pub fn next_entry(&mut self) -> std::io::Result<Option<Entry>> {
+        if self.damaged || self.left == 0 {
+            return Ok(None);
         }
-        left -= FRAME_BYTES as u64;
+        let mut frame = [0u8; FRAME_BYTES];
+        if self.left < FRAME_BYTES as u64 {
+            return self.damage();
+        }
+        self.file.read_exact(&mut frame)?;
+        self.left -= FRAME_BYTES as u64;
         let len = u32::from_le_bytes(frame[..4].try_into().expect("4 bytes"));
         // Checked before anything is allocated for it.
-        if len > MAX_RECORD_BYTES || u64::from(len) > left {
-            break;
+        if len > MAX_RECORD_BYTES || u64::from(len) > self.left {
+            return self.damage();
         }
         let mut payload = vec![0u8; len as usize];
-        file.read_exact(&mut payload)?;
-        left -= u64::from(len);
+        self.file.read_exact(&mut payload)?;
+        self.left -= u64::from(len);
         if checksum(&payload) != frame[4..] {
-            break;
+            return self.damage();
         }
-        let Some(entry) = decode(&payload, path, entries.len() as u64) else {
-            break;
+        let Some(entry) = decode(&payload, &self.path, self.index) else {
+            return self.damage();
         };
-        entries.push(entry);
+        self.index += 1;
+        Ok(Some(entry))
     }
-    Ok(entries)
+
+    /// Whether every byte of the segment read back as records.
+    pub fn whole(&self) -> bool {
+        !self.damaged
+    }
+
+    fn damage(&mut self) -> std::io::Result<Option<Entry>> {
+        self.damaged = true;
+        Ok(None)
+    }
+}
+
+/// Whether a segment holds a whole sent block (its batch went out, or was about to, as
+/// built), read without keeping its records.
+pub fn has_sent_block(path: &Path) -> std::io::Result<bool> {
+    let mut reader = SegmentReader::open(path)?;
+    let mut sent = 0u64;
+    while let Some(entry) = reader.next_entry()? {
+        match entry {
+            Entry::Sent(_) => sent += 1,
+            Entry::SentEnd(count) => return Ok(count == sent),
+            _ => {}
+        }
+    }
+    Ok(false)
 }
 
 fn decode(payload: &[u8], segment: &Path, index: u64) -> Option<Entry> {
@@ -267,6 +386,8 @@ fn decode(payload: &[u8], segment: &Path, index: u64) -> Option<Entry> {
             let content = data_path(segment, index);
             Some(Entry::LargeWrite { write, content })
         }
+        KIND_SENT_CHANGE => pb::Change::decode(body).ok().map(Entry::Sent),
+        KIND_SENT_END => Some(Entry::SentEnd(u64::from_le_bytes(body.try_into().ok()?))),
         _ => None,
     }
 }
@@ -338,6 +459,42 @@ fn remove_segment(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The entries of a segment, up to the first record that is cut short or damaged.
+    fn read_segment(path: &Path) -> std::io::Result<Vec<Entry>> {
+        let mut reader = SegmentReader::open(path)?;
+        let mut entries = Vec::new();
+        while let Some(entry) = reader.next_entry()? {
+            entries.push(entry);
+        }
+        Ok(entries)
+    }
+
+    #[test]
+    fn a_sent_block_counts_only_when_whole() {
+        let cache = tempfile::tempdir().unwrap();
+        let mut journal = Journal::open(cache.path(), "s1").unwrap();
+        journal.append(&write("a", b"one")).unwrap();
+        let taken = journal.rotate().unwrap();
+        let path = journal.segment_path(taken);
+        assert!(!has_sent_block(&path).unwrap());
+        let built = [write("a", b"one"), write("b", b"two")];
+        write_sent(&path, &built).unwrap();
+        assert!(has_sent_block(&path).unwrap());
+        let entries = read_segment(&path).unwrap();
+        assert_eq!(
+            entries[1..],
+            [
+                Entry::Sent(built[0].clone()),
+                Entry::Sent(built[1].clone()),
+                Entry::SentEnd(2)
+            ]
+        );
+        // Cut before its end record (a kill while it was written): not a sent block.
+        let whole = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &whole[..whole.len() - 5]).unwrap();
+        assert!(!has_sent_block(&path).unwrap());
+    }
 
     fn write(path: &str, content: &[u8]) -> pb::Change {
         pb::Change {

@@ -153,8 +153,6 @@ pub struct State {
     pub written: std::collections::HashSet<u64>,
     /// Where every queued change is also written as it is queued (none in unit tests).
     pub journal: Option<Journal>,
-    /// A journal write failed: said once, the changes still go to the session.
-    journal_failed: bool,
 }
 
 impl State {
@@ -172,7 +170,6 @@ impl State {
             written: std::collections::HashSet::new(),
             orphans: Vec::new(),
             journal: None,
-            journal_failed: false,
         }
     }
 
@@ -441,12 +438,18 @@ impl State {
             return;
         };
         if let Err(error) = append(journal) {
-            if !self.journal_failed {
-                self.journal_failed = true;
-                eprintln!(
-                    "aether mount: cannot write the journal ({error}); changes still reach the session, but a kill of this mount before they do loses them"
-                );
-            }
+            self.stop_journal(&error);
+        }
+    }
+
+    /// Stops journaling after a failed write, removing the journal: a journal missing one
+    /// change would, recovered, apply the changes around the gap without it.
+    pub fn stop_journal(&mut self, error: &dyn std::fmt::Display) {
+        if let Some(journal) = self.journal.take() {
+            journal.close();
+            eprintln!(
+                "aether mount: cannot write the journal ({error}); journaling stops: changes still reach the session, but a kill of this mount before they do loses them"
+            );
         }
     }
 
@@ -464,11 +467,12 @@ impl State {
     }
 
     /// Queues the content of every file written and not yet queued (fsync of the mount).
-    pub fn queue_all_written(&mut self) {
+    pub fn queue_all_written(&mut self, staging: &Staging) {
         let mut written: Vec<u64> = self.written.iter().copied().collect();
         written.sort_unstable();
         for ino in written {
             self.queue_write(ino);
+            self.journal_content(ino, staging);
         }
     }
 
@@ -484,10 +488,7 @@ impl State {
             None => None,
             Some(Ok(segment)) => Some(segment),
             Some(Err(error)) => {
-                eprintln!(
-                    "aether mount: cannot start a journal segment ({error}); journaling stops"
-                );
-                self.journal = None;
+                self.stop_journal(&error);
                 None
             }
         };
