@@ -595,10 +595,10 @@ async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
     let (_mountpoint, dir) = mount_point();
     let slow = ["--commit-interval-ms", "600000"];
     let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
-    // Applied twice, this sequence would leave b.txt with the second content.
-    std::fs::write(dir.join("a.txt"), b"first\n").unwrap();
-    std::fs::rename(dir.join("a.txt"), dir.join("b.txt")).unwrap();
-    std::fs::write(dir.join("a.txt"), b"second\n").unwrap();
+    // Applied a second time, these changes leave a directory d beside e (the move finds e).
+    std::fs::create_dir(dir.join("d")).unwrap();
+    std::fs::write(dir.join("d/f.txt"), b"first\n").unwrap();
+    std::fs::rename(dir.join("d"), dir.join("e")).unwrap();
     // Keep the journal as a mount killed right after its batch applied would leave it.
     let journal = aether.path("mount-cache").join("journal").join(&session);
     let kept = aether.path("kept-journal");
@@ -606,8 +606,8 @@ async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
     for name in journal_files(&aether, &session) {
         std::fs::copy(journal.join(&name), kept.join(&name)).unwrap();
     }
-    sh(&dir, "sync", &["a.txt"]);
-    assert_eq!(read(&channel, &session, "b.txt").await, b"first\n");
+    sh(&dir, "sync", &["e/f.txt"]);
+    assert_eq!(read(&channel, &session, "e/f.txt").await, b"first\n");
     let version = common::head_version(&channel, &session).await;
     sh(&dir, "fusermount3", &["-u", &dir.display().to_string()]);
     mount.wait();
@@ -622,8 +622,63 @@ async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
         "{}",
         again.log()
     );
-    assert_eq!(read(&channel, &session, "b.txt").await, b"first\n");
-    assert_eq!(read(&channel, &session, "a.txt").await, b"second\n");
+    assert_eq!(names(&channel, &session, "").await, ["e"]);
+    assert_eq!(read(&channel, &session, "e/f.txt").await, b"first\n");
+    assert_eq!(
+        common::head_version(&channel, &session).await,
+        version,
+        "the recovered batch was applied again"
+    );
+    drop(again);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_applied_before_the_kill_is_answered_on_recovery_not_applied_again() {
+    require_fuse();
+    // The session applies the mount's batch but never answers it: the mount is killed with
+    // the batch applied and still in its journal.
+    let mut aether = Aether::start_with(&["--test-stall-after-commit", "ApplyChanges"]).await;
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+    let session = aether.ok(&["session", "create"]).trim().to_string();
+    let (_mountpoint, dir) = mount_point();
+    let slow = ["--commit-interval-ms", "600000"];
+    let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    // Applied a second time, this batch leaves a directory d beside e (the move finds e).
+    std::fs::create_dir(dir.join("d")).unwrap();
+    std::fs::write(dir.join("d/f.txt"), b"first\n").unwrap();
+    std::fs::rename(dir.join("d"), dir.join("e")).unwrap();
+    // fsync sends them as one batch; it never returns (the answer never comes).
+    let mut syncing = Command::new("sync")
+        .arg("e/f.txt")
+        .current_dir(&dir)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while names(&channel, &session, "").await.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the batch was not applied:\n{}",
+            mount.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let version = common::head_version(&channel, &session).await;
+    kill_mount(&dir, &mut mount);
+    let _ = syncing.wait();
+    // The stalled call holds the session: a new server process on the same data lets the
+    // recovery through.
+    aether.server.restart().await.unwrap();
+    let channel = common::connect(&aether.server.endpoint()).await.unwrap();
+
+    let again = Mount::start_with(&aether, &session, &dir, "again.log", &slow);
+    assert!(
+        again.log().contains("change(s) an earlier mount"),
+        "{}",
+        again.log()
+    );
+    assert_eq!(names(&channel, &session, "").await, ["e"]);
+    assert_eq!(read(&channel, &session, "e/f.txt").await, b"first\n");
     assert_eq!(
         common::head_version(&channel, &session).await,
         version,

@@ -29,14 +29,21 @@ pub struct Run {
 
 impl Aether {
     pub async fn start() -> Aether {
+        Aether::start_with(&[]).await
+    }
+
+    /// Starts `aetherd dev` with `flags` after its data directory.
+    pub async fn start_with(flags: &[&str]) -> Aether {
         let data = tempfile::tempdir().unwrap();
-        let server = ServiceProcess::start(&[
-            "dev".into(),
+        let mut args = vec![
+            "dev".to_string(),
             "--data".into(),
             data.path().display().to_string(),
-        ])
-        .await
-        .expect("start aetherd dev");
+        ];
+        args.extend(flags.iter().map(|f| f.to_string()));
+        let server = ServiceProcess::start(&args)
+            .await
+            .expect("start aetherd dev");
         Aether {
             server,
             _data: data,
