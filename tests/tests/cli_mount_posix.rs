@@ -588,6 +588,32 @@ async fn mount_killed_after_close_loses_nothing_closed_the_next_mount_sends_it()
     assert!(journal_files(&aether, &session).is_empty());
 }
 
+/// Mounts `session` again, which recovers the journal of a mount that was killed after its
+/// batch (mkdir d, d/f.txt, d moved to e) applied at `version`, and checks nothing applied
+/// twice.
+async fn recover_once(
+    aether: &Aether,
+    channel: &tonic::transport::Channel,
+    session: &str,
+    dir: &Path,
+    version: u64,
+) {
+    let slow = ["--commit-interval-ms", "600000"];
+    let again = Mount::start_with(aether, session, dir, "again.log", &slow);
+    assert!(
+        again.log().contains("change(s) an earlier mount"),
+        "{}",
+        again.log()
+    );
+    assert_eq!(names(channel, session, "").await, ["e"]);
+    assert_eq!(read(channel, session, "e/f.txt").await, b"first\n");
+    assert_eq!(
+        common::head_version(channel, session).await,
+        version,
+        "the recovered batch was applied again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
     require_fuse();
@@ -616,20 +642,7 @@ async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
         std::fs::copy(entry.path(), journal.join(entry.file_name())).unwrap();
     }
 
-    let again = Mount::start_with(&aether, &session, &dir, "again.log", &slow);
-    assert!(
-        again.log().contains("change(s) an earlier mount"),
-        "{}",
-        again.log()
-    );
-    assert_eq!(names(&channel, &session, "").await, ["e"]);
-    assert_eq!(read(&channel, &session, "e/f.txt").await, b"first\n");
-    assert_eq!(
-        common::head_version(&channel, &session).await,
-        version,
-        "the recovered batch was applied again"
-    );
-    drop(again);
+    recover_once(&aether, &channel, &session, &dir, version).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -671,20 +684,7 @@ async fn a_batch_applied_before_the_kill_is_answered_on_recovery_not_applied_aga
     aether.server.restart().await.unwrap();
     let channel = common::connect(&aether.server.endpoint()).await.unwrap();
 
-    let again = Mount::start_with(&aether, &session, &dir, "again.log", &slow);
-    assert!(
-        again.log().contains("change(s) an earlier mount"),
-        "{}",
-        again.log()
-    );
-    assert_eq!(names(&channel, &session, "").await, ["e"]);
-    assert_eq!(read(&channel, &session, "e/f.txt").await, b"first\n");
-    assert_eq!(
-        common::head_version(&channel, &session).await,
-        version,
-        "the recovered batch was applied again"
-    );
-    drop(again);
+    recover_once(&aether, &channel, &session, &dir, version).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
