@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::model::{self, CheckpointRecord, SessionRecord};
 use crate::paged_map::PagedMap;
-use crate::sessions::{check_expected_version, require_open, Effect, Prepared, Sessions};
+use crate::sessions::{check_expected_version, Effect, Prepared, Sessions};
 
 /// Bytes a checkpoint's description holds at most.
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
@@ -40,8 +40,7 @@ impl Sessions {
                 "description exceeds {MAX_DESCRIPTION_BYTES} bytes"
             )));
         }
-        let mut mutation = self.begin(caller, session_id).await?;
-        require_open(&mutation.record)?;
+        let mut mutation = self.begin_open(caller, session_id).await?;
         let name = match name {
             "" => format!("ckpt-{}", mutation.record.checkpoint_count + 1),
             name => name.to_string(),

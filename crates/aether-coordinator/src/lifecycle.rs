@@ -230,8 +230,7 @@ impl Sessions {
                     .into(),
             ));
         }
-        let mut mutation = self.begin(caller, id).await?;
-        require_open(&mutation.record)?;
+        let mut mutation = self.begin_open(caller, id).await?;
         let fields: Vec<&str> = updates.iter().map(SessionUpdate::field).collect();
         let effect =
             Effect::new(caller.name(), "session.update", id).detail("fields", fields.join(","));
@@ -262,8 +261,7 @@ impl Sessions {
                 "new_owner is required (a principal name of at most {MAX_OWNER_BYTES} bytes)"
             )));
         }
-        let mut mutation = self.begin(caller, id).await?;
-        require_open(&mutation.record)?;
+        let mut mutation = self.begin_open(caller, id).await?;
         let previous = std::mem::replace(&mut mutation.record.owner, new_owner.to_string());
         let subject = format!("user:{previous}");
         let bindings = &mut mutation.record.policy.bindings;
@@ -299,8 +297,7 @@ impl Sessions {
         id: &str,
         archive: bool,
     ) -> Result<(Prepared, String)> {
-        let mut mutation = self.begin(caller, id).await?;
-        require_open(&mutation.record)?;
+        let mut mutation = self.begin_open(caller, id).await?;
         let mut archive_blob_hash = String::new();
         let mut approvals_used = Vec::new();
         if archive {

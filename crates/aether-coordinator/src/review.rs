@@ -331,8 +331,7 @@ impl Sessions {
         session_id: &str,
         new: NewAnnotation,
     ) -> Result<(Prepared, AnnotationRecord)> {
-        let mut mutation = self.begin(caller, session_id).await?;
-        require_open(&mutation.record)?;
+        let mut mutation = self.begin_open(caller, session_id).await?;
         // Annotations are never deleted, so the sequence is the count.
         if mutation.record.annotation_sequence >= MAX_ANNOTATIONS {
             return Err(Error::ResourceExhausted(format!(
@@ -375,8 +374,7 @@ impl Sessions {
         session_id: &str,
         sequence: u64,
     ) -> Result<(Prepared, AnnotationRecord)> {
-        let mut mutation = self.begin(caller, session_id).await?;
-        require_open(&mutation.record)?;
+        let mut mutation = self.begin_open(caller, session_id).await?;
         let key = annotation_key(sequence);
         let found = self
             .annotations
@@ -504,8 +502,7 @@ impl Sessions {
         approve: bool,
         comment: &str,
     ) -> Result<(Prepared, ApprovalRecord)> {
-        let mut mutation = self.begin(caller, session_id).await?;
-        require_open(&mutation.record)?;
+        let mut mutation = self.begin_open(caller, session_id).await?;
         let mut approval = self.load_approval(&mutation.record, sequence).await?;
         let id = approval.id();
         let now = model::now_ms();
@@ -606,8 +603,7 @@ impl Sessions {
         if required == 0 {
             return Ok(());
         }
-        let mut mutation = self.begin(caller, &seen.id).await?;
-        crate::sessions::require_open(&mutation.record)?;
+        let mut mutation = self.begin_open(caller, &seen.id).await?;
         if mutation.record.head_version != seen.head_version
             || mutation.record.head_root != seen.head_root
         {

@@ -545,6 +545,13 @@ impl Sessions {
         ))
     }
 
+    /// Starts a mutation that must find the session open (active or finalized).
+    pub async fn begin_open(&self, caller: &Caller, id: &str) -> Result<Mutation> {
+        let mutation = self.begin(caller, id).await?;
+        require_open(&mutation.record)?;
+        Ok(mutation)
+    }
+
     /// Starts a mutation that must find the session active (writable).
     pub async fn begin_active(&self, caller: &Caller, id: &str) -> Result<Mutation> {
         let mutation = self.begin(caller, id).await?;

@@ -22,7 +22,7 @@ use fuser::Errno;
 use prost::Message;
 
 use super::fs::{AetherFs, Changed};
-use super::state::Op;
+use super::state::{file_write, Op};
 
 /// Tries to send what is queued when the mount ends, a second apart.
 const STOP_ATTEMPTS: usize = 5;
@@ -264,9 +264,7 @@ fn flush_batch(fs: &AetherFs, batch: Batch, retry: &mut Option<Retry>) -> Result
             eprintln!("aether mount: the session refused a batch ({error}); applying its changes one by one");
             let mut failed = false;
             for (index, change) in batch.changes.into_iter().enumerate().skip(applied) {
-                let described = describe(&change);
-                let id = format!("{}-single-{index}", batch.id);
-                if let Err(error) = apply(fs, &id, vec![change]) {
+                if let Err((error, described)) = apply_single(fs, &batch.id, index, change) {
                     eprintln!("aether mount: could not apply {described}: {error}");
                     failed = true;
                 }
@@ -363,7 +361,7 @@ fn recover_segment(
                         aether_client::Error::Io { .. } => Recovery::Journal(e.to_string()),
                         other => Recovery::Session(other),
                     })?;
-                file_change(write)
+                file_write(write)
             }
             _ => continue,
         };
@@ -430,13 +428,13 @@ impl<'a> PartSender<'a> {
         }
     }
 
-    /// One change alone, as `{batch id}-single-{index in the batch}` like the live fallback.
+    /// One change alone, under the id the live fallback gives it.
     fn send_single(&mut self, change: pb::Change) -> Result<(), Recovery> {
-        let id = format!("{}-single-{}", self.parts.id, self.count);
-        let described = describe(&change);
-        match apply(self.fs, &id, vec![change]) {
-            Err(error) if is_transient(&error) => return Err(Recovery::Session(error)),
-            Err(error) => eprintln!("aether: could not apply recovered {described}: {error}"),
+        match apply_single(self.fs, self.parts.id, self.count, change) {
+            Err((error, _)) if is_transient(&error) => return Err(Recovery::Session(error)),
+            Err((error, described)) => {
+                eprintln!("aether: could not apply recovered {described}: {error}")
+            }
             Ok(()) => {}
         }
         self.count += 1;
@@ -445,11 +443,18 @@ impl<'a> PartSender<'a> {
     }
 }
 
-fn file_change(write: pb::WriteOp) -> pb::Change {
-    pb::Change {
-        op: Some(pb::change::Op::Write(write)),
-        precondition: None,
-    }
+/// Applies change number `index` of batch `batch_id` alone, as `{batch_id}-single-{index}`
+/// (the id whoever sends it again, live or recovering, uses); on failure also says what the
+/// change was.
+fn apply_single(
+    fs: &AetherFs,
+    batch_id: &str,
+    index: usize,
+    change: pb::Change,
+) -> Result<(), (aether_client::Error, String)> {
+    let described = describe(&change);
+    let id = format!("{batch_id}-single-{index}");
+    apply(fs, &id, vec![change]).map_err(|error| (error, described))
 }
 
 fn is_transient(error: &aether_client::Error) -> bool {

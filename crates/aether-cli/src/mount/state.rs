@@ -594,7 +594,8 @@ fn update_from(node: &mut Node, entry: &pb::Entry) {
     }
 }
 
-fn file_write(write: pb::WriteOp) -> pb::Change {
+/// A write as a change, without precondition.
+pub fn file_write(write: pb::WriteOp) -> pb::Change {
     pb::Change {
         op: Some(pb::change::Op::Write(write)),
         precondition: None,
