@@ -183,6 +183,57 @@ async fn a_sessions_etcd_keys_do_not_grow_with_its_history() {
     assert_eq!(listed.len(), 3);
     let (_, audit) = split(keys_of(&coord, &session).await);
     assert_eq!(audit, 0, "a closed session keeps audit keys in etcd");
+
+    // What etcd keeps of the closed session is one small tombstone, and its label key so
+    // that ListSessions by label still finds it (the bus's hold is lease-bound, let go when
+    // idle); the record is in the store, and reads by id still find all of it.
+    let kept: Vec<String> = keys_of(&coord, &session)
+        .await
+        .into_iter()
+        .filter(|k| !k.contains("/bus-holders/"))
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            format!("/aether/v1/labels/suite=e2e/{session}"),
+            format!("/aether/v1/sessions/{session}")
+        ]
+    );
+    let tombstone = {
+        use aether_coord::Coordination;
+        coord.get(&kept[1]).await.unwrap().unwrap()
+    };
+    assert!(
+        tombstone.value.len() < 512,
+        "tombstone of {} bytes: {}",
+        tombstone.value.len(),
+        String::from_utf8_lossy(&tombstone.value)
+    );
+    let got = sessions
+        .get_session(pb::GetSessionRequest {
+            session_id: session.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(got.state, pb::SessionState::Closed as i32);
+    assert_eq!(got.head_version, 81, "create + 80 writes");
+    let listed = sessions
+        .list_sessions(pb::ListSessionsRequest {
+            states: vec![pb::SessionState::Closed as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(
+        listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        vec![session.as_str()]
+    );
+    assert_eq!(listed[0].head_version, 81);
 }
 
 /// Mutations the soak applies in all.

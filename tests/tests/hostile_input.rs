@@ -593,6 +593,48 @@ async fn hostile_labels_metadata_and_states_change_nothing() {
             .await;
         assert_eq!(code(created), Code::InvalidArgument, "metadata: {case}");
     }
+    let binding = |subject: &str, role: i32| pb::RoleBinding {
+        subject: subject.into(),
+        role,
+    };
+    let bindings = |n: usize| (0..n).map(|i| binding(&format!("user:u{i}"), 1)).collect();
+    let bad_policies: Vec<(&str, Vec<pb::RoleBinding>)> = vec![
+        ("too many bindings", bindings(65)),
+        ("a hundred thousand bindings", bindings(100_000)),
+        ("no kind", vec![binding("alice", 1)]),
+        ("empty name", vec![binding("user:", 1)]),
+        (
+            "huge name",
+            vec![binding(&format!("user:{}", "a".repeat(300)), 1)],
+        ),
+        ("space in name", vec![binding("group:a b", 1)]),
+        ("no role", vec![binding("user:alice", 0)]),
+        ("unknown role", vec![binding("user:alice", 99)]),
+    ];
+    for (case, bindings) in bad_policies {
+        let policy = Some(pb::Policy {
+            bindings,
+            ..Default::default()
+        });
+        let created = sessions
+            .create_session(pb::CreateSessionRequest {
+                policy: policy.clone(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(created), Code::InvalidArgument, "create: {case}");
+        let updated = sessions
+            .update_session(pb::UpdateSessionRequest {
+                session_id: id.clone(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["policy".into()],
+                }),
+                policy,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(updated), Code::InvalidArgument, "update: {case}");
+    }
     assert_eq!(listed(&mut sessions).await, count, "no session was created");
     let session = sessions
         .get_session(pb::GetSessionRequest {
@@ -604,6 +646,10 @@ async fn hostile_labels_metadata_and_states_change_nothing() {
         .session
         .unwrap();
     assert_eq!(session.labels, label("suite", "e2e"), "labels unchanged");
+    assert!(
+        session.policy.unwrap().bindings.is_empty(),
+        "policy unchanged"
+    );
 
     // A commit without the approvals the policy requires.
     let gated = sessions

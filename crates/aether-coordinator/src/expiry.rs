@@ -4,14 +4,19 @@
 //!
 //! Every coordinator sweeps; a session is expired by whichever node holds it (or takes it),
 //! through the same fenced mutation as any change, so two sweepers cannot both expire it.
+//! The sweep also archives the whole records of sessions closed by earlier versions, leaving
+//! a tombstone in etcd ([`crate::tombstones`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use aether_coord::{Compare, Op};
+
 use crate::caller::Caller;
 use crate::events::Event;
 use crate::model::{self, SessionRecord, State};
-use crate::sessions::{Effect, Sessions};
+use crate::sessions::{to_json, Effect, Sessions};
+use crate::tombstones::{self, Stored};
 
 /// How long expiring one session may take (its commit writes an audit page to the store).
 const EXPIRY_COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -36,10 +41,12 @@ impl Sessions {
             after = Some(last.key.clone());
             let now = model::now_ms();
             for kv in batch {
-                let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
+                let Ok(Stored::Record(record)) = Stored::decode(&kv.value) else {
                     continue;
                 };
-                if due(&record, now) && self.expire(&record.id).await {
+                if matches!(record.state, State::Closed | State::Expired) {
+                    self.archive_closed_record(*record, kv.mod_revision).await;
+                } else if due(&record, now) && self.expire(&record.id).await {
                     expired += 1;
                 }
             }
@@ -70,6 +77,25 @@ impl Sessions {
                 tracing::warn!(session = %id, error = %e, "expiring session failed");
                 false
             }
+        }
+    }
+
+    /// Replaces the whole record of a session closed by an earlier version (which kept it in
+    /// etcd) with a tombstone. Unless the record changed since it was read: then the next
+    /// sweep looks again.
+    async fn archive_closed_record(&self, record: SessionRecord, revision: i64) {
+        let id = record.id.clone();
+        let archived = async {
+            let tombstone = tombstones::archive(self.trees.blobs().as_ref(), &record).await?;
+            let key = model::session_key(&id);
+            let compare = vec![Compare::ModRevision(key.clone(), revision)];
+            let ops = vec![Op::put(key, to_json(&tombstone))];
+            Ok::<_, crate::Error>(self.coord.txn(compare, ops).await?.succeeded)
+        };
+        match archived.await {
+            Ok(true) => tracing::info!(session = %id, "closed session's record archived"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(session = %id, error = %e, "archiving closed record failed"),
         }
     }
 

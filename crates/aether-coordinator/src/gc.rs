@@ -5,6 +5,8 @@
 //!   maps, and every checkpoint's tree and knowledge;
 //! - of every session, closed ones included: the commit history (commit objects and their
 //!   trees) and archives exported at close;
+//! - of closed and expired sessions: the final record their tombstone names
+//!   ([`crate::tombstones`]);
 //! - trees reach their subtrees and file blobs (a multi-chunk file is named by its manifest;
 //!   the store's sweep keeps a live manifest's chunks);
 //! - the recorded answers of recent requests kept in the content store ([`crate::requests`]).
@@ -27,6 +29,7 @@ use crate::model::{self, SessionRecord, State};
 use crate::requests::{Generation, StoredReply};
 use crate::revisions::load_commit;
 use crate::sessions::Sessions;
+use crate::tombstones::{self, Stored};
 use crate::trees::Trees;
 
 /// What a collection reads: session records from coordination, trees and commits from the
@@ -75,13 +78,17 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
         let Some(last) = batch.last() else { break };
         after = Some(last.key.clone());
         for kv in batch {
-            let record: SessionRecord = serde_json::from_slice(&kv.value).map_err(|e| {
+            let stored = Stored::decode(&kv.value).map_err(|e| {
                 // Never sweep on a partial view: an unreadable record stops the collection.
                 Error::Internal(format!(
                     "session record {} unreadable, GC stopped: {e}",
                     kv.key
                 ))
             })?;
+            if let Stored::Tombstone(tombstone) = &stored {
+                live.insert(tombstones::archived_hash(tombstone)?);
+            }
+            let record = stored.resolve(sessions.trees.blobs().as_ref()).await?;
             let mut commit = record.head_commit.clone();
             while let Some(id) = commit {
                 let hash = parse(&id)?;

@@ -9,7 +9,8 @@
 use aether_coord::{Compare, Coordination, Op};
 
 use crate::error::Result;
-use crate::model::{self, SessionRecord};
+use crate::model;
+use crate::tombstones::Stored;
 
 /// Records read per range call.
 const BATCH: usize = 500;
@@ -51,13 +52,13 @@ pub async fn ensure(coord: &dyn Coordination) -> Result<()> {
 /// changed meanwhile). Whether it had labels to index.
 async fn index_one(coord: &dyn Coordination, mut kv: aether_coord::KeyValue) -> Result<bool> {
     loop {
-        let Ok(record) = serde_json::from_slice::<SessionRecord>(&kv.value) else {
+        let Ok(stored) = Stored::decode(&kv.value) else {
             return Ok(false);
         };
-        if record.labels.is_empty() {
+        if stored.labels().is_empty() {
             return Ok(false);
         }
-        let ops = model::label_index_ops(&record.id, &Default::default(), &record.labels);
+        let ops = model::label_index_ops(stored.id(), &Default::default(), stored.labels());
         let outcome = coord
             .txn(
                 vec![Compare::ModRevision(kv.key.clone(), kv.mod_revision)],
@@ -81,7 +82,7 @@ pub async fn sessions_with(
     (key, value): (&str, &str),
     after: Option<&str>,
     limit: usize,
-) -> Result<(Vec<SessionRecord>, Option<String>)> {
+) -> Result<(Vec<Stored>, Option<String>)> {
     let prefix = model::label_index_prefix(key, value);
     let start = after.map(|id| format!("{prefix}{id}"));
     let keys = coord.range(&prefix, start.as_deref(), limit).await?;
@@ -97,8 +98,8 @@ pub async fn sessions_with(
         let Some(found) = coord.get(&model::session_key(id)).await? else {
             continue;
         };
-        if let Ok(record) = serde_json::from_slice::<SessionRecord>(&found.value) {
-            records.push(record);
+        if let Ok(stored) = Stored::decode(&found.value) {
+            records.push(stored);
         }
     }
     Ok((records, last))

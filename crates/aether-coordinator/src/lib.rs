@@ -12,6 +12,7 @@
 //! - [`changes`] applies file changes atomically, with their preconditions;
 //! - [`listing`] pages through the sessions a caller may see;
 //! - [`browse`] lists, diffs and exports a session's files as of a revision;
+//! - [`tombstones`] is what etcd keeps of a closed session (its record is in the store);
 //! - [`requests`] records the outcomes of recent changes by request id (promise 9);
 //! - [`trees`] reads and edits content-addressed trees in the content store;
 //! - [`revisions`] resolves head/base/checkpoint/commit to roots; [`checkpoints`] names them;
@@ -47,6 +48,7 @@ pub mod revisions;
 pub mod routing;
 pub mod rpcs;
 pub mod sessions;
+pub mod tombstones;
 pub mod trees;
 
 use std::sync::Arc;

@@ -69,6 +69,61 @@ pub fn checked_metadata(metadata: BTreeMap<String, String>) -> Result<BTreeMap<S
     Ok(metadata)
 }
 
+/// Role bindings a session's policy may hold (the owner needs none).
+pub const MAX_BINDINGS: usize = 64;
+
+/// Checks a session's policy: a bounded number of bindings, each of a `user:NAME` or
+/// `group:NAME` subject to a role that grants something.
+pub fn checked_policy(policy: PolicyRecord) -> Result<PolicyRecord> {
+    if policy.bindings.len() > MAX_BINDINGS {
+        return Err(Error::InvalidArgument(format!(
+            "{} role bindings given: at most {MAX_BINDINGS} are allowed (bind a group instead)",
+            policy.bindings.len()
+        )));
+    }
+    for binding in &policy.bindings {
+        let name = binding
+            .subject
+            .strip_prefix("user:")
+            .or_else(|| binding.subject.strip_prefix("group:"));
+        if name.is_none_or(|n| checked_principal(n).is_err()) {
+            return Err(Error::InvalidArgument(format!(
+                "role binding subject {:?} is malformed: use \"user:NAME\" or \"group:NAME\" \
+                 with a name of 1 to {MAX_OWNER_BYTES} visible characters",
+                truncated(&binding.subject)
+            )));
+        }
+        if !(1..=4).contains(&binding.role) {
+            return Err(Error::InvalidArgument(format!(
+                "role binding for {} has role {}: use VIEWER (1), EDITOR (2), REVIEWER (3) or \
+                 OWNER (4)",
+                binding.subject, binding.role
+            )));
+        }
+    }
+    Ok(policy)
+}
+
+/// Checks a principal name given as an owner or in a binding.
+fn checked_principal(name: &str) -> Result<&str> {
+    if name.is_empty()
+        || name.len() > MAX_OWNER_BYTES
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Error::InvalidArgument(format!(
+            "principal name {:?} is malformed: 1 to {MAX_OWNER_BYTES} bytes, no spaces or \
+             control characters",
+            truncated(name)
+        )));
+    }
+    Ok(name)
+}
+
+/// At most the first 64 characters of a rejected value, for an error message.
+fn truncated(value: &str) -> String {
+    value.chars().take(64).collect()
+}
+
 /// A record with nothing in it yet but what every new session shares.
 fn fresh_record(id: String, now: i64) -> SessionRecord {
     SessionRecord {
@@ -113,6 +168,10 @@ impl Sessions {
     ) -> Result<(SessionRecord, Effect)> {
         let labels = checked_labels(new.labels)?;
         let metadata = checked_metadata(new.metadata)?;
+        let policy = checked_policy(new.policy)?;
+        if !new.owner.is_empty() {
+            checked_principal(&new.owner)?;
+        }
         let id = self.new_session_id(caller).await?;
         let (root, knowledge_root) = self.source_roots(caller, &new.source).await?;
         let owner = match new.owner.as_str() {
@@ -123,7 +182,7 @@ impl Sessions {
             labels,
             metadata,
             owner,
-            policy: new.policy,
+            policy,
             source: new.source,
             base_root: root.clone(),
             head_root: root,
@@ -240,7 +299,7 @@ impl Sessions {
                 SessionUpdate::Labels(labels) => record.labels = checked_labels(labels)?,
                 SessionUpdate::Metadata(metadata) => record.metadata = checked_metadata(metadata)?,
                 SessionUpdate::Ttl(ttl_ms) => record.ttl_ms = ttl_ms,
-                SessionUpdate::Policy(policy) => record.policy = policy,
+                SessionUpdate::Policy(policy) => record.policy = checked_policy(policy)?,
             }
         }
         Ok(Prepared::changed(mutation, effect))
@@ -256,11 +315,12 @@ impl Sessions {
         previous_owner_role: Option<i32>,
         comment: &str,
     ) -> Result<Prepared> {
-        if new_owner.is_empty() || new_owner.len() > MAX_OWNER_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "new_owner is required (a principal name of at most {MAX_OWNER_BYTES} bytes)"
-            )));
+        if new_owner.is_empty() {
+            return Err(Error::InvalidArgument(
+                "new_owner is required (a principal name)".into(),
+            ));
         }
+        checked_principal(new_owner)?;
         let mut mutation = self.begin_open(caller, id).await?;
         let previous = std::mem::replace(&mut mutation.record.owner, new_owner.to_string());
         let subject = format!("user:{previous}");
@@ -269,6 +329,7 @@ impl Sessions {
         if let Some(role) = previous_owner_role {
             bindings.push(Binding { subject, role });
         }
+        mutation.record.policy = checked_policy(std::mem::take(&mut mutation.record.policy))?;
         let effect = Effect::new(caller.name(), "session.transfer", new_owner)
             .detail("previous_owner", previous)
             .detail("comment", comment)

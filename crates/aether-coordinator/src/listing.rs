@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::label_index;
 use crate::model::{self, SessionRecord, State};
 use crate::sessions::Sessions;
+use crate::tombstones::Stored;
 
 /// Session records one ListSessions call reads at most (then it answers with what it found
 /// and a token to go on from).
@@ -27,9 +28,11 @@ pub struct SessionFilter {
 }
 
 impl SessionFilter {
-    fn matches(&self, record: &SessionRecord) -> bool {
-        self.selector.matches(&record.labels)
-            && (self.states.is_empty() || self.states.contains(&record.state))
+    /// Judged on what etcd holds (a tombstone has the labels and state too), so a closed
+    /// session's archived record is read only when it matches.
+    fn matches(&self, stored: &Stored) -> bool {
+        self.selector.matches(stored.labels())
+            && (self.states.is_empty() || self.states.contains(&stored.state()))
     }
 }
 
@@ -83,8 +86,12 @@ impl Sessions {
                 return Ok(SessionPage::last(records));
             };
             examined += batch.len();
-            for record in batch {
-                if !filter.matches(&record) || !caller.can_see(&record) {
+            for stored in batch {
+                if !filter.matches(&stored) {
+                    continue;
+                }
+                let record = stored.resolve(self.trees.blobs().as_ref()).await?;
+                if !caller.can_see(&record) {
                     continue;
                 }
                 if records.len() == size {
@@ -101,10 +108,7 @@ impl Sessions {
 
     /// Up to [`BATCH`] session records in id order after session id `after`, and the id of the
     /// last one read (`None` when there were none).
-    async fn records_after(
-        &self,
-        after: Option<&str>,
-    ) -> Result<(Vec<SessionRecord>, Option<String>)> {
+    async fn records_after(&self, after: Option<&str>) -> Result<(Vec<Stored>, Option<String>)> {
         let prefix = model::sessions_prefix();
         let start = after.map(|id| format!("{prefix}{id}"));
         let batch = self.coord.range(&prefix, start.as_deref(), BATCH).await?;
@@ -114,7 +118,7 @@ impl Sessions {
             .map(str::to_owned);
         let records = batch
             .iter()
-            .filter_map(|kv| serde_json::from_slice::<SessionRecord>(&kv.value).ok())
+            .filter_map(|kv| Stored::decode(&kv.value).ok())
             .collect();
         Ok((records, last))
     }

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::events::EventSink;
 use crate::model::{self, AuditRecord, SessionRecord, State};
 use crate::requests::{self, Generation, RequestIndex, RequestKey, RequestRecord};
+use crate::tombstones::{self, Stored};
 use crate::trees::Trees;
 
 /// This coordinator's identity in the cluster.
@@ -363,8 +364,9 @@ impl Sessions {
             .ok_or_else(|| Error::SessionNotFound {
                 session: id.to_string(),
             })?;
-        let record: SessionRecord = serde_json::from_slice(&kv.value)
+        let stored = Stored::decode(&kv.value)
             .map_err(|e| Error::Internal(format!("session record {id} unreadable: {e}")))?;
+        let record = stored.resolve(self.trees.blobs().as_ref()).await?;
         // Every session RPC loads its record here (mutations through `begin`): the one place
         // the caller's role on the session is checked (promise 6).
         caller.authorize(&record)?;
@@ -576,7 +578,13 @@ impl Sessions {
             .append(&*self.coord, &mut mutation.record, audit)
             .await?;
         ops.extend(appended.ops);
-        ops.push(Op::put(model::session_key(&id), to_json(&mutation.record)));
+        let stored = if closing {
+            // The last change: etcd keeps a tombstone, the store the record.
+            to_json(&tombstones::archive(self.trees.blobs().as_ref(), &mutation.record).await?)
+        } else {
+            to_json(&mutation.record)
+        };
+        ops.push(Op::put(model::session_key(&id), stored));
         ops.extend(model::label_index_ops(
             &id,
             &mutation.labels_read,
@@ -606,8 +614,13 @@ impl Sessions {
                 .await;
         }
         if closing {
-            // Nothing can change a closed session again, so this runs once per session.
+            // Nothing can change a closed session again, so this runs once per session, and
+            // the hold has nothing left to guard.
             self.events.archive(&id).await;
+            self.drop_hold(&id);
+            if let Err(e) = holder::release(&*self.coord, &mutation.fence).await {
+                tracing::warn!(session = %id, error = %e, "releasing a closed session's hold failed");
+            }
         }
         Ok(mutation.record)
     }

@@ -24,13 +24,19 @@ use bytes::Bytes;
 use tonic::transport::Channel;
 
 async fn serve(dir: &std::path::Path) -> (Channel, Arc<Sessions>, BlobStore) {
+    serve_with(dir, Arc::new(EmbeddedCoordination::in_memory())).await
+}
+
+async fn serve_with(
+    dir: &std::path::Path,
+    coord: Arc<EmbeddedCoordination>,
+) -> (Channel, Arc<Sessions>, BlobStore) {
     let store = BlobStore::new(
         BackendArgs::local(dir.to_path_buf())
             .build("objects")
             .unwrap(),
         Limits::default(),
     );
-    let coord = Arc::new(EmbeddedCoordination::in_memory());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     #[derive(clap::Parser)]
@@ -316,6 +322,20 @@ async fn collection_keeps_everything_reachable_and_removes_garbage() {
     assert!(!live.contains(&Hash::of(b"c head only")));
     assert!(live.contains(&Hash::of(b"c committed")));
 
+    // A closed session's record is archived in the store (etcd keeps a tombstone naming it):
+    // the mark keeps it, so the session reads back by id.
+    let c_after = SessionServiceClient::new(channel.clone())
+        .get_session(pb::GetSessionRequest {
+            session_id: c.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session
+        .unwrap();
+    assert_eq!(c_after.state, pb::SessionState::Closed as i32);
+    assert_eq!(c_after.counts.unwrap().commits, 1);
+
     // A closed session's metadata stays listed: its checkpoints (whose files are gone, so no
     // session starts from them) and its annotations.
     let listed = history
@@ -382,4 +402,66 @@ async fn young_objects_survive_the_grace_period() {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A session closed by a version that kept its whole record in etcd is read as before, and
+/// the expiry sweep replaces that record with a tombstone naming the same record in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_closed_record_left_by_an_earlier_version_becomes_a_tombstone() {
+    use aether_coord::{Coordination, Op};
+    use aether_coordinator::tombstones::Stored;
+
+    let dir = tempfile::tempdir().unwrap();
+    let coord = Arc::new(EmbeddedCoordination::in_memory());
+    let (channel, sessions, store) = serve_with(dir.path(), coord.clone()).await;
+    let id = create(&channel).await;
+    apply(&channel, &id, vec![write("f", "kept by the record")]).await;
+    let mut client = SessionServiceClient::new(channel.clone());
+    client
+        .close_session(pb::CloseSessionRequest {
+            session_id: id.clone(),
+            archive: false,
+        })
+        .await
+        .unwrap();
+    let key = format!("/aether/v1/sessions/{id}");
+    let Stored::Tombstone(tombstone) =
+        Stored::decode(&coord.get(&key).await.unwrap().unwrap().value).unwrap()
+    else {
+        panic!("closing left a whole record in etcd");
+    };
+    let archived = Hash::from_hex(&tombstone.archived_record).unwrap();
+    let whole = store.get(&archived).await.unwrap();
+    // As an earlier version left it: the whole record under the session's key.
+    coord
+        .txn(vec![], vec![Op::put(key.clone(), whole.to_vec())])
+        .await
+        .unwrap();
+    let get = |mut client: SessionServiceClient<Channel>| {
+        let id = id.clone();
+        async move {
+            client
+                .get_session(pb::GetSessionRequest { session_id: id })
+                .await
+                .unwrap()
+                .into_inner()
+                .session
+                .unwrap()
+        }
+    };
+    let before = get(client.clone()).await;
+    assert_eq!(before.state, pb::SessionState::Closed as i32);
+
+    assert_eq!(
+        sessions.expire_idle_sessions().await,
+        0,
+        "nothing to expire"
+    );
+    let stored = Stored::decode(&coord.get(&key).await.unwrap().unwrap().value).unwrap();
+    assert_eq!(
+        stored,
+        Stored::Tombstone(tombstone),
+        "the sweep archived it"
+    );
+    assert_eq!(get(client).await, before, "the session reads the same");
 }

@@ -371,14 +371,12 @@ impl aether_bus::SessionAccess for PolicyFromRecords {
         if !self.enforce {
             return Ok(());
         }
-        let record: aether_coordinator::model::SessionRecord = serde_json::from_slice(&kv.value)
+        // A closed session's tombstone keeps its owner and policy: no store read here.
+        let stored = aether_coordinator::tombstones::Stored::decode(&kv.value)
             .map_err(|e| tonic::Status::internal(format!("session record unreadable: {e}")))?;
-        let bindings = record
-            .policy
-            .bindings
-            .iter()
-            .map(|b| (b.subject.as_str(), b.role));
-        match decide(principal, &record.owner, bindings, need) {
+        let (owner, policy) = stored.access();
+        let bindings = policy.bindings.iter().map(|b| (b.subject.as_str(), b.role));
+        match decide(principal, owner, bindings, need) {
             Decision::Allowed => Ok(()),
             Decision::NoRole => Err(tonic::Status::not_found(format!(
                 "session {session_id} not found"
