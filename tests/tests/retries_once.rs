@@ -253,6 +253,41 @@ async fn a_change_sent_twice_with_one_id_applies_once_through_any_coordinator() 
         .unwrap();
     assert!(!replayed(&fixed));
     assert_eq!(fixed.get_ref().head_version, version + 1);
+
+    // A close sent twice: the retry gets the first answer, from the record archived at close
+    // (etcd keeps no requests key of a closed session).
+    let close = pb::CloseSessionRequest {
+        session_id: session.clone(),
+        archive: true,
+    };
+    let first = sessions
+        .close_session(with_id("close-1", close.clone()))
+        .await
+        .unwrap();
+    let again = SessionServiceClient::new(other.clone())
+        .close_session(with_id("close-1", close.clone()))
+        .await
+        .unwrap();
+    assert!(!replayed(&first) && replayed(&again));
+    assert_eq!(first.get_ref(), again.get_ref());
+    assert!(!first.get_ref().archive_blob_hash.is_empty());
+    let status = sessions
+        .close_session(with_id("close-2", close))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    let etcd = aether_coord::EtcdCoordination::connect(&cluster.etcd.endpoints())
+        .await
+        .unwrap();
+    let kept = aether_coord::Coordination::range(
+        &etcd,
+        &format!("/aether/v1/requests/{session}/"),
+        None,
+        100,
+    )
+    .await
+    .unwrap();
+    assert!(kept.is_empty(), "{} requests keys kept", kept.len());
 }
 
 /// A coordinator of `cluster`'s etcd, store and bus that never answers a committed Commit.

@@ -15,6 +15,7 @@ use aether_coord::{Compare, Op};
 use crate::caller::Caller;
 use crate::events::Event;
 use crate::model::{self, SessionRecord, State};
+use crate::requests::{Generation, RequestRecord};
 use crate::sessions::{to_json, Effect, Sessions};
 use crate::tombstones::{self, Stored};
 
@@ -81,21 +82,46 @@ impl Sessions {
     }
 
     /// Replaces the whole record of a session closed by an earlier version (which kept it in
-    /// etcd) with a tombstone. Unless the record changed since it was read: then the next
-    /// sweep looks again.
-    async fn archive_closed_record(&self, record: SessionRecord, revision: i64) {
+    /// etcd) with a tombstone, moving the one recorded request it kept (the close) into the
+    /// archived record. Unless the record changed since it was read: then the next sweep
+    /// looks again.
+    async fn archive_closed_record(&self, mut record: SessionRecord, revision: i64) {
         let id = record.id.clone();
         let archived = async {
+            let (closing, mut ops) = self.closing_request_kept_in_etcd(&id).await?;
+            if closing.is_some() {
+                record.closing_request = closing;
+            }
             let tombstone = tombstones::archive(self.trees.blobs().as_ref(), &record).await?;
             let key = model::session_key(&id);
             let compare = vec![Compare::ModRevision(key.clone(), revision)];
-            let ops = vec![Op::put(key, to_json(&tombstone))];
+            ops.push(Op::put(key, to_json(&tombstone)));
             Ok::<_, crate::Error>(self.coord.txn(compare, ops).await?.succeeded)
         };
         match archived.await {
             Ok(true) => tracing::info!(session = %id, "closed session's record archived"),
             Ok(false) => {}
             Err(e) => tracing::warn!(session = %id, error = %e, "archiving closed record failed"),
+        }
+    }
+
+    /// The request an earlier version kept in etcd for a closed session (the one that closed
+    /// it) and the deletes of its keys; nothing when the keys hold anything else.
+    async fn closing_request_kept_in_etcd(
+        &self,
+        id: &str,
+    ) -> crate::error::Result<(Option<RequestRecord>, Vec<Op>)> {
+        let prefix = model::requests_prefix(id);
+        let stored = self.coord.range(&prefix, None, 2).await?;
+        let [kv] = stored.as_slice() else {
+            return Ok((None, Vec::new()));
+        };
+        let Ok(mut generation) = serde_json::from_slice::<Generation>(&kv.value) else {
+            return Ok((None, Vec::new()));
+        };
+        match (generation.entries.pop(), generation.entries.is_empty()) {
+            (Some(entry), true) => Ok((Some(entry), vec![Op::delete(kv.key.clone())])),
+            _ => Ok((None, Vec::new())),
         }
     }
 

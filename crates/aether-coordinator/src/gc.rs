@@ -9,7 +9,8 @@
 //!   ([`crate::tombstones`]);
 //! - trees reach their subtrees and file blobs (a multi-chunk file is named by its manifest;
 //!   the store's sweep keeps a live manifest's chunks);
-//! - the recorded answers of recent requests kept in the content store ([`crate::requests`]).
+//! - the recorded answers of recent requests kept in the content store ([`crate::requests`]),
+//!   and of the request that closed a session.
 //!
 //! Uploads in flight and changes not yet committed are protected by the sweep's grace period,
 //! not by this walk. Shared subtrees are walked once.
@@ -89,6 +90,10 @@ pub async fn mark_with(sessions: &Collector) -> Result<HashSet<Hash>> {
                 live.insert(tombstones::archived_hash(tombstone)?);
             }
             let record = stored.resolve(sessions.trees.blobs().as_ref()).await?;
+            if let Some(StoredReply::Blob(hash)) = record.closing_request.as_ref().map(|r| &r.reply)
+            {
+                live.insert(parse(hash)?);
+            }
             let mut commit = record.head_commit.clone();
             while let Some(id) = commit {
                 let hash = parse(&id)?;

@@ -156,6 +156,7 @@ fn fresh_record(id: String, now: i64) -> SessionRecord {
         annotation_sequence: 0,
         approval_sequence: 0,
         request_count: 0,
+        closing_request: None,
     }
 }
 

@@ -231,6 +231,10 @@ pub struct SessionRecord {
     /// [`crate::requests`]); changed only with the request outcomes, in the same transaction.
     #[serde(default)]
     pub request_count: u64,
+    /// The recorded request that closed the session, the one a closed session keeps (its
+    /// requests keys are deleted when it closes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closing_request: Option<crate::requests::RequestRecord>,
 }
 
 impl SessionRecord {

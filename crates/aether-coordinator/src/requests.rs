@@ -19,7 +19,8 @@
 //! deletes the other 63 within etcd's 128 operations). Answers up to
 //! [`MAX_INLINE_REPLY_BYTES`] are kept in the entry, larger ones in the content store by hash
 //! (the garbage collector keeps them while they are listed). A closed or expired session keeps
-//! only the request that closed it.
+//! only the request that closed it, in its archived record (`closing_request`): the closing
+//! transaction deletes every requests key.
 //!
 //! Not recorded: errors (they applied nothing, unless they say the outcome is unknown, and then
 //! the retry finds the record if there is one: a retry runs the request again), and requests
@@ -124,10 +125,12 @@ impl RequestRecord {
     }
 
     fn is(&self, sequence: u64, key: &RequestKey) -> bool {
-        self.sequence == sequence
-            && self.id == key.id
-            && self.method == key.method
-            && self.principal == key.principal
+        self.sequence == sequence && self.names(key)
+    }
+
+    /// Whether this is the outcome of the change `key` names.
+    pub fn names(&self, key: &RequestKey) -> bool {
+        self.id == key.id && self.method == key.method && self.principal == key.principal
     }
 }
 
@@ -178,7 +181,7 @@ pub fn delete_ops(id: &str, keep: Option<u64>) -> Vec<Op> {
         .collect()
 }
 
-/// The write that records request `sequence` alone in its generation (a creation, a close).
+/// The write that records request `sequence` alone in its generation (a creation).
 pub fn only(id: &str, record: RequestRecord) -> (Op, Generation) {
     let generation = Generation {
         entries: vec![record.clone()],

@@ -409,6 +409,9 @@ impl Sessions {
         let mut state = hold.lock.clone().lock_owned().await;
         let (record, read_revision) = self.load(caller, id).await?;
         if let Some(key) = caller.request() {
+            if let Some(entry) = record.closing_request.as_ref().filter(|e| e.names(key)) {
+                return Err(self.replay(caller, id, entry.clone()).await);
+            }
             let index = self.request_index(&mut state, &record).await?;
             if let Some(sequence) = index.find(key) {
                 if let Some(entry) = requests::fetch(&*self.coord, id, sequence, key).await? {
@@ -504,14 +507,15 @@ impl Sessions {
     }
 
     /// The outcome of the current request, to commit with its change: the next request number
-    /// of the session (counted in the record) in its generation key.
+    /// of the session (counted in the record) in its generation key, or in the record itself
+    /// when the change closes the session.
     async fn record_request(
         &self,
         mutation: &mut Mutation,
         key: RequestKey,
-        only: bool,
+        closing: bool,
         now: i64,
-    ) -> Result<(Recording, Op)> {
+    ) -> Result<(Recording, Option<Op>)> {
         let reply = mutation.reply.take().ok_or_else(|| {
             Error::Internal(format!(
                 "{} changed session {} without setting the answer a retry gets",
@@ -529,12 +533,15 @@ impl Sessions {
             time_ms: now,
             reply,
         };
-        let (op, generation) = if only {
-            requests::only(&id, entry)
+        let (op, generation) = if closing {
+            mutation.record.closing_request = Some(entry);
+            (None, Generation::default())
         } else {
-            self.request_index(&mut mutation.state, &mutation.record)
+            let (op, generation) = self
+                .request_index(&mut mutation.state, &mutation.record)
                 .await?
-                .next(&id, entry)
+                .next(&id, entry);
+            (Some(op), generation)
         };
         mutation.record.request_count += 1;
         Ok((
@@ -626,7 +633,8 @@ impl Sessions {
     }
 
     /// The writes that record the mutation's request (its answer for retries), and those that
-    /// drop every other recorded request when the session closes.
+    /// drop every requests key when the session closes (the closing request is kept in the
+    /// archived record).
     async fn request_ops(
         &self,
         mutation: &mut Mutation,
@@ -637,16 +645,13 @@ impl Sessions {
         let recording = match mutation.caller.request().cloned() {
             Some(key) => {
                 let (recording, op) = self.record_request(mutation, key, closing, now).await?;
-                ops.push(op);
+                ops.extend(op);
                 Some(recording)
             }
             None => None,
         };
         if closing {
-            let keep = recording
-                .as_ref()
-                .map(|r| requests::generation_of(r.sequence));
-            ops.extend(requests::delete_ops(&mutation.record.id, keep));
+            ops.extend(requests::delete_ops(&mutation.record.id, None));
         }
         Ok((recording, ops))
     }

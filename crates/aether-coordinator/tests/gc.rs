@@ -417,13 +417,14 @@ async fn a_whole_closed_record_left_by_an_earlier_version_becomes_a_tombstone() 
     let id = create(&channel).await;
     apply(&channel, &id, vec![write("f", "kept by the record")]).await;
     let mut client = SessionServiceClient::new(channel.clone());
-    client
-        .close_session(pb::CloseSessionRequest {
-            session_id: id.clone(),
-            archive: false,
-        })
-        .await
-        .unwrap();
+    let mut close = tonic::Request::new(pb::CloseSessionRequest {
+        session_id: id.clone(),
+        archive: false,
+    });
+    close
+        .metadata_mut()
+        .insert("x-aether-request-id", "close-1".parse().unwrap());
+    client.close_session(close).await.unwrap();
     let key = format!("/aether/v1/sessions/{id}");
     let Stored::Tombstone(tombstone) =
         Stored::decode(&coord.get(&key).await.unwrap().unwrap().value).unwrap()
@@ -431,10 +432,28 @@ async fn a_whole_closed_record_left_by_an_earlier_version_becomes_a_tombstone() 
         panic!("closing left a whole record in etcd");
     };
     let archived = Hash::from_hex(&tombstone.archived_record).unwrap();
-    let whole = store.get(&archived).await.unwrap();
-    // As an earlier version left it: the whole record under the session's key.
+    let mut whole: serde_json::Value =
+        serde_json::from_slice(&store.get(&archived).await.unwrap()).unwrap();
+    // As an earlier version left it: the whole record under the session's key, and the
+    // request that closed it alone in its requests key.
+    let closing = whole
+        .as_object_mut()
+        .unwrap()
+        .remove("closing_request")
+        .expect("the close is recorded in the archived record");
+    let requests_key = format!("/aether/v1/requests/{id}/00");
+    let generation = serde_json::json!({ "entries": [closing] });
     coord
-        .txn(vec![], vec![Op::put(key.clone(), whole.to_vec())])
+        .txn(
+            vec![],
+            vec![
+                Op::put(key.clone(), serde_json::to_vec(&whole).unwrap()),
+                Op::put(
+                    requests_key.clone(),
+                    serde_json::to_vec(&generation).unwrap(),
+                ),
+            ],
+        )
         .await
         .unwrap();
     let get = |mut client: SessionServiceClient<Channel>| {
@@ -461,7 +480,8 @@ async fn a_whole_closed_record_left_by_an_earlier_version_becomes_a_tombstone() 
     assert_eq!(
         stored,
         Stored::Tombstone(tombstone),
-        "the sweep archived it"
+        "the sweep archived it, with the request that closed it"
     );
+    assert!(coord.get(&requests_key).await.unwrap().is_none());
     assert_eq!(get(client).await, before, "the session reads the same");
 }

@@ -3,8 +3,8 @@
 //!
 //! It starts etcd (1 member, `--metrics extensive`), an S3 server behind a counting proxy
 //! ([`s3_meter`]), one store, one bus and N coordinators, each its own `aetherd` process on
-//! loopback. For a one-file ApplyChanges, a checkpoint, a fork, a bus publish and a session
-//! create, run one after another, it prints per operation: latency; etcd calls (from etcd's
+//! loopback. For a one-file ApplyChanges, a checkpoint, a fork, a bus publish, a session
+//! create and a session close, run one after another, it prints per operation: latency; etcd calls (from etcd's
 //! own metrics), bytes etcd received and etcd's handling time; S3 requests, bytes and the
 //! time at least one was outstanding; CPU time of every process (from /proc). The latency
 //! left after etcd and S3 is the services' own (coordinator, store, bus, and the gRPC hops
@@ -258,6 +258,7 @@ enum Op {
     Checkpoint,
     Fork,
     Publish,
+    Close,
 }
 
 impl Op {
@@ -268,6 +269,7 @@ impl Op {
             Op::Checkpoint => "checkpoint",
             Op::Fork => "fork (100-file session)",
             Op::Publish => "bus publish (persisted, 256 B)",
+            Op::Close => "session close (1-file session)",
         }
     }
 }
@@ -348,6 +350,14 @@ async fn run_one(op: Op, clients: &Clients, session: &str, i: usize) -> Result<(
                 }))
                 .await?;
         }
+        Op::Close => {
+            SessionServiceClient::new(channel.clone())
+                .close_session(named(pb::CloseSessionRequest {
+                    session_id: session.into(),
+                    archive: false,
+                }))
+                .await?;
+        }
         Op::Publish => {
             BusServiceClient::new(clients.bus.clone())
                 .publish(pb::PublishRequest {
@@ -370,21 +380,57 @@ async fn measure(deployment: &Deployment, clients: &Clients, op: Op, ops: usize)
     for i in 0..100 {
         write_one(&clients.coordinator, &session, i).await?;
     }
+    // A close needs a session of its own each time, made before counting.
+    let mut closable = Vec::new();
+    if matches!(op, Op::Close) {
+        for _ in 0..ops + 10 {
+            let id = new_session(&clients.coordinator).await?;
+            write_one(&clients.coordinator, &id, next_tag()).await?;
+            closable.push(id);
+        }
+    }
+    let target = |i: usize| closable.get(i).unwrap_or(&session).as_str();
     // Warm up connections, caches and leases before counting.
     for i in 0..10 {
-        run_one(op, clients, &session, i).await?;
+        run_one(op, clients, target(ops + i), i).await?;
     }
     let before = deployment.snapshot().await?;
     let mut latencies = Vec::with_capacity(ops);
     for i in 0..ops {
         let start = Instant::now();
-        run_one(op, clients, &session, i)
+        run_one(op, clients, target(i), i)
             .await
             .with_context(|| op.name())?;
         latencies.push(start.elapsed());
     }
     let after = deployment.snapshot().await?;
+    if !closable.is_empty() {
+        print_kept_in_etcd(deployment, &closable).await?;
+    }
     Ok(Cost::between(&before, &after, latencies))
+}
+
+/// What etcd keeps of the closed `sessions` (design promise 10: a tombstone each).
+async fn print_kept_in_etcd(deployment: &Deployment, sessions: &[String]) -> Result<()> {
+    use aether_coord::Coordination;
+    let etcd = aether_coord::EtcdCoordination::connect(&deployment.etcd.endpoints()).await?;
+    let all = etcd.range("/aether/v1/", None, 1_000_000).await?;
+    let closed: std::collections::HashSet<&str> = sessions.iter().map(String::as_str).collect();
+    let (mut keys, mut bytes) = (0usize, 0usize);
+    for kv in &all {
+        let named = kv.key.rsplit('/').next().unwrap_or_default();
+        // Lease-bound holders go with their lease; what stays is what closing left.
+        if closed.contains(named) && !kv.key.contains("holders/") {
+            keys += 1;
+            bytes += kv.key.len() + kv.value.len();
+        }
+    }
+    println!(
+        "etcd keeps per closed session (no labels): {:.2} keys, {} bytes of keys and values",
+        keys as f64 / sessions.len() as f64,
+        bytes / sessions.len().max(1)
+    );
+    Ok(())
 }
 
 /// One-file batches on `sessions` sessions at once for `seconds`, each session on the
@@ -534,7 +580,15 @@ async fn main() -> Result<()> {
         args.ops
     );
     let mut rows = Vec::new();
-    for op in [Op::Apply, Op::Checkpoint, Op::Fork, Op::Publish, Op::Create] {
+    let kinds = [
+        Op::Apply,
+        Op::Checkpoint,
+        Op::Fork,
+        Op::Publish,
+        Op::Create,
+        Op::Close,
+    ];
+    for op in kinds {
         rows.push((op, measure(&deployment, &clients, op, args.ops).await?));
     }
     print_costs(&rows);
