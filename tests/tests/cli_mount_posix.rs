@@ -538,6 +538,16 @@ async fn mount_killed_after_close_loses_nothing_closed_the_next_mount_sends_it()
     // Nothing is sent by the interval while the test runs: only the journal holds the changes.
     let slow = ["--commit-interval-ms", "600000"];
     let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    // A file closed, then opened and written again before its batch went: the batch goes
+    // first, so what it had at its close is in the session before it changes.
+    std::fs::write(dir.join("open.txt"), b"closed once\n").unwrap();
+    let open = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("open.txt"))
+        .unwrap();
+    open.write_all_at(b"never closed", 0).unwrap();
+    assert_eq!(names(&channel, &session, "").await, ["open.txt"]);
+    assert_eq!(read(&channel, &session, "open.txt").await, b"closed once\n");
     let big = common::test_bytes(3 * 1024 * 1024 + 17, 5);
     std::fs::create_dir(dir.join("d")).unwrap();
     std::fs::write(dir.join("d/a.txt"), b"alpha\n").unwrap();
@@ -546,20 +556,15 @@ async fn mount_killed_after_close_loses_nothing_closed_the_next_mount_sends_it()
     std::fs::write(dir.join("tmp.txt"), b"renamed\n").unwrap();
     std::fs::rename(dir.join("tmp.txt"), dir.join("d/b.txt")).unwrap();
     std::fs::set_permissions(dir.join("d/b.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    // A file still open at the kill: what it had at its last close is all that counts.
-    std::fs::write(dir.join("open.txt"), b"closed once\n").unwrap();
-    let open = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join("open.txt"))
-        .unwrap();
-    open.write_all_at(b"never closed", 0).unwrap();
-    assert!(
-        names(&channel, &session, "").await.is_empty(),
+    assert_eq!(
+        names(&channel, &session, "").await,
+        ["open.txt"],
         "the changes must not have reached the session before the kill"
     );
+    // Killed with open.txt still open: what it had at its last close is all that counts.
     kill_mount(&dir, &mut mount);
     drop(open);
-    assert!(names(&channel, &session, "").await.is_empty());
+    assert_eq!(names(&channel, &session, "").await, ["open.txt"]);
 
     // The next mount of the session sends what the killed one had journaled, before serving.
     let mut again = Mount::start_with(&aether, &session, &dir, "again.log", &slow);

@@ -576,6 +576,12 @@ fn build_changes(fs: &AetherFs, ops: &[Op]) -> aether_client::Result<Vec<pb::Cha
             precondition: None,
         });
     }
+    let mut state = fs.state();
+    for op in ops {
+        if let Op::Write { ino, .. } = op {
+            state.content_unsent.remove(ino);
+        }
+    }
     Ok(changes)
 }
 

@@ -196,6 +196,19 @@ impl AetherFs {
         }
     }
 
+    /// Before a file whose closed content is queued but unread changes again: sends that
+    /// batch, so the content of its close reaches the session (and the journal's record of
+    /// the batch) before it is overwritten. Costs a batch's round trip, only to a file changed
+    /// again within the commit interval of its close. If the session is away the change goes
+    /// ahead: the content comes with the file's next close.
+    fn send_closed_content_first(&self, ino: u64) {
+        if !self.state().content_unsent.contains(&ino) {
+            return;
+        }
+        // A failure is the flusher's to report and retry; the change goes ahead regardless.
+        let _ = self.flusher.flush_and_wait();
+    }
+
     /// Queues the content of file `ino` for the next batch (it was just closed, or changed
     /// while closed) and journals it as it is now.
     fn queue_content(&self, state: &mut State, ino: u64) {
@@ -462,6 +475,7 @@ impl AetherFs {
     /// Makes a file's content local and writable (copying the cached content on first
     /// write), so writes and truncates work on its staged content.
     fn stage(&self, ino: u64, keep_content: bool) -> Fallible<()> {
+        self.send_closed_content_first(ino);
         let (staged, size) = {
             let state = self.state();
             let node = state.node(ino).ok_or(Errno::ENOENT)?;

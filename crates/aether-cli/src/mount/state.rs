@@ -151,6 +151,9 @@ pub struct State {
     /// Files written since their content was last queued: their content is queued when they
     /// are closed or fsynced, so a batch never carries a file half-written.
     pub written: std::collections::HashSet<u64>,
+    /// Files whose queued content no batch has read yet: before one changes again, that batch
+    /// goes ([`crate::mount::fs`]'s `stage`), so the content it had at close is not lost.
+    pub content_unsent: std::collections::HashSet<u64>,
     /// Where every queued change is also written as it is queued (none in unit tests).
     pub journal: Option<Journal>,
 }
@@ -168,6 +171,7 @@ impl State {
             acknowledged: 0,
             pending_bytes: 0,
             written: std::collections::HashSet::new(),
+            content_unsent: std::collections::HashSet::new(),
             orphans: Vec::new(),
             journal: None,
         }
@@ -463,6 +467,7 @@ impl State {
             return; // unlinked: nothing to write
         };
         self.write_queued.insert(ino, ());
+        self.content_unsent.insert(ino);
         self.ops.push(Op::Write { ino, path });
     }
 
