@@ -301,6 +301,40 @@ async fn list_sessions_by_label_pages_through_the_index() {
         .collect();
     assert_eq!(list_sessions_paged(&channel, "team=a", 4).await, rest);
 
+    // Closed sessions leave a tombstone (their records go to the store) and keep their label
+    // keys: listings by label still find them, in the same order, filtered by state.
+    let closed: Vec<String> = rest.iter().step_by(2).cloned().collect();
+    for id in &closed {
+        client
+            .close_session(pb::CloseSessionRequest {
+                session_id: id.clone(),
+                archive: false,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(list_sessions_paged(&channel, "team=a", 2).await, rest);
+    let closed_by_label = client
+        .list_sessions(pb::ListSessionsRequest {
+            label_selector: "team=a".into(),
+            states: vec![pb::SessionState::Closed as i32],
+            page: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(
+        closed_by_label
+            .iter()
+            .map(|s| s.id.clone())
+            .collect::<Vec<_>>(),
+        closed
+    );
+    assert!(closed_by_label
+        .iter()
+        .all(|s| s.labels.get("env").is_some() && !s.head_root.is_empty()));
+
     // The index in etcd: one key per label of each session, none left from the old labels.
     let coord = aether_coord::EtcdCoordination::connect(&cluster.etcd.endpoints())
         .await

@@ -6,6 +6,7 @@
 //! matches few sessions answers early with a token to go on from instead of reading them all.
 
 use aether_core::LabelSelector;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::caller::Caller;
 use crate::error::{Error, Result};
@@ -19,6 +20,8 @@ use crate::tombstones::Stored;
 pub const MAX_EXAMINED_PER_PAGE: usize = 5000;
 /// Records read per range call.
 const BATCH: usize = 500;
+/// Archived records of closed sessions read from the store at once.
+const RESOLVING: usize = 16;
 
 /// Which sessions a listing returns.
 pub struct SessionFilter {
@@ -86,24 +89,36 @@ impl Sessions {
                 return Ok(SessionPage::last(records));
             };
             examined += batch.len();
-            for stored in batch {
-                if !filter.matches(&stored) {
-                    continue;
+            let mut matched = batch.into_iter().filter(|s| filter.matches(s)).peekable();
+            while matched.peek().is_some() {
+                // Only as many as could still go in the page: closed ones are read from the
+                // store, a few at once.
+                let wanted: Vec<Stored> = matched.by_ref().take(size + 1 - records.len()).collect();
+                for record in self.resolve_all(wanted).await? {
+                    if !caller.can_see(&record) {
+                        continue;
+                    }
+                    if records.len() == size {
+                        return Ok(SessionPage::full(records));
+                    }
+                    records.push(record);
                 }
-                let record = stored.resolve(self.trees.blobs().as_ref()).await?;
-                if !caller.can_see(&record) {
-                    continue;
-                }
-                if records.len() == size {
-                    return Ok(SessionPage::full(records));
-                }
-                records.push(record);
             }
             after = Some(last);
             if examined >= MAX_EXAMINED_PER_PAGE {
                 return Ok(SessionPage::cut_short(records, &after.unwrap_or_default()));
             }
         }
+    }
+
+    /// The whole records of `stored`, in order (archived ones read [`RESOLVING`] at once).
+    async fn resolve_all(&self, stored: Vec<Stored>) -> Result<Vec<SessionRecord>> {
+        let blobs = self.trees.blobs().as_ref();
+        futures::stream::iter(stored)
+            .map(|s| s.resolve(blobs))
+            .buffered(RESOLVING)
+            .try_collect()
+            .await
     }
 
     /// Up to [`BATCH`] session records in id order after session id `after`, and the id of the
