@@ -333,7 +333,7 @@ async fn list_sessions_by_label_pages_through_the_index() {
     );
     assert!(closed_by_label
         .iter()
-        .all(|s| s.labels.get("env").is_some() && !s.head_root.is_empty()));
+        .all(|s| s.labels.contains_key("env") && !s.head_root.is_empty()));
 
     // The index in etcd: one key per label of each session, none left from the old labels.
     let coord = aether_coord::EtcdCoordination::connect(&cluster.etcd.endpoints())
