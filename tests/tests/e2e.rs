@@ -36,6 +36,7 @@ mod lifecycle_single;
 mod paging;
 mod python_client;
 mod retries_once;
+mod session_events;
 mod store_api;
 mod store_integrity;
 mod store_limits;

@@ -917,8 +917,14 @@ fn event_summary(event: &pb::SessionEvent) -> (String, Value) {
     };
     match &event.event {
         Some(Event::FilesChanged(f)) => (
-            format!("{}: {}", f.operation, f.paths.join(", ")),
-            json!({"type": "files_changed", "operation": f.operation, "paths": f.paths}),
+            format!(
+                "{}: {}{}",
+                f.operation,
+                f.paths.join(", "),
+                if f.truncated { ", … (more)" } else { "" }
+            ),
+            json!({"type": "files_changed", "operation": f.operation, "paths": f.paths,
+                   "truncated": f.truncated}),
         ),
         Some(Event::CheckpointCreated(n)) => named("checkpoint_created", n),
         Some(Event::CheckpointRestored(n)) => named("checkpoint_restored", n),

@@ -1,7 +1,10 @@
 //! Publishes the session's own events on the bus, after the change they describe is durable.
 //!
-//! Events go through one bounded queue and one worker, so they reach the bus in the order the
-//! changes were committed. Every bus call has a deadline ([`BUS_CALL_TIMEOUT`]): a hung bus
+//! Events go through one bounded queue and one worker, so each session's events reach the bus
+//! in the order its changes were committed. The worker takes everything queued at once and
+//! publishes each session's events in that take as one batch (one bus write), up to
+//! [`CONCURRENT_SESSIONS`] sessions at a time: under load the bus gets fewer, larger
+//! publishes instead of falling behind one event at a time. Every bus call has a deadline ([`BUS_CALL_TIMEOUT`]): a hung bus
 //! (stopped, partitioned) is retried with backoff like an unreachable one. A hung or slow bus
 //! never blocks file mutations: when the queue is full an event is dropped, logged and counted
 //! (`aether.events.dropped`) and the mutation completes; the change itself is durable, only its
@@ -17,6 +20,7 @@ use std::time::Duration;
 use aether_auth::AttachToken;
 use aether_proto::bus_service_client::BusServiceClient;
 use aether_proto::{self as pb, ArchiveStreamRequest, Durability, OutgoingMessage, PublishRequest};
+use futures::StreamExt;
 use opentelemetry::trace::FutureExt;
 use prost::Message;
 use tokio::sync::mpsc;
@@ -27,6 +31,28 @@ use tonic::Code;
 /// Events held while the bus is slow or away, by default; past it events are dropped (and
 /// counted). `--event-queue-depth`.
 pub const DEFAULT_QUEUE: usize = 10_000;
+/// Paths one FilesChanged event lists at most, and bytes of them: a batch or an import that
+/// changes more says so (`truncated`), so its event stays within the bus's 1 MiB payload.
+pub const MAX_EVENT_PATHS: usize = 1000;
+pub const MAX_EVENT_PATH_BYTES: usize = 256 * 1024;
+
+/// The paths an event lists (the first ones, within the bounds), and whether some were left
+/// out.
+fn listed_paths(mut paths: Vec<String>) -> (Vec<String>, bool) {
+    let mut bytes = 0;
+    let fit = paths
+        .iter()
+        .take(MAX_EVENT_PATHS)
+        .take_while(|p| {
+            bytes += p.len() + 2;
+            bytes <= MAX_EVENT_PATH_BYTES
+        })
+        .count();
+    let truncated = fit < paths.len();
+    paths.truncate(fit);
+    (paths, truncated)
+}
+
 /// Deadline of each publish or archive call to the bus.
 pub const BUS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -101,7 +127,12 @@ impl Event {
         let named = |name: String, detail: String| pb::NamedEvent { name, detail };
         let event = match self {
             Event::FilesChanged { paths, operation } => {
-                Wire::FilesChanged(pb::FilesChanged { paths, operation })
+                let (paths, truncated) = listed_paths(paths);
+                Wire::FilesChanged(pb::FilesChanged {
+                    paths,
+                    operation,
+                    truncated,
+                })
             }
             Event::CheckpointCreated { name, root } => Wire::CheckpointCreated(named(name, root)),
             Event::CheckpointRestored { name, root } => Wire::CheckpointRestored(named(name, root)),
@@ -136,6 +167,14 @@ enum Pending {
     },
     /// Seal the session's stream: it closed.
     Archive { session_id: String },
+}
+
+impl Pending {
+    fn session_id(&self) -> &str {
+        match self {
+            Pending::Event { session_id, .. } | Pending::Archive { session_id } => session_id,
+        }
+    }
 }
 
 /// Where the coordinator sends session events.
@@ -238,40 +277,64 @@ impl EventSink {
     }
 }
 
-async fn deliver(
-    client: BusServiceClient<InterceptedService<Channel, AttachToken>>,
-    mut rx: mpsc::Receiver<(Pending, opentelemetry::Context)>,
-) {
-    while let Some((pending, trace)) = rx.recv().await {
+type BusClient = BusServiceClient<InterceptedService<Channel, AttachToken>>;
+type Queued = (Pending, opentelemetry::Context);
+
+/// Queued items the worker takes at once.
+const TAKE: usize = 1000;
+/// Sessions whose events are published at once.
+pub const CONCURRENT_SESSIONS: usize = 16;
+/// Events one publish carries at most, and bytes of them (the bus takes 1,000 and 4 MiB).
+const PUBLISH_EVENTS: usize = 256;
+const PUBLISH_BYTES: usize = 2 * 1024 * 1024;
+
+async fn deliver(client: BusClient, mut rx: mpsc::Receiver<Queued>) {
+    let mut taken = Vec::with_capacity(TAKE);
+    while rx.recv_many(&mut taken, TAKE).await > 0 {
+        // Every session's items of this take are delivered before the next take, so a
+        // session's order holds across takes.
+        futures::stream::iter(by_session(taken.drain(..)))
+            .for_each_concurrent(CONCURRENT_SESSIONS, |items| {
+                deliver_session(client.clone(), items)
+            })
+            .await;
+    }
+}
+
+/// `queued` cut by session, each session's items in their order, sessions in the order of
+/// their first item.
+fn by_session(queued: impl Iterator<Item = Queued>) -> Vec<Vec<Queued>> {
+    let mut groups: Vec<Vec<Queued>> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for item in queued {
+        let session = item.0.session_id().to_string();
+        let at = *index.entry(session).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[at].push(item);
+    }
+    groups
+}
+
+/// One session's items, in order: runs of events as batched publishes, then any archive.
+async fn deliver_session(client: BusClient, items: Vec<Queued>) {
+    let Some(session_id) = items.first().map(|(p, _)| p.session_id().to_string()) else {
+        return;
+    };
+    let mut publish = Publish::default();
+    for (pending, trace) in items {
         match pending {
-            Pending::Event {
-                session_id,
-                subject,
-                event,
-            } => {
-                let request = PublishRequest {
-                    session_id: session_id.clone(),
-                    messages: vec![OutgoingMessage {
-                        subject: subject.to_string(),
-                        payload: event.encode_to_vec().into(),
-                        headers: [(
-                            "content-type".to_string(),
-                            "application/x-protobuf; type=aetherfs.v1.SessionEvent".to_string(),
-                        )]
-                        .into(),
-                    }],
-                    durability: Durability::Persisted as i32,
-                };
-                with_retries(&session_id, &trace, "publishing a session event", || {
-                    let mut client = client.clone();
-                    // The bus learns the deadline, so it stops working on a call given up here.
-                    let request =
-                        aether_auth::deadline::request_within(request.clone(), BUS_CALL_TIMEOUT);
-                    async move { client.publish(request).await.map(|_| ()) }
-                })
-                .await;
+            Pending::Event { subject, event, .. } => {
+                let message = event_message(subject, &event);
+                let size = message.encoded_len();
+                if publish.is_full_with(size) {
+                    publish.send(&client, &session_id).await;
+                }
+                publish.add(message, size, trace);
             }
-            Pending::Archive { session_id } => {
+            Pending::Archive { .. } => {
+                publish.send(&client, &session_id).await;
                 let request = ArchiveStreamRequest {
                     session_id: session_id.clone(),
                 };
@@ -285,6 +348,62 @@ async fn deliver(
                 .await;
             }
         }
+    }
+    publish.send(&client, &session_id).await;
+}
+
+/// A session's events being gathered into one publish.
+#[derive(Default)]
+struct Publish {
+    messages: Vec<OutgoingMessage>,
+    bytes: usize,
+    /// The trace of the first event's change.
+    trace: Option<opentelemetry::Context>,
+}
+
+impl Publish {
+    fn is_full_with(&self, size: usize) -> bool {
+        !self.messages.is_empty()
+            && (self.messages.len() >= PUBLISH_EVENTS || self.bytes + size > PUBLISH_BYTES)
+    }
+
+    fn add(&mut self, message: OutgoingMessage, size: usize, trace: opentelemetry::Context) {
+        self.trace.get_or_insert(trace);
+        self.bytes += size;
+        self.messages.push(message);
+    }
+
+    /// Publishes what was gathered (nothing when empty), retrying while the bus is away.
+    async fn send(&mut self, client: &BusClient, session_id: &str) {
+        if self.messages.is_empty() {
+            return;
+        }
+        let request = PublishRequest {
+            session_id: session_id.to_string(),
+            messages: std::mem::take(&mut self.messages),
+            durability: Durability::Persisted as i32,
+        };
+        self.bytes = 0;
+        let trace = self.trace.take().unwrap_or_default();
+        with_retries(session_id, &trace, "publishing session events", || {
+            let mut client = client.clone();
+            // The bus learns the deadline, so it stops working on a call given up here.
+            let request = aether_auth::deadline::request_within(request.clone(), BUS_CALL_TIMEOUT);
+            async move { client.publish(request).await.map(|_| ()) }
+        })
+        .await;
+    }
+}
+
+fn event_message(subject: &str, event: &pb::SessionEvent) -> OutgoingMessage {
+    OutgoingMessage {
+        subject: subject.to_string(),
+        payload: event.encode_to_vec().into(),
+        headers: [(
+            "content-type".to_string(),
+            "application/x-protobuf; type=aetherfs.v1.SessionEvent".to_string(),
+        )]
+        .into(),
     }
 }
 
@@ -329,5 +448,79 @@ async fn with_retries<F, Fut>(
         tracing::warn!(session = %session_id, %status, "{what} failed; retrying");
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_lists_a_bounded_number_of_paths_and_says_when_it_left_some_out() {
+        let few: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+        assert_eq!(listed_paths(few.clone()), (few, false));
+        let many: Vec<String> = (0..5000).map(|i| format!("f{i}")).collect();
+        let (listed, truncated) = listed_paths(many.clone());
+        assert!(truncated);
+        assert_eq!(listed, many[..MAX_EVENT_PATHS]);
+        let long: Vec<String> = (0..200)
+            .map(|i| format!("{i}{}", "x".repeat(4000)))
+            .collect();
+        let (listed, truncated) = listed_paths(long);
+        assert!(truncated);
+        assert!(listed.iter().map(|p| p.len() + 2).sum::<usize>() <= MAX_EVENT_PATH_BYTES);
+        let wire = Event::FilesChanged {
+            paths: (0..20_000).map(|i| format!("dir/{i:08}.txt")).collect(),
+            operation: "import".into(),
+        }
+        .wire(7, "alice".into());
+        assert!(
+            wire.encoded_len() < 1024 * 1024,
+            "within the bus's payload limit"
+        );
+    }
+
+    #[test]
+    fn queued_items_keep_each_sessions_order() {
+        let event = |session: &str, version: u64| {
+            (
+                Pending::Event {
+                    session_id: session.into(),
+                    subject: "s",
+                    event: Event::Finalized.wire(version, String::new()),
+                },
+                opentelemetry::Context::new(),
+            )
+        };
+        let archive = |session: &str| {
+            (
+                Pending::Archive {
+                    session_id: session.into(),
+                },
+                opentelemetry::Context::new(),
+            )
+        };
+        let queued = vec![
+            event("b", 1),
+            event("a", 1),
+            event("b", 2),
+            archive("b"),
+            event("a", 2),
+        ];
+        let described: Vec<Vec<String>> = by_session(queued.into_iter())
+            .into_iter()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|(p, _)| match p {
+                        Pending::Event {
+                            session_id, event, ..
+                        } => format!("{session_id}{}", event.head_version),
+                        Pending::Archive { session_id } => format!("{session_id} archive"),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(described, [vec!["b1", "b2", "b archive"], vec!["a1", "a2"]]);
     }
 }

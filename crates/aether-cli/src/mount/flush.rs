@@ -705,6 +705,7 @@ pub async fn follow_events(fs: Arc<AetherFs>) {
         };
         use pb::session_event::Event;
         let changed = match event.event {
+            Some(Event::FilesChanged(changed)) if changed.truncated => Changed::Everything,
             Some(Event::FilesChanged(changed)) => Changed::Paths(changed.paths),
             Some(Event::CheckpointRestored(_)) => Changed::Everything,
             // Checkpoints, commits, reviews: the files are as they were.
