@@ -635,6 +635,37 @@ async fn hostile_labels_metadata_and_states_change_nothing() {
             .await;
         assert_eq!(code(updated), Code::InvalidArgument, "update: {case}");
     }
+    // TTLs whose expiry time would overflow, and a transfer comment past its limit.
+    for seconds in [i64::MAX, 10 * 365 * 24 * 3600 + 1] {
+        let ttl = Some(prost_types::Duration { seconds, nanos: 0 });
+        let created = sessions
+            .create_session(pb::CreateSessionRequest {
+                ttl,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(created), Code::InvalidArgument, "ttl {seconds}");
+        let updated = sessions
+            .update_session(pb::UpdateSessionRequest {
+                session_id: id.clone(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["ttl".into()],
+                }),
+                ttl,
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(updated), Code::InvalidArgument, "ttl {seconds}");
+    }
+    let transferred = sessions
+        .transfer_session(pb::TransferSessionRequest {
+            session_id: id.clone(),
+            new_owner: "bob".into(),
+            comment: "c".repeat(1 << 20),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(transferred), Code::InvalidArgument);
     assert_eq!(listed(&mut sessions).await, count, "no session was created");
     let session = sessions
         .get_session(pb::GetSessionRequest {

@@ -316,6 +316,13 @@ impl Sessions {
         previous_owner_role: Option<i32>,
         comment: &str,
     ) -> Result<Prepared> {
+        if comment.len() > crate::review::MAX_COMMENT_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "comment is {} bytes; at most {} are allowed",
+                comment.len(),
+                crate::review::MAX_COMMENT_BYTES
+            )));
+        }
         if new_owner.is_empty() {
             return Err(Error::InvalidArgument(
                 "new_owner is required (a principal name)".into(),

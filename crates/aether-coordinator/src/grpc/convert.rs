@@ -17,12 +17,20 @@ pub fn timestamp(ms: i64) -> Option<Timestamp> {
     })
 }
 
-pub fn duration_ms(duration: &Option<Duration>) -> Result<u64, String> {
+/// The longest idle TTL a session may have: ten years (0 means none at all).
+pub const MAX_TTL_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// A session TTL in milliseconds: 0 to [`MAX_TTL_SECS`], so that expiry times never overflow.
+pub fn ttl_ms(duration: &Option<Duration>) -> Result<u64, String> {
     match duration {
         None => Ok(0),
         Some(d) if d.seconds < 0 || d.nanos < 0 => {
             Err("ttl must not be negative; use 0 for no expiry".into())
         }
+        Some(d) if d.seconds > MAX_TTL_SECS || d.nanos >= 1_000_000_000 => Err(format!(
+            "ttl of {} s is beyond the limit of {MAX_TTL_SECS} s (ten years); use 0 for no expiry",
+            d.seconds
+        )),
         Some(d) => Ok(d.seconds as u64 * 1000 + d.nanos as u64 / 1_000_000),
     }
 }

@@ -37,7 +37,7 @@ fn map(map: std::collections::HashMap<String, String>) -> BTreeMap<String, Strin
 }
 
 fn ttl_ms(ttl: &Option<prost_types::Duration>) -> Result<u64> {
-    convert::duration_ms(ttl).map_err(Error::InvalidArgument)
+    convert::ttl_ms(ttl).map_err(Error::InvalidArgument)
 }
 
 /// The fields an UpdateSession mask names, with their new values.
