@@ -635,6 +635,26 @@ async fn hostile_labels_metadata_and_states_change_nothing() {
             .await;
         assert_eq!(code(updated), Code::InvalidArgument, "update: {case}");
     }
+    // A mask that names a field many times (each would copy the labels): refused whole.
+    for paths in [vec!["labels"; 2], vec!["labels"; 200_000]] {
+        let updated = sessions
+            .update_session(pb::UpdateSessionRequest {
+                session_id: id.clone(),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: paths.iter().map(|p| p.to_string()).collect(),
+                }),
+                labels: label("suite", "changed"),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            code(updated),
+            Code::InvalidArgument,
+            "{} paths",
+            paths.len()
+        );
+    }
+
     // TTLs whose expiry time would overflow, and a transfer comment past its limit.
     for seconds in [i64::MAX, 10 * 365 * 24 * 3600 + 1] {
         let ttl = Some(prost_types::Duration { seconds, nanos: 0 });
@@ -967,4 +987,126 @@ async fn hostile_oversized_messages_are_resource_exhausted_and_change_nothing() 
         .await
         .unwrap();
     assert_eq!(written.head_version, before.0 + 1);
+}
+
+/// A chain of directories, each holding two copies of the one before (`levels` of them: 2^levels
+/// paths below the last, from O(levels) objects), its one file written with `mtime_ns`.
+fn doubling_chain(id: &str, levels: usize, mtime_ns: i64) -> pb::ApplyChangesRequest {
+    use pb::change::Op;
+    let mut ops = vec![Op::Write(pb::WriteOp {
+        path: "d0/f".into(),
+        content: b"same bytes".to_vec().into(),
+        mtime_ns,
+        ..Default::default()
+    })];
+    for k in 1..=levels {
+        ops.push(Op::MakeDirectory(pb::MakeDirectoryOp {
+            path: format!("d{k}"),
+            parents: false,
+        }));
+        for copy in ["a", "b"] {
+            ops.push(Op::Copy(pb::CopyOp {
+                from: format!("d{}", k - 1),
+                to: format!("d{k}/{copy}"),
+                overwrite: false,
+            }));
+        }
+    }
+    pb::ApplyChangesRequest {
+        session_id: id.into(),
+        changes: ops
+            .into_iter()
+            .map(|op| pb::Change {
+                op: Some(op),
+                precondition: None,
+            })
+            .collect(),
+        expected_head_version: 0,
+    }
+}
+
+/// Builds, in session `id`, the chain of [`doubling_chain`] with its file at one time,
+/// checkpoints it as "before", and builds it again with the file at another: two trees that
+/// differ at every one of 2^levels leaves, by time alone.
+async fn time_only_differences(dev: &Dev, id: &str, levels: usize) {
+    let mut workspace = WorkspaceServiceClient::new(dev.channel.clone());
+    workspace
+        .apply_changes(doubling_chain(id, levels, 1_000_000_000))
+        .await
+        .unwrap();
+    HistoryServiceClient::new(dev.channel.clone())
+        .create_checkpoint(pb::CreateCheckpointRequest {
+            session_id: id.into(),
+            name: "before".into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    let mut rebuilt = doubling_chain(id, levels, 2_000_000_000);
+    let deletes = (0..=levels).map(|k| pb::Change {
+        op: Some(pb::change::Op::Delete(pb::DeleteOp {
+            path: format!("d{k}"),
+            recursive: true,
+        })),
+        precondition: None,
+    });
+    rebuilt.changes.splice(0..0, deletes);
+    workspace.apply_changes(rebuilt).await.unwrap();
+}
+
+/// One Diff page from checkpoint "before" to the head (failing after 60 s).
+async fn diff_page(dev: &Dev, id: &str, token: String) -> pb::DiffResponse {
+    let mut workspace = WorkspaceServiceClient::new(dev.channel.clone());
+    let call = workspace.diff(pb::DiffRequest {
+        session_id: id.into(),
+        from: Some(pb::Revision {
+            kind: pb::RevisionKind::Checkpoint as i32,
+            name: "before".into(),
+        }),
+        page: Some(pb::PageRequest {
+            page_size: 1000,
+            page_token: token,
+        }),
+        ..Default::default()
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(60), call)
+        .await
+        .expect("a Diff page took over 60 s")
+        .unwrap()
+        .into_inner()
+}
+
+/// Two trees that differ in more paths than the store holds objects (copies of copies, each
+/// leaf's time changed): a Diff page stops at its bound with a token instead of walking them
+/// all, and paging through finds exactly the real difference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_diffs_of_shared_subtrees_are_bounded_per_page() {
+    let dev = start().await;
+    // 2^17 leaves that differ only in time, and one real change after them all.
+    let id = create_session(&dev.channel).await.unwrap().id;
+    time_only_differences(&dev, &id, 17).await;
+    common::write_file(&dev.channel, &id, "zz.txt", b"a real change")
+        .await
+        .unwrap();
+    let (mut found, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = diff_page(&dev, &id, token).await;
+        pages += 1;
+        found.extend(page.entries.into_iter().map(|e| e.path));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(found, ["zz.txt"]);
+    assert!(pages >= 2, "{pages} page(s): the walk was not bounded");
+
+    // 2^60 leaves: each page still answers, and moves on.
+    let id = create_session(&dev.channel).await.unwrap().id;
+    time_only_differences(&dev, &id, 60).await;
+    let first = diff_page(&dev, &id, String::new()).await;
+    assert!(first.entries.is_empty() && !first.next_page_token.is_empty());
+    let second = diff_page(&dev, &id, first.next_page_token.clone()).await;
+    assert!(!second.next_page_token.is_empty());
+    assert_ne!(second.next_page_token, first.next_page_token);
 }

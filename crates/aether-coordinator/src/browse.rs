@@ -55,6 +55,9 @@ impl Difference {
 pub struct Diff {
     pub entries: Vec<Difference>,
     pub more: bool,
+    /// The walk reached [`MAX_DIFF_EXAMINED`] before the page filled: the page ends early and
+    /// the next goes on after this path (its own difference, if any, is in this page).
+    pub resume_after: Option<WorkspacePath>,
     pub from_root: Hash,
     pub to_root: Hash,
 }
@@ -159,6 +162,8 @@ impl Sessions {
             include_time_only,
             limit: size + 1,
             out: Vec::with_capacity(size + 1),
+            examined: 0,
+            stopped_after: None,
         };
         walk.walk(old, new, prefix, after).await?;
         let mut entries = walk.out;
@@ -167,6 +172,7 @@ impl Sessions {
         Ok(Diff {
             entries,
             more,
+            resume_after: walk.stopped_after.filter(|_| !more),
             from_root,
             to_root,
         })
@@ -219,7 +225,16 @@ struct DiffWalk<'a> {
     include_time_only: bool,
     limit: usize,
     out: Vec<Difference>,
+    /// Entries compared so far, against [`MAX_DIFF_EXAMINED`].
+    examined: usize,
+    /// Where the walk stopped at that bound.
+    stopped_after: Option<WorkspacePath>,
 }
+
+/// Entries one Diff call compares at most. Trees share subtrees, so two roots can differ in
+/// more places than the store holds objects (copies of copies): a page that reaches the bound
+/// ends early with a token to go on from, as ListSessions does.
+pub const MAX_DIFF_EXAMINED: usize = 100_000;
 
 impl<'a> DiffWalk<'a> {
     /// Walks the subtrees `old` and `new` at `prefix`, after the path whose components (below
@@ -238,7 +253,7 @@ impl<'a> DiffWalk<'a> {
             let old_tree = self.load(old).await?;
             let new_tree = self.load(new).await?;
             for change in diff_trees(&old_tree, &new_tree) {
-                if self.out.len() >= self.limit {
+                if self.out.len() >= self.limit || self.stopped_after.is_some() {
                     return Ok(());
                 }
                 let (old_entry, new_entry) = match change {
@@ -261,6 +276,12 @@ impl<'a> DiffWalk<'a> {
                 let path = prefix.join(name)?;
                 if !on_token {
                     self.report(&path, old_entry.as_ref(), new_entry.as_ref());
+                }
+                self.examined += 1;
+                if self.examined >= MAX_DIFF_EXAMINED {
+                    // This entry is done; what is below it is the next page's.
+                    self.stopped_after = Some(path);
+                    return Ok(());
                 }
                 let dir_hash = |e: Option<TreeEntry>| {
                     e.filter(|e| e.kind == EntryKind::Directory).map(|e| e.hash)

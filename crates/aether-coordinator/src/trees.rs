@@ -185,9 +185,11 @@ impl Trees {
                     // A symlink counts as a file: one non-directory name.
                     EntryKind::File | EntryKind::Symlink => files += 1,
                     EntryKind::Directory => {
+                        // Copies of copies share subtrees: a tree can name more paths than a
+                        // u64 counts.
                         let (f, d) = self.count(entry.hash).await?;
-                        files += f;
-                        dirs += d + 1;
+                        files = u64::saturating_add(files, f);
+                        dirs = u64::saturating_add(dirs, d.saturating_add(1));
                     }
                 }
             }

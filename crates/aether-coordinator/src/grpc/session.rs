@@ -40,24 +40,41 @@ fn ttl_ms(ttl: &Option<prost_types::Duration>) -> Result<u64> {
     convert::ttl_ms(ttl).map_err(Error::InvalidArgument)
 }
 
-/// The fields an UpdateSession mask names, with their new values.
-fn updates(request: pb::UpdateSessionRequest) -> Result<Vec<SessionUpdate>> {
-    let paths = request.update_mask.map(|m| m.paths).unwrap_or_default();
-    let mut updates = Vec::with_capacity(paths.len());
-    for path in paths {
-        updates.push(match path.as_str() {
-            "labels" => SessionUpdate::Labels(map(request.labels.clone())),
-            "metadata" => SessionUpdate::Metadata(map(request.metadata.clone())),
-            "ttl" => SessionUpdate::Ttl(ttl_ms(&request.ttl)?),
-            "policy" => SessionUpdate::Policy(convert::policy_from(&request.policy)),
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                "update_mask names unknown field \"{other}\"; use labels, metadata, ttl or policy"
-            )))
-            }
-        });
+/// The fields an UpdateSession mask names, with their new values. Each field once: the mask is
+/// checked whole before any value is taken.
+fn updates(mut request: pb::UpdateSessionRequest) -> Result<Vec<SessionUpdate>> {
+    const FIELDS: [&str; 4] = ["labels", "metadata", "ttl", "policy"];
+    let paths = request
+        .update_mask
+        .take()
+        .map(|m| m.paths)
+        .unwrap_or_default();
+    let mut fields: Vec<&str> = Vec::new();
+    for path in &paths {
+        let Some(field) = FIELDS.iter().find(|f| **f == path.as_str()) else {
+            let shown: String = path.chars().take(64).collect();
+            return Err(Error::InvalidArgument(format!(
+                "update_mask names unknown field \"{shown}\"; use labels, metadata, ttl or policy"
+            )));
+        };
+        if fields.contains(field) {
+            return Err(Error::InvalidArgument(format!(
+                "update_mask names \"{field}\" more than once; name each field once"
+            )));
+        }
+        fields.push(field);
     }
-    Ok(updates)
+    fields
+        .into_iter()
+        .map(|field| {
+            Ok(match field {
+                "labels" => SessionUpdate::Labels(map(std::mem::take(&mut request.labels))),
+                "metadata" => SessionUpdate::Metadata(map(std::mem::take(&mut request.metadata))),
+                "ttl" => SessionUpdate::Ttl(ttl_ms(&request.ttl)?),
+                _ => SessionUpdate::Policy(convert::policy_from(&request.policy)),
+            })
+        })
+        .collect()
 }
 
 impl Sessions {

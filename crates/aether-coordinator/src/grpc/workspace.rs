@@ -269,8 +269,9 @@ fn page_after(
         return Ok(Vec::new());
     };
     let bad = || {
+        let shown: String = token.chars().take(64).collect();
         Error::InvalidArgument(format!(
-            "page_token {token:?} was not returned by this listing of \"{dir}\": pass next_page_token back unchanged, with the same path and `recursive`"
+            "page_token {shown:?} was not returned by this listing of \"{dir}\": pass next_page_token back unchanged, with the same path and `recursive`"
         ))
     };
     let path = WorkspacePath::parse(&token).map_err(|_| bad())?;
@@ -682,8 +683,9 @@ impl WorkspaceService for WorkspaceGrpc {
             )
             .await?;
         let entries: Vec<pb::DiffEntry> = diff.entries.iter().map(diff_entry).collect();
-        let next_page_token = match entries.last() {
-            Some(last) if diff.more => last.path.clone(),
+        let next_page_token = match (entries.last(), diff.resume_after) {
+            (Some(last), _) if diff.more => last.path.clone(),
+            (_, Some(stopped)) => stopped.to_string(),
             _ => String::new(),
         };
         Ok(Response::new(pb::DiffResponse {
