@@ -136,6 +136,29 @@ async fn hostile_ids_and_states_change_nothing() {
         assert_eq!(code(result), Code::InvalidArgument, "{states:?}");
     }
 
+    // Selectors past their bounds are refused; a state named a million times is one state.
+    let many_terms = vec!["!a"; 100_000].join(",");
+    let many_values = format!("k in ({})", vec!["v"; 65].join(","));
+    for selector in [many_terms.as_str(), many_values.as_str()] {
+        let result = sessions
+            .list_sessions(pb::ListSessionsRequest {
+                label_selector: selector.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(result), Code::InvalidArgument, "{selector:.20}");
+    }
+    let listed = sessions
+        .list_sessions(pb::ListSessionsRequest {
+            states: vec![pb::SessionState::Active as i32; 1_000_000],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert!(listed.iter().any(|s| s.id == id));
+
     // Page tokens no listing returned.
     for token in ["../x", "a b", &"t".repeat(10_000)] {
         let result = history
@@ -1109,4 +1132,83 @@ async fn hostile_diffs_of_shared_subtrees_are_bounded_per_page() {
     let second = diff_page(&dev, &id, first.next_page_token.clone()).await;
     assert!(!second.next_page_token.is_empty());
     assert_ne!(second.next_page_token, first.next_page_token);
+}
+
+/// Chunk lists that would make the coordinator read far more than they declare: refused
+/// before anything is read, with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_chunk_lists_are_refused_before_anything_is_read() {
+    let dev = start().await;
+    let mut workspace = WorkspaceServiceClient::new(dev.channel.clone());
+    let id = create_session(&dev.channel).await.unwrap().id;
+    let bytes = vec![7u8; 1000];
+    common::write_file(&dev.channel, &id, "stored.bin", &bytes)
+        .await
+        .unwrap();
+    let entry = workspace
+        .list_tree(pb::ListTreeRequest {
+            session_id: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .remove(0);
+    let chunk = |size: u64| pb::ChunkRef {
+        hash: entry.hash.clone(),
+        size,
+    };
+    let write = |path: &str, chunks: Vec<pb::ChunkRef>| pb::Change {
+        op: Some(pb::change::Op::Write(pb::WriteOp {
+            path: path.into(),
+            chunks,
+            ..Default::default()
+        })),
+        precondition: None,
+    };
+    let batch = |changes: Vec<pb::Change>| pb::ApplyChangesRequest {
+        session_id: id.clone(),
+        changes,
+        expected_head_version: 0,
+    };
+    let before = snapshot(&dev, &id).await;
+    let four_gib = 4u64 << 30;
+    let cases: Vec<(&str, pb::ApplyChangesRequest)> = vec![
+        (
+            "a size other than the stored one",
+            batch(vec![write("a", vec![chunk(999)])]),
+        ),
+        (
+            "too many chunks",
+            batch(vec![write("a", vec![chunk(1000); 65_537])]),
+        ),
+        (
+            "more than a file holds",
+            batch(vec![write("a", vec![chunk(four_gib), chunk(1000)])]),
+        ),
+        (
+            "more than a batch assembles",
+            batch(
+                (0..5)
+                    .map(|i| write(&format!("f{i}"), vec![chunk(four_gib)]))
+                    .collect(),
+            ),
+        ),
+    ];
+    for (case, request) in cases {
+        let result = workspace.apply_changes(request).await;
+        assert_eq!(code(result), Code::InvalidArgument, "{case}");
+    }
+    assert_eq!(snapshot(&dev, &id).await, before);
+
+    // The same chunk named three times, with its size: a file of the three.
+    workspace
+        .apply_changes(batch(vec![write("thrice.bin", vec![chunk(1000); 3])]))
+        .await
+        .unwrap();
+    let read = common::read_file(&dev.channel, &id, "thrice.bin")
+        .await
+        .unwrap();
+    assert_eq!(read, [bytes.clone(), bytes.clone(), bytes].concat());
 }

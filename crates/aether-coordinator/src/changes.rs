@@ -109,6 +109,59 @@ impl Sessions {
     }
 }
 
+/// Bytes of content one batch may assemble from chunks already in the store (the sizes the
+/// writes give, each checked against the store before anything is read).
+pub const MAX_BATCH_CHUNK_BYTES: u64 = 16 * 1024 * 1024 * 1024;
+
+/// Refuses a batch whose chunk lists add up to more than [`MAX_BATCH_CHUNK_BYTES`].
+fn check_chunk_bytes(changes: &[Change]) -> Result<()> {
+    let total = changes
+        .iter()
+        .filter_map(|change| match &change.step {
+            Step::Write {
+                content: Content::Chunks(chunks),
+                ..
+            } => Some(chunks.iter().fold(0u64, |sum, c| sum.saturating_add(c.1))),
+            _ => None,
+        })
+        .fold(0u64, u64::saturating_add);
+    if total > MAX_BATCH_CHUNK_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "the batch's chunk lists add up to {total} bytes; at most {MAX_BATCH_CHUNK_BYTES} \
+             per batch: send the files in several batches"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that every chunk is as large as the write says, so the bytes a write assembles are
+/// the ones it declared (and counted) before any is read.
+async fn check_chunk_sizes(
+    blobs: &std::sync::Arc<dyn aether_store::Blobs>,
+    chunks: &[(Hash, u64)],
+) -> Result<()> {
+    let lookups: Vec<_> = chunks
+        .iter()
+        .map(|(hash, _)| {
+            let (blobs, hash) = (blobs.clone(), *hash);
+            async move { blobs.size(&hash).await }
+        })
+        .collect();
+    let sizes: Vec<u64> = futures::stream::iter(lookups)
+        .buffered(STORE_CONCURRENCY)
+        .try_collect()
+        .await?;
+    for ((hash, declared), actual) in chunks.iter().zip(sizes) {
+        if *declared != actual {
+            return Err(Error::InvalidArgument(format!(
+                "chunk {hash} is {actual} bytes in the store, not the {declared} the write gives: \
+                 give each chunk's size as PutBlob returned it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Content named before it is stored, written with the new trees: (name, bytes).
 type Deferred = (Hash, Bytes);
 
@@ -132,9 +185,9 @@ impl Sessions {
                         first: first.to_string(),
                     });
                 }
+                check_chunk_sizes(blobs, &chunks).await?;
                 if chunks.len() == 1 {
-                    let size = blobs.size(&chunks[0].0).await?;
-                    return Ok((chunks[0].0, size));
+                    return Ok(chunks[0]);
                 }
                 // The store names a multi-chunk blob by the manifest of its own cut; streaming
                 // the chunks through it, one read at a time, yields that name without holding
@@ -179,6 +232,7 @@ impl Sessions {
         changes: Vec<Change>,
         operation: &'static str,
     ) -> Result<Prepared> {
+        check_chunk_bytes(&changes)?;
         let mut mutation = self.begin_active(caller, session_id).await?;
         check_expected_version(&mutation.record, expected_version)?;
         let old_root = Sessions::root(&mutation.record.head_root)?;

@@ -15,6 +15,12 @@ pub const MAX_METADATA_KEY_BYTES: usize = 256;
 /// The longest metadata value, in bytes.
 pub const MAX_METADATA_VALUE_BYTES: usize = 4096;
 
+/// The longest label selector, in bytes: room for 64 terms of the longest key and value,
+/// checked before it is parsed.
+pub const MAX_SELECTOR_BYTES: usize = 64 * 1024;
+/// The most terms one selector may have, and values one `in (...)` term may list.
+pub const MAX_SELECTOR_TERMS: usize = 64;
+
 /// How many characters of a rejected key, value or term an error message repeats.
 const EXCERPT_CHARS: usize = 320;
 const MAX_LABEL_NAME_CHARS: usize = 63;
@@ -77,6 +83,13 @@ pub enum LabelError {
         key: String,
         /// The value's length in bytes.
         len: usize,
+    },
+    /// A label selector longer than [`MAX_SELECTOR_BYTES`] or with more than
+    /// [`MAX_SELECTOR_TERMS`] terms or values in one term.
+    #[error("label selector has {what}: at most {MAX_SELECTOR_TERMS} terms of at most {MAX_SELECTOR_TERMS} values each, in at most {MAX_SELECTOR_BYTES} bytes; narrow it")]
+    SelectorTooLarge {
+        /// What is over the limit.
+        what: String,
     },
     /// A label selector term cannot be parsed.
     #[error("invalid label selector term \"{term}\": {reason}")]
@@ -222,10 +235,30 @@ impl LabelSelector {
         if s.trim().is_empty() {
             return Ok(LabelSelector::default());
         }
-        let requirements = split_terms(s)
+        if s.len() > MAX_SELECTOR_BYTES {
+            return Err(LabelError::SelectorTooLarge {
+                what: format!("{} bytes", s.len()),
+            });
+        }
+        let terms = split_terms(s);
+        if terms.len() > MAX_SELECTOR_TERMS {
+            return Err(LabelError::SelectorTooLarge {
+                what: format!("{} terms", terms.len()),
+            });
+        }
+        let requirements: Vec<Requirement> = terms
             .into_iter()
             .map(parse_term)
             .collect::<Result<_, _>>()?;
+        for requirement in &requirements {
+            if let Op::In(values) | Op::NotIn(values) = &requirement.op {
+                if values.len() > MAX_SELECTOR_TERMS {
+                    return Err(LabelError::SelectorTooLarge {
+                        what: format!("{} values for {}", values.len(), requirement.key),
+                    });
+                }
+            }
+        }
         Ok(LabelSelector { requirements })
     }
 

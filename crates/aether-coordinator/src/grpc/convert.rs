@@ -84,6 +84,22 @@ pub fn state(state: State) -> pb::SessionState {
 }
 
 /// A session state a request names (ListSessions' filter).
+/// The distinct states a filter names (each checked), so a filter repeating one state a
+/// million times costs one comparison per record, not a million.
+pub fn distinct_states<T: PartialEq>(
+    states: &[i32],
+    state_from: impl Fn(i32) -> Result<T>,
+) -> Result<Vec<T>> {
+    let mut distinct = Vec::new();
+    for state in states {
+        let state = state_from(*state)?;
+        if !distinct.contains(&state) {
+            distinct.push(state);
+        }
+    }
+    Ok(distinct)
+}
+
 pub fn state_from(state: i32) -> Result<State> {
     match pb::SessionState::try_from(state) {
         Ok(pb::SessionState::Active) => Ok(State::Active),

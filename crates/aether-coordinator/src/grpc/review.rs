@@ -269,11 +269,7 @@ impl ReviewService for ReviewGrpc {
         let caller = caller_of(&request)?;
         let request = request.into_inner();
         let (record, _) = self.sessions.load(&caller, &request.session_id).await?;
-        let states = request
-            .states
-            .iter()
-            .map(|s| state_from(*s))
-            .collect::<Result<Vec<_>>>()?;
+        let states = convert::distinct_states(&request.states, state_from)?;
         let size = page_size(&request.page);
         let after = match page_token(&request.page) {
             Some(token) => parse_approval_id(&token).map_err(|_| {

@@ -144,11 +144,7 @@ impl SessionService for SessionGrpc {
         let filter = SessionFilter {
             selector: LabelSelector::parse(&request.label_selector)
                 .map_err(|e| Error::InvalidArgument(e.to_string()))?,
-            states: request
-                .states
-                .iter()
-                .map(|s| convert::state_from(*s))
-                .collect::<Result<_, _>>()?,
+            states: convert::distinct_states(&request.states, convert::state_from)?,
         };
         let after = listing::parse_page_token(page_token(&request.page))?;
         let page = self

@@ -28,6 +28,8 @@ pub const MAX_INLINE_BYTES: usize = 1024 * 1024;
 pub const MAX_WRITE_FILE_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 /// Most changes in one ApplyChanges batch.
 pub const MAX_BATCH_CHANGES: usize = 10_000;
+/// Chunks one write may name: a 4 GiB file in chunks of 64 KiB.
+pub const MAX_CHUNKS_PER_WRITE: usize = 65_536;
 /// Size of data messages sent by ReadFile and ExportArchive.
 const MESSAGE_BYTES: usize = 1024 * 1024;
 
@@ -182,6 +184,22 @@ fn write_content(inline: Bytes, chunks: &[pb::ChunkRef]) -> Result<Content> {
             )));
         }
         return Ok(Content::Inline(inline));
+    }
+    if chunks.len() > MAX_CHUNKS_PER_WRITE {
+        return Err(Error::InvalidArgument(format!(
+            "a write names {} chunks; at most {MAX_CHUNKS_PER_WRITE} (upload larger content with \
+             WriteFile)",
+            chunks.len()
+        )));
+    }
+    let declared = chunks
+        .iter()
+        .fold(0u64, |sum, c| sum.saturating_add(c.size));
+    if declared > MAX_WRITE_FILE_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "a write's chunks add up to {declared} bytes; a file holds at most \
+             {MAX_WRITE_FILE_BYTES}"
+        )));
     }
     let chunks = chunks
         .iter()
