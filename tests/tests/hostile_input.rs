@@ -1188,6 +1188,17 @@ async fn hostile_chunk_lists_are_refused_before_anything_is_read() {
             batch(vec![write("a", vec![chunk(four_gib), chunk(1000)])]),
         ),
         (
+            "a precondition hash that is no hash",
+            batch(vec![pb::Change {
+                precondition: Some(pb::PathPrecondition {
+                    condition: Some(pb::path_precondition::Condition::ContentHash(
+                        "not a hash ".repeat(100_000),
+                    )),
+                }),
+                ..write("stored.bin", vec![chunk(1000)])
+            }]),
+        ),
+        (
             "more than a batch assembles",
             batch(
                 (0..5)
@@ -1197,8 +1208,13 @@ async fn hostile_chunk_lists_are_refused_before_anything_is_read() {
         ),
     ];
     for (case, request) in cases {
-        let result = workspace.apply_changes(request).await;
-        assert_eq!(code(result), Code::InvalidArgument, "{case}");
+        let status = workspace.apply_changes(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}");
+        assert!(
+            status.message().len() < 4096,
+            "{case}: a message of {} bytes",
+            status.message().len()
+        );
     }
     assert_eq!(snapshot(&dev, &id).await, before);
 

@@ -77,8 +77,21 @@ impl From<Error> for Status {
     }
 }
 
+/// The longest status message sent: it travels in a header, and a message that repeats a
+/// hostile value (a path, a hash, a token) must not outgrow what clients accept.
+pub const MAX_MESSAGE_BYTES: usize = 2048;
+
 /// A status with its [`OUTCOME_HEADER`], when known.
 pub fn status(code: Code, message: impl Into<String>, outcome: Option<Outcome>) -> Status {
+    let mut message: String = message.into();
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut cut = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (cut)");
+    }
     let mut status = Status::new(code, message);
     if let Some(outcome) = outcome {
         status
@@ -86,4 +99,18 @@ pub fn status(code: Code, message: impl Into<String>, outcome: Option<Outcome>) 
             .insert(OUTCOME_HEADER, MetadataValue::from_static(outcome.as_str()));
     }
     status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_repeating_a_huge_value_is_cut_at_a_character() {
+        let huge = format!("path \"{}\" is wrong", "é".repeat(1 << 20));
+        let status = status(Code::InvalidArgument, huge, None);
+        assert!(status.message().len() <= MAX_MESSAGE_BYTES + 10);
+        assert!(status.message().starts_with("path \"éé"));
+        assert!(status.message().ends_with("… (cut)"));
+    }
 }

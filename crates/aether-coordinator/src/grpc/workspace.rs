@@ -104,7 +104,7 @@ fn parse_change(change: pb::Change) -> Result<Change> {
     };
     Ok(Change {
         step,
-        precondition: change.precondition.and_then(precondition),
+        precondition: precondition(change.precondition)?,
     })
 }
 
@@ -213,13 +213,25 @@ fn write_content(inline: Bytes, chunks: &[pb::ChunkRef]) -> Result<Content> {
 }
 
 /// A path precondition of the API as the domain's; none when it asks nothing.
-fn precondition(precondition: pb::PathPrecondition) -> Option<Precondition> {
+fn precondition(precondition: Option<pb::PathPrecondition>) -> Result<Option<Precondition>> {
     use pb::path_precondition::Condition;
-    match precondition.condition? {
+    let Some(condition) = precondition.and_then(|p| p.condition) else {
+        return Ok(None);
+    };
+    Ok(match condition {
         Condition::MustNotExist(false) => None,
         Condition::MustNotExist(true) => Some(Precondition::MustNotExist),
-        Condition::ContentHash(hash) => Some(Precondition::ContentHash(hash.to_ascii_lowercase())),
-    }
+        Condition::ContentHash(hash) => {
+            Hash::from_hex(&hash).map_err(|_| {
+                Error::InvalidArgument(
+                    "precondition content_hash must be a BLAKE3 hash: 64 hex digits, as an \
+                     Entry's hash"
+                        .into(),
+                )
+            })?;
+            Some(Precondition::ContentHash(hash.to_ascii_lowercase()))
+        }
+    })
 }
 
 /// Checks a symlink target: what Linux accepts in symlink(2).
@@ -516,7 +528,7 @@ impl WorkspaceService for WorkspaceGrpc {
                 mode: header.mode,
                 mtime_ns: header.mtime_ns,
             },
-            precondition: header.precondition.and_then(precondition),
+            precondition: precondition(header.precondition)?,
         };
         let prepared = self
             .sessions
