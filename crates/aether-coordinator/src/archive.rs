@@ -274,6 +274,23 @@ pub enum ArchiveItem {
     },
 }
 
+impl ArchiveItem {
+    /// Memory this item takes while an import gathers its entries (its strings and the rest).
+    fn held_bytes(&self) -> usize {
+        let strings = match self {
+            ArchiveItem::File { path, .. } | ArchiveItem::Directory { path, .. } => {
+                path.as_str().len()
+            }
+            ArchiveItem::Symlink { path, target, .. } => path.as_str().len() + target.len(),
+        };
+        strings + std::mem::size_of::<ArchiveItem>()
+    }
+}
+
+/// Memory an import's gathered entries may take (names and targets are held until the tree is
+/// built): a million entries of 200-byte paths fit.
+pub const MAX_IMPORT_HELD_BYTES: usize = 512 * 1024 * 1024;
+
 /// An archive's bytes as they arrive, read in order: at most one piece of the source is held,
 /// and every byte received counts against `limit` (RESOURCE_EXHAUSTED past it).
 struct ArchiveBytes<S> {
@@ -434,6 +451,7 @@ where
         limit: MAX_ARCHIVE_BYTES,
     };
     let mut items = Vec::new();
+    let mut held = 0usize;
     let mut pending = Extensions::default();
     while let Some(header) = read_header(&mut input).await? {
         // Refused before the entry is read (and a file's content stored).
@@ -444,6 +462,14 @@ where
             .into());
         }
         if let Some(item) = read_entry(&mut input, header, &mut pending, under, trees).await? {
+            held += item.held_bytes();
+            if held > MAX_IMPORT_HELD_BYTES {
+                return Err(Error::ResourceExhausted(format!(
+                    "archive's entries take more than {MAX_IMPORT_HELD_BYTES} bytes of names to \
+                     import at once: split it, or import it under a shorter path"
+                ))
+                .into());
+            }
             items.push(item);
         }
     }

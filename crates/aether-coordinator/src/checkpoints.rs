@@ -24,6 +24,8 @@ use crate::sessions::{check_expected_version, Effect, Prepared, Sessions};
 
 /// Bytes a checkpoint's description holds at most.
 pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// Most checkpoints over a session's life (its checkpoint map's index grows with them).
+pub const MAX_CHECKPOINTS: u32 = 100_000;
 
 impl Sessions {
     /// Takes a checkpoint of the head (O(1): a name for the current roots), named `name` or,
@@ -41,6 +43,13 @@ impl Sessions {
             )));
         }
         let mut mutation = self.begin_open(caller, session_id).await?;
+        if mutation.record.checkpoint_count >= MAX_CHECKPOINTS {
+            return Err(Error::ResourceExhausted(format!(
+                "session {} holds the most checkpoints allowed ({MAX_CHECKPOINTS}); fork a fresh \
+                 session to keep checkpointing",
+                mutation.record.id
+            )));
+        }
         let name = match name {
             "" => format!("ckpt-{}", mutation.record.checkpoint_count + 1),
             name => name.to_string(),

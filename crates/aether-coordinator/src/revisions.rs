@@ -76,7 +76,7 @@ impl Sessions {
             .consume(self, &mut mutation, &format!("commit:{id}"))
             .await?;
         mutation.record.head_commit = Some(id.clone());
-        mutation.record.commit_count += 1;
+        mutation.record.commit_count = mutation.record.commit_count.saturating_add(1);
         let effect = Effect::new(caller.name(), "history.commit", id.clone())
             .detail("approvals", approvals.join(","))
             .event(Event::CommitCreated {
