@@ -66,6 +66,31 @@ async fn snapshot(dev: &Dev, id: &str) -> (u64, Vec<String>) {
     (session.head_version, paths)
 }
 
+/// Asserts that a session created with `create`'s bad value, and session `id` updated to it
+/// (`field` in the mask), are both INVALID_ARGUMENT.
+async fn refused_at_create_and_update(
+    sessions: &mut SessionServiceClient<Channel>,
+    id: &str,
+    field: &str,
+    case: &str,
+    create: pb::CreateSessionRequest,
+) {
+    let update = pb::UpdateSessionRequest {
+        session_id: id.into(),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec![field.into()],
+        }),
+        labels: create.labels.clone(),
+        metadata: create.metadata.clone(),
+        ttl: create.ttl,
+        policy: create.policy.clone(),
+    };
+    let created = sessions.create_session(create).await;
+    assert_eq!(code(created), Code::InvalidArgument, "create: {case}");
+    let updated = sessions.update_session(update).await;
+    assert_eq!(code(updated), Code::InvalidArgument, "update: {case}");
+}
+
 fn mkdir(id: &str, path: &str) -> pb::MakeDirectoryRequest {
     pb::MakeDirectoryRequest {
         session_id: id.into(),
@@ -583,24 +608,11 @@ async fn hostile_labels_metadata_and_states_change_nothing() {
         ("thousands of labels", many(10_000)),
     ];
     for (case, labels) in bad_labels {
-        let created = sessions
-            .create_session(pb::CreateSessionRequest {
-                labels: labels.clone(),
-                ..Default::default()
-            })
-            .await;
-        assert_eq!(code(created), Code::InvalidArgument, "create: {case}");
-        let updated = sessions
-            .update_session(pb::UpdateSessionRequest {
-                session_id: id.clone(),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["labels".into()],
-                }),
-                labels,
-                ..Default::default()
-            })
-            .await;
-        assert_eq!(code(updated), Code::InvalidArgument, "update: {case}");
+        let create = pb::CreateSessionRequest {
+            labels,
+            ..Default::default()
+        };
+        refused_at_create_and_update(&mut sessions, &id, "labels", case, create).await;
     }
     let bad_metadata: Vec<(&str, std::collections::HashMap<String, String>)> = vec![
         ("too many entries", many(65)),
@@ -635,28 +647,14 @@ async fn hostile_labels_metadata_and_states_change_nothing() {
         ("unknown role", vec![binding("user:alice", 99)]),
     ];
     for (case, bindings) in bad_policies {
-        let policy = Some(pb::Policy {
-            bindings,
+        let create = pb::CreateSessionRequest {
+            policy: Some(pb::Policy {
+                bindings,
+                ..Default::default()
+            }),
             ..Default::default()
-        });
-        let created = sessions
-            .create_session(pb::CreateSessionRequest {
-                policy: policy.clone(),
-                ..Default::default()
-            })
-            .await;
-        assert_eq!(code(created), Code::InvalidArgument, "create: {case}");
-        let updated = sessions
-            .update_session(pb::UpdateSessionRequest {
-                session_id: id.clone(),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["policy".into()],
-                }),
-                policy,
-                ..Default::default()
-            })
-            .await;
-        assert_eq!(code(updated), Code::InvalidArgument, "update: {case}");
+        };
+        refused_at_create_and_update(&mut sessions, &id, "policy", case, create).await;
     }
     // A mask that names a field many times (each would copy the labels): refused whole.
     for paths in [vec!["labels"; 2], vec!["labels"; 200_000]] {
@@ -680,25 +678,12 @@ async fn hostile_labels_metadata_and_states_change_nothing() {
 
     // TTLs whose expiry time would overflow, and a transfer comment past its limit.
     for seconds in [i64::MAX, 10 * 365 * 24 * 3600 + 1] {
-        let ttl = Some(prost_types::Duration { seconds, nanos: 0 });
-        let created = sessions
-            .create_session(pb::CreateSessionRequest {
-                ttl,
-                ..Default::default()
-            })
-            .await;
-        assert_eq!(code(created), Code::InvalidArgument, "ttl {seconds}");
-        let updated = sessions
-            .update_session(pb::UpdateSessionRequest {
-                session_id: id.clone(),
-                update_mask: Some(prost_types::FieldMask {
-                    paths: vec!["ttl".into()],
-                }),
-                ttl,
-                ..Default::default()
-            })
-            .await;
-        assert_eq!(code(updated), Code::InvalidArgument, "ttl {seconds}");
+        let create = pb::CreateSessionRequest {
+            ttl: Some(prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let case = format!("ttl of {seconds} s");
+        refused_at_create_and_update(&mut sessions, &id, "ttl", &case, create).await;
     }
     let transferred = sessions
         .transfer_session(pb::TransferSessionRequest {
