@@ -82,7 +82,9 @@ async fn every_event_arrives_in_order_and_a_huge_change_says_its_list_is_cut() {
     assert!(!changed.paths.is_empty() && changed.paths.len() <= 1000);
     assert!(changed.paths.iter().all(|p| p.starts_with(&long)));
 
-    // Many sessions changing at once: each session's events all arrive, in commit order.
+    // Many sessions changing at once, two writers each (so a session often has several
+    // events waiting at once): each session's events all arrive, in commit order, each with
+    // the path its change wrote.
     const SESSIONS: usize = 8;
     const CHANGES: usize = 20;
     let mut streams = Vec::new();
@@ -90,33 +92,34 @@ async fn every_event_arrives_in_order_and_a_huge_change_says_its_list_is_cut() {
     for _ in 0..SESSIONS {
         let id = create_session(&channel).await.unwrap().id;
         streams.push((id.clone(), subscribe(&bus, &id).await.unwrap()));
-        let mut workspace = WorkspaceServiceClient::new(channel.clone());
-        writers.push(tokio::spawn(async move {
-            let mut versions = Vec::new();
-            for i in 0..CHANGES {
-                let request = writes(&id, std::iter::once(format!("f{i}.txt")));
-                versions.push(
-                    workspace
-                        .apply_changes(request)
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .head_version,
-                );
-            }
-            versions
-        }));
+        for writer in 0..2 {
+            let mut workspace = WorkspaceServiceClient::new(channel.clone());
+            let id = id.clone();
+            writers.push(tokio::spawn(async move {
+                let mut written = Vec::new();
+                for i in 0..CHANGES / 2 {
+                    let path = format!("w{writer}-{i}.txt");
+                    let request = writes(&id, std::iter::once(path.clone()));
+                    let response = workspace.apply_changes(request).await.unwrap();
+                    written.push((id.clone(), response.into_inner().head_version, path));
+                }
+                written
+            }));
+        }
     }
-    let mut committed = BTreeMap::new();
-    for (writer, (id, _)) in writers.into_iter().zip(&streams) {
-        committed.insert(id.clone(), writer.await.unwrap());
+    let mut committed: BTreeMap<String, BTreeMap<u64, String>> = BTreeMap::new();
+    for writer in writers {
+        for (id, version, path) in writer.await.unwrap() {
+            committed.entry(id).or_default().insert(version, path);
+        }
     }
     for (id, stream) in &mut streams {
         let events = files_changed(stream, CHANGES).await;
-        let versions: Vec<u64> = events.iter().map(|(v, _)| *v).collect();
-        assert_eq!(&versions, &committed[id], "session {id}");
-        let paths: Vec<String> = events.iter().map(|(_, c)| c.paths.join(",")).collect();
-        let written: Vec<String> = (0..CHANGES).map(|i| format!("f{i}.txt")).collect();
-        assert_eq!(paths, written, "session {id}");
+        let arrived: Vec<(u64, String)> = events
+            .into_iter()
+            .map(|(version, changed)| (version, changed.paths.join(",")))
+            .collect();
+        let expected: Vec<(u64, String)> = committed[id.as_str()].clone().into_iter().collect();
+        assert_eq!(arrived, expected, "session {id}");
     }
 }

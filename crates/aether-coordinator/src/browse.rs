@@ -231,9 +231,9 @@ struct DiffWalk<'a> {
     stopped_after: Option<WorkspacePath>,
 }
 
-/// Entries one Diff call compares at most. Trees share subtrees, so two roots can differ in
-/// more places than the store holds objects (copies of copies): a page that reaches the bound
-/// ends early with a token to go on from, as ListSessions does.
+/// Entries (of both sides' directories) one Diff call compares at most. Trees share subtrees,
+/// so two roots can differ in more places than the store holds objects (copies of copies): a
+/// page that reaches the bound ends early with a token to go on from, as ListSessions does.
 pub const MAX_DIFF_EXAMINED: usize = 100_000;
 
 impl<'a> DiffWalk<'a> {
@@ -252,6 +252,18 @@ impl<'a> DiffWalk<'a> {
         async move {
             let old_tree = self.load(old).await?;
             let new_tree = self.load(new).await?;
+            // The bound counts entries compared. A directory on the way to the token is passed
+            // through, not counted, and the first compared after it always is, so every page
+            // moves on.
+            if after.is_empty() {
+                let entries = old_tree.len() + new_tree.len();
+                if self.examined > 0 && self.examined + entries > MAX_DIFF_EXAMINED {
+                    // This directory's own entry is done; what is below it is the next page's.
+                    self.stopped_after = Some(prefix);
+                    return Ok(());
+                }
+                self.examined += entries.max(1);
+            }
             for change in diff_trees(&old_tree, &new_tree) {
                 if self.out.len() >= self.limit || self.stopped_after.is_some() {
                     return Ok(());
@@ -277,12 +289,6 @@ impl<'a> DiffWalk<'a> {
                 if !on_token {
                     self.report(&path, old_entry.as_ref(), new_entry.as_ref());
                 }
-                self.examined += 1;
-                if self.examined >= MAX_DIFF_EXAMINED {
-                    // This entry is done; what is below it is the next page's.
-                    self.stopped_after = Some(path);
-                    return Ok(());
-                }
                 let dir_hash = |e: Option<TreeEntry>| {
                     e.filter(|e| e.kind == EntryKind::Directory).map(|e| e.hash)
                 };
@@ -297,10 +303,10 @@ impl<'a> DiffWalk<'a> {
         .boxed()
     }
 
-    async fn load(&self, tree: Option<Hash>) -> Result<aether_core::Tree> {
+    async fn load(&self, tree: Option<Hash>) -> Result<std::sync::Arc<aether_core::Tree>> {
         Ok(match tree {
-            Some(h) => self.trees.load(&h).await?.as_ref().clone(),
-            None => aether_core::Tree::new(),
+            Some(h) => self.trees.load(&h).await?,
+            None => std::sync::Arc::new(aether_core::Tree::new()),
         })
     }
 

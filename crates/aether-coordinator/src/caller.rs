@@ -11,7 +11,7 @@ use aether_auth::{Need, Principal};
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::model::SessionRecord;
+use crate::model::{PolicyRecord, SessionRecord};
 use crate::requests::RequestKey;
 
 /// The caller of one request.
@@ -107,18 +107,14 @@ impl Caller {
         }
     }
 
-    /// Whether the caller may see `record` at all (ListSessions shows only these).
-    pub fn can_see(&self, record: &SessionRecord) -> bool {
-        !self.enforce || self.decision(record, Need::Read) == Decision::Allowed
+    /// Whether the caller may see a session at all (ListSessions shows only these), from its
+    /// owner and policy.
+    pub fn can_see(&self, owner: &str, policy: &PolicyRecord) -> bool {
+        !self.enforce || decide(&self.principal, owner, policy, Need::Read) == Decision::Allowed
     }
 
     fn decision(&self, record: &SessionRecord, need: Need) -> Decision {
-        let bindings = record
-            .policy
-            .bindings
-            .iter()
-            .map(|b| (b.subject.as_str(), b.role));
-        access::decide(&self.principal, &record.owner, bindings, need)
+        decide(&self.principal, &record.owner, &record.policy, need)
     }
 
     fn deny(&self, record: &SessionRecord, why: &str) {
@@ -156,6 +152,11 @@ impl Caller {
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().expect("request progress")
     }
+}
+
+fn decide(principal: &Principal, owner: &str, policy: &PolicyRecord, need: Need) -> Decision {
+    let bindings = policy.bindings.iter().map(|b| (b.subject.as_str(), b.role));
+    access::decide(principal, owner, bindings, need)
 }
 
 #[cfg(test)]
@@ -198,8 +199,8 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        assert!(caller("bob", Need::Read).can_see(&record));
-        assert!(!caller("carol", Need::Read).can_see(&record));
+        assert!(caller("bob", Need::Read).can_see(&record.owner, &record.policy));
+        assert!(!caller("carol", Need::Read).can_see(&record.owner, &record.policy));
     }
 
     #[test]
@@ -207,7 +208,7 @@ mod tests {
         let record = record();
         let open = Caller::new(Principal::user("carol"), Need::Own, "Test", None, false);
         assert!(open.authorize(&record).is_ok());
-        assert!(open.can_see(&record));
+        assert!(open.can_see(&record.owner, &record.policy));
         assert!(Caller::system().authorize(&record).is_ok());
 
         let handed_to_the_domain = open.clone();

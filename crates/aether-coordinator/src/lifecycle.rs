@@ -335,9 +335,16 @@ impl Sessions {
         let bindings = &mut mutation.record.policy.bindings;
         bindings.retain(|b| b.subject != subject);
         if let Some(role) = previous_owner_role {
+            // Only the role is checked: the subject is the previous owner's name, from the
+            // record, and a policy set before policies were checked must not stop a hand-over.
+            if !(1..=4).contains(&role) {
+                return Err(Error::InvalidArgument(format!(
+                    "previous_owner_role {role} is not a role: use VIEWER (1), EDITOR (2), \
+                     REVIEWER (3) or OWNER (4), or none"
+                )));
+            }
             bindings.push(Binding { subject, role });
         }
-        mutation.record.policy = checked_policy(std::mem::take(&mut mutation.record.policy))?;
         let effect = Effect::new(caller.name(), "session.transfer", new_owner)
             .detail("previous_owner", previous)
             .detail("comment", comment)

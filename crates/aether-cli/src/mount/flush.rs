@@ -38,6 +38,8 @@ pub struct FlushState {
     completed: u64,
     /// The last flush that could not send everything, and why.
     failed: Option<(u64, Errno)>,
+    /// Whether the last flush left changes unsent (the session is away or refusing).
+    behind: bool,
     pub stop: bool,
 }
 
@@ -75,6 +77,12 @@ impl Flusher {
             _ if state.completed < mine => Err(Errno::EIO),
             _ => Ok(()),
         }
+    }
+
+    /// Whether the last flush left changes unsent: waiting for another would likely wait
+    /// for the session's timeouts.
+    pub fn is_behind(&self) -> bool {
+        self.lock().behind
     }
 
     pub fn stop(&self) {
@@ -133,6 +141,7 @@ pub fn run(fs: Arc<AetherFs>, interval: Duration) {
             }
         }
         let mut state = flusher.lock();
+        state.behind = result.is_err() || retry.is_some();
         if let Err(errno) = result {
             state.failed = Some((target, errno));
         }

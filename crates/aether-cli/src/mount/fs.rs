@@ -198,15 +198,19 @@ impl AetherFs {
 
     /// Before a file whose closed content is queued but unread changes again: sends that
     /// batch, so the content of its close reaches the session (and the journal's record of
-    /// the batch) before it is overwritten. Costs a batch's round trip, only to a file changed
-    /// again within the commit interval of its close. If the session is away the change goes
-    /// ahead: the content comes with the file's next close.
+    /// the batch) before it is overwritten. Costs a batch's round trip, once, only to a file
+    /// changed again within the commit interval of its close. When the session is away (the
+    /// last flush left changes unsent) nothing waits: the change goes ahead and the file's
+    /// content goes with its next close, as it would have.
     fn send_closed_content_first(&self, ino: u64) {
         if !self.state().content_unsent.contains(&ino) {
             return;
         }
-        // A failure is the flusher's to report and retry; the change goes ahead regardless.
-        let _ = self.flusher.flush_and_wait();
+        if !self.flusher.is_behind() {
+            // A failure is the flusher's to report and retry; the change goes ahead.
+            let _ = self.flusher.flush_and_wait();
+        }
+        self.state().content_unsent.remove(&ino);
     }
 
     /// Queues the content of file `ino` for the next batch (it was just closed, or changed
