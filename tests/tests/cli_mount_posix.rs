@@ -692,6 +692,39 @@ async fn a_batch_applied_before_the_kill_is_answered_on_recovery_not_applied_aga
     recover_once(&aether, &channel, &session, &dir, version).await;
 }
 
+/// A file closed and written again waits for the batch that carries its closed content only
+/// briefly: with the server stopped, the write goes ahead (it would otherwise wait out every
+/// retry of the batch), and once the server answers again the session gets the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_of_a_closed_file_does_not_wait_for_a_server_that_is_away() {
+    require_fuse();
+    let (aether, channel, session) = start().await;
+    let (_mountpoint, dir) = mount_point();
+    let slow = ["--commit-interval-ms", "600000"];
+    let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    std::fs::write(dir.join("f.txt"), b"closed once\n").unwrap();
+    aether.server.pause().unwrap();
+    let started = Instant::now();
+    let write = {
+        let path = dir.join("f.txt");
+        tokio::task::spawn_blocking(move || std::fs::write(path, b"written again\n"))
+    };
+    let written = tokio::time::timeout(Duration::from_secs(20), write).await;
+    let waited = started.elapsed();
+    aether.server.resume().unwrap();
+    written
+        .unwrap_or_else(|_| panic!("the write waited on the stopped server:\n{}", mount.log()))
+        .unwrap()
+        .unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "the write took {waited:?}"
+    );
+    sh(&dir, "fusermount3", &["-u", &dir.display().to_string()]);
+    mount.wait();
+    assert_eq!(read(&channel, &session, "f.txt").await, b"written again\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mount_passes_pjdfstest_for_what_the_model_holds() {
     require_fuse();

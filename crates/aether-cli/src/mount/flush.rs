@@ -65,12 +65,29 @@ impl Flusher {
 
     /// Asks for a flush of everything changed so far and waits for it.
     pub fn flush_and_wait(&self) -> Result<(), Errno> {
+        self.flush_and_wait_at_most(None)
+    }
+
+    /// [`Self::flush_and_wait`], giving up waiting (ETIMEDOUT; the flush goes on) after
+    /// `limit` if one is given.
+    pub fn flush_and_wait_at_most(&self, limit: Option<Duration>) -> Result<(), Errno> {
+        let deadline = limit.map(|limit| Instant::now() + limit);
         let mut state = self.lock();
         state.requested += 1;
         let mine = state.requested;
         self.wake.notify_all();
         while state.completed < mine && !state.stop {
-            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = match deadline {
+                None => self.done.wait(state).unwrap_or_else(|e| e.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Errno::ETIMEDOUT);
+                    }
+                    let waited = self.done.wait_timeout(state, left);
+                    waited.unwrap_or_else(|e| e.into_inner()).0
+                }
+            };
         }
         match state.failed {
             Some((at, errno)) if at >= mine => Err(errno),

@@ -35,6 +35,8 @@ const TTL: Duration = Duration::from_secs(1);
 pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 /// Largest read answered at once.
 const MAX_READ_BYTES: u64 = 16 * 1024 * 1024;
+/// How long a change to a file waits at most for the batch that carries its closed content.
+const CLOSED_CONTENT_WAIT: Duration = Duration::from_secs(2);
 /// Longest symlink target (Linux's PATH_MAX less the NUL).
 const MAX_TARGET_BYTES: usize = 4095;
 /// Longest name of one path component.
@@ -200,15 +202,17 @@ impl AetherFs {
     /// batch, so the content of its close reaches the session (and the journal's record of
     /// the batch) before it is overwritten. Costs a batch's round trip, once, only to a file
     /// changed again within the commit interval of its close. When the session is away (the
-    /// last flush left changes unsent) nothing waits: the change goes ahead and the file's
-    /// content goes with its next close, as it would have.
+    /// last flush left changes unsent, or this one takes over [`CLOSED_CONTENT_WAIT`]) the
+    /// change goes ahead and the file's content goes with its next close, as it would have.
     fn send_closed_content_first(&self, ino: u64) {
         if !self.state().content_unsent.contains(&ino) {
             return;
         }
         if !self.flusher.is_behind() {
             // A failure is the flusher's to report and retry; the change goes ahead.
-            let _ = self.flusher.flush_and_wait();
+            let _ = self
+                .flusher
+                .flush_and_wait_at_most(Some(CLOSED_CONTENT_WAIT));
         }
         self.state().content_unsent.remove(&ino);
     }
