@@ -361,6 +361,47 @@ async fn hostile_wrong_principal_is_denied_and_changes_nothing() {
         .into_inner();
     let names: Vec<String> = tree.entries.iter().map(|e| e.path.clone()).collect();
     assert!(!names.iter().any(|n| n.contains("evil")), "{names:?}");
+
+    // Closed, the session is a tombstone in the coordination store and its record is in the
+    // content store: the same policy still decides who sees it, on every path.
+    sessions
+        .close_session(with_token(
+            Some("tok-alice"),
+            pb::CloseSessionRequest {
+                session_id: id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("the owner closes");
+    assert_eq!(listed(&dev, "tok-alice").await, vec![id.clone()]);
+    assert_eq!(listed(&dev, "tok-carol").await, vec![id.clone()]);
+    assert!(listed(&dev, "tok-bob").await.is_empty());
+    for (token, expected) in [("tok-carol", Code::Ok), ("tok-bob", Code::NotFound)] {
+        let get = sessions
+            .get_session(with_token(
+                Some(token),
+                pb::GetSessionRequest {
+                    session_id: id.clone(),
+                },
+            ))
+            .await;
+        assert_eq!(code(get), expected, "{token} reads the closed session");
+        let subscribe = BusServiceClient::new(dev.channel.clone())
+            .subscribe(with_token(
+                Some(token),
+                pb::SubscribeRequest {
+                    session_id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await;
+        assert_eq!(
+            code(subscribe),
+            expected,
+            "{token} subscribes to the closed session"
+        );
+    }
 }
 
 fn now() -> u64 {
