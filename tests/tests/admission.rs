@@ -154,3 +154,92 @@ async fn past_its_budgets_a_process_refuses_at_once() {
         .await
         .expect("a call once the first finished");
 }
+
+/// Streams count until they end, not until they answer: past `--max-read-streams` open
+/// reads and `--max-subscriptions` open subscriptions, new ones are refused at once, and the
+/// budget frees when a client goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_count_until_they_end() {
+    let dev = start_dev(&["--max-read-streams", "2", "--max-subscriptions", "1"]).await;
+    let channel = dev.channel.clone();
+    let session = create_session(&channel).await.unwrap().id;
+    // Larger than the stream's flow-control windows: its answer cannot end unread.
+    let big = aether_testkit::test_bytes(32 * 1024 * 1024, 9);
+    crate::common::write_file(&channel, &session, "big.bin", &big)
+        .await
+        .unwrap();
+    let read = || {
+        let mut client = WorkspaceServiceClient::new(channel.clone());
+        let session = session.clone();
+        async move {
+            client
+                .read_file(pb::ReadFileRequest {
+                    session_id: session,
+                    path: "big.bin".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(|response| response.into_inner())
+        }
+    };
+    let first = read().await.unwrap();
+    let second = read().await.unwrap();
+    let status = read().await.expect_err("a third open read is refused");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("2 reading streams"), "{status:?}");
+    assert_eq!(
+        status.metadata().get("x-aether-outcome").unwrap(),
+        "not-applied"
+    );
+    // Unary calls are not held back by open streams.
+    crate::common::assert_serving(&channel, "aetherfs.v1.WorkspaceService").await;
+    crate::common::head_version(&channel, &session).await;
+    drop(first);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let third = loop {
+        match read().await {
+            Ok(stream) => break stream,
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no read was admitted once a reader went away"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    };
+    // A stream read to its end frees its permit too.
+    let mut whole = Vec::new();
+    let mut second = second;
+    while let Some(message) = second.message().await.unwrap() {
+        whole.extend_from_slice(&message.data);
+    }
+    assert!(whole == big, "the read returned other bytes");
+    once_admitted(|| async { read().await.map(|_| ()) })
+        .await
+        .expect("a read once another ended");
+    drop(third);
+
+    // Subscriptions.
+    let subscribe = || {
+        let channel = channel.clone();
+        let session = session.clone();
+        async move { crate::common::subscribe(&channel, &session).await }
+    };
+    let held = subscribe().await.unwrap();
+    let refused = subscribe()
+        .await
+        .expect_err("a second subscription is refused");
+    let status = refused.downcast_ref::<tonic::Status>().expect("a status");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    drop(held);
+    once_admitted(|| async {
+        subscribe()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.downcast::<tonic::Status>().expect("a status"))
+    })
+    .await
+    .expect("a subscription once the first went away");
+}

@@ -529,6 +529,16 @@ pub(crate) async fn deadline<T>(
 
 /// Whether a failed attempt is tried again (see the module comment).
 pub(crate) fn retryable(status: &Status, idempotence: Idempotence) -> bool {
+    // A server at its admission budget refused the call before doing anything: any call may
+    // be tried again.
+    if status.code() == Code::ResourceExhausted
+        && status
+            .metadata()
+            .get(ADMISSION_HEADER)
+            .is_some_and(|v| v == "busy")
+    {
+        return true;
+    }
     let transient = match status.code() {
         Code::Unavailable | Code::DeadlineExceeded => true,
         // The connection broke mid-call (the server died): the status comes from the transport.
@@ -542,6 +552,9 @@ pub(crate) fn retryable(status: &Status, idempotence: Idempotence) -> bool {
         }
     }
 }
+
+/// Set (to `busy`) on a refusal by a server's admission control.
+pub const ADMISSION_HEADER: &str = "x-aether-admission";
 
 /// What the server said of a failed change: `not-applied`, `unknown`, or nothing.
 pub(crate) fn outcome(status: &Status) -> Option<&str> {
@@ -656,6 +669,26 @@ mod tests {
         let third = backoff(base, 2);
         assert!(third >= base * 4 && third <= base * 5);
         assert!(backoff(base, 30) <= Duration::from_secs(5) * 5 / 4);
+    }
+
+    #[test]
+    fn a_refusal_for_load_is_retried_a_refusal_for_the_request_is_not() {
+        let mut busy = Status::resource_exhausted("at its limit of 128 reading streams");
+        busy.metadata_mut()
+            .insert(OUTCOME_HEADER, "not-applied".parse().unwrap());
+        busy.metadata_mut()
+            .insert(ADMISSION_HEADER, "busy".parse().unwrap());
+        let mut full = Status::resource_exhausted("the session holds the most annotations");
+        full.metadata_mut()
+            .insert(OUTCOME_HEADER, "not-applied".parse().unwrap());
+        for idempotence in [
+            Idempotence::Idempotent,
+            Idempotence::Mutating,
+            Idempotence::Unrepeatable,
+        ] {
+            assert!(retryable(&busy, idempotence));
+            assert!(!retryable(&full, idempotence));
+        }
     }
 
     #[test]

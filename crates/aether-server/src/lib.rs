@@ -56,6 +56,14 @@ pub struct CommonArgs {
     /// refused at once with RESOURCE_EXHAUSTED.
     #[arg(long, env = "AETHER_MAX_UPLOADS", global = true, default_value_t = admission::DEFAULT_MAX_UPLOADS)]
     pub max_uploads: usize,
+    /// Reading streams (ReadFile, GetBlob, ExportArchive) this process keeps open at once,
+    /// counted until each ends; past it they are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AETHER_MAX_READ_STREAMS", global = true, default_value_t = admission::DEFAULT_MAX_READ_STREAMS)]
+    pub max_read_streams: usize,
+    /// Subscriptions and publish streams this process keeps open at once, counted until each
+    /// ends; past it they are refused at once with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AETHER_MAX_SUBSCRIPTIONS", global = true, default_value_t = admission::DEFAULT_MAX_SUBSCRIPTIONS)]
+    pub max_subscriptions: usize,
 }
 
 /// `aetherd store`.
@@ -488,8 +496,12 @@ pub async fn run(service: Service, common: CommonArgs, shutdown: CancellationTok
         sessions: sessions.clone(),
         stream_holds: stream_holds.clone(),
         tls: node.tls,
-        max_in_flight: common.max_in_flight,
-        max_uploads: common.max_uploads,
+        budgets: admission::Budgets {
+            calls: common.max_in_flight,
+            uploads: common.max_uploads,
+            read_streams: common.max_read_streams,
+            subscriptions: common.max_subscriptions,
+        },
     };
     serve(server, listener, routes, layers, shutdown).await?;
 
@@ -820,8 +832,7 @@ struct Layers {
     sessions: Option<Arc<aether_coordinator::Sessions>>,
     stream_holds: Option<Arc<aether_bus::holders::StreamHolds>>,
     tls: ClientTls,
-    max_in_flight: usize,
-    max_uploads: usize,
+    budgets: admission::Budgets,
 }
 
 /// Serves `routes` on `listener` behind the process's layers until `shutdown`.
@@ -859,10 +870,7 @@ async fn serve(
         // Oversized messages are RESOURCE_EXHAUSTED on every service, as counted above.
         .layer(limit_status::layer())
         // Past the process's budgets, calls are refused before any work.
-        .layer(admission::AdmissionLayer::new(
-            layers.max_in_flight,
-            layers.max_uploads,
-        ))
+        .layer(admission::AdmissionLayer::new(layers.budgets))
         .layer(auth_layer)
         .layer(tower::util::option_layer(forward))
         .layer(tower::util::option_layer(forward_bus))
