@@ -59,6 +59,18 @@ impl Mount {
         Mount::start_with(aether, session, dir, log_name, &[])
     }
 
+    /// Starts `aether mount` whose commit interval never comes while a test runs: changes
+    /// reach the session only through fsync, unmount, or the journal of a later mount.
+    pub(crate) fn start_unflushed(
+        aether: &Aether,
+        session: &str,
+        dir: &Path,
+        log_name: &str,
+    ) -> Mount {
+        let slow = ["--commit-interval-ms", "600000"];
+        Mount::start_with(aether, session, dir, log_name, &slow)
+    }
+
     /// Starts `aether mount` with extra flags; content is cached in the test's directory.
     pub(crate) fn start_with(
         aether: &Aether,

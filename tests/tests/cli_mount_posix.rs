@@ -536,8 +536,7 @@ async fn mount_killed_after_close_loses_nothing_closed_the_next_mount_sends_it()
     let (aether, channel, session) = start().await;
     let (_mountpoint, dir) = mount_point();
     // Nothing is sent by the interval while the test runs: only the journal holds the changes.
-    let slow = ["--commit-interval-ms", "600000"];
-    let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    let mut mount = Mount::start_unflushed(&aether, &session, &dir, "mount.log");
     // A file closed, then opened and written again before its batch went: the batch goes
     // first, so what it had at its close is in the session before it changes.
     std::fs::write(dir.join("open.txt"), b"closed once\n").unwrap();
@@ -567,7 +566,7 @@ async fn mount_killed_after_close_loses_nothing_closed_the_next_mount_sends_it()
     assert_eq!(names(&channel, &session, "").await, ["open.txt"]);
 
     // The next mount of the session sends what the killed one had journaled, before serving.
-    let mut again = Mount::start_with(&aether, &session, &dir, "again.log", &slow);
+    let mut again = Mount::start_unflushed(&aether, &session, &dir, "again.log");
     assert!(
         again.log().contains("change(s) an earlier mount"),
         "{}",
@@ -603,8 +602,7 @@ async fn recover_once(
     dir: &Path,
     version: u64,
 ) {
-    let slow = ["--commit-interval-ms", "600000"];
-    let again = Mount::start_with(aether, session, dir, "again.log", &slow);
+    let again = Mount::start_unflushed(aether, session, dir, "again.log");
     assert!(
         again.log().contains("change(s) an earlier mount"),
         "{}",
@@ -624,8 +622,7 @@ async fn a_journaled_batch_the_session_already_has_is_not_applied_again() {
     require_fuse();
     let (aether, channel, session) = start().await;
     let (_mountpoint, dir) = mount_point();
-    let slow = ["--commit-interval-ms", "600000"];
-    let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    let mut mount = Mount::start_unflushed(&aether, &session, &dir, "mount.log");
     // Applied a second time, these changes leave a directory d beside e (the move finds e).
     std::fs::create_dir(dir.join("d")).unwrap();
     std::fs::write(dir.join("d/f.txt"), b"first\n").unwrap();
@@ -659,8 +656,7 @@ async fn a_batch_applied_before_the_kill_is_answered_on_recovery_not_applied_aga
     let channel = common::connect(&aether.server.endpoint()).await.unwrap();
     let session = aether.ok(&["session", "create"]).trim().to_string();
     let (_mountpoint, dir) = mount_point();
-    let slow = ["--commit-interval-ms", "600000"];
-    let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    let mut mount = Mount::start_unflushed(&aether, &session, &dir, "mount.log");
     // Applied a second time, this batch leaves a directory d beside e (the move finds e).
     std::fs::create_dir(dir.join("d")).unwrap();
     std::fs::write(dir.join("d/f.txt"), b"first\n").unwrap();
@@ -700,8 +696,7 @@ async fn a_rewrite_of_a_closed_file_does_not_wait_for_a_server_that_is_away() {
     require_fuse();
     let (aether, channel, session) = start().await;
     let (_mountpoint, dir) = mount_point();
-    let slow = ["--commit-interval-ms", "600000"];
-    let mut mount = Mount::start_with(&aether, &session, &dir, "mount.log", &slow);
+    let mut mount = Mount::start_unflushed(&aether, &session, &dir, "mount.log");
     std::fs::write(dir.join("f.txt"), b"closed once\n").unwrap();
     aether.server.pause().unwrap();
     let started = Instant::now();

@@ -154,7 +154,8 @@ impl Caller {
     }
 }
 
-fn decide(principal: &Principal, owner: &str, policy: &PolicyRecord, need: Need) -> Decision {
+/// What `principal` may do on a session with `owner` and `policy` (also the bus's check).
+pub fn decide(principal: &Principal, owner: &str, policy: &PolicyRecord, need: Need) -> Decision {
     let bindings = policy.bindings.iter().map(|b| (b.subject.as_str(), b.role));
     access::decide(principal, owner, bindings, need)
 }

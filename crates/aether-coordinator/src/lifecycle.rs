@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use aether_core::{validate_labels, validate_metadata};
+use aether_core::{excerpt, validate_labels, validate_metadata};
 
 use crate::caller::Caller;
 use crate::error::{Error, Result};
@@ -88,16 +88,17 @@ pub fn checked_policy(policy: PolicyRecord) -> Result<PolicyRecord> {
             .or_else(|| binding.subject.strip_prefix("group:"));
         if name.is_none_or(|n| checked_principal(n).is_err()) {
             return Err(Error::InvalidArgument(format!(
-                "role binding subject {:?} is malformed: use \"user:NAME\" or \"group:NAME\" \
+                "role binding subject \"{}\" is malformed: use \"user:NAME\" or \"group:NAME\" \
                  with a name of 1 to {MAX_OWNER_BYTES} visible characters",
-                truncated(&binding.subject)
+                excerpt(&binding.subject, 64)
             )));
         }
         if !(1..=4).contains(&binding.role) {
             return Err(Error::InvalidArgument(format!(
-                "role binding for {} has role {}: use VIEWER (1), EDITOR (2), REVIEWER (3) or \
+                "role binding for \"{}\" has role {}: use VIEWER (1), EDITOR (2), REVIEWER (3) or \
                  OWNER (4)",
-                binding.subject, binding.role
+                excerpt(&binding.subject, 64),
+                binding.role
             )));
         }
     }
@@ -111,17 +112,12 @@ fn checked_principal(name: &str) -> Result<&str> {
         || name.chars().any(|c| c.is_control() || c.is_whitespace())
     {
         return Err(Error::InvalidArgument(format!(
-            "principal name {:?} is malformed: 1 to {MAX_OWNER_BYTES} bytes, no spaces or \
+            "principal name \"{}\" is malformed: 1 to {MAX_OWNER_BYTES} bytes, no spaces or \
              control characters",
-            truncated(name)
+            excerpt(name, 64)
         )));
     }
     Ok(name)
-}
-
-/// At most the first 64 characters of a rejected value, for an error message.
-fn truncated(value: &str) -> String {
-    value.chars().take(64).collect()
 }
 
 /// A record with nothing in it yet but what every new session shares.

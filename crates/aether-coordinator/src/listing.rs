@@ -93,7 +93,10 @@ impl Sessions {
             // policy too), so only sessions this page returns are read from the store.
             let mut matched = batch
                 .into_iter()
-                .filter(|s| filter.matches(s) && caller.can_see(s.access().0, s.access().1))
+                .filter(|s| {
+                    let (owner, policy) = s.access();
+                    filter.matches(s) && caller.can_see(owner, policy)
+                })
                 .peekable();
             while matched.peek().is_some() {
                 // Only as many as could still go in the page, a few at once.

@@ -24,7 +24,7 @@ pub use tree::{
 
 /// Renders user input for an error message: at most `max_chars` characters (then "..."), with
 /// control characters escaped so a message never carries raw NULs or terminal escapes.
-pub(crate) fn excerpt(input: &str, max_chars: usize) -> String {
+pub fn excerpt(input: &str, max_chars: usize) -> String {
     let mut out = String::new();
     for (i, c) in input.chars().enumerate() {
         if i == max_chars {

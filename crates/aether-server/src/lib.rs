@@ -365,7 +365,7 @@ impl aether_bus::SessionAccess for PolicyFromRecords {
         session_id: &str,
         need: Need,
     ) -> Result<(), tonic::Status> {
-        use aether_auth::access::{decide, Decision};
+        use aether_auth::access::Decision;
         if principal.is_service() {
             return Ok(());
         }
@@ -383,8 +383,7 @@ impl aether_bus::SessionAccess for PolicyFromRecords {
         let stored = aether_coordinator::tombstones::Stored::decode(&kv.value)
             .map_err(|e| tonic::Status::internal(format!("session record unreadable: {e}")))?;
         let (owner, policy) = stored.access();
-        let bindings = policy.bindings.iter().map(|b| (b.subject.as_str(), b.role));
-        match decide(principal, owner, bindings, need) {
+        match aether_coordinator::caller::decide(principal, owner, policy, need) {
             Decision::Allowed => Ok(()),
             Decision::NoRole => Err(tonic::Status::not_found(format!(
                 "session {session_id} not found"

@@ -52,9 +52,9 @@ fn updates(mut request: pb::UpdateSessionRequest) -> Result<Vec<SessionUpdate>> 
     let mut fields: Vec<&str> = Vec::new();
     for path in &paths {
         let Some(field) = FIELDS.iter().find(|f| **f == path.as_str()) else {
-            let shown: String = path.chars().take(64).collect();
             return Err(Error::InvalidArgument(format!(
-                "update_mask names unknown field \"{shown}\"; use labels, metadata, ttl or policy"
+                "update_mask names unknown field \"{}\"; use labels, metadata, ttl or policy",
+                aether_core::excerpt(path, 64)
             )));
         };
         if fields.contains(field) {

@@ -299,9 +299,9 @@ fn page_after(
         return Ok(Vec::new());
     };
     let bad = || {
-        let shown: String = token.chars().take(64).collect();
         Error::InvalidArgument(format!(
-            "page_token {shown:?} was not returned by this listing of \"{dir}\": pass next_page_token back unchanged, with the same path and `recursive`"
+            "page_token \"{}\" was not returned by this listing of \"{dir}\": pass next_page_token back unchanged, with the same path and `recursive`",
+            aether_core::excerpt(&token, 64)
         ))
     };
     let path = WorkspacePath::parse(&token).map_err(|_| bad())?;
